@@ -1,0 +1,1 @@
+"""Per-entity state as fixed-size numeric rows and the Numba kernels that update and read it."""

@@ -1,0 +1,168 @@
+"""Numba kernels that update state rows and read features, one call per batch.
+
+Each kernel has an independent pure-Python reference in :mod:`features.reference`;
+the property tests in ``tests/test_kernels.py`` check that the two agree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from features.layout import (
+    ALREADY_APPLIED,
+    APPLIED,
+    DAILY,
+    DAY_MS,
+    DUPLICATE,
+    HOUR_MS,
+    HOURLY,
+    LAST_OFFSET,
+    LAST_TS,
+    M_DAILY,
+    MAX_GAP_S,
+    N_DAILY,
+    N_HOURLY,
+    N_RECENT_IDS,
+    RECENT_IDS,
+    RECENT_POS,
+    TOTAL_COUNT,
+    TOTAL_SUM,
+)
+
+
+@njit(cache=True, inline="always")
+def _ring_add(row, base, n_slots, bucket, value):
+    """Add one event to the ring at ``base``; events older than the ring are ignored."""
+    slot = base + 3 * (bucket % n_slots)
+    held = row[slot]
+    if held == bucket:
+        row[slot + 1] += 1.0
+        row[slot + 2] += value
+    elif held < bucket:
+        row[slot] = bucket
+        row[slot + 1] = 1.0
+        row[slot + 2] = value
+
+
+@njit(cache=True, inline="always")
+def _ring_window(row, base, n_slots, first, last):
+    """(count, sum) over buckets ``first..last`` inclusive."""
+    count = 0.0
+    total = 0.0
+    for k in range(n_slots):
+        held = row[base + 3 * k]
+        if first <= held <= last:
+            count += row[base + 3 * k + 1]
+            total += row[base + 3 * k + 2]
+    return count, total
+
+
+@njit(cache=True)
+def update_accounts(rows, row_of, offsets, ts_ms, amounts, id_hashes, out, status):
+    """Apply a batch of transactions, in order, to account rows and fill account features.
+
+    ``row_of[i]`` is the row of event ``i``; ``out[i, 0:9]`` receives amount, weekend,
+    night, and the account's 1/7/30-day count and mean amount (windows include the
+    event); ``out[i, 15:17]`` receives seconds since the previous transaction and the
+    amount relative to the 30-day mean before it. ``status[i]`` says whether the event
+    was applied, already applied (offset replay), or a duplicate transaction id.
+    Negative offsets skip the replay check.
+    """
+    for i in range(ts_ms.shape[0]):
+        row = rows[row_of[i]]
+        offset = offsets[i]
+        if offset >= 0 and offset <= row[LAST_OFFSET]:
+            status[i] = ALREADY_APPLIED
+            continue
+        duplicate = False
+        for k in range(N_RECENT_IDS):
+            if row[RECENT_IDS + k] == id_hashes[i]:
+                duplicate = True
+        if duplicate:
+            status[i] = DUPLICATE
+            continue
+        status[i] = APPLIED
+        ts = ts_ms[i]
+        amount = amounts[i]
+        hour = ts // HOUR_MS
+        day = ts // DAY_MS
+        # before adding: gap and 30-day mean
+        if row[TOTAL_COUNT] > 0:
+            gap = (ts - row[LAST_TS]) / 1000.0
+            gap = min(max(gap, 0.0), MAX_GAP_S)
+        else:
+            gap = MAX_GAP_S
+        c30, s30 = _ring_window(row, DAILY, N_DAILY, day - 29, day)
+        ratio = amount / (s30 / c30) if c30 > 0 else 1.0
+        _ring_add(row, HOURLY, N_HOURLY, hour, amount)
+        _ring_add(row, DAILY, N_DAILY, day, amount)
+        row[TOTAL_COUNT] += 1.0
+        row[TOTAL_SUM] += amount
+        row[LAST_TS] = max(row[LAST_TS], ts)
+        if offset >= 0:
+            row[LAST_OFFSET] = offset
+        pos = int(row[RECENT_POS])
+        row[RECENT_IDS + pos] = id_hashes[i]
+        row[RECENT_POS] = (pos + 1) % N_RECENT_IDS
+
+        weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday == 0
+        out[i, 0] = amount
+        out[i, 1] = 1.0 if weekday >= 5 else 0.0
+        out[i, 2] = 1.0 if (ts % DAY_MS) // HOUR_MS <= 6 else 0.0
+        c1, s1 = _ring_window(row, HOURLY, N_HOURLY, hour - 23, hour)
+        c7, s7 = _ring_window(row, DAILY, N_DAILY, day - 6, day)
+        c30, s30 = _ring_window(row, DAILY, N_DAILY, day - 29, day)
+        out[i, 3] = c1
+        out[i, 4] = s1 / c1 if c1 > 0 else 0.0
+        out[i, 5] = c7
+        out[i, 6] = s7 / c7 if c7 > 0 else 0.0
+        out[i, 7] = c30
+        out[i, 8] = s30 / c30 if c30 > 0 else 0.0
+        out[i, 15] = gap
+        out[i, 16] = ratio
+
+
+@njit(cache=True)
+def merchant_features(rows, row_of, ts_ms, out):
+    """Fill ``out[i, 9:15]``: the merchant's 1/7/30-day count and fraud rate (read only)."""
+    for i in range(ts_ms.shape[0]):
+        row = rows[row_of[i]]
+        day = ts_ms[i] // DAY_MS
+        col = 9
+        for span in (1, 7, 30):
+            count, frauds = _ring_window(row, M_DAILY, N_DAILY, day - span + 1, day)
+            out[i, col] = count
+            out[i, col + 1] = frauds / count if count > 0 else 0.0
+            col += 2
+
+
+@njit(cache=True)
+def update_merchants(rows, row_of, days, counts, frauds):
+    """Add transaction counts and fraud labels to merchants' daily buckets."""
+    for i in range(days.shape[0]):
+        row = rows[row_of[i]]
+        day = days[i]
+        slot = M_DAILY + 3 * (day % N_DAILY)
+        held = row[slot]
+        if held < day:
+            row[slot] = day
+            row[slot + 1] = 0.0
+            row[slot + 2] = 0.0
+        elif held > day:
+            continue
+        row[slot + 1] += counts[i]
+        row[slot + 2] += frauds[i]
+
+
+def warm_up() -> None:
+    """Compile every kernel now (about a second each the first time, cached after)."""
+    from features.layout import ACCOUNT_WIDTH, MERCHANT_WIDTH, N_FEATURES
+
+    rows = np.zeros((1, ACCOUNT_WIDTH))
+    out = np.zeros((1, N_FEATURES))
+    one = np.zeros(1, np.int64)
+    update_accounts(rows, one, one - 1, one, np.ones(1), np.ones(1), out, np.zeros(1, np.int8))
+    mrows = np.zeros((1, MERCHANT_WIDTH))
+    merchant_features(mrows, one, one, out)
+    update_merchants(mrows, one, one, np.zeros(1), np.zeros(1))

@@ -1,0 +1,127 @@
+"""Pure-Python references for the Numba kernels, written from the definitions.
+
+They keep each entity's full history and compute every window directly, instead of
+rings. A bucket's events count toward a window while that bucket is the newest one
+seen in its ring slot (its residue class modulo the ring length) — the ring's only
+approximation, stated here once, in plain Python.
+
+>>> acc = ReferenceAccounts()
+>>> feats, status = acc.apply("c-1", offset=-1, ts_ms=0, amount=10.0, id_hash=1)
+>>> status, feats["account_count_1d"], feats["seconds_since_previous"]
+(0, 1, 2592000.0)
+>>> feats, status = acc.apply("c-1", offset=-1, ts_ms=60_000, amount=30.0, id_hash=2)
+>>> feats["account_mean_amount_1d"], feats["seconds_since_previous"], feats["amount_to_30d_mean"]
+(20.0, 60.0, 3.0)
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from features.layout import (
+    ALREADY_APPLIED,
+    APPLIED,
+    DAY_MS,
+    DUPLICATE,
+    HOUR_MS,
+    MAX_GAP_S,
+    N_DAILY,
+    N_HOURLY,
+    N_RECENT_IDS,
+)
+
+
+def _retained(buckets: list[int], ring: int) -> dict[int, int]:
+    """Newest bucket per ring slot among ``buckets``."""
+    newest: dict[int, int] = {}
+    for b in buckets:
+        newest[b % ring] = max(newest.get(b % ring, b), b)
+    return newest
+
+
+def _window(events: list[tuple[int, float]], unit: int, ring: int, first: int, last: int):
+    """(count, sum) of events whose bucket is in [first, last] and still retained."""
+    buckets = [ts // unit for ts, _ in events]
+    newest = _retained(buckets, ring)
+    chosen = [
+        amount
+        for (ts, amount), b in zip(events, buckets, strict=True)
+        if first <= b <= last and newest[b % ring] == b
+    ]
+    return len(chosen), sum(chosen)
+
+
+@dataclass
+class _Account:
+    events: list[tuple[int, float]] = field(default_factory=list)
+    ids: list[float] = field(default_factory=list)
+    last_offset: int = -1
+    last_ts: int = 0
+
+
+class ReferenceAccounts:
+    """Account state as full histories; ``apply`` mirrors ``kernels.update_accounts``."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, _Account] = defaultdict(_Account)
+
+    def apply(self, key: str, offset: int, ts_ms: int, amount: float, id_hash: float):
+        acc = self.accounts[key]
+        if offset >= 0 and offset <= acc.last_offset:
+            return None, ALREADY_APPLIED
+        if id_hash in acc.ids[-N_RECENT_IDS:]:
+            return None, DUPLICATE
+        hour, day = ts_ms // HOUR_MS, ts_ms // DAY_MS
+        if acc.events:
+            gap = min(max((ts_ms - acc.last_ts) / 1000.0, 0.0), MAX_GAP_S)
+        else:
+            gap = MAX_GAP_S
+        c_before, s_before = _window(acc.events, DAY_MS, N_DAILY, day - 29, day)
+        ratio = amount / (s_before / c_before) if c_before else 1.0
+        acc.events.append((ts_ms, amount))
+        acc.ids.append(id_hash)
+        acc.last_ts = max(acc.last_ts, ts_ms) if len(acc.events) > 1 else ts_ms
+        if offset >= 0:
+            acc.last_offset = offset
+        c1, s1 = _window(acc.events, HOUR_MS, N_HOURLY, hour - 23, hour)
+        c7, s7 = _window(acc.events, DAY_MS, N_DAILY, day - 6, day)
+        c30, s30 = _window(acc.events, DAY_MS, N_DAILY, day - 29, day)
+        weekday = (day + 3) % 7
+        features = {
+            "amount": amount,
+            "is_weekend": 1.0 if weekday >= 5 else 0.0,
+            "is_night": 1.0 if (ts_ms % DAY_MS) // HOUR_MS <= 6 else 0.0,
+            "account_count_1d": c1,
+            "account_mean_amount_1d": s1 / c1 if c1 else 0.0,
+            "account_count_7d": c7,
+            "account_mean_amount_7d": s7 / c7 if c7 else 0.0,
+            "account_count_30d": c30,
+            "account_mean_amount_30d": s30 / c30 if c30 else 0.0,
+            "seconds_since_previous": gap,
+            "amount_to_30d_mean": ratio,
+        }
+        return features, APPLIED
+
+
+class ReferenceMerchants:
+    """Merchant state as lists of (day, count, frauds) updates."""
+
+    def __init__(self) -> None:
+        self.updates: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
+
+    def add(self, key: str, day: int, count: float, frauds: float) -> None:
+        self.updates[key].append((day, count, frauds))
+
+    def features(self, key: str, ts_ms: int) -> dict[str, float]:
+        updates = self.updates.get(key, [])
+        newest = _retained([d for d, _, _ in updates], N_DAILY)
+        day = ts_ms // DAY_MS
+        out = {}
+        for span in (1, 7, 30):
+            kept = [(c, f) for d, c, f in updates if day - span + 1 <= d <= day and newest[d % N_DAILY] == d]
+            count = sum(c for c, _ in kept)
+            frauds = sum(f for _, f in kept)
+            out[f"merchant_count_{span}d"] = count
+            out[f"merchant_fraud_rate_{span}d"] = frauds / count if count else 0.0
+        return out

@@ -1,0 +1,1 @@
+"""Online River models, vectorized champion scoring, thresholds, decisions and reasons."""

@@ -1,0 +1,1 @@
+"""Outputs: decision records, dead letters and Prometheus metrics."""

@@ -1,0 +1,1 @@
+"""Kafka side of flagstream: settings, topics, wire schemas, the Faust app and its agents."""

@@ -1,0 +1,208 @@
+"""Wire schema of transactions and feedback, validated a batch at a time.
+
+A batch of raw record values becomes column arrays for the valid records and a list
+of :class:`Rejection` for the others. Nothing is dropped: every input index ends up
+in exactly one of the two.
+
+>>> batch = validate_transactions([
+...     b'{"transaction_id": "t-1", "account_id": "c-1", "merchant_id": "m-1",'
+...     b' "amount": 12.5, "timestamp": "2018-04-01T00:07:56Z"}',
+...     b'{"transaction_id": "t-2"}',
+...     b'not json',
+... ])
+>>> batch.transaction_ids, batch.amounts.tolist(), batch.timestamps_ms.tolist()
+(['t-1'], [12.5], [1522541276000])
+>>> [(r.index, r.reason) for r in batch.rejections]
+[(1, 'missing_field'), (2, 'invalid_json')]
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+from streams.codec import JSONDecodeError, loads
+
+REQUIRED_STRINGS = ("transaction_id", "account_id", "merchant_id")
+MAX_ID_LENGTH = 128
+MAX_AMOUNT = 1e9
+#: Epoch-millisecond timestamps must fall in [2000-01-01, 2100-01-01).
+MIN_EPOCH_MS, MAX_EPOCH_MS = 946_684_800_000, 4_102_444_800_000
+
+#: Runs of 13–19 digits (optionally separated by spaces or dashes) look like card numbers.
+_PAN_PATTERN = re.compile(rb"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why one input record was refused: ``reason`` is a short code, ``detail`` a sentence."""
+
+    index: int
+    reason: str
+    detail: str
+
+
+@dataclass
+class TransactionBatch:
+    """The valid records of a batch as columns, plus the rejected ones."""
+
+    indices: list[int] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+    transaction_ids: list[str] = field(default_factory=list)
+    account_ids: list[str] = field(default_factory=list)
+    merchant_ids: list[str] = field(default_factory=list)
+    amounts: np.ndarray = field(default_factory=lambda: np.empty(0))
+    timestamps_ms: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    rejections: list[Rejection] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.transaction_ids)
+
+
+class InvalidRecord(ValueError):
+    """A record that breaks the wire schema; ``reason`` is the dead-letter reason code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def parse_timestamp_ms(value: object) -> int:
+    """Epoch milliseconds from an ISO-8601 string with offset or an integer epoch-ms.
+
+    >>> parse_timestamp_ms("2018-04-01T00:00:00+02:00"), parse_timestamp_ms(1522540800000)
+    (1522533600000, 1522540800000)
+    """
+    if isinstance(value, bool):
+        raise InvalidRecord("invalid_timestamp", "timestamp must be ISO-8601 or epoch ms")
+    if isinstance(value, int):
+        millis = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidRecord("invalid_timestamp", f"unparseable timestamp {value[:40]!r}") from None
+        if moment.tzinfo is None:
+            raise InvalidRecord("invalid_timestamp", "timestamp has no UTC offset")
+        millis = int(moment.timestamp() * 1000)
+    else:
+        raise InvalidRecord("invalid_timestamp", "timestamp must be ISO-8601 or epoch ms")
+    if not MIN_EPOCH_MS <= millis < MAX_EPOCH_MS:
+        raise InvalidRecord("invalid_timestamp", "timestamp outside 2000..2100")
+    return millis
+
+
+def _depth(value: object, limit: int) -> int:
+    """Nesting depth of a decoded JSON value, stopping once ``limit`` is exceeded."""
+    if isinstance(value, dict):
+        children = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return 0
+    deepest = 0
+    for child in children:
+        if isinstance(child, dict | list):
+            deepest = max(deepest, _depth(child, limit))
+            if deepest >= limit:
+                break
+    return deepest + 1
+
+
+def decode_object(raw: bytes | None, max_bytes: int, max_nesting: int) -> dict:
+    """Decode one record value into a JSON object within the size and nesting limits."""
+    if raw is None:
+        raise InvalidRecord("empty_value", "record has no value")
+    if len(raw) > max_bytes:
+        raise InvalidRecord("too_large", f"record is {len(raw)} bytes, limit {max_bytes}")
+    try:
+        obj = loads(raw)
+    except JSONDecodeError as exc:
+        raise InvalidRecord("invalid_json", f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidRecord("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
+    if _depth(obj, max_nesting) > max_nesting:
+        raise InvalidRecord("too_deep", f"nesting deeper than {max_nesting}")
+    return obj
+
+
+def check_transaction(obj: dict) -> tuple[float, int]:
+    """Check required fields of a decoded transaction; return (amount, epoch ms)."""
+    for name in REQUIRED_STRINGS:
+        value = obj.get(name)
+        if value is None:
+            raise InvalidRecord("missing_field", f"missing required field {name!r}")
+        if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+            raise InvalidRecord("invalid_field", f"{name} must be a non-empty string ≤128 chars")
+    amount = obj.get("amount")
+    if amount is None:
+        raise InvalidRecord("missing_field", "missing required field 'amount'")
+    if isinstance(amount, bool) or not isinstance(amount, int | float):
+        raise InvalidRecord("invalid_amount", "amount must be a number")
+    if not math.isfinite(amount) or amount <= 0 or amount > MAX_AMOUNT:
+        raise InvalidRecord("invalid_amount", f"amount must be finite, > 0 and ≤ {MAX_AMOUNT:g}")
+    if "timestamp" not in obj:
+        raise InvalidRecord("missing_field", "missing required field 'timestamp'")
+    return float(amount), parse_timestamp_ms(obj["timestamp"])
+
+
+def validate_transactions(
+    values: Sequence[bytes | None], max_bytes: int = 16_384, max_nesting: int = 8
+) -> TransactionBatch:
+    """Decode and check a batch of raw transaction values (see module doc)."""
+    batch = TransactionBatch()
+    amounts: list[float] = []
+    stamps: list[int] = []
+    for index, raw in enumerate(values):
+        try:
+            obj = decode_object(raw, max_bytes, max_nesting)
+            amount, millis = check_transaction(obj)
+        except InvalidRecord as exc:
+            batch.rejections.append(Rejection(index, exc.reason, str(exc)))
+            continue
+        batch.indices.append(index)
+        batch.records.append(obj)
+        batch.transaction_ids.append(obj["transaction_id"])
+        batch.account_ids.append(obj["account_id"])
+        batch.merchant_ids.append(obj["merchant_id"])
+        amounts.append(amount)
+        stamps.append(millis)
+    batch.amounts = np.asarray(amounts, dtype=np.float64)
+    batch.timestamps_ms = np.asarray(stamps, dtype=np.int64)
+    return batch
+
+
+FEEDBACK_LABELS = {"fraud": 1, "legit": 0}
+FEEDBACK_SOURCES = {"review", "chargeback", "auto"}
+
+
+def check_feedback(obj: dict) -> tuple[str, int]:
+    """Check a decoded feedback record; return (transaction_id, label as 0/1).
+
+    >>> check_feedback({"transaction_id": "t-1", "label": "fraud", "source": "review"})
+    ('t-1', 1)
+    """
+    tx = obj.get("transaction_id")
+    if not isinstance(tx, str) or not tx or len(tx) > MAX_ID_LENGTH:
+        raise InvalidRecord("invalid_field", "feedback needs a transaction_id string")
+    label = obj.get("label")
+    if label not in FEEDBACK_LABELS:
+        raise InvalidRecord("invalid_label", "label must be 'fraud' or 'legit'")
+    source = obj.get("source", "review")
+    if source not in FEEDBACK_SOURCES:
+        raise InvalidRecord("invalid_source", f"source must be one of {sorted(FEEDBACK_SOURCES)}")
+    return tx, FEEDBACK_LABELS[label]
+
+
+def mask_card_numbers(raw: bytes) -> bytes:
+    """Replace digit runs that look like card numbers, so dead letters never carry a PAN.
+
+    >>> mask_card_numbers(b'{"pan": "4111 1111 1111 1111", "amount": 12}')
+    b'{"pan": "****MASKED****", "amount": 12}'
+    """
+    return _PAN_PATTERN.sub(b"****MASKED****", raw)

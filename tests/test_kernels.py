@@ -1,0 +1,110 @@
+"""Numba kernels agree with the pure-Python references on random batches (Hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features.kernels import merchant_features, update_accounts, update_merchants
+from features.layout import (
+    ACCOUNT_WIDTH,
+    APPLIED,
+    DAY_MS,
+    FEATURE_NAMES,
+    N_FEATURES,
+    new_account_row,
+    new_merchant_row,
+)
+from features.reference import ReferenceAccounts, ReferenceMerchants
+
+START = 1_522_540_800_000  # 2018-04-01
+ACCOUNT_COLUMNS = [i for i, n in enumerate(FEATURE_NAMES) if not n.startswith("merchant_")]
+
+events = st.lists(
+    st.tuples(
+        st.integers(0, 3),  # account
+        st.integers(0, 45 * DAY_MS),  # time offset (random order: tests ring eviction)
+        st.floats(0.01, 5_000, allow_nan=False),  # amount
+        st.integers(0, 12),  # id hash: small range makes duplicates likely
+        st.booleans(),  # carries an offset?
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events, st.booleans())
+def test_account_kernel_matches_reference(batch, sort_by_time):
+    if sort_by_time:
+        batch = sorted(batch, key=lambda e: e[1])
+    n = len(batch)
+    rows = np.stack([new_account_row() for _ in range(4)]) if n else np.zeros((0, ACCOUNT_WIDTH))
+    if n == 0:
+        return
+    row_of = np.array([e[0] for e in batch], dtype=np.int64)
+    ts = np.array([START + e[1] for e in batch], dtype=np.int64)
+    amounts = np.array([e[2] for e in batch])
+    hashes = np.array([float(e[3]) for e in batch])
+    offsets = np.array([i if e[4] else -1 for i, e in enumerate(batch)], dtype=np.int64)
+    # replay the first few offsets again at the end: they must be recognised
+    out = np.zeros((n, N_FEATURES))
+    status = np.zeros(n, np.int8)
+    update_accounts(rows, row_of, offsets, ts, amounts, hashes, out, status)
+
+    ref = ReferenceAccounts()
+    for i, e in enumerate(batch):
+        feats, ref_status = ref.apply(str(e[0]), int(offsets[i]), int(ts[i]), e[2], float(e[3]))
+        assert status[i] == ref_status, i
+        if ref_status == APPLIED:
+            expected = [feats[FEATURE_NAMES[c]] for c in ACCOUNT_COLUMNS]
+            np.testing.assert_allclose(out[i, ACCOUNT_COLUMNS], expected, rtol=1e-9, atol=1e-9)
+
+
+def test_replayed_offsets_are_not_applied_twice():
+    rows = np.stack([new_account_row()])
+    n = 5
+    args = (
+        np.zeros(n, np.int64),
+        np.arange(n, dtype=np.int64),
+        START + np.arange(n, dtype=np.int64) * 1000,
+        np.ones(n),
+        np.arange(n, dtype=np.float64),
+    )
+    out, status = np.zeros((n, N_FEATURES)), np.zeros(n, np.int8)
+    update_accounts(rows, *args, out, status)
+    before = rows.copy()
+    update_accounts(rows, *args, out, status)
+    assert (status == 1).all()
+    np.testing.assert_array_equal(rows, before)
+
+
+merchant_updates = st.lists(
+    st.tuples(st.integers(0, 2), st.integers(0, 70), st.integers(0, 5), st.integers(0, 2)),
+    max_size=50,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(merchant_updates, st.integers(0, 80))
+def test_merchant_kernels_match_reference(updates, query_day):
+    rows = np.stack([new_merchant_row() for _ in range(3)])
+    ref = ReferenceMerchants()
+    if updates:
+        update_merchants(
+            rows,
+            np.array([u[0] for u in updates], np.int64),
+            np.array([START // DAY_MS + u[1] for u in updates], np.int64),
+            np.array([float(u[2]) for u in updates]),
+            np.array([float(u[3]) for u in updates]),
+        )
+    for m, day, count, frauds in updates:
+        ref.add(str(m), START // DAY_MS + day, count, frauds)
+    ts = START + query_day * DAY_MS + 5
+    out = np.zeros((3, N_FEATURES))
+    merchant_features(rows, np.arange(3, dtype=np.int64), np.full(3, ts, np.int64), out)
+    for m in range(3):
+        expected = ref.features(str(m), ts)
+        got = dict(zip(FEATURE_NAMES[9:15], out[m, 9:15], strict=True))
+        for name, value in expected.items():
+            assert abs(got[name] - value) < 1e-9, (m, name, got[name], value)
