@@ -1,0 +1,352 @@
+"""Seeded, vectorized simulator of the card-fraud benchmark, written as a JSON Lines stream.
+
+Customers (location, mean amount, amount spread, daily rate) and terminals (location) live on
+``[0, 100]^2``; a customer buys at any terminal within ``radius``. Every customer-day has a
+Poisson number of transactions with a normal time of day and a normal amount; three fraud
+scenarios (see :func:`perf.sim_scenarios.apply_scenarios`) label them. All draws are made on
+whole numpy columns, so the reference size (5,000 customers, 10,000 terminals, 183 days,
+about 1.75 million transactions) takes a couple of seconds.
+
+Random streams, all derived from ``SimulationConfig.seed``:
+
+* profiles: numpy's legacy ``RandomState(2*seed)`` for customers (x, y, mean amount, daily
+  rate, customer by customer) and ``RandomState(2*seed + 1)`` for terminals (x, y); for seed 0
+  this is the reference benchmark's population;
+* transactions: ``default_rng([seed, 1])``; scenario 3's choice: ``default_rng([seed, 3])``;
+* compromised terminals/customers: :func:`perf.sim_scenarios.daily_draw`.
+
+>>> sim = simulate(SimulationConfig(customers=30, terminals=60, days=5, radius=20.0))
+>>> s = sim.summary()
+>>> s["n_transactions"] == len(sim) and s["days"] == 5
+True
+>>> s["n_fraud"] == s["n_scenario_1"] + s["n_scenario_2"] + s["n_scenario_3"]
+True
+>>> bool((sim.time_ms[1:] >= sim.time_ms[:-1]).all())
+True
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from tqdm import tqdm
+
+from perf.sim_scenarios import apply_scenarios, reachable_terminals
+
+SECONDS_PER_DAY = 86_400
+#: Time of day ~ Normal(TIME_MEAN_S, TIME_STD_S); draws outside [0, 86400) are dropped.
+TIME_MEAN_S, TIME_STD_S = 43_200.0, 20_000.0
+#: Keys of one JSON Lines record, in order.
+FIELDS = (
+    "transaction_id", "account_id", "merchant_id", "amount", "currency", "timestamp", "channel",
+    "customer_x", "customer_y", "merchant_x", "merchant_y", "is_fraud", "fraud_scenario",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Size, period, seed and enabled scenarios of one simulation (defaults: the reference)."""
+
+    customers: int = 5000
+    terminals: int = 10000
+    days: int = 183
+    start_date: str = "2018-04-01"
+    seed: int = 0
+    scenarios: tuple[int, ...] = (1, 2, 3)
+    radius: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("customers", "terminals", "days"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if not 0 <= self.seed < 2**31:
+            raise ValueError("seed must be in [0, 2**31)")
+        if not self.radius > 0:
+            raise ValueError("radius must be > 0")
+        if not set(self.scenarios) <= {1, 2, 3}:
+            raise ValueError(f"scenarios must be among 1, 2, 3, got {self.scenarios!r}")
+        date.fromisoformat(self.start_date)  # raises ValueError when malformed
+        object.__setattr__(self, "scenarios", tuple(sorted(set(self.scenarios))))
+
+
+@dataclass(frozen=True, eq=False)
+class Simulation:
+    """Transactions as numpy columns, sorted by time (stable), plus the population.
+
+    Attributes
+    ----------
+    time_ms : int64 epoch milliseconds (whole seconds). customer, terminal : int32 indices.
+    amount : float64 (cents). is_fraud, scenario : int8 (scenario 0 = genuine).
+    customer_xy, terminal_xy : float64 arrays of shape (n, 2).
+    """
+
+    config: SimulationConfig
+    time_ms: np.ndarray
+    customer: np.ndarray
+    terminal: np.ndarray
+    amount: np.ndarray
+    is_fraud: np.ndarray
+    scenario: np.ndarray
+    customer_xy: np.ndarray = field(repr=False)
+    terminal_xy: np.ndarray = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.time_ms)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and rates, JSON-ready."""
+        n, cfg = len(self), self.config
+        n_fraud = int(self.is_fraud.sum())
+        by_scenario = np.bincount(self.scenario, minlength=4)
+        customer_days = cfg.customers * cfg.days
+        return {
+            "customers": cfg.customers,
+            "terminals": cfg.terminals,
+            "days": cfg.days,
+            "start_date": cfg.start_date,
+            "seed": cfg.seed,
+            "scenarios": list(cfg.scenarios),
+            "n_transactions": n,
+            "n_fraud": n_fraud,
+            "fraud_rate": n_fraud / n if n else 0.0,
+            "n_scenario_1": int(by_scenario[1]),
+            "n_scenario_2": int(by_scenario[2]),
+            "n_scenario_3": int(by_scenario[3]),
+            "tx_per_customer_day": n / customer_days if customer_days else 0.0,
+        }
+
+
+def simulate(config: SimulationConfig | None = None) -> Simulation:
+    """Generate every transaction of ``config`` (default: the reference size).
+
+    Parameters
+    ----------
+    config : SimulationConfig, optional
+
+    Returns
+    -------
+    Simulation
+        Deterministic for a given config (and numpy's stream-stable bit generators).
+    """
+    cfg = config or SimulationConfig()
+    cust = np.random.RandomState(2 * cfg.seed).random_sample((cfg.customers, 4))
+    customer_xy = cust[:, :2] * 100.0
+    mean_amount, rate = 5.0 + 95.0 * cust[:, 2], 4.0 * cust[:, 3]
+    terminal_xy = np.random.RandomState(2 * cfg.seed + 1).random_sample((cfg.terminals, 2)) * 100
+    offsets, reach = reachable_terminals(customer_xy, terminal_xy, cfg.radius)
+    n_reach = np.diff(offsets)
+
+    rng = np.random.default_rng([cfg.seed, 1])
+    per_day = rng.poisson(rate[:, None], size=(cfg.customers, cfg.days))
+    customer = np.repeat(np.arange(cfg.customers, dtype=np.int32), per_day.sum(axis=1))
+    day = np.repeat(np.tile(np.arange(cfg.days, dtype=np.int32), cfg.customers), per_day.ravel())
+    tod = rng.normal(TIME_MEAN_S, TIME_STD_S, size=len(customer))
+    keep = (tod >= 0) & (tod < SECONDS_PER_DAY) & (n_reach[customer] > 0)
+    customer, day, seconds = customer[keep], day[keep], np.floor(tod[keep]).astype(np.int64)
+
+    mu = mean_amount[customer]
+    amount = rng.normal(mu, mu / 2)
+    negative = np.flatnonzero(amount < 0)
+    amount[negative] = rng.uniform(0.0, 2 * mu[negative])
+    amount = np.round(amount, 2)
+    k = n_reach[customer]
+    pick = np.minimum((rng.random(len(customer)) * k).astype(np.int64), k - 1)
+    terminal = reach[offsets[customer] + pick].astype(np.int32)
+
+    amount, is_fraud, scenario = apply_scenarios(
+        customer=customer, terminal=terminal, day=day, amount=amount,
+        n_customers=cfg.customers, n_terminals=cfg.terminals, days=cfg.days,
+        seed=cfg.seed, scenarios=cfg.scenarios,
+    )  # fmt: skip
+    start_s = np.datetime64(cfg.start_date, "s").astype(np.int64)
+    time_ms = (start_s + day.astype(np.int64) * SECONDS_PER_DAY + seconds) * 1000
+    order = np.argsort(time_ms, kind="stable")
+    return Simulation(
+        cfg, time_ms[order], customer[order], terminal[order], amount[order],
+        is_fraud[order], scenario[order], customer_xy, terminal_xy,
+    )  # fmt: skip
+
+
+def _records(sim: Simulation, lo: int, hi: int) -> list[dict[str, Any]]:
+    """Wire-format dicts for rows ``lo:hi``, built from whole columns."""
+    c, t = sim.customer[lo:hi], sim.terminal[lo:hi]
+    cxy, txy = np.round(sim.customer_xy[c], 2), np.round(sim.terminal_xy[t], 2)
+    stamps = np.datetime_as_string(sim.time_ms[lo:hi].astype("datetime64[ms]"), unit="s")
+    return [
+        {
+            "transaction_id": f"t-{i:09d}", "account_id": f"c-{ci}", "merchant_id": f"m-{ti}",
+            "amount": a, "currency": "USD", "timestamp": ts + "Z", "channel": "card",
+            "customer_x": cx, "customer_y": cy, "merchant_x": mx, "merchant_y": my,
+            "is_fraud": f, "fraud_scenario": s,
+        }  # fmt: skip
+        for i, ci, ti, a, ts, cx, cy, mx, my, f, s in zip(
+            range(lo, hi), c.tolist(), t.tolist(), sim.amount[lo:hi].tolist(), stamps.tolist(),
+            cxy[:, 0].tolist(), cxy[:, 1].tolist(), txy[:, 0].tolist(), txy[:, 1].tolist(),
+            sim.is_fraud[lo:hi].tolist(), sim.scenario[lo:hi].tolist(), strict=True,
+        )  # fmt: skip
+    ]
+
+
+def write_stream(
+    sim: Simulation, path: str | os.PathLike[str], progress: bool = True, chunk: int = 50_000
+) -> int:
+    """Write ``sim`` as JSON Lines (gzip when ``path`` ends with ``.gz``); return lines written.
+
+    The file is written to ``path + ".part"`` and renamed when complete. Gzip output has a zero
+    mtime, so equal simulations give byte-identical files.
+    """
+    path = Path(path)
+    part = path.with_name(path.name + ".part")
+    n = len(sim)
+    with open(part, "wb") as raw, tqdm(
+        total=n, unit="tx", unit_scale=True, file=sys.stderr, disable=not progress
+    ) as bar:
+        gz = path.suffix == ".gz"
+        sink = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=3, mtime=0) if gz else raw
+        for lo in range(0, n, chunk):
+            hi = min(lo + chunk, n)
+            sink.write(b"\n".join(map(orjson.dumps, _records(sim, lo, hi))) + b"\n")
+            bar.update(hi - lo)
+        if gz:
+            sink.close()  # writes the gzip trailer; ``raw`` is closed by the with-block
+    os.replace(part, path)
+    return n
+
+
+class MalformedLineError(ValueError):
+    """A stream line is not a JSON object; ``line_number`` is 1-based."""
+
+    def __init__(self, line_number: int, reason: str) -> None:
+        super().__init__(f"line {line_number}: {reason}")
+        self.line_number = line_number
+        self.reason = reason
+
+
+class StreamReader:
+    """Iterator of ``(line_number, record)`` over a JSON Lines file, gzip or plain.
+
+    With ``on_error="raise"`` a malformed line raises :class:`MalformedLineError`; with
+    ``"skip"`` it is left out and recorded in :attr:`malformed` as ``(line_number, reason)``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], on_error: str = "raise") -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.path, self.on_error = Path(path), on_error
+        self.malformed: list[tuple[int, str]] = []
+        self._lines = self._generate()
+
+    def __iter__(self) -> StreamReader:
+        return self
+
+    def __next__(self) -> tuple[int, dict[str, Any]]:
+        return next(self._lines)
+
+    def close(self) -> None:
+        """Close the underlying file early."""
+        self._lines.close()
+
+    def _generate(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        with open(self.path, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            fh = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+            for number, line in enumerate(fh, start=1):
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    reason = f"invalid JSON at column {exc.colno}: {exc.msg}"
+                else:
+                    if isinstance(record, dict):
+                        yield number, record
+                        continue
+                    reason = f"expected a JSON object, got {type(record).__name__}"
+                if self.on_error == "raise":
+                    raise MalformedLineError(number, reason)
+                self.malformed.append((number, reason))
+
+
+def read_stream(path: str | os.PathLike[str], on_error: str = "raise") -> StreamReader:
+    """Iterate ``(line_number, record)`` over a stream; see :class:`StreamReader`."""
+    return StreamReader(path, on_error)
+
+
+def load_stream(
+    path: str | os.PathLike[str],
+    on_error: str = "raise",
+    malformed: list[tuple[int, str]] | None = None,
+) -> list[dict[str, Any]]:
+    """All records of a stream as a list; skipped lines are appended to ``malformed``."""
+    reader = StreamReader(path, on_error)
+    records = [record for _, record in reader]
+    if malformed is not None:
+        malformed.extend(reader.malformed)
+    return records
+
+
+def _scenarios(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected e.g. 1,2,3, got {text!r}") from exc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``flagstream simulate`` options to ``parser``."""
+    d = SimulationConfig()
+    parser.add_argument("--customers", type=int, default=d.customers, help="number of customers")
+    parser.add_argument("--terminals", type=int, default=d.terminals, help="number of terminals")
+    parser.add_argument("--days", type=int, default=d.days, help="number of simulated days")
+    parser.add_argument("--start-date", default=d.start_date, help="first day, YYYY-MM-DD")
+    parser.add_argument("--seed", type=int, default=d.seed, help="random seed")
+    parser.add_argument(
+        "--scenarios", type=_scenarios, default=d.scenarios, help="fraud scenarios, e.g. 1,2,3"
+    )
+    parser.add_argument("--radius", type=float, default=d.radius, help="customer reach")
+    parser.add_argument("--out", help="JSON Lines output path (.gz to compress); none: no file")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Simulate, write ``args.out`` if given, print the summary as JSON to stdout."""
+    started = time.perf_counter()
+    try:
+        config = SimulationConfig(
+            customers=args.customers, terminals=args.terminals, days=args.days,
+            start_date=args.start_date, seed=args.seed, scenarios=args.scenarios,
+            radius=args.radius,
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 2
+    sim = simulate(config)
+    summary = sim.summary()
+    summary["simulate_seconds"] = round(time.perf_counter() - started, 3)
+    if args.out:
+        summary["out"] = str(args.out)
+        summary["lines_written"] = write_stream(sim, args.out, progress=args.progress)
+    summary["total_seconds"] = round(time.perf_counter() - started, 3)
+    sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m perf.simulator [options]``."""
+    parser = argparse.ArgumentParser(prog="flagstream simulate", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
