@@ -42,6 +42,7 @@ from scoring.linear import LinearChampion
 from scoring.policy import DecisionPolicy, FixedThreshold
 from scoring.reasons import explain
 from streams.schema import Rejection, validate_transactions
+from streams.topics import partition_for
 
 #: Context fields copied from a transaction onto its decision (never card numbers).
 CONTEXT_FIELDS = ("currency", "channel", "country")
@@ -121,6 +122,7 @@ class BatchOutcome:
     flagged: list[dict] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     replayed: int = 0
+    misrouted: list[tuple[int, str]] = field(default_factory=list)
     features: np.ndarray = field(default_factory=lambda: np.empty((0, N_FEATURES)))
     scores: np.ndarray = field(default_factory=lambda: np.empty(0))
     activity: MerchantActivity = field(default_factory=MerchantActivity)
@@ -158,12 +160,29 @@ class ScoringCore:
         self.max_nesting = max_nesting
 
     def process(
-        self, values: Sequence[bytes | None], offsets: Sequence[int] | None = None
+        self,
+        values: Sequence[bytes | None],
+        offsets: Sequence[int] | None = None,
+        partition: int | None = None,
+        partitions: int | None = None,
     ) -> BatchOutcome:
-        """Run one batch. ``offsets`` (source offsets, one partition per account) make
-        replays after a restart idempotent; without them every event is applied."""
+        """Run one batch of records from one partition.
+
+        ``offsets`` (source offsets; each account lives on one partition) make replays
+        after a restart idempotent; without them every event is applied. With
+        ``partition`` and ``partitions``, valid records whose account belongs to another
+        partition are returned in ``misrouted`` instead of being applied.
+        """
         batch = validate_transactions(values, self.max_record_bytes, self.max_nesting)
         outcome = BatchOutcome(rejections=list(batch.rejections))
+        if partitions is not None and len(batch):
+            home = np.fromiter(
+                (partition_for(a, partitions) for a in batch.account_ids), np.int64, len(batch)
+            )
+            wrong = np.flatnonzero(home != partition)
+            outcome.misrouted = [(batch.indices[i], batch.account_ids[i]) for i in wrong]
+            if len(wrong):
+                batch = batch.select(np.flatnonzero(home == partition))
         n = len(batch)
         if n == 0:
             return outcome

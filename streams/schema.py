@@ -63,6 +63,20 @@ class TransactionBatch:
     def __len__(self) -> int:
         return len(self.transaction_ids)
 
+    def select(self, keep: np.ndarray) -> TransactionBatch:
+        """The valid records at positions ``keep`` (rejections are carried over)."""
+        picks = keep.tolist()
+        return TransactionBatch(
+            [self.indices[i] for i in picks],
+            [self.records[i] for i in picks],
+            [self.transaction_ids[i] for i in picks],
+            [self.account_ids[i] for i in picks],
+            [self.merchant_ids[i] for i in picks],
+            self.amounts[keep],
+            self.timestamps_ms[keep],
+            self.rejections,
+        )
+
 
 class InvalidRecord(ValueError):
     """A record that breaks the wire schema; ``reason`` is the dead-letter reason code."""

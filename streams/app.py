@@ -1,0 +1,141 @@
+"""The Faust application: topics, tables and agents for one worker role.
+
+Roles: ``scorer`` (transactions → decisions), ``learner`` (feedback → model versions,
+merchant state), or ``all`` in one process. A scorer reads merchant state from a
+replicated global table that only the learner writes, so every lookup on the hot
+path is local (see ARCHITECTURE.md, principle 6).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.types import TopicT
+
+from features.arena import Arena
+from features.layout import new_account_row, new_merchant_row
+from scoring.handle import ModelHandle
+from scoring.linear import LinearChampion
+from scoring.policy import FixedThreshold
+from sinks.metrics import PipelineMetrics
+from streams import topics as names
+from streams.config import Settings
+from streams.core import MerchantState, ScoringCore
+
+log = logging.getLogger(__name__)
+
+ROLES = ("all", "scorer", "learner")
+
+
+@dataclass
+class Pipeline:
+    """Everything one worker process owns, wired together."""
+
+    settings: Settings
+    role: str
+    app: faust.App
+    metrics: PipelineMetrics
+    handle: ModelHandle
+    core: ScoringCore
+    topics: dict[str, TopicT] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scores(self) -> bool:
+        return self.role in {"all", "scorer"}
+
+    @property
+    def learns(self) -> bool:
+        return self.role in {"all", "learner"}
+
+
+def build_app(settings: Settings, role: str = "all") -> Pipeline:
+    """Create the Faust app for ``role`` with its topics, tables and agents."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+    app_id = settings.app_id if role == "all" else f"{settings.app_id}-{role}"
+    app = faust.App(
+        app_id,
+        broker=[f"kafka://{b}" for b in settings.broker.split(",")],
+        store="rocksdb://",
+        datadir=str(settings.data_path / role),
+        topic_partitions=settings.partitions,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        broker_credentials=_credentials(settings),
+        producer_linger_ms=5,
+        producer_max_batch_size=1_048_576,
+        consumer_max_fetch_size=8 * 1_048_576,
+        broker_max_poll_records=5_000,
+        stream_buffer_maxsize=20_000,
+        table_standby_replicas=0,
+        logging_config=None,
+    )
+    metrics = PipelineMetrics()
+    handle = ModelHandle(LinearChampion(learning_rate=settings.learning_rate))
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    topic_map = {
+        key: app.topic(settings.topic(name), partitions=parts, internal=False, **raw)
+        for key, name, parts in [
+            ("transactions", names.TRANSACTIONS, settings.partitions),
+            ("transactions_dlq", names.TRANSACTIONS_DLQ, settings.partitions),
+            ("scores", names.SCORES, settings.partitions),
+            ("review", names.REVIEW, settings.partitions),
+            ("feedback", names.FEEDBACK, settings.partitions),
+            ("feedback_dlq", names.FEEDBACK_DLQ, settings.partitions),
+            ("models", names.MODELS, 1),
+            ("merchant_activity", names.MERCHANT_ACTIVITY, settings.partitions),
+            ("merchant_state", names.MERCHANT_STATE, settings.partitions),
+        ]
+    }
+    merchant_table = app.GlobalTable(
+        "merchants", changelog_topic=topic_map["merchant_state"], partitions=settings.partitions,
+        **raw,
+    )
+    models_table = app.GlobalTable(
+        "models", changelog_topic=topic_map["models"], partitions=1, **raw
+    )
+    tables: dict[str, Any] = {"merchants": merchant_table, "models": models_table}
+    if role in {"all", "scorer"}:
+        tables["accounts"] = app.Table("accounts", partitions=settings.partitions, **raw)
+    if role in {"all", "learner"}:
+        tables["decisions"] = app.Table("decisions", partitions=settings.partitions, **raw)
+
+    accounts_table = tables.get("accounts")
+    accounts = Arena(
+        new_account_row,
+        loader=(lambda key: accounts_table.get(key.encode())) if accounts_table is not None else None,
+    )
+    merchants = MerchantState(
+        Arena(new_merchant_row, loader=lambda key: merchant_table.get(key.encode()))
+    )
+    core = ScoringCore(
+        handle, FixedThreshold(settings.threshold), accounts, merchants,
+        settings.max_record_bytes, settings.max_nesting,
+    )
+    pipeline = Pipeline(settings, role, app, metrics, handle, core, topic_map, tables)
+    from streams import agents  # noqa: PLC0415 - agents register themselves on the app
+
+    agents.register(pipeline)
+    return pipeline
+
+
+def _credentials(settings: Settings) -> Any:
+    """Faust credentials from the pass-through Kafka security settings."""
+    if settings.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.reveal(),
+            mechanism=settings.sasl_mechanism,
+            ssl_context=settings.kafka_security().get("ssl_context"),
+        )
+    if settings.security_protocol == "SSL":
+        return faust.SSLCredentials(settings.kafka_security()["ssl_context"])
+    return None
