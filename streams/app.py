@@ -30,6 +30,19 @@ log = logging.getLogger(__name__)
 ROLES = ("all", "scorer", "learner")
 
 
+class SharedGlobalTable(faust.GlobalTable):
+    """A global table replicated from a changelog topic with a name of our choosing.
+
+    Scorer and learner apps have different ids, so they cannot share Faust's default
+    ``<app id>-<table>-changelog`` name. faust-streaming 0.15.3's partition assignor
+    looks the changelog up by that default name even when ``changelog_topic`` is
+    given (a KeyError that silently stalls the rebalance), so the name is overridden.
+    """
+
+    def _changelog_topic_name(self) -> str:
+        return self.changelog_topic.get_topic_name()
+
+
 @dataclass
 class Pipeline:
     """Everything one worker process owns, wired together."""
@@ -56,14 +69,15 @@ def build_app(settings: Settings, role: str = "all") -> Pipeline:
     """Create the Faust app for ``role`` with its topics, tables and agents."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
-    app_id = settings.app_id if role == "all" else f"{settings.app_id}-{role}"
+    base_id = f"{settings.topic_prefix}{settings.app_id}"
+    app_id = base_id if role == "all" else f"{base_id}-{role}"
+    (settings.data_path / role).mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id,
         broker=[f"kafka://{b}" for b in settings.broker.split(",")],
         store="rocksdb://",
         datadir=str(settings.data_path / role),
         topic_partitions=settings.partitions,
-        topic_allow_declare=False,
         topic_disable_leader=True,
         web_enabled=True,
         web_host=settings.web_host,
@@ -81,6 +95,7 @@ def build_app(settings: Settings, role: str = "all") -> Pipeline:
     metrics = PipelineMetrics()
     handle = ModelHandle(LinearChampion(learning_rate=settings.learning_rate))
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    raw_table = {"key_type": bytes, "value_type": bytes}
     topic_map = {
         key: app.topic(settings.topic(name), partitions=parts, internal=False, **raw)
         for key, name, parts in [
@@ -90,23 +105,23 @@ def build_app(settings: Settings, role: str = "all") -> Pipeline:
             ("review", names.REVIEW, settings.partitions),
             ("feedback", names.FEEDBACK, settings.partitions),
             ("feedback_dlq", names.FEEDBACK_DLQ, settings.partitions),
-            ("models", names.MODELS, 1),
+            ("models", names.MODELS, settings.partitions),
             ("merchant_activity", names.MERCHANT_ACTIVITY, settings.partitions),
             ("merchant_state", names.MERCHANT_STATE, settings.partitions),
         ]
     }
-    merchant_table = app.GlobalTable(
-        "merchants", changelog_topic=topic_map["merchant_state"], partitions=settings.partitions,
-        **raw,
-    )
-    models_table = app.GlobalTable(
-        "models", changelog_topic=topic_map["models"], partitions=1, **raw
-    )
+    shared = {
+        "partitions": settings.partitions,
+        "synchronize_all_active_partitions": True,
+        **raw_table,
+    }
+    merchant_table = _shared_table(app, "merchants", topic_map["merchant_state"], shared)
+    models_table = _shared_table(app, "models", topic_map["models"], shared)
     tables: dict[str, Any] = {"merchants": merchant_table, "models": models_table}
     if role in {"all", "scorer"}:
-        tables["accounts"] = app.Table("accounts", partitions=settings.partitions, **raw)
+        tables["accounts"] = app.Table("accounts", partitions=settings.partitions, **raw_table)
     if role in {"all", "learner"}:
-        tables["decisions"] = app.Table("decisions", partitions=settings.partitions, **raw)
+        tables["decisions"] = app.Table("decisions", partitions=settings.partitions, **raw_table)
 
     accounts_table = tables.get("accounts")
     accounts = Arena(
@@ -125,6 +140,15 @@ def build_app(settings: Settings, role: str = "all") -> Pipeline:
 
     agents.register(pipeline)
     return pipeline
+
+
+def _shared_table(app: faust.App, name: str, topic: TopicT, options: dict) -> SharedGlobalTable:
+    """Register a :class:`SharedGlobalTable` the way ``app.GlobalTable`` registers its own."""
+    table = SharedGlobalTable(
+        app, name=name, beacon=app.tables.beacon, standby_buffer_size=1, is_global=True,
+        changelog_topic=topic, **options,
+    )
+    return app.tables.add(table)
 
 
 def _credentials(settings: Settings) -> Any:

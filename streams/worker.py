@@ -1,0 +1,52 @@
+"""Start a worker: create the topics, then run the Faust app for one role.
+
+>>> parser = __import__("argparse").ArgumentParser(); add_arguments(parser)
+>>> parser.parse_args(["--role", "scorer"]).role
+'scorer'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from streams.app import ROLES, build_app
+from streams.config import Settings
+from streams.topics import create_topics
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--role", choices=ROLES, default="all", help="what this worker does")
+    parser.add_argument("--broker", help="Kafka bootstrap servers (FLAGSTREAM_BROKER)")
+    parser.add_argument("--web-port", type=int, help="metrics/review port (FLAGSTREAM_WEB_PORT)")
+    parser.add_argument("--data-dir", help="RocksDB table directory (FLAGSTREAM_DATA_DIR)")
+    parser.add_argument("--loglevel", default="info")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {
+        name: value
+        for name, value in (
+            ("broker", args.broker),
+            ("web_port", args.web_port),
+            ("data_dir", args.data_dir),
+        )
+        if value is not None
+    }
+    return Settings.from_env(**overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Create topics and run the worker until interrupted."""
+    from faust import Worker
+
+    settings = settings_from(args)
+    asyncio.run(create_topics(settings))
+    pipeline = build_app(settings, args.role)
+    log.info("starting %s worker on %s", args.role, settings.broker)
+    worker = Worker(pipeline.app, loglevel=args.loglevel, quiet=True)
+    worker.execute_from_commandline()
+    return 0
