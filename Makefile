@@ -1,0 +1,60 @@
+# flagstream — the two commands a user needs:
+#   make demo   the whole product on a local Kafka broker (see README)
+#   make test   install everything, start a real broker, run the whole suite, stop the broker
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export KAFKA_PORT ?= 19092
+export FLAGSTREAM_BROKER ?= 127.0.0.1:$(KAFKA_PORT)
+
+.PHONY: install system-deps broker-start broker-stop test test-unit lint demo bench clean
+
+$(BIN)/flagstream: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/flagstream system-deps
+
+# Debian packages the tests use: kcat (a Kafka client we did not write) and chromium
+# (browser tests). Installed only when missing; needs root or sudo.
+system-deps:
+	@missing=""; command -v kcat >/dev/null || missing="$$missing kcat"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+broker-start:
+	bash scripts/kafka.sh start
+
+broker-stop:
+	bash scripts/kafka.sh stop
+
+lint: $(BIN)/flagstream
+	$(BIN)/ruff check streams features scoring sinks perf tests
+
+test: install
+	bash scripts/kafka.sh start
+	set -o pipefail; status=0; \
+	CI=$${CI:-} $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
+	bash scripts/kafka.sh stop; \
+	if [ $$status -ne 0 ]; then echo "---- broker log tail ----"; tail -40 $${FLAGSTREAM_CACHE:-$$HOME/.cache/flagstream}/kafka-data-$(KAFKA_PORT)/broker.log || true; fi; \
+	exit $$status
+
+test-unit: $(BIN)/flagstream
+	$(BIN)/python -m pytest -m "not integration and not browser" $(PYTEST_ARGS)
+
+demo: install
+	bash scripts/kafka.sh start
+	$(BIN)/flagstream demo
+
+bench: install
+	bash scripts/kafka.sh start
+	$(BIN)/python -m perf compare
+
+clean:
+	rm -rf $(VENV) var artifacts *.egg-info

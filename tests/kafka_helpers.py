@@ -1,0 +1,176 @@
+"""Test helpers that talk to the real broker: produce, read a topic, run a worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.codec import dumps, loads
+from streams.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def produce(
+    settings: Settings, topic: str, records: Iterable[tuple[bytes | None, bytes]]
+) -> int:
+    """Send (key, value) pairs to a topic and wait for every acknowledgement."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(settings.topic(topic), v, key=k) for k, v in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(futures)
+
+
+def produce_json(settings: Settings, topic: str, objects: Iterable[dict], key_field: str | None):
+    pairs = [((o[key_field].encode() if key_field else None), dumps(o)) for o in objects]
+    return asyncio.run(produce(settings, topic, pairs))
+
+
+async def read_topic(
+    settings: Settings, topic: str, expect: int, timeout_s: float = 60.0, settle_s: float = 1.0
+) -> list:
+    """Read a topic from the beginning until ``expect`` records arrived (then ``settle_s``
+    more seconds, to catch extras) or the timeout passed. Returns aiokafka records."""
+    name = settings.topic(topic)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.broker, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(name) or set()
+        deadline = time.monotonic() + timeout_s
+        while not partitions and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(name) or set()
+        consumer.assign([TopicPartition(name, p) for p in partitions])
+        await consumer.seek_to_beginning()
+        records: list = []
+        settle_until = None
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for recs in batch.values():
+                records.extend(recs)
+            if len(records) >= expect:
+                settle_until = settle_until or time.monotonic() + settle_s
+                if time.monotonic() >= settle_until:
+                    break
+        return records
+    finally:
+        await consumer.stop()
+
+
+def read_json(settings: Settings, topic: str, expect: int, timeout_s: float = 60.0) -> list[dict]:
+    return [loads(r.value) for r in asyncio.run(read_topic(settings, topic, expect, timeout_s))]
+
+
+class WorkerProcess:
+    """A real ``flagstream worker`` subprocess with its own port, data dir and log."""
+
+    def __init__(self, settings: Settings, log_path: Path, role: str = "all", extra_env=None):
+        self.settings = settings
+        self.log_path = log_path
+        self.role = role
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.web_host}:{self.settings.web_port}"
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        env = dict(os.environ)
+        env.update(
+            {
+                "FLAGSTREAM_BROKER": s.broker,
+                "FLAGSTREAM_TOPIC_PREFIX": s.topic_prefix,
+                "FLAGSTREAM_PARTITIONS": str(s.partitions),
+                "FLAGSTREAM_DATA_DIR": s.data_dir,
+                "FLAGSTREAM_WEB_PORT": str(s.web_port),
+                "FLAGSTREAM_THRESHOLD": str(s.threshold),
+                "FLAGSTREAM_REVIEW_TOKEN": s.review_token.reveal(),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout_s: float = 90.0) -> WorkerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--role", self.role],
+            cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.wait_ready(timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Wait until the web server answers and the agents hold their partitions."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
+                    if resp.status == 200 and b"Setting newly assigned" in self.log_path.read_bytes():
+                        time.sleep(1.0)
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"worker not ready in {timeout_s}s:\n{self.log_tail()}")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
+    def metric(self, name: str) -> float:
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                head, value = line.rsplit(" ", 1)
+                if head == name or head.startswith(name + "{"):
+                    total += float(value)
+        return total
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks, no final commit."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 80) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
