@@ -90,6 +90,8 @@ def build_app(settings: Settings, role: str = "all") -> Pipeline:
         broker_max_poll_records=5_000,
         stream_buffer_maxsize=20_000,
         table_standby_replicas=0,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         logging_config=None,
     )
     metrics = PipelineMetrics()

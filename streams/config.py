@@ -56,6 +56,8 @@ class Settings:
     #: Hot path batch size and the longest wait for a batch to fill, seconds.
     batch_size: int = 2_000
     batch_within: float = 0.01
+    #: How long the group waits for a silent worker before moving its partitions, seconds.
+    session_timeout_s: float = 10.0
     #: Decision threshold used until the operating point has feedback to follow.
     threshold: float = 0.5
     #: How long feature vectors are kept for joining feedback, seconds (event time).
