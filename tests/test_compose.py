@@ -1,0 +1,32 @@
+"""docker-compose.yml stays equivalent to the local set-up the tests use."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+
+import yaml
+
+from streams.config import Settings
+from tests.kafka_helpers import ROOT
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_runs_the_same_kafka_release_as_the_local_script():
+    script = (ROOT / "scripts" / "kafka.sh").read_text()
+    local = re.search(r"KAFKA_VERSION=\$\{KAFKA_VERSION:-([0-9.]+)\}", script).group(1)
+    image = compose()["services"]["kafka"]["image"]
+    assert image == f"apache/kafka:{local}"
+
+
+def test_compose_worker_settings_are_real_settings_and_ports_stay_on_localhost():
+    services = compose()["services"]
+    known = {f"FLAGSTREAM_{f.name.upper()}" for f in fields(Settings)}
+    assert set(services["worker"]["environment"]) <= known
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond localhost"
+    assert {"kafka", "worker", "prometheus", "grafana"} <= set(services)
