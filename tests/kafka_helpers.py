@@ -47,10 +47,16 @@ def produce_json(settings: Settings, topic: str, objects: Iterable[dict], key_fi
 
 
 async def read_topic(
-    settings: Settings, topic: str, expect: int, timeout_s: float = 60.0, settle_s: float = 1.0
+    settings: Settings,
+    topic: str,
+    expect: int,
+    timeout_s: float = 60.0,
+    settle_s: float = 1.0,
+    distinct_keys: bool = False,
 ) -> list:
-    """Read a topic from the beginning until ``expect`` records arrived (then ``settle_s``
-    more seconds, to catch extras) or the timeout passed. Returns aiokafka records."""
+    """Read a topic from the beginning until ``expect`` records (or, with
+    ``distinct_keys``, records with ``expect`` distinct keys) arrived, then ``settle_s``
+    more seconds to catch extras, or the timeout passed. Returns aiokafka records."""
     name = settings.topic(topic)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.broker, enable_auto_commit=False, auto_offset_reset="earliest"
@@ -66,12 +72,15 @@ async def read_topic(
         consumer.assign([TopicPartition(name, p) for p in partitions])
         await consumer.seek_to_beginning()
         records: list = []
+        keys: set = set()
         settle_until = None
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
             for recs in batch.values():
                 records.extend(recs)
-            if len(records) >= expect:
+                if distinct_keys:
+                    keys.update(r.key for r in recs)
+            if (len(keys) if distinct_keys else len(records)) >= expect:
                 settle_until = settle_until or time.monotonic() + settle_s
                 if time.monotonic() >= settle_until:
                     break
@@ -80,8 +89,11 @@ async def read_topic(
         await consumer.stop()
 
 
-def read_json(settings: Settings, topic: str, expect: int, timeout_s: float = 60.0) -> list[dict]:
-    return [loads(r.value) for r in asyncio.run(read_topic(settings, topic, expect, timeout_s))]
+def read_json(
+    settings: Settings, topic: str, expect: int, timeout_s: float = 60.0, distinct_keys: bool = False
+) -> list[dict]:
+    records = asyncio.run(read_topic(settings, topic, expect, timeout_s, distinct_keys=distinct_keys))
+    return [loads(r.value) for r in records]
 
 
 class WorkerProcess:

@@ -43,7 +43,7 @@ def test_sigkill_mid_stream_then_restart_keeps_state_and_loses_nothing(settings,
     produce_json(settings, "transactions", records[3_000:], "account_id")
     worker_factory()  # same data dir and group: recovers tables, resumes from committed offsets
 
-    decisions = read_json(settings, "scores", len(records), timeout_s=120)
+    decisions = read_json(settings, "scores", len(records), timeout_s=180, distinct_keys=True)
     by_id: dict[str, dict] = {}
     for d in decisions:
         by_id[d["transaction_id"]] = d  # a crash may repeat a decision; the last one stands
