@@ -129,11 +129,11 @@ class WorkerProcess:
         return env
 
     def start(self, timeout_s: float = 90.0) -> WorkerProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--role", self.role],
-            cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-        )
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker", "--role", self.role],
+                cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            )
         self.wait_ready(timeout_s)
         return self
 

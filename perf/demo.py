@@ -1,0 +1,161 @@
+"""``flagstream demo``: the whole product on a local broker, in accelerated time.
+
+Starts a worker (scoring, learning, review page, metrics), generates a simulated
+stream if there is none, replays it in accelerated event time, runs simulated
+reviewers and chargebacks, and prints a live summary until Ctrl-C, which stops
+everything cleanly. The broker is started by ``make demo`` (scripts/kafka.sh).
+
+>>> parser = __import__("argparse").ArgumentParser(); add_arguments(parser)
+>>> parser.parse_args([]).speedup
+3600.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from streams.config import Settings
+
+STREAM = Path("var/demo/stream.jsonl.gz")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stream", type=Path, default=STREAM, help="recorded stream to replay")
+    parser.add_argument("--customers", type=int, default=2_000)
+    parser.add_argument("--terminals", type=int, default=4_000)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--speedup", type=float, default=3600.0, help="event seconds per second")
+    parser.add_argument("--port", type=int, default=6066, help="review page and metrics port")
+    parser.add_argument("--refresh", type=float, default=2.0, help="summary refresh, seconds")
+    parser.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (0: Ctrl-C)")
+
+
+class Metrics:
+    """Reads the worker's Prometheus endpoint into {name{labels}: value}."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def read(self) -> dict[str, float]:
+        try:
+            with urllib.request.urlopen(self.url, timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return {}
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                try:
+                    values[name] = float(value)
+                except ValueError:
+                    pass
+        return values
+
+
+def total(values: dict[str, float], name: str, **labels: str) -> float:
+    """Sum a metric's samples whose labels include ``labels``."""
+    out = 0.0
+    for key, value in values.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            out += value
+    return out
+
+
+def summary_line(now: dict[str, float], before: dict[str, float], seconds: float) -> str:
+    """One line: throughput, flags, queue, recall and false-discovery rate so far, version."""
+    events = total(now, "flagstream_events_in_total")
+    rate = (events - total(before, "flagstream_events_in_total")) / max(seconds, 1e-9)
+    flags = total(now, "flagstream_flags_total")
+    fraud_reviewed = total(now, "flagstream_feedback_labels_total", label="fraud", source="review")
+    legit_reviewed = total(now, "flagstream_feedback_labels_total", label="legit", source="review")
+    missed = total(now, "flagstream_feedback_labels_total", label="fraud", source="chargeback")
+    found = fraud_reviewed + missed
+    recall = f"{fraud_reviewed / found:.0%}" if found else "-"
+    reviewed = fraud_reviewed + legit_reviewed
+    fdr = f"{legit_reviewed / reviewed:.0%}" if reviewed else "-"
+    queue = total(now, "flagstream_review_queue_depth")
+    version = int(total(now, "flagstream_model_sequence"))
+    return (
+        f"{rate:8,.0f} ev/s | {events:10,.0f} scored | {flags:7,.0f} flagged | queue {queue:5,.0f}"
+        f" | recall {recall:>4} | false alarms {fdr:>4} | model v{version}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    token = os.environ.get("FLAGSTREAM_REVIEW_TOKEN") or secrets.token_urlsafe(16)
+    env = {**os.environ, "FLAGSTREAM_REVIEW_TOKEN": token, "FLAGSTREAM_WEB_PORT": str(args.port),
+           "FLAGSTREAM_DATA_DIR": "var/demo/worker", "PYTHONUNBUFFERED": "1"}
+    logs = Path("var/demo/logs")
+    logs.mkdir(parents=True, exist_ok=True)
+    flagstream = [sys.executable, "-m", "streams.cli"]
+    if not args.stream.exists():
+        print(f"generating a {args.days}-day stream of {args.customers} cards → {args.stream}")
+        subprocess.run(
+            [*flagstream, "simulate", "--customers", str(args.customers), "--terminals",
+             str(args.terminals), "--days", str(args.days), "--out", str(args.stream)],
+            check=True, env=env,
+        )
+    procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(name: str, argv: list[str]) -> None:
+        log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        procs.append((name, subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)))
+
+    start("worker", [*flagstream, "worker"])
+    base = f"http://127.0.0.1:{args.port}"
+    metrics = Metrics(base + "/metrics")
+    deadline = time.monotonic() + 120
+    while not metrics.read():
+        if time.monotonic() > deadline or procs[0][1].poll() is not None:
+            print(f"worker did not start; see {logs / 'worker.log'}", file=sys.stderr)
+            return stop_all(procs, 1)
+        time.sleep(0.5)
+    start("replay", [*flagstream, "replay", str(args.stream), "--speedup", str(args.speedup)])
+    start("reviewers", [*flagstream, "reviewers", str(args.stream), "--auto-legit",
+                        "--speedup", str(args.speedup)])
+    print(f"\nbroker      {settings.broker}")
+    print(f"review page {base}/review   token: {token}")
+    print(f"metrics     {base}/metrics")
+    print(f"logs        {logs}/\n(Ctrl-C stops everything)\n")
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    before, t0, started = metrics.read(), time.monotonic(), time.monotonic()
+    while not stop["now"]:
+        time.sleep(args.refresh)
+        now, t1 = metrics.read(), time.monotonic()
+        print(summary_line(now, before, t1 - t0), flush=True)
+        before, t0 = now, t1
+        if args.duration and t1 - started > args.duration:
+            break
+        if procs[0][1].poll() is not None:
+            print("the worker stopped; see its log", file=sys.stderr)
+            return stop_all(procs, 1)
+    return stop_all(procs, 0)
+
+
+def stop_all(procs: list[tuple[str, subprocess.Popen]], status: int) -> int:
+    """Stop children in reverse order: producers first, the worker last."""
+    for name, proc in reversed(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                print(f"{name} did not stop; killing it", file=sys.stderr)
+                proc.kill()
+    print("stopped")
+    return status
