@@ -7,7 +7,7 @@ everything cleanly. The broker is started by ``make demo`` (scripts/kafka.sh).
 
 >>> parser = __import__("argparse").ArgumentParser(); add_arguments(parser)
 >>> parser.parse_args([]).speedup
-3600.0
+7200.0
 """
 
 from __future__ import annotations
@@ -32,7 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--customers", type=int, default=2_000)
     parser.add_argument("--terminals", type=int, default=4_000)
     parser.add_argument("--days", type=int, default=60)
-    parser.add_argument("--speedup", type=float, default=3600.0, help="event seconds per second")
+    parser.add_argument("--speedup", type=float, default=7200.0, help="event seconds per second")
+    parser.add_argument("--review-capacity", type=int, default=300, help="reviews per event day")
+    parser.add_argument(
+        "--chargeback-delay-days", type=float, default=2.0,
+        help="event days until a missed fraud is reported (7 in the benchmark; shorter here)",
+    )
     parser.add_argument("--port", type=int, default=6066, help="review page and metrics port")
     parser.add_argument("--refresh", type=float, default=2.0, help="summary refresh, seconds")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (0: Ctrl-C)")
@@ -125,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(0.5)
     start("replay", [*flagstream, "replay", str(args.stream), "--speedup", str(args.speedup)])
     start("reviewers", [*flagstream, "reviewers", str(args.stream), "--auto-legit",
-                        "--speedup", str(args.speedup)])
+                        "--speedup", str(args.speedup), "--review-delay", "7200",
+                        "--capacity-per-day", str(args.review_capacity),
+                        "--chargeback-delay-days", str(args.chargeback_delay_days)])
     print(f"\nbroker      {settings.broker}")
     print(f"review page {base}/review   token: {token}")
     print(f"metrics     {base}/metrics")
