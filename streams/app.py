@@ -19,7 +19,7 @@ from features.arena import Arena
 from features.layout import new_account_row, new_merchant_row
 from scoring.handle import ModelHandle
 from scoring.linear import LinearChampion
-from scoring.policy import FixedThreshold
+from scoring.operating_point import OperatingPoint
 from sinks.metrics import PipelineMetrics
 from streams import topics as names
 from streams.config import Settings
@@ -133,8 +133,13 @@ def build_app(settings: Settings, role: str = "all") -> Pipeline:
     merchants = MerchantState(
         Arena(new_merchant_row, loader=lambda key: merchant_table.get(key.encode()))
     )
+    policy = OperatingPoint(
+        target_recall=None if settings.review_capacity_per_day > 0 else settings.target_recall,
+        capacity_per_day=settings.review_capacity_per_day or None,
+        initial_threshold=settings.threshold,
+    )
     core = ScoringCore(
-        handle, FixedThreshold(settings.threshold), accounts, merchants,
+        handle, policy, accounts, merchants,
         settings.max_record_bytes, settings.max_nesting,
     )
     pipeline = Pipeline(settings, role, app, metrics, handle, core, topic_map, tables)

@@ -60,6 +60,10 @@ class Settings:
     session_timeout_s: float = 10.0
     #: Decision threshold used until the operating point has feedback to follow.
     threshold: float = 0.5
+    #: The operating point: the fraud recall to hold (the threshold follows it), or,
+    #: when review_capacity_per_day > 0, the number of flags reviewers can work a day.
+    target_recall: float = 0.8
+    review_capacity_per_day: float = 0.0
     #: How long feature vectors are kept for joining feedback, seconds (event time).
     feature_retention_s: float = 35 * 86_400
     #: The champion model's learning rate.

@@ -1,0 +1,256 @@
+"""The review page end to end: a real worker, a real broker and real headless Chromium.
+
+A reviewer signs in with the token, sees a freshly flagged transaction appear in the
+queue without reloading, opens it (which reserves it), labels it fraud; the label is
+on the feedback topic and the learner learns from it. Unauthenticated requests get
+401, forged writes get 403, and a second reviewer cannot take a reserved item (409).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+
+from tests.kafka_helpers import ROOT, produce_json, read_json
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+SCREENSHOT = ROOT / "artifacts" / "review-page.png"
+PAN = "4111111111111111"
+TARGET = "t-target-0001"
+
+
+def wait_until(check: Callable[[], object], timeout_s: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def produce_off_loop(settings, records: list[dict]) -> None:
+    """produce_json from a thread: Playwright's sync API keeps an event loop in this one."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            produce_json(settings, "transactions", records, "account_id")
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    if errors:
+        raise errors[0]
+
+
+class Api:
+    """The review API with the bearer token, as a script or a second reviewer would call it."""
+
+    def __init__(self, url: str, token: str | None, reviewer: str = "seed") -> None:
+        self.url, self.token, self.reviewer = url, token, reviewer
+
+    def call(self, path: str, body: dict | None = None) -> tuple[int, dict]:
+        headers = {"X-Reviewer": self.reviewer, "Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as err:
+            text = err.read()
+            return err.code, json.loads(text) if text.startswith(b"{") else {}
+
+    def items(self) -> list[dict]:
+        status, body = self.call("/review/api/queue?limit=200")
+        assert status == 200, body
+        return body["items"]
+
+
+def transaction(tx: str, card: str, merchant: str, amount: float, minute: int) -> dict:
+    return {
+        "transaction_id": tx, "account_id": card, "merchant_id": merchant, "amount": amount,
+        "currency": "USD", "channel": "online", "country": "US", "card_number": PAN,
+        "timestamp": f"2018-04-02T{minute // 60:02d}:{minute % 60:02d}:00Z",
+    }
+
+
+def warm_up() -> list[dict]:
+    """Six cards with ordinary purchases and one large one each at a 'bad' merchant."""
+    out = []
+    for c in range(1, 7):
+        for k in range(8):
+            big = k == 6
+            amount = 900.0 + 97 * c if big else 18.0 + 7.5 * ((c * 3 + k) % 9)
+            merchant = "m-9" if big else f"m-{(c + k) % 4 + 1}"
+            out.append(transaction(f"t-{c}{k:03d}", f"c-{c}", merchant, amount, 60 * k + c))
+    return out
+
+
+def labelled_total(worker, source: str = "review") -> float:
+    total = 0.0
+    for line in worker.metrics().splitlines():
+        if line.startswith("flagstream_feedback_labels_total{") and f'source="{source}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.browser
+def test_reviewer_labels_a_flagged_transaction_in_the_browser(settings, worker_factory):
+    from playwright.sync_api import expect, sync_playwright
+
+    started = time.monotonic()
+    worker = worker_factory(threshold=0.0)  # flag everything
+    api = Api(worker.url, settings.review_token.reveal())
+
+    # --- unauthenticated: 401, for the page and the API ------------------------------
+    for path in ("/review/", "/review/api/queue"):
+        assert Api(worker.url, None).call(path)[0] == 401
+    assert Api(worker.url, "wrong-token").call("/review/api/queue")[0] == 401
+
+    # --- a history to look at, and a model that has learned from labels --------------
+    warm = warm_up()
+    produce_json(settings, "transactions", warm, "account_id")
+    wait_until(lambda: len(api.items()) >= len(warm), what="warm-up flags in the queue")
+    seeded = 0
+    for item in api.items():
+        if item["account_id"] in {"c-1", "c-2", "c-3", "c-4"}:
+            label = "fraud" if item["merchant_id"] == "m-9" else "legit"
+            status, body = api.call(f"/review/api/items/{item['id']}/decision", {"label": label})
+            assert status == 200, body
+            seeded += 1
+    wait_until(lambda: labelled_total(worker) >= seeded, what="the learner to learn the seeded labels")
+    sequence_before = wait_until(lambda: worker.metric("flagstream_model_sequence"),
+                                 what="a model version learned from the seeded labels")
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1440, "height": 960})
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+            # --- sign in: the page sends a stranger to the login form ------------------
+            response = page.goto(worker.url + "/review/")
+            assert response is not None
+            page.wait_for_url("**/review/login")
+            page.fill("#reviewer", "Ana Ruiz")
+            page.fill("#token", "not-the-token")
+            page.click("#sign-in")
+            expect(page.locator("#login-error")).to_contain_text("Wrong token")
+            page.fill("#token", settings.review_token.reveal())
+            page.click("#sign-in")
+            page.wait_for_url("**/review/")
+            expect(page.locator("#who")).to_have_text("Ana Ruiz")
+            cookie = next(c for c in context.cookies() if c["name"] == "flagstream_review")
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+
+            # --- a new flag appears without reloading (the page polls) -----------------
+            rows = page.locator("#queue-body tr")
+            expect(rows).to_have_count(len(warm) - seeded)
+            produce_off_loop(settings, [transaction(TARGET, "c-1", "m-9", 1_480.0, 7 * 60 + 30)])
+            row = page.locator("#queue-body tr", has_text=TARGET)
+            expect(row).to_be_visible(timeout=30_000)
+            expect(page.locator("#live-text")).to_have_text("Live")
+
+            # --- open it: score, model version, reasons, the card's and merchant's past
+            row.click()
+            expect(page.locator("#d-tx")).to_have_text(TARGET)
+            expect(page.locator("#d-claim")).to_contain_text("Reserved for you")
+            expect(page.locator("#d-model")).to_contain_text("lr-")
+            expect(page.locator("#d-reasons li").first).to_be_visible()
+            expect(page.locator("#d-card-history tbody tr")).to_have_count(8)  # c-1's eight earlier ones
+            expect(page.locator("#d-card-history")).to_contain_text("Fraud")
+            expect(page.locator("#d-merchant-history tbody tr").first).to_contain_text("c-")
+            assert PAN not in page.content()
+            target_id = row.get_attribute("data-id")
+
+            # --- a second reviewer cannot take it meanwhile ----------------------------
+            ben = Api(worker.url, settings.review_token.reveal(), reviewer="Ben")
+            status, body = ben.call(f"/review/api/items/{target_id}/claim", {})
+            assert status == 409 and body["claimed_by"] == "Ana Ruiz"
+            assert ben.call(f"/review/api/items/{target_id}/decision", {"label": "legit"})[0] == 409
+
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT))
+
+            # --- forged writes: the session cookie without its CSRF token --------------
+            other = page.locator("#queue-body tr").nth(1).get_attribute("data-id")
+            decision = f"{worker.url}/review/api/items/{other}/decision"
+            assert page.request.post(decision, form={"label": "fraud"}).status == 403
+            assert page.request.post(decision, form={"label": "fraud", "csrf_token": "forged"}).status == 403
+            assert page.request.post(decision, data={"label": "fraud"},
+                                     headers={"X-CSRF-Token": "forged"}).status == 403
+            attacker = context.new_page()  # another site auto-posting a form at the reviewer
+            attacker.set_content(
+                f'<form method="post" action="{decision}"><input name="label" value="fraud">'
+                '<button id="go">win a prize</button></form>'
+            )
+            with attacker.expect_response(lambda r: r.url == decision) as forged:
+                attacker.click("#go")
+            assert forged.value.status in {401, 403}
+            attacker.close()
+            assert any(i["id"] == other for i in api.items()), "forged posts changed nothing"
+
+            # --- label it fraud -------------------------------------------------------
+            page.fill("#note", "Card holder confirmed they did not make this purchase.")
+            page.click("#btn-fraud")
+            expect(page.locator("#toast")).to_contain_text("Labelled fraud")
+            expect(row).to_have_count(0)
+            assert not errors, errors
+        finally:
+            browser.close()
+
+    # --- the label is on the feedback topic, and the learner learned it ----------------
+    feedback = read_json(settings, "feedback", seeded + 1)
+    mine = [f for f in feedback if f["transaction_id"] == TARGET]
+    assert len(mine) == 1
+    assert mine[0]["label"] == "fraud" and mine[0]["source"] == "review"
+    assert mine[0]["reviewer"] == "Ana Ruiz" and mine[0]["note"].startswith("Card holder")
+    assert mine[0]["decided_at"].endswith("Z")
+    wait_until(lambda: labelled_total(worker) >= seeded + 1, what="the learner to learn the label")
+    assert worker.metric("flagstream_feedback_labels_total") >= 1
+    wait_until(lambda: worker.metric("flagstream_model_sequence") > sequence_before,
+               what="a new model version")
+    assert all(i["id"] != target_id for i in api.items()), "the item left the queue for everyone"
+    assert worker.metric('flagstream_review_decisions_total{label="fraud",reviewer="Ana Ruiz"}') == 1
+    print(f"\nreview page test took {time.monotonic() - started:.1f} s; screenshot {SCREENSHOT}")
+
+
+def test_the_queue_is_rebuilt_from_kafka_after_a_restart(settings, worker_factory):
+    """Pending flags come back after a restart; decided ones do not (their labels are on feedback)."""
+    first = worker_factory(threshold=0.0)
+    api = Api(first.url, settings.review_token.reveal(), reviewer="Ana")
+    produce_json(settings, "transactions",
+                 [transaction(f"t-r{i}", f"c-{i}", "m-1", 20.0 + i, i) for i in range(6)], "account_id")
+    items = wait_until(lambda: (lambda got: got if len(got) == 6 else None)(api.items()),
+                       what="six flags in the queue")
+    decided = {i["transaction_id"] for i in items[:2]}
+    for item in items[:2]:
+        assert api.call(f"/review/api/items/{item['id']}/decision", {"label": "legit"})[0] == 200
+    first.stop()
+
+    second = worker_factory(threshold=0.0)
+    api = Api(second.url, settings.review_token.reveal(), reviewer="Ana")
+    rebuilt = wait_until(lambda: (lambda got: got if len(got) >= 4 else None)(api.items()),
+                         what="the rebuilt queue")
+    time.sleep(1.0)  # anything that should not be there would have arrived by now
+    assert {i["transaction_id"] for i in api.items()} == {f"t-r{i}" for i in range(6)} - decided
+    assert len(rebuilt) == 4
