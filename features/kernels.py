@@ -23,6 +23,7 @@ from features.layout import (
     MAX_GAP_S,
     N_DAILY,
     N_HOURLY,
+    N_MERCHANT_DAILY,
     N_RECENT_IDS,
     RECENT_IDS,
     RECENT_POS,
@@ -124,14 +125,15 @@ def update_accounts(rows, row_of, offsets, ts_ms, amounts, id_hashes, out, statu
 
 
 @njit(cache=True)
-def merchant_features(rows, row_of, ts_ms, out):
-    """Fill ``out[i, 9:15]``: the merchant's 1/7/30-day count and fraud rate (read only)."""
+def merchant_features(rows, row_of, ts_ms, delay_days, out):
+    """Fill ``out[i, 9:15]``: the merchant's 1/7/30-day count and fraud rate (read only),
+    over windows that end ``delay_days`` before the transaction's day."""
     for i in range(ts_ms.shape[0]):
         row = rows[row_of[i]]
-        day = ts_ms[i] // DAY_MS
+        day = ts_ms[i] // DAY_MS - delay_days
         col = 9
         for span in (1, 7, 30):
-            count, frauds = _ring_window(row, M_DAILY, N_DAILY, day - span + 1, day)
+            count, frauds = _ring_window(row, M_DAILY, N_MERCHANT_DAILY, day - span + 1, day)
             out[i, col] = count
             out[i, col + 1] = frauds / count if count > 0 else 0.0
             col += 2
@@ -143,7 +145,7 @@ def update_merchants(rows, row_of, days, counts, frauds):
     for i in range(days.shape[0]):
         row = rows[row_of[i]]
         day = days[i]
-        slot = M_DAILY + 3 * (day % N_DAILY)
+        slot = M_DAILY + 3 * (day % N_MERCHANT_DAILY)
         held = row[slot]
         if held < day:
             row[slot] = day
@@ -164,5 +166,5 @@ def warm_up() -> None:
     one = np.zeros(1, np.int64)
     update_accounts(rows, one, one - 1, one, np.ones(1), np.ones(1), out, np.zeros(1, np.int8))
     mrows = np.zeros((1, MERCHANT_WIDTH))
-    merchant_features(mrows, one, one, out)
+    merchant_features(mrows, one, one, 7, out)
     update_merchants(mrows, one, one, np.zeros(1), np.zeros(1))

@@ -3,12 +3,14 @@
 Windows are bucketed rings: a slot holds ``(bucket id, count, sum)`` and is reset
 when a newer bucket claims it, so updates are O(1) and window sums are exact at
 bucket granularity. Accounts keep 24 hourly buckets (the 1-day window) and 30
-daily buckets (7- and 30-day windows); merchants keep 30 daily buckets of
-``(count, frauds)``. A row is ``ACCOUNT_WIDTH`` float64 values: 1.4 KB per account,
-so a million accounts take about 1.4 GB.
+daily buckets (7- and 30-day windows); merchants keep 40 daily buckets of
+``(count, frauds)``, because their windows end ``MERCHANT_DELAY_DAYS`` back: fraud
+labels arrive late (chargebacks after about a week), so a window that reaches
+today would mostly hold transactions whose labels are not known yet. An account
+row is ``ACCOUNT_WIDTH`` float64 values: 1.4 KB, so a million accounts take 1.4 GB.
 
 >>> ACCOUNT_WIDTH, MERCHANT_WIDTH, len(FEATURE_NAMES)
-(175, 90, 17)
+(175, 120, 17)
 >>> float(new_account_row()[LAST_OFFSET])
 -1.0
 """
@@ -38,7 +40,10 @@ ACCOUNT_WIDTH = DAILY + 3 * N_DAILY
 
 # --- merchant rows ----------------------------------------------------------
 M_DAILY = 0
-MERCHANT_WIDTH = 3 * N_DAILY
+N_MERCHANT_DAILY = 40  # holds a 30-day window that ends MERCHANT_DELAY_DAYS back
+MERCHANT_WIDTH = 3 * N_MERCHANT_DAILY
+#: Merchant windows end this many days before the transaction (the label delay).
+MERCHANT_DELAY_DAYS = 7
 
 #: Columns of the feature matrix, in order.
 FEATURE_NAMES = (
@@ -82,5 +87,5 @@ def new_account_row() -> np.ndarray:
 def new_merchant_row() -> np.ndarray:
     """An empty merchant row: every daily bucket unclaimed."""
     row = np.zeros(MERCHANT_WIDTH, dtype=np.float64)
-    row[M_DAILY : M_DAILY + 3 * N_DAILY : 3] = -1.0
+    row[M_DAILY : M_DAILY + 3 * N_MERCHANT_DAILY : 3] = -1.0
     return row

@@ -28,6 +28,7 @@ from features.layout import (
     MAX_GAP_S,
     N_DAILY,
     N_HOURLY,
+    N_MERCHANT_DAILY,
     N_RECENT_IDS,
 )
 
@@ -113,13 +114,14 @@ class ReferenceMerchants:
     def add(self, key: str, day: int, count: float, frauds: float) -> None:
         self.updates[key].append((day, count, frauds))
 
-    def features(self, key: str, ts_ms: int) -> dict[str, float]:
+    def features(self, key: str, ts_ms: int, delay_days: int) -> dict[str, float]:
         updates = self.updates.get(key, [])
-        newest = _retained([d for d, _, _ in updates], N_DAILY)
-        day = ts_ms // DAY_MS
+        ring = N_MERCHANT_DAILY
+        newest = _retained([d for d, _, _ in updates], ring)
+        last = ts_ms // DAY_MS - delay_days
         out = {}
         for span in (1, 7, 30):
-            kept = [(c, f) for d, c, f in updates if day - span + 1 <= d <= day and newest[d % N_DAILY] == d]
+            kept = [(c, f) for d, c, f in updates if last - span + 1 <= d <= last and newest[d % ring] == d]
             count = sum(c for c, _ in kept)
             frauds = sum(f for _, f in kept)
             out[f"merchant_count_{span}d"] = count

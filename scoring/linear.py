@@ -28,15 +28,37 @@ from river import linear_model, optim, preprocessing
 from features.layout import FEATURE_NAMES, N_FEATURES
 
 #: Columns squashed with log1p before scaling (counts, amounts, durations, ratios).
+#: The transaction amount itself stays raw: large amounts are risky in themselves,
+#: and a log would flatten exactly the tail that matters.
 LOG_COLUMNS = np.array(
-    [i for i, n in enumerate(FEATURE_NAMES) if not n.startswith("is_") and "fraud_rate" not in n]
+    [
+        i
+        for i, n in enumerate(FEATURE_NAMES)
+        if not n.startswith("is_") and "fraud_rate" not in n and n != "amount"
+    ]
 )
 
 
+#: Knots of a piecewise-linear amount basis (doubling: no knowledge of any fraud rule),
+#: so a linear model can bend where risk rises faster than the amount.
+AMOUNT_KNOTS = (50.0, 100.0, 200.0, 400.0, 800.0)
+_AMOUNT = FEATURE_NAMES.index("amount")
+#: Names of the model's inputs: the features, then the amount hinges.
+INPUT_NAMES = (*FEATURE_NAMES, *(f"amount_over_{k:g}" for k in AMOUNT_KNOTS))
+
+
 def transform(matrix: np.ndarray) -> np.ndarray:
-    """Model inputs from raw features: log1p of the heavy-tailed columns."""
-    out = np.array(matrix, dtype=np.float64, copy=True, ndmin=2)
-    out[:, LOG_COLUMNS] = np.log1p(np.maximum(out[:, LOG_COLUMNS], 0.0))
+    """Model inputs from raw features: log1p of the heavy-tailed columns, then
+    ``max(0, amount - knot)`` for each knot.
+
+    >>> transform(np.array([[120.0] + [0.0] * 16]))[0, -5:].tolist()
+    [70.0, 20.0, 0.0, 0.0, 0.0]
+    """
+    raw = np.array(matrix, dtype=np.float64, ndmin=2)
+    out = np.empty((raw.shape[0], len(INPUT_NAMES)))
+    out[:, :N_FEATURES] = raw
+    out[:, LOG_COLUMNS] = np.log1p(np.maximum(raw[:, LOG_COLUMNS], 0.0))
+    out[:, N_FEATURES:] = np.maximum(raw[:, _AMOUNT, None] - np.asarray(AMOUNT_KNOTS), 0.0)
     return out
 
 
@@ -62,7 +84,7 @@ class LinearChampion:
 
     def __init__(
         self,
-        learning_rate: float = 0.05,
+        learning_rate: float = 0.005,
         l2: float = 0.0,
         fraud_weight: float = 1.0,
         prior: float = 0.01,
@@ -86,7 +108,7 @@ class LinearChampion:
     # --- learning (per labelled example) ------------------------------------
     def learn_one(self, features: np.ndarray, label: int) -> None:
         """Learn one labelled raw feature vector."""
-        x = dict(zip(FEATURE_NAMES, transform(features)[0].tolist(), strict=True))
+        x = dict(zip(INPUT_NAMES, transform(features)[0].tolist(), strict=True))
         self.scaler.learn_one(x)
         z = self.scaler.transform_one(x)
         weight = self.fraud_weight if label else 1.0
@@ -96,24 +118,28 @@ class LinearChampion:
 
     def predict_one(self, features: np.ndarray) -> float:
         """River's own prediction for one raw feature vector (reference path)."""
-        x = dict(zip(FEATURE_NAMES, transform(features)[0].tolist(), strict=True))
+        x = dict(zip(INPUT_NAMES, transform(features)[0].tolist(), strict=True))
         return float(self.classifier.predict_proba_one(self.scaler.transform_one(x))[True])
 
     # --- scoring (per batch) --------------------------------------------------
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """(means, inverse std, weights, intercept) as arrays, cached until the next update."""
         if self._arrays is None:
-            means = np.array([self.scaler.means.get(n, 0.0) for n in FEATURE_NAMES])
-            var = np.array([self.scaler.vars.get(n, 0.0) for n in FEATURE_NAMES])
+            means = np.array([self.scaler.means.get(n, 0.0) for n in INPUT_NAMES])
+            var = np.array([self.scaler.vars.get(n, 0.0) for n in INPUT_NAMES])
             inv_std = np.where(var > 0, 1.0 / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
-            weights = np.array([self.classifier.weights.get(n, 0.0) for n in FEATURE_NAMES])
+            weights = np.array([self.classifier.weights.get(n, 0.0) for n in INPUT_NAMES])
             self._arrays = (means, inv_std, weights, float(self.classifier.intercept))
         return self._arrays
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
-        """Per-feature contribution to the logit, shape (n, N_FEATURES)."""
+        """Per-feature contribution to the logit, shape (n, N_FEATURES) (the amount
+        hinges count toward the amount)."""
         means, inv_std, weights, _ = self.arrays()
-        return (transform(matrix) - means) * inv_std * weights
+        per_input = (transform(matrix) - means) * inv_std * weights
+        per_feature = per_input[:, :N_FEATURES].copy()
+        per_feature[:, _AMOUNT] += per_input[:, N_FEATURES:].sum(axis=1)  # hinges are the amount
+        return per_feature
 
     def score_batch(self, matrix: np.ndarray) -> np.ndarray:
         """Fraud probabilities for a (n, N_FEATURES) raw feature matrix."""

@@ -67,7 +67,7 @@ class Settings:
     #: How long feature vectors are kept for joining feedback, seconds (event time).
     feature_retention_s: float = 35 * 86_400
     #: The champion model's learning rate.
-    learning_rate: float = 0.05
+    learning_rate: float = 0.005
     #: Kafka security, passed through to every client.
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""

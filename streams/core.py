@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 from features.arena import Arena
 from features.kernels import merchant_features, update_accounts, update_merchants
@@ -33,6 +35,7 @@ from features.layout import (
     DAY_MS,
     DUPLICATE,
     FEATURE_NAMES,
+    MERCHANT_DELAY_DAYS,
     N_FEATURES,
     new_account_row,
     new_merchant_row,
@@ -42,16 +45,79 @@ from scoring.linear import LinearChampion
 from scoring.policy import DecisionPolicy, FixedThreshold
 from scoring.reasons import explain
 from streams.schema import Rejection, validate_transactions
-from streams.topics import partition_for
 
 #: Context fields copied from a transaction onto its decision (never card numbers).
 CONTEXT_FIELDS = ("currency", "channel", "country")
+
+
+@njit(cache=True)
+def _murmur2_partitions(buf, ends, partitions, out):  # pragma: no cover - compiled
+    """Kafka's murmur2 (as ``aiokafka.partitioner.murmur2``) of each key, mod partitions."""
+    m = np.int64(0x5BD1E995)
+    mask = np.int64(0xFFFFFFFF)
+    start = 0
+    for i in range(ends.shape[0]):
+        end = ends[i]
+        length = end - start
+        h = (np.int64(0x9747B28C) ^ length) & mask
+        for j in range(length // 4):
+            p = start + 4 * j
+            k = (np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8) | (np.int64(buf[p + 2]) << 16)
+                 | (np.int64(buf[p + 3]) << 24))
+            k = (k * m) & mask
+            k ^= k >> 24
+            k = (k * m) & mask
+            h = (h * m) & mask
+            h ^= k
+        extra = length % 4
+        tail = start + length - extra
+        if extra >= 3:
+            h ^= np.int64(buf[tail + 2]) << 16
+        if extra >= 2:
+            h ^= np.int64(buf[tail + 1]) << 8
+        if extra >= 1:
+            h ^= np.int64(buf[tail])
+            h = (h * m) & mask
+        h ^= h >> 13
+        h = (h * m) & mask
+        h ^= h >> 15
+        out[i] = (h & 0x7FFFFFFF) % partitions
+        start = end
+
+
+def partitions_for(keys: Sequence[str], partitions: int) -> np.ndarray:
+    """:func:`streams.topics.partition_for` of many keys at once (one Numba call).
+
+    >>> from streams.topics import partition_for
+    >>> keys = ["c-42", "t-000000001", "", "m-7", "é-ü"]
+    >>> partitions_for(keys, 4).tolist() == [partition_for(k, 4) for k in keys]
+    True
+    """
+    encoded = [k.encode() for k in keys]
+    ends = np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)))
+    buf = np.frombuffer(b"".join(encoded), np.uint8)
+    out = np.empty(len(encoded), np.int64)
+    _murmur2_partitions(buf, ends, partitions, out)
+    return out
 
 
 def id_hash(transaction_id: str) -> float:
     """A stable 48-bit hash of a transaction id, exact in a float64."""
     digest = hashlib.blake2b(transaction_id.encode(), digest_size=6).digest()
     return float(int.from_bytes(digest, "big"))
+
+
+def id_hashes(transaction_ids: Sequence[str]) -> np.ndarray:
+    """:func:`id_hash` of every id, as one array.
+
+    >>> bool(id_hashes(["t-1"])[0] == id_hash("t-1"))
+    True
+    """
+    blake2b, from_bytes = hashlib.blake2b, int.from_bytes
+    return np.array(
+        [from_bytes(blake2b(t.encode(), digest_size=6).digest(), "big") for t in transaction_ids],
+        dtype=np.float64,
+    )
 
 
 @dataclass
@@ -85,13 +151,19 @@ class MerchantActivity:
 
 
 class MerchantState:
-    """Merchant rows in an arena: read features from them and add activity to them."""
+    """Merchant rows in an arena: read features from them and add activity to them.
 
-    def __init__(self, arena: Arena | None = None) -> None:
+    Windows end ``delay_days`` before each transaction, when its labels are known.
+    """
+
+    def __init__(self, arena: Arena | None = None, delay_days: int = MERCHANT_DELAY_DAYS) -> None:
         self.arena = arena or Arena(new_merchant_row)
+        self.delay_days = delay_days
 
     def fill_features(self, merchant_ids: Sequence[str], ts_ms: np.ndarray, out: np.ndarray) -> None:
-        merchant_features(self.arena.rows, self.arena.indices(merchant_ids), ts_ms, out)
+        # indices first: adding unseen merchants may reallocate ``arena.rows``
+        idx = self.arena.indices(merchant_ids)
+        merchant_features(self.arena.rows, idx, ts_ms, self.delay_days, out)
 
     def apply(self, activity: MerchantActivity) -> np.ndarray:
         """Add activity; returns the row indices it touched."""
@@ -101,15 +173,19 @@ class MerchantState:
 
 
 def count_activity(merchant_ids: Sequence[str], ts_ms: np.ndarray) -> MerchantActivity:
-    """Aggregate one batch's transactions into (merchant, day) counts."""
-    if not merchant_ids:
+    """Aggregate one batch's transactions into (merchant, day) counts, sorted by both.
+
+    >>> a = count_activity(["m-2", "m-1", "m-2"], np.array([0, DAY_MS, 5]))
+    >>> a.merchant_ids, a.days.tolist(), a.counts.tolist()
+    (['m-1', 'm-2'], [1, 0], [1.0, 2.0])
+    """
+    if not len(merchant_ids):
         return MerchantActivity()
-    names, codes = np.unique(np.asarray(merchant_ids, dtype=object), return_inverse=True)
-    days = ts_ms // DAY_MS
-    pairs, counts = np.unique(np.stack([codes, days]), axis=1, return_counts=True)
+    counts = Counter(zip(merchant_ids, (ts_ms // DAY_MS).tolist(), strict=True))
+    pairs = sorted(counts)
     return MerchantActivity(
-        [names[c] for c in pairs[0]], pairs[1].astype(np.int64), counts.astype(np.float64),
-        np.zeros(len(counts)),
+        [m for m, _ in pairs], np.fromiter((d for _, d in pairs), np.int64, len(pairs)),
+        np.fromiter((counts[p] for p in pairs), np.float64, len(pairs)), np.zeros(len(pairs)),
     )
 
 
@@ -176,9 +252,7 @@ class ScoringCore:
         batch = validate_transactions(values, self.max_record_bytes, self.max_nesting)
         outcome = BatchOutcome(rejections=list(batch.rejections))
         if partitions is not None and len(batch):
-            home = np.fromiter(
-                (partition_for(a, partitions) for a in batch.account_ids), np.int64, len(batch)
-            )
+            home = partitions_for(batch.account_ids, partitions)
             wrong = np.flatnonzero(home != partition)
             outcome.misrouted = [(batch.indices[i], batch.account_ids[i]) for i in wrong]
             if len(wrong):
@@ -191,7 +265,7 @@ class ScoringCore:
             offs = np.full(n, -1, np.int64)
         else:
             offs = np.asarray(offsets, dtype=np.int64)[batch.indices]
-        hashes = np.fromiter((id_hash(t) for t in batch.transaction_ids), np.float64, n)
+        hashes = id_hashes(batch.transaction_ids)
         features = np.zeros((n, N_FEATURES))
         status = np.zeros(n, np.int8)
         update_accounts(
@@ -222,38 +296,49 @@ class ScoringCore:
         return outcome
 
     def _decide(self, batch, applied, features, scores, flags, outcome: BatchOutcome) -> None:
+        """Decision records for the applied events: columns turned into lists once, then
+        one dict per event (the part that has to be per event: the output is per event)."""
         version = self.handle.version
         threshold = float(self.policy.threshold)
         scored_at = int(time.time() * 1000)
-        flagged_rows = np.flatnonzero(flags)
-        contributions = self.handle.model.contributions(features[flagged_rows])
-        reasons = {
-            int(j): explain(features[j], contributions[k]) for k, j in enumerate(flagged_rows)
-        }
+        rows = applied.tolist()
+        tx, acc, mer, recs = batch.transaction_ids, batch.account_ids, batch.merchant_ids, batch.records
+        amounts = batch.amounts[applied].tolist()
+        stamps = batch.timestamps_ms[applied].tolist()
+        rounded = [round(x, 6) for x in scores.tolist()]
+        flag_list = flags.tolist()
         feature_lists = features.round(6).tolist()
-        for j, i in enumerate(applied.tolist()):
-            record = batch.records[i]
-            decision = {
-                "transaction_id": batch.transaction_ids[i],
-                "account_id": batch.account_ids[i],
-                "merchant_id": batch.merchant_ids[i],
-                "amount": float(batch.amounts[i]),
-                "event_time": record["timestamp"],
-                "event_time_ms": int(batch.timestamps_ms[i]),
-                "score": round(float(scores[j]), 6),
+        decisions = [
+            {
+                "transaction_id": tx[i],
+                "account_id": acc[i],
+                "merchant_id": mer[i],
+                "amount": amount,
+                "event_time": recs[i]["timestamp"],
+                "event_time_ms": stamp,
+                "score": score,
                 "threshold": threshold,
-                "decision": "review" if flags[j] else "approve",
+                "decision": "review" if flag else "approve",
                 "model_version": version,
                 "scored_at_ms": scored_at,
-                "features": feature_lists[j],
+                "features": feats,
             }
+            for i, amount, stamp, score, flag, feats in zip(
+                rows, amounts, stamps, rounded, flag_list, feature_lists, strict=True
+            )
+        ]
+        for decision, i in zip(decisions, rows, strict=True):
+            record = recs[i]
             for name in CONTEXT_FIELDS:
                 if name in record:
                     decision[name] = record[name]
-            outcome.indices.append(batch.indices[i])
-            outcome.decisions.append(decision)
-            if flags[j]:
-                flagged = dict(decision)
-                flagged["reasons"] = reasons[j]
+        outcome.indices.extend([batch.indices[i] for i in rows])
+        outcome.decisions.extend(decisions)
+        flagged_rows = np.flatnonzero(flags)
+        if len(flagged_rows):
+            contributions = self.handle.model.contributions(features[flagged_rows])
+            for k, j in enumerate(flagged_rows.tolist()):
+                flagged = dict(decisions[j])
+                flagged["reasons"] = explain(features[j], contributions[k])
                 flagged["features"] = dict(zip(FEATURE_NAMES, feature_lists[j], strict=True))
                 outcome.flagged.append(flagged)

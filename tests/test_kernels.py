@@ -80,14 +80,14 @@ def test_replayed_offsets_are_not_applied_twice():
 
 
 merchant_updates = st.lists(
-    st.tuples(st.integers(0, 2), st.integers(0, 70), st.integers(0, 5), st.integers(0, 2)),
+    st.tuples(st.integers(0, 2), st.integers(0, 90), st.integers(0, 5), st.integers(0, 2)),
     max_size=50,
 )
 
 
 @settings(max_examples=150, deadline=None)
-@given(merchant_updates, st.integers(0, 80))
-def test_merchant_kernels_match_reference(updates, query_day):
+@given(merchant_updates, st.integers(0, 80), st.integers(0, 10))
+def test_merchant_kernels_match_reference(updates, query_day, delay):
     rows = np.stack([new_merchant_row() for _ in range(3)])
     ref = ReferenceMerchants()
     if updates:
@@ -102,9 +102,9 @@ def test_merchant_kernels_match_reference(updates, query_day):
         ref.add(str(m), START // DAY_MS + day, count, frauds)
     ts = START + query_day * DAY_MS + 5
     out = np.zeros((3, N_FEATURES))
-    merchant_features(rows, np.arange(3, dtype=np.int64), np.full(3, ts, np.int64), out)
+    merchant_features(rows, np.arange(3, dtype=np.int64), np.full(3, ts, np.int64), delay, out)
     for m in range(3):
-        expected = ref.features(str(m), ts)
+        expected = ref.features(str(m), ts, delay)
         got = dict(zip(FEATURE_NAMES[9:15], out[m, 9:15], strict=True))
         for name, value in expected.items():
             assert abs(got[name] - value) < 1e-9, (m, name, got[name], value)
