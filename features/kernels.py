@@ -2,6 +2,11 @@
 
 Each kernel has an independent pure-Python reference in :mod:`features.reference`;
 the property tests in ``tests/test_kernels.py`` check that the two agree.
+
+The kernels are not cached on disk (``cache=True``): Numba's cache is keyed on this
+file only, and the row layout constants they compile in live in ``layout.py``, so a
+layout change would silently run stale machine code. Compiling costs about a second
+per process, at start-up (``warm_up``), never on the hot path.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from features.layout import (
 )
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _ring_add(row, base, n_slots, bucket, value):
     """Add one event to the ring at ``base``; events older than the ring are ignored."""
     slot = base + 3 * (bucket % n_slots)
@@ -46,7 +51,7 @@ def _ring_add(row, base, n_slots, bucket, value):
         row[slot + 2] = value
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _ring_window(row, base, n_slots, first, last):
     """(count, sum) over buckets ``first..last`` inclusive."""
     count = 0.0
@@ -59,7 +64,7 @@ def _ring_window(row, base, n_slots, first, last):
     return count, total
 
 
-@njit(cache=True)
+@njit
 def update_accounts(rows, row_of, offsets, ts_ms, amounts, id_hashes, out, status):
     """Apply a batch of transactions, in order, to account rows and fill account features.
 
@@ -124,7 +129,7 @@ def update_accounts(rows, row_of, offsets, ts_ms, amounts, id_hashes, out, statu
         out[i, 16] = ratio
 
 
-@njit(cache=True)
+@njit
 def merchant_features(rows, row_of, ts_ms, delay_days, out):
     """Fill ``out[i, 9:15]``: the merchant's 1/7/30-day count and fraud rate (read only),
     over windows that end ``delay_days`` before the transaction's day."""
@@ -139,7 +144,7 @@ def merchant_features(rows, row_of, ts_ms, delay_days, out):
             col += 2
 
 
-@njit(cache=True)
+@njit
 def update_merchants(rows, row_of, days, counts, frauds):
     """Add transaction counts and fraud labels to merchants' daily buckets."""
     for i in range(days.shape[0]):

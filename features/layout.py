@@ -7,10 +7,10 @@ daily buckets (7- and 30-day windows); merchants keep 40 daily buckets of
 ``(count, frauds)``, because their windows end ``MERCHANT_DELAY_DAYS`` back: fraud
 labels arrive late (chargebacks after about a week), so a window that reaches
 today would mostly hold transactions whose labels are not known yet. An account
-row is ``ACCOUNT_WIDTH`` float64 values: 1.4 KB, so a million accounts take 1.4 GB.
+row is ``ACCOUNT_WIDTH`` float64 values: 1.6 KB, so a million accounts take 1.6 GB.
 
 >>> ACCOUNT_WIDTH, MERCHANT_WIDTH, len(FEATURE_NAMES)
-(175, 120, 17)
+(199, 120, 17)
 >>> float(new_account_row()[LAST_OFFSET])
 -1.0
 """
@@ -30,7 +30,7 @@ LAST_TS = 1  # epoch ms of the latest transaction seen
 TOTAL_COUNT = 2
 TOTAL_SUM = 3
 RECENT_IDS = 4  # hashes of the last N_RECENT_IDS transaction ids (duplicate check)
-N_RECENT_IDS = 8
+N_RECENT_IDS = 32
 RECENT_POS = RECENT_IDS + N_RECENT_IDS  # next slot to overwrite in RECENT_IDS
 HOURLY = RECENT_POS + 1
 N_HOURLY = 24

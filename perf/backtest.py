@@ -37,6 +37,7 @@ import orjson
 from features.layout import DAY_MS, HOUR_MS
 from perf import metrics
 from perf.simulator import MalformedLineError, read_stream
+from scoring.challengers import ShadowSet, challengers_from_spec
 from scoring.handle import ModelHandle
 from scoring.learner import Learner
 from scoring.linear import LinearChampion
@@ -82,6 +83,7 @@ class BacktestConfig:
     prior: float = 0.01
     auto_legit_fraction: float = 1.0
     seed: int = 0
+    challengers: str = ""
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -228,7 +230,11 @@ class Backtest:
         self.decisions: dict[str, dict] = {}
         self.now_ms = 0
         retention = int(max(35 * DAY_MS, (cfg.chargeback_delay_days + 1) * DAY_MS))
-        self.learner = Learner(self.handle, self.decisions.get, retention, lambda: self.now_ms)
+        self.shadow = ShadowSet(challengers_from_spec(cfg.challengers, model))
+        self.shadow_scores: dict[str, np.ndarray] = {}
+        self.learner = Learner(
+            self.handle, self.decisions.get, retention, lambda: self.now_ms, shadow=self.shadow
+        )
         self.review_queue: deque[_Chunk] = deque()
         self.later_queue: deque[_Chunk] = deque()
         self.reviewed_per_day: dict[int, int] = {}
@@ -303,6 +309,10 @@ class Backtest:
         pos = lo + np.asarray(outcome.indices, dtype=np.int64)
         is_review = np.fromiter((d["decision"] == "review" for d in outcome.decisions), bool, len(pos))
         scores[pos], flagged[pos] = outcome.scores, is_review
+        if self.shadow.annotate(outcome.decisions, outcome.features):
+            for name in self.shadow.names():
+                column = self.shadow_scores.setdefault(name, np.full(len(scores), np.nan))
+                column[pos] = [d["shadow"][name] for d in outcome.decisions]
         for d in outcome.decisions:
             d["scored_at_ms"] = d["event_time_ms"]  # in a backtest, event time is the clock
             self.decisions[d["transaction_id"]] = d
@@ -329,6 +339,19 @@ class Backtest:
             *(a[ok] for a in (stream.ts_ms, stream.is_fraud, scores, flagged, stream.cards)),
             stream.scenario[ok], start_ms, end_ms, cfg.threshold, cfg.protocol,
         )  # fmt: skip
+        m["challengers"] = {
+            name: {
+                k: v
+                for k, v in metrics.evaluate_window(
+                    *(a[ok] for a in (stream.ts_ms, stream.is_fraud, column, column >= cfg.threshold,
+                                      stream.cards)),
+                    stream.scenario[ok], start_ms, end_ms, cfg.threshold, cfg.protocol,
+                )[0].items()
+                if k in ("auc", "average_precision", "card_precision_at_100", "recall",
+                         "false_discovery_rate", "flags_per_day")
+            }
+            for name, column in self.shadow_scores.items()
+        }  # fmt: skip
         bad = sorted(stream.malformed + self.malformed)
         m.update(
             test_window=[cfg.test_start, cfg.test_end],
@@ -378,6 +401,7 @@ OPTIONS: tuple[tuple[str, Any, str], ...] = (
     ("prior", float, "fraud probability before any label"),
     ("auto_legit_fraction", float, "learn this random share of auto-legit labels only"),
     ("seed", int, "seed of that subsample"),
+    ("challengers", str, "shadow challengers scored side by side, e.g. 'fast:learning_rate=0.02'"),
 )
 
 

@@ -128,4 +128,12 @@ def format_table(metrics_: dict[str, Any]) -> str:
         value = metrics_.get(key)
         text = "n/a" if value is None or value != value else format(value, fmt)
         lines.append(f"  {label:<26}{text:>12}")
+    challengers = metrics_.get("challengers") or {}
+    if challengers:
+        lines.append("  side by side (test window):   AUC      AP  CP@100  recall  flags/day")
+        for name, m in {"champion": metrics_, **challengers}.items():
+            lines.append(
+                f"  {name:<26}{m['auc']:>8.4f}{m['average_precision']:>8.4f}"
+                f"{m['card_precision_at_100']:>8.4f}{m['recall']:>8.4f}{m['flags_per_day']:>11.1f}"
+            )
     return "\n".join(lines)

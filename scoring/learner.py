@@ -2,6 +2,13 @@
 
 The features come from the decision the scorer recorded (never recomputed, so no
 label leakage). Unknown, expired and malformed feedback is rejected with a reason.
+The champion and every shadow challenger learn each label; the gate (if any) scores
+it against what each of them said before the label was known.
+
+Learning is idempotent by feedback offset: the learner remembers, per partition, the
+last offset it has learned, and skips anything at or below it. A snapshot holds the
+models *and* those offsets, so a learner restored from one and fed the same feedback
+again ends with exactly the weights of a run that was never interrupted.
 
 >>> import numpy as np
 >>> from scoring.handle import ModelHandle
@@ -13,38 +20,68 @@ label leakage). Unknown, expired and malformed feedback is rejected with a reaso
 ...                      b'{"transaction_id": "t-9", "label": "legit"}'])
 >>> out.learned, [r.reason for r in out.rejections], out.activity.frauds.tolist()
 (1, ['unknown_transaction'], [1.0])
+>>> again = learner.learn([b'{"transaction_id": "t-1", "label": "fraud"}'] * 2,
+...                       offsets=[7, 8], partition=0)
+>>> again.learned, learner.learn([b'{"transaction_id": "t-1", "label": "fraud"}'],
+...                              offsets=[8], partition=0).replayed
+(2, 1)
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from features.layout import DAY_MS
-from scoring.handle import ModelHandle
+from scoring.challengers import Challenger, ShadowSet
+from scoring.gate import Gate
+from scoring.handle import ModelHandle, format_version, model_from_state
+from scoring.registry import CHAMPION, entry, version_key, version_record
 from streams.core import MerchantActivity
 from streams.schema import InvalidRecord, Rejection, check_feedback, decode_object
 
 #: Looks up the decision recorded for a transaction id (None when unknown).
 DecisionLookup = Callable[[str], dict | None]
+MAX_TIMELINE = 500
 
 
 @dataclass
 class LearnOutcome:
-    """What one feedback batch did."""
+    """What one feedback batch did (``replayed``: skipped as learned before a restart)."""
 
     learned: int = 0
     frauds: int = 0
     rejections: list[Rejection] = field(default_factory=list)
     activity: MerchantActivity = field(default_factory=MerchantActivity)
     labelled: list[tuple[dict, int, dict]] = field(default_factory=list)
+    replayed: int = 0
 
 
 class Learner:
-    """Updates the champion from labelled feedback, one label at a time."""
+    """Updates the champion (and shadow challengers) from labelled feedback, one label at a time.
+
+    Parameters
+    ----------
+    handle
+        The champion being trained.
+    lookup
+        Finds the decision recorded for a transaction id.
+    retention_ms
+        Feedback on decisions older than this (scoring time) is rejected.
+    clock_ms
+        Current time in epoch ms (injectable for backtests).
+    shadow
+        Challengers that learn the same labels (default: none).
+    gate
+        Compares them with the champion on each label (default: none).
+    publish_each_batch
+        Give the champion a new version after every batch that learned something
+        (the backtest's way). The worker publishes on its own schedule instead.
+    """
 
     def __init__(
         self,
@@ -52,20 +89,51 @@ class Learner:
         lookup: DecisionLookup,
         retention_ms: int = 35 * DAY_MS,
         clock_ms: Callable[[], int] | None = None,
+        shadow: ShadowSet | None = None,
+        gate: Gate | None = None,
+        publish_each_batch: bool = True,
     ) -> None:
         self.handle = handle
         self.lookup = lookup
         self.retention_ms = retention_ms
         self.clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+        self.shadow = shadow if shadow is not None else ShadowSet()
+        self.gate = gate
+        self.publish_each_batch = publish_each_batch
+        self.offsets: dict[int, int] = {}
+        self.dirty = False
+        self.labels_since_publish = 0
+        #: champion versions in the order they were in use: [version, labels seen then]
+        self.timeline: list[list] = []
+        self.next_sequence = handle.sequence + 1
+        self.adopted: list[str] = []
 
-    def learn(self, values: Sequence[bytes | None]) -> LearnOutcome:
-        """Learn a batch of raw feedback values; publishes a new version if anything changed."""
+    # --- learning ---------------------------------------------------------------
+    def seen(self, partition: int, offset: int) -> bool:
+        """Whether the feedback at this offset was already learned."""
+        return offset <= self.offsets.get(partition, -1)
+
+    def advance(self, partition: int, offset: int) -> None:
+        """Record that everything up to ``offset`` in ``partition`` has been handled."""
+        self.offsets[partition] = max(offset, self.offsets.get(partition, -1))
+
+    def learn(self, values: Sequence[bytes | None], offsets: Sequence[int] | None = None,
+              partition: int | None = None) -> LearnOutcome:
+        """Learn a batch of raw feedback values (from one partition when ``offsets`` are given).
+
+        With ``offsets`` and ``partition``, values at offsets already learned are skipped
+        (``replayed``) and the partition's offset advances. Rejection indices refer to
+        ``values``.
+        """
         out = LearnOutcome()
         merchants: list[str] = []
         days: list[int] = []
-        frauds: list[float] = []
         now = self.clock_ms()
         for index, raw in enumerate(values):
+            if offsets is not None and partition is not None:
+                if self.seen(partition, offsets[index]):
+                    out.replayed += 1
+                    continue
             try:
                 feedback = decode_object(raw, 16_384, 8)
                 transaction_id, label = check_feedback(feedback)
@@ -83,18 +151,150 @@ class Learner:
                     Rejection(index, "expired_transaction", "scored longer ago than retention")
                 )
                 continue
-            self.handle.model.learn_one(np.asarray(decision["features"], np.float64), label)
+            features = np.asarray(decision["features"], np.float64)
+            self.handle.model.learn_one(features, label)
+            self.shadow.learn_one(features, label)
+            if self.gate is not None:
+                self.gate.observe(decision, label)
             out.learned += 1
             out.frauds += label
             out.labelled.append((decision, label, feedback))
             if label:
                 merchants.append(decision["merchant_id"])
                 days.append(decision["event_time_ms"] // DAY_MS)
-                frauds.append(1.0)
+        if offsets is not None and partition is not None and len(offsets):
+            self.advance(partition, max(offsets))
         if merchants:
             out.activity = MerchantActivity(
-                merchants, np.asarray(days, np.int64), np.zeros(len(days)), np.asarray(frauds)
+                merchants, np.asarray(days, np.int64), np.zeros(len(days)), np.ones(len(days))
             )
         if out.learned:
-            self.handle.publish()
+            self.dirty = True
+            self.labels_since_publish += out.learned
+            if self.publish_each_batch:
+                self.handle.publish()
         return out
+
+    # --- versions -----------------------------------------------------------------
+    def allocate(self) -> int:
+        """The next version sequence (one counter for every lineage)."""
+        sequence = self.next_sequence
+        self.next_sequence += 1
+        return sequence
+
+    def _remember(self, version: str) -> None:
+        self.timeline.append([version, self.gate.labels_seen if self.gate is not None else 0])
+        del self.timeline[:-MAX_TIMELINE]
+
+    def publish_challenger(self, c: Challenger, reason: str, history: Sequence[dict] = ()) -> dict:
+        """A new version record for a challenger's current state."""
+        sequence = self.allocate()
+        report = self.gate.report([c.lineage]).get(c.lineage, {}) if self.gate else {}
+        record = version_record(
+            format_version(c.lineage, sequence), sequence, c.model.to_state(), "shadow", reason,
+            "learner", parent=c.version, epoch=self.handle.epoch, seat=self.handle.seat,
+            gate=report, history=history,
+        )
+        c.sequence, c.dirty = sequence, False
+        return record
+
+    def publication(self) -> list[tuple[bytes, dict]]:
+        """Version records for everything learned since it was last published.
+
+        The champion's record is written twice: under its version key and under
+        ``b"champion"``, which scorers follow.
+        """
+        writes: list[tuple[bytes, dict]] = []
+        h = self.handle
+        if self.dirty:
+            sequence = self.allocate()
+            version = format_version(h.name, sequence)
+            report = self.gate.report([])["champion"] if self.gate else {}
+            record = version_record(
+                version, sequence, h.model.to_state(), "champion",
+                f"learned {self.labels_since_publish} labels", "learner",
+                parent=h.version if h.sequence else None, epoch=h.epoch, seat=h.seat, gate=report,
+            )
+            h.sequence = sequence
+            self.dirty, self.labels_since_publish = False, 0
+            self._remember(version)
+            writes += [(version_key(version), record), (CHAMPION, record)]
+        for c in self.shadow:
+            if c.dirty:
+                record = self.publish_challenger(c, "learned in shadow")
+                writes.append((version_key(record["version"]), record))
+        return writes
+
+    def follows(self, seat: Mapping[str, Any]) -> bool:
+        """Whether ``seat`` is a change this learner has not applied yet."""
+        h = self.handle
+        return seat["epoch"] > h.epoch or (seat["epoch"] == h.epoch and seat["id"] != h.seat)
+
+    def adopt_seat(self, seat: Mapping[str, Any]) -> bool:
+        """Apply a change of champion (a promotion or a rollback), wherever it was decided.
+
+        After a promotion the old champion's lineage keeps learning as a challenger;
+        after a rollback it is retired. The new champion's lineage stops being one.
+        """
+        if not self.follows(seat):
+            return False
+        h = self.handle
+        if h.name != seat["lineage"] and seat["action"] == "promote":
+            self.shadow.add(Challenger(h.name, h.model, h.sequence, origin="demoted",
+                                       dirty=self.dirty))
+        self.shadow.remove(seat["lineage"])
+        h.adopt(model_from_state(seat["state"]), seat["lineage"], seat["sequence"],
+                seat["epoch"], seat["id"])
+        self.dirty, self.labels_since_publish = False, 0
+        self.next_sequence = max(self.next_sequence, seat["sequence"] + 1)
+        self._remember(seat["version"])
+        if self.gate is not None:
+            self.gate.reset_seat(keep_drift=seat["action"] == "promote")
+        return True
+
+    def adopt_candidate(self, candidate: Mapping[str, Any]) -> dict | None:
+        """Shadow a submitted model; its first version record, or None if refused."""
+        self.adopted = [*self.adopted, candidate.get("id")][-200:]
+        lineage = candidate["lineage"]
+        if lineage == self.handle.name or lineage in self.shadow:
+            return None
+        model = model_from_state(candidate["state"])
+        c = Challenger(lineage, model, cutoff=float(candidate.get("cutoff", 0.0)), origin="candidate")
+        self.shadow.add(c)
+        if self.gate is not None:
+            self.gate.forget(lineage)
+        submitted = entry("candidate", candidate["reason"], candidate["by"],
+                          candidate["submitted_at_ms"])
+        return self.publish_challenger(c, "shadow scoring started", history=[submitted])
+
+    # --- state ----------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: models, offsets, versions (JSON values)."""
+        h = self.handle
+        return {
+            "offsets": {str(p): o for p, o in self.offsets.items()},
+            "champion": {"lineage": h.name, "sequence": h.sequence, "epoch": h.epoch,
+                         "seat": h.seat, "dirty": self.dirty,
+                         "labels_since_publish": self.labels_since_publish,
+                         "state": h.model.to_state()},
+            "challengers": self.shadow.to_state(),
+            "gate": self.gate.to_state() if self.gate is not None else {},
+            "timeline": self.timeline[-MAX_TIMELINE:],
+            "next_sequence": self.next_sequence,
+            "adopted": self.adopted,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`to_state` output."""
+        champion = state["champion"]
+        self.handle.adopt(model_from_state(champion["state"]), champion["lineage"],
+                          int(champion["sequence"]), int(champion["epoch"]), champion["seat"])
+        self.dirty = bool(champion["dirty"])
+        self.labels_since_publish = int(champion.get("labels_since_publish", 0))
+        self.offsets = {int(p): int(o) for p, o in state["offsets"].items()}
+        self.shadow.challengers = ShadowSet.from_state(state["challengers"]).challengers
+        if self.gate is not None:
+            self.gate.restore(state.get("gate", {}))
+        self.timeline = [list(t) for t in state.get("timeline", [])]
+        self.next_sequence = max(self.next_sequence, int(state["next_sequence"]))
+        self.adopted = list(state.get("adopted", []))

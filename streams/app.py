@@ -152,7 +152,8 @@ def build_app(settings: Settings, role: str = "all") -> Pipeline:
 def _shared_table(app: faust.App, name: str, topic: TopicT, options: dict) -> SharedGlobalTable:
     """Register a :class:`SharedGlobalTable` the way ``app.GlobalTable`` registers its own."""
     table = SharedGlobalTable(
-        app, name=name, beacon=app.tables.beacon, standby_buffer_size=1, is_global=True,
+        app, name=name, beacon=app.tables.beacon, standby_buffer_size=1, recovery_buffer_size=1,
+        is_global=True,
         changelog_topic=topic, **options,
     )
     return app.tables.add(table)

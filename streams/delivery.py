@@ -1,16 +1,31 @@
-"""Sending a batch's outputs and waiting until the broker has them all."""
+"""Sending a batch's outputs and waiting until the broker has them all.
+
+The hot path never sends record by record: an :class:`Outbox` collects a batch's
+records per topic-partition (keyed records are partitioned exactly like Kafka's
+default partitioner, see :func:`streams.core.partitions_for`) and hands each group
+to the producer as one closed record batch, so it leaves at once and costs one
+future instead of one per record. :func:`stage_rows` does the same for Faust table
+rows: one changelog batch and, once it is acknowledged, one local RocksDB write
+batch per partition.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections import defaultdict
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from faust.types import TP
 
 from streams.app import Pipeline
 from streams.codec import dumps
-from streams.core import MerchantActivity
+from streams.core import MerchantActivity, partitions_for
 from streams.topics import partition_for
+
+Headers = Sequence[tuple[str, bytes]]
 
 
 async def deliver(pending: Sequence[Awaitable]) -> None:
@@ -37,3 +52,180 @@ async def send_activity(p: Pipeline, activity: MerchantActivity) -> list[Awaitab
     return pending
 
 
+def activity_records(activity: MerchantActivity, partitions: int) -> list[tuple[int, bytes]]:
+    """Merchant activity as one ``(partition, value)`` record per merchant-state partition."""
+    if not len(activity):
+        return []
+    home = partitions_for(activity.merchant_ids, partitions)
+    out = []
+    for part in np.unique(home).tolist():
+        sel = np.flatnonzero(home == part)
+        piece = MerchantActivity(
+            [activity.merchant_ids[i] for i in sel.tolist()], activity.days[sel],
+            activity.counts[sel], activity.frauds[sel],
+        )
+        out.append((part, dumps(piece.to_wire())))
+    return out
+
+
+def kafka_producer(app: Any) -> Any:
+    """The ``aiokafka.AIOKafkaProducer`` under a Faust app's producer."""
+    return app.producer._ensure_producer()
+
+
+class Outbox:
+    """One batch's output records, grouped per topic-partition, sent as record batches.
+
+    Parameters
+    ----------
+    producer
+        An ``aiokafka.AIOKafkaProducer`` (for a Faust app: :func:`kafka_producer`).
+    partition_counts
+        A cache of topic partition counts, shared between outboxes.
+    """
+
+    def __init__(self, producer: Any, partition_counts: dict[str, int] | None = None) -> None:
+        self.producer = producer
+        self.groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, Headers]]] = (
+            defaultdict(list)
+        )
+        self._partition_counts = partition_counts if partition_counts is not None else {}
+        #: ``(topic, partition, records)`` of each batch sent, in order (same as futures).
+        self.sent: list[tuple[str, int, int]] = []
+
+    def __len__(self) -> int:
+        return sum(len(g) for g in self.groups.values())
+
+    def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None,
+            headers: Headers = ()) -> None:
+        """One record to an explicit partition."""
+        self.groups[(topic, int(partition))].append((key, value, headers))
+
+    def add_keyed(self, topic: str, keys: Sequence[str], values: Sequence[bytes],
+                  partitions: int) -> None:
+        """Records keyed by ``keys`` (UTF-8), each on the partition its key hashes to
+        among ``partitions`` (see :meth:`partition_count`)."""
+        if not keys:
+            return
+        groups = self.groups
+        for part, key, value in zip(partitions_for(keys, partitions).tolist(), keys, values,
+                                    strict=True):
+            groups[(topic, part)].append((key.encode(), value, ()))
+
+    async def partition_count(self, topic: str) -> int:
+        """Partitions of ``topic`` as the producer's metadata knows them (cached)."""
+        count = self._partition_counts.get(topic)
+        if count is None:
+            count = self._partition_counts[topic] = len(await self.producer.partitions_for(topic))
+        return count
+
+    async def send(self) -> list[asyncio.Future]:
+        """Hand every group to the producer; returns one future per record batch sent.
+
+        Each future's result is the ``RecordMetadata`` of the batch's first record.
+        """
+        producer = self.producer
+        futures = []
+        self.sent = []
+        for (topic, partition), records in self.groups.items():
+            batch, n = producer.create_batch(), 0
+            for key, value, headers in records:
+                if batch.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
+                    futures.append(await self._submit(batch, topic, partition, n))
+                    batch, n = producer.create_batch(), 0
+                    if batch.append(key=key, value=value, timestamp=None,
+                                    headers=list(headers)) is None:
+                        raise ValueError(f"a record for {topic} is larger than a producer batch")
+                n += 1
+            futures.append(await self._submit(batch, topic, partition, n))
+        self.groups.clear()
+        return futures
+
+    def last_offsets(self, metas: Sequence[Any]) -> dict[tuple[str, int], int]:
+        """Last offset written per topic-partition, from the results of :meth:`send`'s futures."""
+        out: dict[tuple[str, int], int] = {}
+        for (topic, partition, n), meta in zip(self.sent, metas, strict=True):
+            last = meta.offset + n - 1
+            if last > out.get((topic, partition), -1):
+                out[(topic, partition)] = last
+        return out
+
+    async def _submit(self, batch: Any, topic: str, partition: int, n: int) -> asyncio.Future:
+        batch.close()  # closed: it leaves now instead of lingering for more records
+        self.sent.append((topic, partition, n))
+        return await self.producer.send_batch(batch, topic, partition=partition)
+
+
+def can_write_rows(table: Any, app: Any) -> bool:
+    """True when :func:`stage_rows` applies: a RocksDB-backed table, no transactions."""
+    store = table.data
+    return (
+        hasattr(store, "_db_for_partition")
+        and hasattr(store, "set_persisted_offset")
+        and not app.in_transaction
+        and not table.use_partitioner
+    )
+
+
+@dataclass
+class StagedRows:
+    """Table rows of one partition whose changelog records wait in an :class:`Outbox`."""
+
+    table: Any
+    partition: int
+    items: list[tuple[bytes, bytes]]
+    topic: str
+
+    def apply(self, last_offsets: Mapping[tuple[str, int], int]) -> None:
+        """Write the rows to the local store, then record the changelog offset reached.
+
+        Call once the changelog records are acknowledged: the local store is never
+        ahead of the changelog, so a crash at any point recovers a consistent table.
+        """
+        store = self.table.data
+        batch = _write_batch(store)
+        index = store._key_index
+        for key, value in self.items:
+            batch.put(key, value)
+            index[key] = self.partition
+        store._db_for_partition(self.partition).write(batch)
+        last = last_offsets.get((self.topic, self.partition))
+        if last is not None:
+            store.set_persisted_offset(TP(self.topic, self.partition), last)
+
+
+def stage_rows(table: Any, partition: int, rows: Mapping[bytes, bytes], outbox: Outbox) -> StagedRows:
+    """Queue table rows' changelog records in ``outbox``; apply them after delivery.
+
+    Together with :meth:`StagedRows.apply` this is ``table[key] = row`` for each row
+    while an event of ``partition`` is current — the same store bytes, the same
+    changelog records and persisted offset — with one changelog batch and one
+    RocksDB write batch per partition instead of a send and a put per row.
+    """
+    store = table.data
+    encode_key, encode_value = store._encode_key, store._encode_value
+    items = [(encode_key(key), encode_value(row)) for key, row in rows.items()]
+    topic = table.changelog_topic.get_topic_name()
+    for key, value in items:
+        outbox.add(topic, partition, key, value)
+    return StagedRows(table, partition, items, topic)
+
+
+async def write_rows(table: Any, partition: int, rows: Mapping[bytes, bytes], producer: Any) -> None:
+    """Write one partition's rows: changelog first (acknowledged), then the local store."""
+    if not rows:
+        return
+    outbox = Outbox(producer)
+    staged = stage_rows(table, partition, rows, outbox)
+    futures = await outbox.send()
+    staged.apply(outbox.last_offsets(await asyncio.gather(*futures)))
+
+
+def _write_batch(store: Any) -> Any:
+    if getattr(store, "use_rocksdict", False):
+        import rocksdict
+
+        return rocksdict.WriteBatch(raw_mode=True)
+    import rocksdb  # pragma: no cover - python-rocksdb installs only
+
+    return rocksdb.WriteBatch()  # pragma: no cover

@@ -3,17 +3,29 @@
 ``noack_take`` hands an agent a list of events that are acknowledged only when we
 say so; these helpers group such a list by partition, point Faust's "current event"
 at the right partition while table rows are written, and ack after the work is durable.
+
+An event is either one record (Faust's own path) or a whole fetched chunk (a
+:class:`streams.faust_tuning.BatchMessage`); :func:`records_by_partition` turns
+either kind into per-partition columns.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import weakref
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
+import numpy as np
 from faust.streams import _current_event
 from faust.types import EventT
+
+from streams.faust_tuning import BatchMessage
+
+log = logging.getLogger(__name__)
 
 
 def by_partition(events: Sequence[EventT]) -> dict[int, list[EventT]]:
@@ -22,6 +34,131 @@ def by_partition(events: Sequence[EventT]) -> dict[int, list[EventT]]:
     for event in events:
         groups[event.message.partition].append(event)
     return groups
+
+
+@dataclass
+class PartitionRecords:
+    """The records of one source partition in a batch of events, as columns.
+
+    ``timestamps_ms`` are the Kafka record timestamps; ``events`` are the Faust
+    events that carried the records (what must be acked).
+    """
+
+    partition: int
+    topic: str = ""
+    values: list[bytes | None] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    timestamps: list[float] = field(default_factory=list)
+    events: list[EventT] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def timestamps_ms(self) -> np.ndarray:
+        return np.asarray(self.timestamps, dtype=np.float64)
+
+
+def records_by_partition(events: Sequence[EventT]) -> dict[int, PartitionRecords]:
+    """Records of ``events`` (single records or fetched chunks) grouped by partition."""
+    groups: dict[int, PartitionRecords] = {}
+    for event in events:
+        msg = event.message
+        group = groups.get(msg.partition)
+        if group is None:
+            group = groups[msg.partition] = PartitionRecords(msg.partition, msg.topic)
+        group.events.append(event)
+        if isinstance(msg, BatchMessage):
+            records = msg.records
+            group.values.extend([r.value for r in records])
+            group.keys.extend([r.key for r in records])
+            group.offsets.extend(msg.offsets)
+            group.timestamps.extend([r.timestamp or 0 for r in records])
+        else:
+            group.values.append(msg.value)
+            group.keys.append(msg.key)
+            group.offsets.append(msg.offset)
+            group.timestamps.append((msg.timestamp or 0.0) * 1000.0)
+    return groups
+
+
+async def ready_events(stream, max_records: int) -> AsyncIterator[list[EventT]]:
+    """Lists of events, not acked: each holds what had arrived, up to about ``max_records``.
+
+    Unlike ``noack_take`` this never waits for a batch to fill: when the channel has
+    nothing more queued, what was taken is handed over at once. Under load, events
+    pile up while a list is processed, and the next list takes them up to
+    ``max_records`` records (a fetched chunk is never split, so one more chunk's worth
+    at most).
+    """
+    manual = stream.noack()
+    queue = manual.channel.queue
+    taken: list[EventT] = []
+    records = 0
+    async for _ in manual:
+        event = manual.current_event
+        taken.append(event)
+        msg = event.message
+        records += len(msg.offsets) if isinstance(msg, BatchMessage) else 1
+        if records >= max_records or queue.empty():
+            yield taken
+            taken, records = [], 0
+
+
+class InOrder:
+    """Finishes an agent's steps one after another in a background task.
+
+    The agent processes a step, hands over the coroutine that completes it (waiting
+    for deliveries, writing table rows, acking) and goes on with the next step while
+    the broker works. Completions run strictly in the order they were handed over, so
+    table rows and acks land in processing order; at most ``depth`` wait, after which
+    :meth:`put` blocks (back-pressure). A completion that fails crashes the app: its
+    events stay unacked and are replayed from the last commit after the restart.
+
+    Parameters
+    ----------
+    app
+        The Faust app (its ``crash`` is called on failure).
+    depth
+        Completions allowed to wait.
+    """
+
+    def __init__(self, app, depth: int = 4) -> None:
+        self.app = app
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=depth)
+        self.failed: BaseException | None = None
+        self._task: asyncio.Future | None = None
+
+    async def put(self, completion: Awaitable) -> None:
+        """Queue a step's completion (blocks while ``depth`` are waiting)."""
+        if self.failed is not None:
+            raise RuntimeError("an earlier step could not be completed") from self.failed
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        await self.queue.put(completion)
+
+    @property
+    def started(self) -> bool:
+        """Whether anything was queued yet."""
+        return self._task is not None
+
+    async def join(self) -> None:
+        """Wait until every queued completion has run."""
+        await self.queue.join()
+
+    async def _run(self) -> None:
+        while True:
+            completion = await self.queue.get()
+            try:
+                await completion
+            except Exception as exc:
+                self.failed = exc
+                log.exception("a step could not be completed; crashing the app: %r", exc)
+                self.queue.task_done()
+                await self.app.crash(exc)
+                return
+            self.queue.task_done()
 
 
 @contextmanager
@@ -37,4 +174,6 @@ def current_event(event: EventT) -> Iterator[None]:
 def ack_all(events: Sequence[EventT]) -> None:
     """Acknowledge events whose effects are durable (sent, and table rows written)."""
     for event in events:
+        if isinstance(event.message, BatchMessage):
+            event.message.processed = True
         event.ack()

@@ -1,26 +1,294 @@
 """The learner's agents: record decisions, learn from feedback, keep merchant state.
 
-Exactly one learner group owns model updates and merchant state; it publishes each
-new model version to the compacted ``models`` topic that every worker replicates.
+Exactly one learner group owns model updates and merchant state. It scores the
+shadow challengers on every recorded decision, learns every label into the champion
+and the challengers, runs the gate and the drift watch, and publishes versions to
+the registry on the compacted ``models`` topic (:mod:`scoring.registry`).
+
+A feedback batch is acknowledged only after (1) its outputs (dead letters, merchant
+activity, model records) are delivered and (2) a snapshot of the models and the
+feedback offsets they cover is on disk (atomic, sealed). A learner killed at any
+moment restarts from its newest valid snapshot (local file, else the copy on the
+``models`` topic) and skips the feedback at offsets that snapshot already covers.
+
+Environment (``FLAGSTREAM_``): ``CHALLENGERS``, ``GATE_*``/``DRIFT_DELTA`` (see
+:mod:`scoring.gate`), ``MODEL_PUBLISH_INTERVAL_S`` (default 1 s between publications),
+``MODEL_KEEP_VERSIONS`` (version records kept per lineage, 200), ``MODEL_HMAC_KEY``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable
 
+from features.layout import N_FEATURES
+from scoring import registry as reg
+from scoring.challengers import (
+    CHALLENGERS_ENV,
+    DEFAULT_CHALLENGERS,
+    ShadowSet,
+    challengers_from_spec,
+    parse_decision,
+)
+from scoring.gate import Gate, GateConfig, compare_on, rollback_candidates
+from scoring.handle import ModelHandle, model_from_state, parse_version
 from scoring.learner import Learner
+from scoring.linear import LinearChampion
+from scoring.snapshots import SnapshotStore, hmac_key, seal
 from sinks.dead_letter import dead_letter, headers
 from streams.app import Pipeline
 from streams.codec import dumps, loads
 from streams.core import MerchantActivity
 from streams.delivery import deliver, send_activity
-from streams.faust_batches import ack_all, by_partition, current_event
-from streams.model_sync import sync_model
+from streams.faust_batches import (
+    PartitionRecords,
+    ack_all,
+    by_partition,
+    current_event,
+    records_by_partition,
+)
+from streams.model_sync import lifecycle_metrics, read_record, sync_model
 from streams.topics import partition_for
 
 log = logging.getLogger(__name__)
+
+Writes = list[tuple[bytes, dict | None]]
+
+
+class LearnerRuntime:
+    """The learner's lifecycle state inside a worker: models, gate, snapshots, registry writes."""
+
+    def __init__(self, p: Pipeline, lookup) -> None:
+        self.p = p
+        s, env = p.settings, os.environ
+        self.key = hmac_key()
+        self.metrics = lifecycle_metrics(p)
+        self.gate = Gate(GateConfig.from_env())
+        base = LinearChampion(learning_rate=s.learning_rate)
+        shadow = ShadowSet(challengers_from_spec(env.get(CHALLENGERS_ENV, DEFAULT_CHALLENGERS), base))
+        self.learner = Learner(ModelHandle(base), lookup, int(s.feature_retention_s * 1000),
+                               shadow=shadow, gate=self.gate, publish_each_batch=False)
+        self.store = SnapshotStore(s.data_path / p.role / "models", self.key)
+        self.interval = float(env.get("FLAGSTREAM_MODEL_PUBLISH_INTERVAL_S", "1.0"))
+        self.keep = int(env.get("FLAGSTREAM_MODEL_KEEP_VERSIONS", "200"))
+        self.lock = asyncio.Lock()
+        self.ready = False
+        self.snapshot_seq = 0
+        self.last_publish = 0.0
+        self.publications = 0
+        self.snapshot_due = False
+        self.written: OrderedDict[bytes, dict] = OrderedDict()
+
+    # --- reading the registry (our own recent writes first: the table may lag) ---------
+    def get(self, key: bytes) -> dict | None:
+        mine, table = self.written.get(key), read_record(self.p, key)
+        if mine and table:  # the later of the two: a higher seat epoch, a longer history
+            if key == reg.SEAT:
+                return mine if mine["epoch"] > table["epoch"] else table
+            return mine if len(mine.get("history", ())) > len(table.get("history", ())) else table
+        return mine or table
+
+    def _keys(self, prefix: bytes) -> list[bytes]:
+        return [k for k in self.p.tables["models"].keys() if k.startswith(prefix)]
+
+    # --- start --------------------------------------------------------------------------
+    async def ensure_ready(self) -> None:
+        if not self.ready:
+            await self.p.app.tables.recovery.completed.wait()
+            if not self.ready:
+                self.restore()
+                self.ready = True
+
+    def restore(self) -> None:
+        """Resume from the newest valid snapshot: the local file or the copy on the topic."""
+        learner = self.learner
+        found = []
+        local = self.store.load()
+        self.metrics.refused.labels(source="snapshot_file").inc(len(self.store.refused))
+        if local is not None:
+            found.append((local[0].get("snapshot_seq", 0), 1, local[0], str(local[1])))
+        remote = read_record(self.p, reg.LEARNER)
+        if remote is not None:
+            found.append((remote.get("snapshot_seq", 0), 0, remote, "the models topic"))
+        if found:
+            seq, _, payload, where = max(found, key=lambda f: (f[0], f[1]))
+            learner.restore(payload)
+            self.snapshot_seq = seq
+            log.info("learner restored from %s: champion %s, offsets %s, challengers %s",
+                     where, learner.handle.version, learner.offsets, learner.shadow.names())
+        else:
+            seat, champion = read_record(self.p, reg.SEAT), read_record(self.p, reg.CHAMPION)
+            champion = reg.choose_champion(seat, champion)
+            if champion is not None:
+                lineage = champion.get("lineage") or parse_version(champion["version"])[0]
+                learner.handle.adopt(model_from_state(champion["state"]), lineage,
+                                     champion["sequence"], champion.get("epoch", 0),
+                                     champion.get("seat", ""))
+                log.info("learner starts from the published champion %s", learner.handle.version)
+            learner.timeline.append([learner.handle.version, 0])
+        floor = max((parse_version(k[len(reg.VERSION_PREFIX):].decode())[1]
+                     for k in self._keys(reg.VERSION_PREFIX)), default=0)
+        for key in (reg.SEAT, reg.CHAMPION):
+            record = read_record(self.p, key)
+            floor = max(floor, record["sequence"] if record else 0)
+        learner.next_sequence = max(learner.next_sequence, floor + 1)
+        self.publish_handle()
+
+    # --- what changes the champion -------------------------------------------------------
+    def publish_handle(self) -> None:
+        """Let this process's scorer (role ``all``) use the champion's newest published version."""
+        h, p = self.learner.handle, self.p
+        if h.sequence and (h.epoch, h.seat, h.sequence) != (p.handle.epoch, p.handle.seat,
+                                                            p.handle.sequence):
+            p.handle.adopt(model_from_state(h.model.to_state()), h.name, h.sequence, h.epoch, h.seat)
+            p.metrics.model_version.set(h.sequence)
+
+    def _apply_seat(self, seat: dict, by: str) -> None:
+        old = self.learner.handle.version
+        try:
+            changed = self.learner.adopt_seat(seat)
+        except (KeyError, TypeError, ValueError) as exc:  # refuse, once, what cannot be loaded
+            if self.p.__dict__.get("_bad_seat") != seat.get("id"):
+                self.p.__dict__["_bad_seat"] = seat.get("id")
+                log.error("cannot follow seat change to %s: %s", seat.get("version"), exc)
+                self.metrics.refused.labels(source="unloadable").inc()
+            return
+        if changed:
+            counter = self.metrics.promotions if seat["action"] == "promote" else self.metrics.rollbacks
+            counter.labels(by=by).inc()
+            log.warning("champion %s → %s (%s by %s: %s)", old, seat["version"], seat["action"],
+                        seat["by"], seat["reason"])
+            self.publish_handle()
+
+    def sync(self) -> Writes:
+        """Follow seat changes made elsewhere (the CLI); shadow newly submitted candidates."""
+        seat = read_record(self.p, reg.SEAT)
+        if seat is not None and self.learner.follows(seat):
+            self._apply_seat(seat, "cli" if str(seat["by"]).startswith("cli") else str(seat["by"]))
+        writes: Writes = []
+        for key in self._keys(reg.CANDIDATE_PREFIX):
+            candidate = read_record(self.p, key)
+            if candidate is None:
+                continue
+            if candidate.get("id") not in self.learner.adopted:
+                try:
+                    record = self.learner.adopt_candidate(candidate)
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.error("candidate %s refused: %s", key.decode(errors="replace"), exc)
+                    record = None
+                if record is None:
+                    log.error("candidate %s not shadowed", candidate.get("lineage"))
+                else:
+                    log.info("shadowing candidate %s as %s", candidate["lineage"], record["version"])
+                    writes.append((reg.version_key(record["version"]), record))
+            writes.append((key, None))
+        return writes
+
+    def _seat_writes(self, target: dict, action: str, reason: str, by: str) -> Writes:
+        h = self.learner.handle
+        current = {"version": h.version} if h.sequence else None
+        writes: Writes = list(reg.seat_change(self.get, target, action, reason, by, current))
+        self._apply_seat(writes[-2][1], by)
+        return writes
+
+    def verdicts(self) -> Writes:
+        """Apply the gate: refusals are logged and counted; a winner is promoted."""
+        writes: Writes = []
+        for v in self.gate.verdicts(self.learner.shadow.names()):
+            challenger = self.learner.shadow.get(v.lineage)
+            if challenger is None:
+                continue
+            reason = v.reason if v.action == "refuse" else "promoted by the gate"
+            record = self.learner.publish_challenger(challenger, reason)  # with the gate's numbers
+            writes.append((reg.version_key(record["version"]), record))
+            self.written[reg.version_key(record["version"])] = record
+            if v.action == "refuse":
+                self.metrics.gate_refusals.inc()
+                log.warning("challenger %s: %s", record["version"], v.reason)
+            else:
+                writes += self._seat_writes(record, "promote", v.reason, "gate")
+        return writes
+
+    def drift(self) -> Writes:
+        """After ADWIN saw the champion's error rise: roll back if an earlier version does better."""
+        width = self.gate.take_alarm()
+        if not width:
+            return []
+        self.metrics.drift_alarms.inc()
+        cfg = self.gate.config
+        window = [w for w in self.gate.window(width) if len(w[0]) == N_FEATURES]
+        tried = []
+        for version, fair in rollback_candidates(self.learner.timeline, window):
+            target = self.get(reg.version_key(version))
+            if target is None:
+                continue
+            mine, champ = compare_on(fair, model_from_state(target["state"]), cfg.metric)
+            summary = f"{version} {cfg.metric} {mine:.4f} vs champion {champ:.4f} on {len(fair)} labels"
+            if mine <= champ * (1 - cfg.margin):
+                return self._seat_writes(target, "rollback", f"drift (ADWIN): {summary}", "drift")
+            tried.append(summary)
+        log.warning("champion error rose (%d labels) but no earlier version does better: %s",
+                    width, "; ".join(tried) or "no candidates")
+        return []
+
+    def due(self) -> Writes:
+        """Gate, drift watch, then a publication if one is due."""
+        writes = self.verdicts() + self.drift()
+        learner = self.learner
+        dirty = learner.dirty or any(c.dirty for c in learner.shadow)
+        if dirty and time.monotonic() - self.last_publish >= self.interval:
+            writes += learner.publication()
+            self.last_publish = time.monotonic()
+            self.publications += 1
+            self.p.metrics.model_updates.inc()
+            self.publish_handle()
+            report = self.gate.report(learner.shadow.names())
+            for name, numbers in report.items():
+                self.metrics.loss.labels(model=name).set(numbers["loss"])
+                self.metrics.gate_labels.labels(model=name).set(numbers["n"])
+            if self.publications % 20 == 0:
+                writes += [(k, None) for k in self.prunable()]
+            self.snapshot_due = True  # a copy on the topic too, once the rest is delivered
+        return writes
+
+    def prunable(self) -> list[bytes]:
+        versions = [r for r in (read_record(self.p, k) for k in self._keys(reg.VERSION_PREFIX)) if r]
+        seat = self.get(reg.SEAT)
+        protect = {t[0] for t in self.learner.timeline[-50:]} | set(seat["stack"] if seat else [])
+        protect |= {c.version for c in self.learner.shadow if c.version}
+        return reg.prune(versions, self.keep, protect)
+
+    # --- durability --------------------------------------------------------------------------
+    async def persist(self) -> None:
+        """Snapshot after a batch's outputs are delivered: to the topic (when published), then disk."""
+        self.snapshot_seq += 1
+        payload = {"kind": "learner", "snapshot_seq": self.snapshot_seq,
+                   "saved_at_ms": int(time.time() * 1000), **self.learner.to_state()}
+        if self.snapshot_due:
+            await deliver(await self.send([(reg.LEARNER, payload)]))
+            self.snapshot_due = False
+        self.store.save(payload, self.snapshot_seq)
+        self.metrics.snapshots.inc()
+
+    async def send(self, writes: Writes) -> list[Awaitable]:
+        topic = self.p.topics["models"].get_topic_name()
+        pending = []
+        for key, payload in writes:
+            value = None if payload is None else seal(payload, self.key)
+            sent = await self.p.app.producer.send(topic, key, value, reg.PARTITION, None, None)
+            pending.append(sent)
+            if payload is not None:
+                self.written[key] = payload
+                self.written.move_to_end(key)
+            else:
+                self.written.pop(key, None)
+        while len(self.written) > 256:
+            self.written.popitem(last=False)
+        return pending
 
 
 def register_learner(p: Pipeline) -> None:
@@ -34,23 +302,54 @@ def register_learner(p: Pipeline) -> None:
         stored = decisions.get(transaction_id.encode())
         return None if stored is None else loads(stored)
 
-    learner = Learner(p.handle, lookup, retention_ms=int(s.feature_retention_s * 1000))
+    rt = LearnerRuntime(p, lookup)
+    p.__dict__["learner_runtime"] = rt
 
     @app.agent(t["scores"], name="record-decisions")
     async def record_decisions(stream):
-        """Keep each decision (with its features) by transaction id, for the feedback join."""
+        """Keep each decision (features + challengers' shadow scores) for the feedback join."""
         async for events in stream.noack_take(s.batch_size, within=0.05):
-            for _, group in by_partition(events).items():
-                with current_event(group[-1]):
-                    for e in group:
-                        decisions[e.message.key] = e.message.value
+            await rt.ensure_ready()
+            for group in records_by_partition(events).values():
+                values = [parse_decision(v) for v in group.values]
+                rt.learner.shadow.annotate([v for v in values if isinstance(v, dict)])
+                with current_event(group.events[-1]):
+                    for key, v in zip(group.keys, values, strict=True):
+                        decisions[key] = dumps(v) if isinstance(v, dict) else v
+                rt.metrics.recorded.inc(len(group))
             ack_all(events)
 
     @app.agent(t["feedback"], name="learn")
     async def learn(stream):
         async for events in stream.noack_take(500, within=0.1):
-            for partition, group in by_partition(events).items():
-                await _learn_partition(p, learner, partition, group, names)
+            await rt.ensure_ready()
+            async with rt.lock:
+                pending = await rt.send(rt.sync())
+                labelled = []
+                for partition, group in records_by_partition(events).items():
+                    pending += await _learn_partition(p, rt, partition, group, names, labelled)
+                pending += await rt.send(rt.due())
+                await deliver(pending)
+                await rt.persist()
+                ack_all(events)
+            for _decision, label, feedback in labelled:
+                p.metrics.labels.labels(
+                    label="fraud" if label else "legit", source=feedback.get("source", "review")
+                ).inc()
+            follow_operating_point(p, labelled)
+
+    @app.timer(0.5)
+    async def lifecycle() -> None:
+        """Seat changes from the CLI, candidates, and publications that were not due yet."""
+        if not rt.ready:
+            if not p.app.tables.recovery.completed.is_set():
+                return
+            await rt.ensure_ready()
+        async with rt.lock:
+            writes = rt.sync() + rt.due()
+            if writes or rt.snapshot_due:
+                await deliver(await rt.send(writes))
+                await rt.persist()
 
     @app.agent(t["merchant_activity"], name="merchants")
     async def merchants(stream):
@@ -64,61 +363,55 @@ def register_learner(p: Pipeline) -> None:
                         merchants_table[key.encode()] = row
             ack_all(events)
 
-    _ = merchants, record_decisions, learn
+    _ = merchants, record_decisions, learn, lifecycle
 
 
-async def _learn_partition(p: Pipeline, learner: Learner, partition: int, events, names) -> None:
-    s, metrics, producer = p.settings, p.metrics, p.app.producer
-    values = [e.message.value for e in events]
+async def _learn_partition(p: Pipeline, rt: LearnerRuntime, partition: int,
+                           group: PartitionRecords, names, labelled: list) -> list:
+    s, metrics, producer, learner = p.settings, p.metrics, p.app.producer, rt.learner
+    fresh = [i for i, off in enumerate(group.offsets) if not learner.seen(partition, off)]
+    rt.metrics.replayed.inc(len(group) - len(fresh))
     pending = []
-    keep: list[int] = []
-    for i, e in enumerate(events):  # feedback keyed elsewhere is re-sent to its partition
+    keep = []
+    for i in fresh:  # feedback keyed elsewhere is re-sent to its partition
         try:
-            tx = loads(e.message.value).get("transaction_id")
+            tx = loads(group.values[i]).get("transaction_id")
         except Exception:  # malformed: let the learner reject it with a reason
             tx = None
         if isinstance(tx, str) and partition_for(tx, s.partitions) != partition:
-            pending.append(
-                await producer.send(
-                    names["feedback"], tx.encode(), values[i], partition_for(tx, s.partitions),
-                    None, None,
-                )
-            )
+            home = partition_for(tx, s.partitions)
+            pending.append(await producer.send(names["feedback"], tx.encode(), group.values[i],
+                                               home, None, None))
         else:
             keep.append(i)
     sync_model(p)
-    outcome = learner.learn([values[i] for i in keep])
+    outcome = learner.learn([group.values[i] for i in keep], [group.offsets[i] for i in keep],
+                            partition)
+    if group.offsets:
+        learner.advance(partition, max(group.offsets))
     for r in outcome.rejections:
-        msg = events[keep[r.index]].message
-        letter = dead_letter(msg.value, r.reason, r.detail, msg.topic, partition, msg.offset)
+        i = keep[r.index]
+        letter = dead_letter(group.values[i], r.reason, r.detail, group.topic, partition,
+                             group.offsets[i])
         pending.append(
             await producer.send(
-                names["feedback_dlq"], msg.key, dumps(letter), None, None, headers(r.reason)
+                names["feedback_dlq"], group.keys[i], dumps(letter), None, None, headers(r.reason)
             )
         )
         metrics.dead_letters.labels(topic=names["feedback_dlq"], reason=r.reason).inc()
     if len(outcome.activity):
         pending.extend(await send_activity(p, outcome.activity))
-    if outcome.learned:
-        pending.append(await publish_model(p))
-    await deliver(pending)
-    ack_all(events)
-    for _decision, label, feedback in outcome.labelled:
-        metrics.labels.labels(
-            label="fraud" if label else "legit", source=feedback.get("source", "review")
-        ).inc()
+    labelled.extend(outcome.labelled)
+    return pending
 
 
-async def publish_model(p: Pipeline) -> Awaitable:
-    """Announce the current model state as a new version on the compacted models topic."""
-    p.metrics.model_updates.inc()
-    p.metrics.model_version.set(p.handle.sequence)
-    record = {
-        "version": p.handle.version,
-        "sequence": p.handle.sequence,
-        "state": p.handle.model.to_state(),
-        "published_at_ms": int(time.time() * 1000),
-    }
-    return await p.app.producer.send(
-        p.topics["models"].get_topic_name(), b"champion", dumps(record), 0, None, None
-    )
+def follow_operating_point(p: Pipeline, labelled: list) -> None:
+    """Feed delayed labels to the operating point so the threshold follows its target."""
+    policy = p.core.policy
+    if not labelled or not hasattr(policy, "observe"):
+        return
+    for decision, label, _feedback in labelled:
+        scored_at = decision.get("scored_at_ms", 0) / 1000 or None
+        policy.observe(decision["score"], label, decision.get("decision") != "approve", at=scored_at)
+    policy.update()
+    p.metrics.threshold.set(policy.threshold)

@@ -51,7 +51,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic(REVIEW), n),
         TopicSpec(settings.topic(FEEDBACK), n),
         TopicSpec(settings.topic(FEEDBACK_DLQ), n, {"retention.ms": _WEEK_MS}),
-        TopicSpec(settings.topic(MODELS), n, _COMPACT),
+        TopicSpec(
+            settings.topic(MODELS), n,
+            {**_COMPACT, "segment.ms": "3600000", "min.cleanable.dirty.ratio": "0.1"},
+        ),
         TopicSpec(settings.topic(MERCHANT_ACTIVITY), n),
         TopicSpec(settings.topic(MERCHANT_STATE), n, _COMPACT),
     ]

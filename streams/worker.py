@@ -43,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
     """Create topics and run the worker until interrupted."""
     from faust import Worker
 
+    from features.kernels import warm_up
+
     settings = settings_from(args)
+    warm_up()  # compile the Numba kernels before the first batch, not during it
     asyncio.run(create_topics(settings))
     pipeline = build_app(settings, args.role)
     log.info("starting %s worker on %s", args.role, settings.broker)

@@ -236,3 +236,16 @@ def test_bad_options_exit_2(stream_path, tmp_path):
 def test_empty_test_window_gives_nan_not_a_crash(records):
     m = backtest(records, BacktestConfig(test_start="2019-01-01", test_end="2019-01-07")).metrics
     assert math.isnan(m["auc"]) and m["n_test_events"] == 0
+
+
+def test_challengers_are_reported_side_by_side_without_touching_the_champion(records):
+    alone = backtest(records, BacktestConfig(**WINDOW)).metrics
+    both = backtest(
+        records, BacktestConfig(challengers="fast:learning_rate=0.05;same:", **WINDOW)
+    ).metrics
+    assert set(both["challengers"]) == {"fast", "same"}
+    for key in RANKING:
+        assert both[key] == alone[key], "shadow models must not change the champion's decisions"
+    # a challenger with the champion's own hyperparameters learns the same labels: same ranking
+    assert both["challengers"]["same"]["auc"] == pytest.approx(both["auc"], abs=1e-6)
+    assert 0.0 <= both["challengers"]["fast"]["average_precision"] <= 1.0

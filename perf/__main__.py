@@ -1,0 +1,93 @@
+"""``python -m perf compare``: the side-by-side benchmark (see :mod:`perf.bench.harness`).
+
+>>> build_parser().parse_args(["compare", "--rates", "1000,5000"]).rates
+(1000, 5000)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from perf.bench.contenders import CONTENDERS
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected e.g. 1000,5000, got {text!r}") from exc
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    unknown = set(names) - set(CONTENDERS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown contenders {sorted(unknown)}; known: {sorted(CONTENDERS)}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from perf.bench.harness import Options
+
+    d = Options()
+    parser = argparse.ArgumentParser(prog="python -m perf")
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compare", help="flagstream vs a naive Faust agent vs the aiokafka ceiling")
+    c.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    c.add_argument("--events", type=int, default=d.events, help="records pre-loaded for throughput")
+    c.add_argument("--rates", type=_ints, default=d.rates, help="fixed rates for latency, e.g. 1000,5000")
+    c.add_argument("--rate-seconds", type=float, default=d.rate_seconds, help="seconds per rate")
+    c.add_argument("--train", type=int, default=d.train, help="records the champion is trained on")
+    c.add_argument("--partitions", type=int, default=d.partitions)
+    c.add_argument("--threshold", type=float, default=d.threshold, help="decision threshold")
+    c.add_argument("--contenders", type=_names, default=d.contenders, help="comma-separated")
+    c.add_argument("--stream", help="recorded stream (default: the reference one, or a new one)")
+    c.add_argument("--out-dir", default=d.out_dir, help="where compare.json/.png and logs go")
+    c.add_argument("--broker", default=d.broker)
+    c.add_argument("--no-chart", dest="chart", action="store_false")
+    return parser
+
+
+def _table(report: dict) -> str:
+    def fmt(v, spec):
+        return format(v, spec) if isinstance(v, int | float) and math.isfinite(v) else "-"
+
+    lines = [f"{'contender':18} {'events/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+             f"{'CPU s/1k':>9} {'peak MB':>8} {'agree':>7}"]
+    agreement = report["agreement"]
+    for name, c in report["contenders"].items():
+        share = agreement.get(name, {}).get("share", 1.0 if name == agreement.get("reference") else None)
+        lines.append(
+            f"{name:18} {fmt(c.get('events_per_s'), ',.0f'):>10} {fmt(c.get('p50_ms'), '.1f'):>8} "
+            f"{fmt(c.get('p95_ms'), '.1f'):>8} {fmt(c.get('p99_ms'), '.1f'):>8} "
+            f"{fmt(c.get('cpu_s_per_1k'), '.3f'):>9} {fmt(c.get('peak_rss_mb'), '.0f'):>8} "
+            f"{fmt(share, '.4f'):>7}"
+        )
+    rate = next(iter(report["contenders"].values()), {}).get("latency_rate")
+    lines.append(f"latency percentiles at {rate}/s; goals: {report['goals']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from perf.bench.harness import Options, passed, run
+    from streams.codec import dumps
+
+    args = build_parser().parse_args(argv)
+    opts = Options(events=args.events, rates=args.rates, rate_seconds=args.rate_seconds, train=args.train,
+                   partitions=args.partitions, threshold=args.threshold, contenders=args.contenders,
+                   stream=args.stream, out_dir=args.out_dir, broker=args.broker, chart=args.chart)
+    report = run(opts)
+    if args.json:
+        print(dumps(report).decode())
+    else:
+        print(_table(report))
+    if not passed(report):
+        print("FAIL: flagstream's decisions differ from the aiokafka ceiling's", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

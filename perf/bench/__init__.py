@@ -1,0 +1,20 @@
+"""Side-by-side benchmarks of the flagstream worker and its peers on one real broker.
+
+Modules
+-------
+workload
+    The recorded input: a slice of a simulated stream (ground truth stripped), the
+    champion trained on an earlier slice, topic set-up, pre-loading and paced replay.
+measure
+    Process CPU and memory from ``/proc``, the decisions read back from ``scores``,
+    throughput, latency percentiles and agreement between contenders.
+contenders
+    How each contender process is started and what it is given.
+harness
+    ``python -m perf compare``: runs every contender over the same input, writes
+    ``artifacts/bench/compare.json`` and ``compare.png``.
+naive_faust, aiokafka_ceiling
+    The two peers, each runnable as ``python -m perf.bench.<name>``.
+chart
+    The PNG summary (matplotlib, Agg backend).
+"""

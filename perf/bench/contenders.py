@@ -1,0 +1,118 @@
+"""The contenders: how each one is started as its own process, and stopped.
+
+Every contender reads the worker's ``FLAGSTREAM_*`` environment (broker, topic
+prefix, partitions, threshold, ...) and consumes its own pre-loaded copy of the input.
+
+>>> CONTENDERS["flagstream"].command()[1:5]
+['-m', 'streams.cli', 'worker', '--role']
+>>> sorted(CONTENDERS)
+['aiokafka_ceiling', 'flagstream', 'naive_faust']
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from perf.bench.measure import ProcessSampler
+from streams.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A contender: the module run with ``python -m`` and its arguments."""
+
+    name: str
+    module: str
+    args: tuple[str, ...] = ()
+    about: str = ""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module, *self.args]
+
+
+CONTENDERS = {
+    c.name: c
+    for c in (
+        Contender("flagstream", "streams.cli", ("worker", "--role", "scorer", "--loglevel", "warning"),
+                  "the real worker (scorer role), unchanged"),
+        Contender("naive_faust", "perf.bench.naive_faust", (),
+                  "per-event Faust agent, dict state, River predict_proba_one per event"),
+        Contender("aiokafka_ceiling", "perf.bench.aiokafka_ceiling", (),
+                  "aiokafka getmany loop around the same ScoringCore, no Faust"),
+    )
+}
+
+
+def environment(settings: Settings, model_path: Path | None) -> dict[str, str]:
+    """The process environment a contender runs with."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "FLAGSTREAM_BROKER": settings.broker,
+            "FLAGSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+            "FLAGSTREAM_PARTITIONS": str(settings.partitions),
+            "FLAGSTREAM_DATA_DIR": settings.data_dir,
+            "FLAGSTREAM_WEB_PORT": str(settings.web_port),
+            "FLAGSTREAM_THRESHOLD": str(settings.threshold),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if model_path is not None:
+        env["BENCH_MODEL_PATH"] = str(model_path)
+    return env
+
+
+@dataclass
+class Running:
+    """A started contender process, its sampler and its log."""
+
+    contender: Contender
+    proc: subprocess.Popen
+    sampler: ProcessSampler
+    log_path: Path
+    started_at: float
+    exit_code: int | None = field(default=None)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code."""
+        self.sampler.stop()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.exit_code = self.proc.returncode
+        return self.exit_code
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def start(contender: Contender, settings: Settings, model_path: Path | None, log_dir: Path) -> Running:
+    """Start a contender process with CPU/memory sampling."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{contender.name}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - owned by the child process
+    started = time.time()
+    proc = subprocess.Popen(contender.command(), cwd=ROOT, env=environment(settings, model_path),
+                            stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    sampler = ProcessSampler(proc.pid)
+    sampler.start()
+    return Running(contender, proc, sampler, log_path, started)

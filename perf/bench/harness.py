@@ -1,0 +1,282 @@
+"""``python -m perf compare``: every contender, one broker, one input, side by side.
+
+For each contender in turn (never two at once, so none steals the other's CPU):
+
+1. fresh topics under a unique prefix (``scores`` stamped by the broker), the trained
+   champion published on ``models``, and the input slice pre-loaded;
+2. the contender process starts and drains the pre-loaded topic — **throughput** is
+   decisions per second from the first decision landing on ``scores`` to the last,
+   so process start, Numba compilation and the first batch fall outside the window
+   (they are reported as ``startup_s``); **CPU** is the contender process's CPU time
+   (all threads, from ``/proc``) over the same window, per 1,000 events;
+3. then, per rate (after ``settle_s`` of quiet), a fresh slice is produced at that
+   fixed rate — **latency** runs from each record's Kafka timestamp (set when it is
+   produced) to its decision's ``LogAppendTime`` on ``scores``;
+4. the process stops; its peak RSS (``VmHWM``) is kept; its decisions are read back.
+
+Decisions are compared by transaction id with the ceiling's: a contender agrees on a
+transaction when the decision is the same and the score is within 1e-9. The run fails
+(exit 1) when flagstream's decisions differ from the ceiling's or any is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from perf.bench import contenders as cont
+from perf.bench import measure, workload
+from streams.codec import dumps, loads
+from streams.config import Settings
+from streams.topics import SCORES, TRANSACTIONS
+
+REFERENCE = "aiokafka_ceiling"
+
+
+@dataclass(frozen=True)
+class Options:
+    """One comparison run (defaults: the standard size, a few minutes)."""
+
+    events: int = 100_000
+    rates: tuple[int, ...] = (1_000, 5_000)
+    rate_seconds: float = 10.0
+    train: int = 20_000
+    partitions: int = 4
+    threshold: float = 0.1
+    fraud_weight: float = 20.0
+    contenders: tuple[str, ...] = ("flagstream", "naive_faust", "aiokafka_ceiling")
+    stream: str | None = None
+    out_dir: str = "artifacts/bench"
+    broker: str = field(default_factory=lambda: os.environ.get("FLAGSTREAM_BROKER", "127.0.0.1:19092"))
+    stall_s: float = 60.0
+    settle_s: float = 3.0
+    chart: bool = True
+    log: bool = True
+
+
+def _say(opts: Options, text: str) -> None:
+    if opts.log:
+        print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+def start_broker(opts: Options) -> float:
+    """``scripts/kafka.sh start`` (a no-op when running); seconds it took."""
+    started = time.perf_counter()
+    port = opts.broker.rsplit(":", 1)[-1]
+    result = subprocess.run(["bash", str(cont.ROOT / "scripts" / "kafka.sh"), "start"],
+                            env={**os.environ, "KAFKA_PORT": port}, capture_output=True, text=True,
+                            timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"could not start Kafka:\n{result.stdout}\n{result.stderr}")
+    return time.perf_counter() - started
+
+
+def numba_timings() -> dict[str, float]:
+    """Seconds to get every hot-path kernel ready in a fresh process: cold and cached."""
+    code = ("import time; t = time.perf_counter(); import features.kernels as k, streams.core as c; "
+            "k.warm_up(); c.partitions_for(['x'], 1); print(time.perf_counter() - t)")
+
+    def run(env: dict) -> float:
+        out = subprocess.run([sys.executable, "-c", code], cwd=cont.ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)
+        return float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else float("nan")
+
+    with tempfile.TemporaryDirectory() as cache:
+        cold = run({**os.environ, "NUMBA_CACHE_DIR": cache})
+    return {"numba_compile_s": cold, "numba_cached_load_s": run(dict(os.environ))}
+
+
+def account_memory(n: int = 50_000) -> dict[str, float]:
+    """Bytes per tracked account in the worker's in-memory arena (rows, keys, index)."""
+    import tracemalloc
+
+    from features.arena import Arena
+    from features.layout import ACCOUNT_WIDTH, new_account_row
+
+    keys = [f"c-{i:07d}" for i in range(n)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    arena = Arena(new_account_row)
+    arena.indices(keys)
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return {"row_bytes": ACCOUNT_WIDTH * 8, "arena_bytes_per_account": used / n,
+            "arena_capacity_rows": int(len(arena.rows)), "accounts_measured": n}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def run_contender(
+    name: str, opts: Options, wl: workload.Workload, model_path: Path, prefix: str, work: Path
+) -> tuple[dict, dict[str, measure.Decision]]:
+    """Run one contender through the drain and every rate; its figures and decisions."""
+    contender = cont.CONTENDERS[name]
+    settings = Settings(broker=opts.broker, topic_prefix=f"{prefix}{name}.", partitions=opts.partitions,
+                        data_dir=str(work / name), web_port=free_port(), threshold=opts.threshold)
+    await workload.create_bench_topics(settings)
+    await workload.publish_champion(settings, champion_state(model_path))
+    preload_s = await workload.preload(settings, TRANSACTIONS, wl.preload)
+    expected = wl.expected(wl.preload)
+    _say(opts, f"{name}: {len(wl.preload)} records pre-loaded in {preload_s:.1f}s; starting")
+    run = cont.start(contender, settings, model_path, Path(opts.out_dir) / "logs")
+    sent: dict[int, dict[str, int]] = {}
+    try:
+        got, complete = await measure.wait_for_count(settings, SCORES, expected, max(opts.stall_s, 120))
+        _say(opts, f"{name}: drained {got}/{expected}")
+        for rate, records in wl.phases.items():
+            if not (complete and run.alive()):
+                break
+            await asyncio.sleep(opts.settle_s)  # let the previous phase's tail work finish
+            sent[rate] = await workload.replay_at_rate(settings, TRANSACTIONS, records, rate)
+            expected += wl.expected(records)
+            got, complete = await measure.wait_for_count(settings, SCORES, expected, opts.stall_s)
+            _say(opts, f"{name}: {rate}/s phase done, {got}/{expected} decisions")
+    finally:
+        peak_rss = run.sampler.peak_rss
+        exit_code = run.stop()
+    decisions, repeats = await measure.read_decisions(settings, SCORES)
+    figures = summarize(wl, run, decisions, sent, opts)
+    figures.update({"about": contender.about, "preload_s": round(preload_s, 3), "repeats": repeats,
+                    "complete": complete, "peak_rss_mb": round(peak_rss / 2**20, 1),
+                    "exit_code": exit_code})
+    if not complete:
+        figures["log_tail"] = run.log_tail(30)
+    return figures, decisions
+
+
+def champion_state(model_path: Path) -> dict:
+    """The model state inside a champion record file."""
+    return loads(model_path.read_bytes())["state"]
+
+
+def summarize(wl: workload.Workload, run: cont.Running, decisions: dict, sent: dict, opts: Options) -> dict:
+    """Throughput, CPU and latency figures of one contender's run."""
+    stamps = sorted(decisions[r.transaction_id].landed_ms for r in wl.preload
+                    if r.transaction_id in decisions)
+    out: dict = {"events": len(wl.preload), "decided": len(stamps)}
+    if len(stamps) >= 2:
+        first, last = stamps[0], stamps[-1]
+        in_window = sum(1 for x in stamps if x > first)
+        cpu = measure.window_cpu(run.sampler, first, last)
+        out.update({
+            "events_per_s": round(measure.throughput(stamps), 1),
+            "drain_s": round((last - first) / 1000.0, 3),
+            "startup_s": round(first / 1000.0 - run.started_at, 3),
+            "cpu_s_per_1k": round(cpu / (in_window / 1000.0), 4) if in_window else float("nan"),
+            "cpu_s_drain": round(cpu, 3),
+        })
+    by_rate = {}
+    for rate, sent_ms in sent.items():
+        lat = measure.latencies(sent_ms, decisions)
+        span = (max(sent_ms.values()) - min(sent_ms.values())) / 1000.0 if sent_ms else 0.0
+        by_rate[str(rate)] = {
+            **{k: round(v, 2) for k, v in measure.percentiles(lat).items()},
+            "sent": len(sent_ms), "decided": len(lat),
+            "achieved_rate": round(len(sent_ms) / span, 1) if span else float("nan"),
+        }
+    out["latency"] = by_rate
+    top = by_rate.get(str(max(sent))) if sent else None
+    for key in ("p50_ms", "p95_ms", "p99_ms"):
+        out[key] = top[key] if top else float("nan")
+    out["latency_rate"] = max(sent) if sent else None
+    return out
+
+
+def compare_decisions(decisions: dict[str, dict]) -> dict:
+    """Agreement of every contender with the ceiling (see :func:`measure.agreement`)."""
+    result: dict = {"reference": REFERENCE, "tolerance": 1e-9}
+    reference = decisions.get(REFERENCE)
+    if reference is None:
+        return result
+    for name, theirs in decisions.items():
+        if name != REFERENCE:
+            result[name] = measure.agreement(reference, theirs)
+    if "flagstream" in result:
+        fs = result["flagstream"]
+        result["flagstream_matches_ceiling"] = (fs["differing"] == 0 and fs["missing"] == 0
+                                                and fs["compared"] > 0)
+    return result
+
+
+def goals(contenders: dict) -> dict:
+    """The issue's targets, evaluated on this run."""
+    fs = contenders.get("flagstream", {})
+    eps = fs.get("events_per_s", float("nan"))
+    out = {"one_worker_events_per_s": eps, "target_20k": eps >= 20_000, "stretch_50k": eps >= 50_000}
+    for peer, factor in (("naive_faust", 5.0), (REFERENCE, 0.5)):
+        other = contenders.get(peer, {}).get("events_per_s")
+        if other:
+            out[f"vs_{peer}"] = round(eps / other, 3)
+            out[f"vs_{peer}_target"] = factor
+            out[f"vs_{peer}_met"] = eps / other >= factor
+    lat = fs.get("latency", {}).get("5000")
+    if lat:
+        out["p99_ms_at_5000"] = lat["p99_ms"]
+        out["p99_le_50ms_at_5000"] = lat["p99_ms"] <= 50.0
+    return out
+
+
+async def compare(opts: Options) -> dict:
+    """The whole comparison; returns the report (also written as JSON and PNG)."""
+    out_dir = Path(opts.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    setup: dict = {"broker_start_s": round(start_broker(opts), 3)}
+    t0 = time.perf_counter()
+    need = opts.train + opts.events + sum(int(r * opts.rate_seconds) for r in opts.rates)
+    path = workload.ensure_stream(opts.stream, out_dir, need)
+    wl = workload.load_workload(path, opts.train, opts.events, opts.rates, opts.rate_seconds,
+                                opts.partitions)
+    setup["stream"], setup["load_s"] = str(path), round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    state = workload.train_champion(wl.train, wl.labels, 0.05, opts.fraud_weight)
+    setup["train_s"] = round(time.perf_counter() - t0, 3)
+    model_path = out_dir / "champion.json"
+    model_path.write_bytes(dumps(workload.champion_record(state)))
+    setup.update({k: round(v, 3) for k, v in numba_timings().items()})
+    _say(opts, f"setup {setup}")
+    prefix = f"bench{time.strftime('%H%M%S')}{uuid.uuid4().hex[:6]}."
+    work = Path(tempfile.mkdtemp(prefix="flagstream-bench-"))
+    results: dict = {}
+    decisions: dict = {}
+    try:
+        for name in opts.contenders:
+            results[name], decisions[name] = await run_contender(name, opts, wl, model_path, prefix, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report = {
+        "contenders": results,
+        "agreement": compare_decisions(decisions),
+        "goals": goals(results),
+        "memory_per_account": account_memory(),
+        "setup": setup,
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
+        "prefix": prefix,
+    }
+    (out_dir / "compare.json").write_bytes(dumps(report))
+    if opts.chart:
+        from perf.bench.chart import draw
+
+        draw(report, out_dir / "compare.png")
+    return report
+
+
+def passed(report: dict) -> bool:
+    """False when flagstream's decisions differ from (or miss some of) the ceiling's."""
+    return report["agreement"].get("flagstream_matches_ceiling", True)
+
+
+def run(opts: Options) -> dict:
+    return asyncio.run(compare(opts))

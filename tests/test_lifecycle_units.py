@@ -1,0 +1,166 @@
+"""The learner's lifecycle without a broker: idempotent replay, seats, versions, gate, drift."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from features.layout import N_FEATURES
+from scoring.challengers import Challenger, ShadowSet, challengers_from_spec, parse_spec
+from scoring.gate import Gate, GateConfig, compare_on, rollback_candidates
+from scoring.handle import ModelHandle, parse_version
+from scoring.learner import Learner
+from scoring.linear import LinearChampion
+from scoring.registry import CHAMPION, seat_change, version_key
+from streams.codec import dumps, loads
+
+RNG = np.random.default_rng(7)
+FEATURES = RNG.random((60, N_FEATURES)) * 50
+DECISIONS = {
+    f"t-{i}": {"features": FEATURES[i].tolist(), "merchant_id": "m-1", "event_time_ms": 0,
+               "scored_at_ms": 0, "score": 0.01, "model_version": "lr-000000"}
+    for i in range(60)
+}
+
+
+def feedback(i: int) -> bytes:
+    label = "fraud" if FEATURES[i % 60, 0] > 35 else "legit"
+    return dumps({"transaction_id": f"t-{i % 60}", "label": label})
+
+
+def make_learner() -> Learner:
+    shadow = ShadowSet(challengers_from_spec("fast:learning_rate=0.3", LinearChampion()))
+    return Learner(ModelHandle(LinearChampion()), DECISIONS.get, clock_ms=lambda: 0,
+                   shadow=shadow, gate=Gate(GateConfig(min_labels=10)), publish_each_batch=False)
+
+
+def states(learner: Learner) -> tuple[dict, dict]:
+    return learner.handle.model.to_state(), learner.shadow.get("fast").model.to_state()
+
+
+def test_restored_learner_replaying_feedback_ends_with_the_uninterrupted_weights():
+    stream = {p: [(off, feedback(off * 3 + p)) for off in range(40)] for p in (0, 1)}
+    straight = make_learner()
+    for lo in range(0, 40, 7):
+        for p in (0, 1):
+            chunk = stream[p][lo:lo + 7]
+            straight.learn([v for _, v in chunk], [o for o, _ in chunk], p)
+
+    first = make_learner()
+    for lo in range(0, 21, 7):  # partition 0 up to offset 20, partition 1 up to 13
+        for p in (0, 1):
+            if p == 1 and lo > 7:
+                continue
+            chunk = stream[p][lo:lo + 7]
+            first.learn([v for _, v in chunk], [o for o, _ in chunk], p)
+    snapshot = loads(dumps(first.to_state()))
+    resumed = make_learner()
+    resumed.restore(snapshot)
+    replayed = 0
+    for lo in range(0, 40, 7):  # Faust redelivers from an older committed offset
+        for p in (0, 1):
+            chunk = stream[p][lo:lo + 7]
+            replayed += resumed.learn([v for _, v in chunk], [o for o, _ in chunk], p).replayed
+    assert replayed == 21 + 14
+    assert states(resumed) == states(straight)
+    assert resumed.offsets == straight.offsets == {0: 39, 1: 39}
+
+
+def test_versions_are_unique_and_monotonic_across_lineages():
+    learner = make_learner()
+    learner.learn([feedback(i) for i in range(20)])
+    first = learner.publication()
+    keys = [k for k, _ in first]
+    assert keys == [version_key("lr-000001"), CHAMPION, version_key("fast-000002")]
+    assert learner.handle.version == "lr-000001" and not learner.dirty
+    assert learner.publication() == []  # nothing learned since
+    learner.learn([feedback(i) for i in range(20, 30)])
+    again = [r["version"] for _, r in learner.publication()]
+    assert again == ["lr-000003", "lr-000003", "fast-000004"]
+    assert first[0][1]["parent"] is None and learner.publication() == []
+    assert [t[0] for t in learner.timeline] == ["lr-000001", "lr-000003"]
+
+
+def test_promotion_demotes_to_shadow_and_rollback_retires():
+    learner = make_learner()
+    learner.learn([feedback(i) for i in range(30)])
+    records = dict(learner.publication())
+    fast = records[version_key("fast-000002")]
+    writes = dict(seat_change(records.get, fast, "promote", "better", "gate"))
+    assert learner.adopt_seat(writes[b"seat"])
+    assert learner.handle.version == "fast-000002" and learner.shadow.names() == ["lr"]
+    assert learner.shadow.get("lr").origin == "demoted"
+    assert learner.gate.pairs == {} and learner.gate.seat_n == 0
+    assert not learner.adopt_seat(writes[b"seat"])  # applied once
+    records.update(writes)
+    back = dict(seat_change(records.get, records[version_key("lr-000001")], "rollback", "drift",
+                            "drift"))
+    assert learner.adopt_seat(back[b"seat"])
+    assert learner.handle.version == "lr-000001" and learner.shadow.names() == []
+    assert learner.allocate() == 3  # ids are never reused after a rollback
+
+
+def test_candidates_join_the_shadow_set_once():
+    learner = make_learner()
+    candidate = {"id": "c1", "lineage": "cand", "state": LinearChampion().to_state(),
+                 "reason": "offline", "by": "cli:ann", "submitted_at_ms": 5}
+    record = learner.adopt_candidate(candidate)
+    assert parse_version(record["version"])[0] == "cand"
+    assert [h["status"] for h in record["history"]] == ["candidate", "shadow"]
+    assert learner.adopt_candidate({**candidate, "id": "c2"}) is None  # name taken
+    assert learner.adopted == ["c1", "c2"]
+
+
+def test_shadow_cutoff_scores_only_the_suspicious_rows():
+    heavy = Challenger("heavy", LinearChampion(prior=0.9), cutoff=0.5)
+    shadow = ShadowSet([heavy])
+    decisions = [{"score": s, "features": [1.0] * N_FEATURES} for s in (0.1, 0.7)]
+    shadow.annotate(decisions)
+    assert decisions[0]["shadow"]["heavy"] == 0.1  # below the cutoff: the champion's score
+    assert abs(decisions[1]["shadow"]["heavy"] - 0.9) < 1e-6
+    assert parse_spec("") == []
+
+
+def test_gate_refuses_once_and_promotes_the_better_model():
+    gate = Gate(GateConfig(min_labels=30, margin=0.05))
+    for i in range(60):
+        y = int(i % 4 == 0)
+        gate.observe({"score": 0.3, "shadow": {"good": 0.8 if y else 0.05,
+                                               "flipped": 0.05 if y else 0.8}}, y)
+        verdicts = gate.verdicts(["good", "flipped"])
+        if i == 29:
+            assert [(v.action, v.lineage) for v in verdicts] == [
+                ("refuse", "flipped"), ("promote", "good")]
+        elif i > 29:
+            assert [v.action for v in verdicts] == ["promote"]  # refusals are reported once
+    report = gate.report(["good", "flipped"])
+    assert report["flipped"]["verdict"] == "refused" and report["good"]["verdict"] == "passing"
+    restored = Gate(gate.config)
+    restored.restore(loads(dumps(gate.to_state())))
+    assert restored.report() == gate.report()
+
+
+def test_drift_finds_the_version_before_a_bad_one_and_checks_it_does_better():
+    good = LinearChampion()
+    x_fraud, x_legit = np.full(N_FEATURES, 5.0), np.zeros(N_FEATURES)
+    for _ in range(100):
+        good.learn_one(x_fraud, 1)
+        good.learn_one(x_legit, 0)
+    gate = Gate(GateConfig())
+    timeline = [["lr-000001", 0], ["lr-000004", 300]]
+    for i in range(300):  # the good champion decides
+        y = int(i % 5 == 0)
+        gate.observe({"score": 0.9 if y else 0.05, "features": (x_fraud if y else x_legit).tolist(),
+                      "model_version": "lr-000004"}, y)
+    assert gate.take_alarm() is None
+    timeline.append(["bad-000005", gate.labels_seen])
+    width = None
+    for i in range(300):  # a bad promotion decides
+        y = int(i % 5 == 0)
+        gate.observe({"score": 0.05 if y else 0.9, "features": (x_fraud if y else x_legit).tolist(),
+                      "model_version": "bad-000005"}, y)
+        width = width or gate.take_alarm()
+    assert width
+    candidates = rollback_candidates(timeline, gate.window(width))
+    assert [v for v, _ in candidates][:1] == ["lr-000004"]
+    mine, champ = compare_on(candidates[0][1], good, "logloss")
+    assert mine < champ / 10
