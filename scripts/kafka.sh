@@ -126,13 +126,13 @@ start() {
     -Dlog4j2.configurationFile="$DATA/log4j2.properties" \
     -cp "$DIST/libs/*" kafka.Kafka "$DATA/server.properties" >>"$DATA/stdout.log" 2>&1 &
   echo $! > "$PIDFILE"
-  for _ in $(seq 1 120); do
+  for _ in $(seq 1 "${KAFKA_START_TIMEOUT_S:-180}"); do
     if ready; then log "ready on 127.0.0.1:$KAFKA_PORT"; return 0; fi
     if ! running; then tail -60 "$LOGFILE" "$DATA/stdout.log" >&2 || true; log "broker exited"; return 1; fi
-    sleep 0.5
+    sleep 1
   done
   tail -60 "$LOGFILE" >&2 || true
-  log "broker did not answer a metadata request within 60 s"
+  log "broker did not answer a metadata request within ${KAFKA_START_TIMEOUT_S:-180} s"
   return 1
 }
 

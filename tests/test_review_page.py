@@ -112,6 +112,7 @@ def labelled_total(worker, source: str = "review") -> float:
 
 
 @pytest.mark.browser
+@pytest.mark.timeout(300)
 def test_reviewer_labels_a_flagged_transaction_in_the_browser(settings, worker_factory):
     from playwright.sync_api import expect, sync_playwright
 
@@ -143,6 +144,7 @@ def test_reviewer_labels_a_flagged_transaction_in_the_browser(settings, worker_f
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport={"width": 1440, "height": 960})
+            context.set_default_timeout(20_000)  # no step may wait forever
             page = context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -203,10 +205,10 @@ def test_reviewer_labels_a_flagged_transaction_in_the_browser(settings, worker_f
                 f'<form method="post" action="{decision}"><input name="label" value="fraud">'
                 '<button id="go">win a prize</button></form>'
             )
-            with attacker.expect_response(lambda r: r.url == decision) as forged:
-                attacker.click("#go")
+            with attacker.expect_response(lambda r: r.url == decision, timeout=20_000) as forged:
+                attacker.click("#go", no_wait_after=True)
             assert forged.value.status in {401, 403}
-            attacker.close()
+            attacker.close(run_before_unload=True)  # a plain close can hang mid-navigation
             assert any(i["id"] == other for i in api.items()), "forged posts changed nothing"
 
             # --- label it fraud -------------------------------------------------------
