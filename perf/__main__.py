@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out-dir", default=d.out_dir, help="where compare.json/.png and logs go")
     c.add_argument("--broker", default=d.broker)
     c.add_argument("--no-chart", dest="chart", action="store_false")
+    c.add_argument("--keep-topics", action="store_true", help="leave the run's topics on the broker")
     return parser
 
 
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     opts = Options(events=args.events, rates=args.rates, rate_seconds=args.rate_seconds, train=args.train,
                    partitions=args.partitions, threshold=args.threshold, contenders=args.contenders,
-                   stream=args.stream, out_dir=args.out_dir, broker=args.broker, chart=args.chart)
+                   stream=args.stream, out_dir=args.out_dir, broker=args.broker, chart=args.chart,
+                   keep_topics=args.keep_topics)
     report = run(opts)
     if args.json:
         print(dumps(report).decode())

@@ -33,14 +33,13 @@ Other topics keep Faust's per-record path. Sensors see one message per chunk.
 Finding the offset to commit uses numpy for batched partitions (:func:`_new_offset`,
 same result as Faust's loop over every acked offset).
 
-Two process-level settings found by the same profiling live here too, because the
-worker applies them with the rest: :func:`tune_allocator` (glibc keeps freed heap
-mapped: batches stop faulting their memory back in) and :func:`tune_gc` (freeze the
-worker's long-lived objects so full collections stop pausing it for ~100 ms).
+Two process-level settings found by the same profiling are applied by the scorer:
+:func:`streams.scorer_agent.tune_allocator` and :func:`streams.scorer_agent.tune_gc`.
 
+>>> from types import SimpleNamespace as Rec
 >>> from faust.types import TP
->>> tp = TP("tx", 0)
->>> m = BatchMessage.from_records(tp, [_Rec(5, b"a"), _Rec(6, b"b")], generation_id=1)
+>>> recs = [Rec(offset=5, value=b"a", timestamp=0), Rec(offset=6, value=b"b", timestamp=0)]
+>>> m = BatchMessage.from_records(TP("tx", 0), recs, generation_id=1)
 >>> m.offset, m.offsets, m.values
 (6, [5, 6], [b'a', b'b'])
 """
@@ -48,9 +47,6 @@ worker's long-lived objects so full collections stop pausing it for ~100 ms).
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
-import gc
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -179,60 +175,6 @@ def install(app: Any, topics: Iterable[Any], queue_chunks: int = 8) -> Tuning:
     Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]
     return tuning
-
-
-#: glibc ``mallopt`` parameters.
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-
-
-def tune_allocator(
-    trim_threshold: int = 256 << 20, top_pad: int = 64 << 20, mmap_threshold: int = 32 << 20
-) -> bool:
-    """Keep freed heap memory mapped instead of handing it back to the OS after every batch.
-
-    A batch allocates and frees megabytes (decision dicts, their JSON, feature
-    matrices). With glibc's defaults the heap top is trimmed as soon as 128 KiB are
-    free and blocks of 128 KiB or more get their own ``mmap``, so every batch faults
-    its memory in again: profiled at ~1.9 page faults and ~7 µs per decision for the
-    encoding step alone, 0 and ~1 µs with these settings. Costs: the worker keeps
-    its peak heap resident. Returns False where ``mallopt`` is unavailable (not glibc).
-
-    >>> isinstance(tune_allocator(), bool)
-    True
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return all(
-        mallopt(param, value) == 1
-        for param, value in (
-            (M_MMAP_THRESHOLD, mmap_threshold), (M_TRIM_THRESHOLD, trim_threshold),
-            (M_TOP_PAD, top_pad),
-        )
-    )
-
-
-def tune_gc(threshold0: int = 20_000) -> None:
-    """Collect once, then keep everything alive so far out of later collections.
-
-    Call when the worker is ready. Full collections otherwise walk every object the
-    process holds (Faust, aiokafka cluster metadata, tables, models): measured at
-    45–125 ms pauses every few seconds while scoring (and 430 ms at start), which
-    made up the latency tail. ``gc.freeze()`` moves the survivors to the permanent
-    generation; a higher first threshold makes young collections rarer (batches
-    allocate in bursts and free by reference counting). Garbage cycles are still
-    collected, among objects created after the freeze.
-
-    >>> import gc; tune_gc(); gc.get_threshold()[0]
-    20000
-    >>> gc.unfreeze()
-    """
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(threshold0, gen1, gen2)
 
 
 def tuning_of(app: Any) -> Tuning | None:
@@ -423,13 +365,3 @@ async def _deliver_singles(self: Consumer, records: dict, callback: Any, generat
                 await self.commit()
             await self.wait_first(callback(message), self.suspend_flow.wait())
             self._read_offset[tp] = offset
-
-
-@dataclass
-class _Rec:
-    """A stand-in aiokafka record (doctest only)."""
-
-    offset: int
-    value: bytes
-    key: bytes | None = None
-    timestamp: int = 0

@@ -51,9 +51,11 @@ def test_throughput_and_percentiles():
 
 @pytest.mark.integration
 def test_tiny_compare_run_reports_every_contender(kafka_broker, tmp_path):
+    """12,000 records: enough for every contender to need several fetches (a rate needs
+    decisions landing at more than one instant)."""
     out = tmp_path / "bench"
     result = subprocess.run(
-        [sys.executable, "-m", "perf", "compare", "--json", "--events", "3000", "--rates", "400",
+        [sys.executable, "-m", "perf", "compare", "--json", "--events", "12000", "--rates", "400",
          "--rate-seconds", "2", "--train", "2000", "--out-dir", str(out), "--broker", kafka_broker],
         cwd=ROOT, capture_output=True, text=True, timeout=170,
     )
@@ -63,11 +65,11 @@ def test_tiny_compare_run_reports_every_contender(kafka_broker, tmp_path):
     for name, figures in report["contenders"].items():
         for key in FIGURES:
             assert isinstance(figures[key], int | float), (name, key, figures.get(key))
-        assert figures["complete"] and figures["decided"] == figures["events"] == 3000, name
+        assert figures["complete"] and figures["decided"] == figures["events"] == 12_000, name
         assert figures["latency"]["400"]["decided"] == figures["latency"]["400"]["sent"] == 800
     agreement = report["agreement"]
     assert agreement["reference"] == REFERENCE and agreement["flagstream_matches_ceiling"]
-    assert agreement["flagstream"]["share"] == 1.0 and agreement["flagstream"]["compared"] == 3800
+    assert agreement["flagstream"]["share"] == 1.0 and agreement["flagstream"]["compared"] == 12_800
     assert 0.0 <= agreement["naive_faust"]["share"] <= 1.0
     assert {"numba_compile_s", "broker_start_s"} <= set(report["setup"])
     assert report["memory_per_account"]["row_bytes"] == ACCOUNT_WIDTH * 8

@@ -31,7 +31,7 @@ from streams.codec import dumps, loads
 from streams.config import Settings
 from streams.core import ScoringCore
 from streams.delivery import Outbox, activity_records
-from streams.faust_tuning import tune_allocator
+from streams.scorer_agent import tune_allocator
 from streams.topics import (
     MERCHANT_ACTIVITY,
     REVIEW,

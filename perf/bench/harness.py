@@ -59,6 +59,7 @@ class Options:
     broker: str = field(default_factory=lambda: os.environ.get("FLAGSTREAM_BROKER", "127.0.0.1:19092"))
     stall_s: float = 60.0
     settle_s: float = 3.0
+    keep_topics: bool = False
     chart: bool = True
     log: bool = True
 
@@ -148,6 +149,8 @@ async def run_contender(
         peak_rss = run.sampler.peak_rss
         exit_code = run.stop()
     decisions, repeats = await measure.read_decisions(settings, SCORES)
+    if not opts.keep_topics:
+        await workload.delete_topics(settings)
     figures = summarize(wl, run, decisions, sent, opts)
     figures.update({"about": contender.about, "preload_s": round(preload_s, 3), "repeats": repeats,
                     "complete": complete, "peak_rss_mb": round(peak_rss / 2**20, 1),

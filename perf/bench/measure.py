@@ -22,10 +22,24 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from streams.config import Settings
 
 _TICK = os.sysconf("SC_CLK_TCK")
+
+
+async def start_client(client, attempts: int = 5, pause_s: float = 1.0):
+    """``await client.start()``, retried: a loaded broker may time out a first request."""
+    for attempt in range(attempts):
+        try:
+            await client.start()
+            return client
+        except (KafkaError, OSError):  # (TimeoutError is an OSError)
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(pause_s)
+    return client
 
 
 def cpu_seconds(pid: int) -> float:
@@ -120,7 +134,7 @@ async def read_decisions(settings: Settings, topic: str) -> tuple[dict[str, Deci
         bootstrap_servers=settings.broker, enable_auto_commit=False,
         auto_offset_reset="earliest", max_partition_fetch_bytes=8_388_608,
     )
-    await consumer.start()
+    await start_client(consumer)
     try:
         await consumer._client.force_metadata_update()
         tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
@@ -152,7 +166,7 @@ async def wait_for_count(
 ) -> tuple[int, bool]:
     """Wait until ``topic`` holds ``expected`` records, or nothing new came for ``stall_s``."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False)
-    await consumer.start()
+    await start_client(consumer)
     try:
         last, last_change = -1, time.monotonic()
         while True:

@@ -14,9 +14,11 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -55,7 +57,7 @@ async def _prepare(args: argparse.Namespace) -> tuple[Settings, int]:
     wl = workload.load_workload(workload.ensure_stream(args.stream, Path(args.out_dir), args.events),
                                 args.train, args.events, (), 1.0, 4)
     settings = Settings(topic_prefix=f"prof{uuid.uuid4().hex[:8]}.", partitions=4,
-                        data_dir=f"/tmp/flagstream-prof/{uuid.uuid4().hex[:8]}", web_port=free_port(),
+                        data_dir=tempfile.mkdtemp(prefix="flagstream-prof-"), web_port=free_port(),
                         threshold=args.threshold,
                         broker=os.environ.get("FLAGSTREAM_BROKER", "127.0.0.1:19092"))
     await workload.create_bench_topics(settings)
@@ -92,6 +94,8 @@ def profile(args: argparse.Namespace) -> dict:
     flame.write_svg(stacks, out / f"profile_{args.label}.svg",
                     f"flagstream worker draining {expected:,} records ({args.label})")
     decisions, _ = asyncio.run(measure.read_decisions(settings, SCORES))
+    asyncio.run(workload.delete_topics(settings))
+    shutil.rmtree(settings.data_dir, ignore_errors=True)
     report = {
         "label": args.label, "root": str(cont.ROOT), "env": env_extra, "events": expected,
         "decided": len(decisions), "complete": complete,

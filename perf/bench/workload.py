@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from perf.bench.measure import start_client
 from perf.simulator import SimulationConfig, read_stream, simulate, write_stream
 from scoring.handle import ModelHandle
 from scoring.linear import LinearChampion
@@ -143,7 +144,7 @@ async def create_bench_topics(settings: Settings) -> None:
     point of every latency measured here.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker)
-    await admin.start()
+    await start_client(admin)
     try:
         config = {"message.timestamp.type": "LogAppendTime"}
         await admin.create_topics([NewTopic(settings.topic(SCORES), settings.partitions, 1,
@@ -153,6 +154,23 @@ async def create_bench_topics(settings: Settings) -> None:
     finally:
         await admin.close()
     await create_topics(settings)
+
+
+async def delete_topics(settings: Settings) -> int:
+    """Delete every topic under the run's prefix (inputs, outputs, Faust's changelogs).
+
+    A broker that keeps every benchmark's topics ends up with tens of thousands of
+    partitions and slows down (or runs out of heap) for everyone sharing it.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker)
+    await start_client(admin)
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
+        if names:
+            await admin.delete_topics(names)
+        return len(names)
+    finally:
+        await admin.close()
 
 
 def _producer(settings: Settings, linger_ms: int) -> AIOKafkaProducer:
@@ -165,7 +183,7 @@ def _producer(settings: Settings, linger_ms: int) -> AIOKafkaProducer:
 async def publish_champion(settings: Settings, state: dict) -> None:
     """Put the trained champion on the compacted ``models`` topic, sealed as the learner does."""
     producer = _producer(settings, 0)
-    await producer.start()
+    await start_client(producer)
     try:
         await producer.send_and_wait(
             settings.topic(MODELS), seal(champion_record(state), hmac_key()), key=CHAMPION, partition=0
@@ -178,7 +196,7 @@ async def preload(settings: Settings, topic: str, records: Sequence[Record]) -> 
     """Produce every record and wait for all acknowledgements; returns seconds taken."""
     started = time.perf_counter()
     producer = _producer(settings, 20)
-    await producer.start()
+    await start_client(producer)
     try:
         name = settings.topic(topic)
         futures = [
@@ -199,7 +217,7 @@ async def replay_at_rate(
     timestamp the contender sees and the start point of its latency.
     """
     producer = _producer(settings, 0)
-    await producer.start()
+    await start_client(producer)
     sent: dict[str, int] = {}
     try:
         name = settings.topic(topic)
