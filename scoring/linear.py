@@ -192,9 +192,4 @@ class LinearChampion:
         return model
 
 
-def sigmoid(value: float) -> float:
-    """Logistic function, safe for large magnitudes."""
-    return 1.0 / (1.0 + math.exp(-max(min(value, 50.0), -50.0)))
-
-
 assert N_FEATURES == len(FEATURE_NAMES)
