@@ -54,7 +54,7 @@ demo: install
 
 bench: install
 	bash scripts/kafka.sh start
-	$(BIN)/python -m perf compare
+	$(BIN)/python -m flagstream.perf compare
 
 clean:
 	rm -rf $(VENV) var artifacts *.egg-info

@@ -5,7 +5,7 @@ it through ``loader``: a key the arena has not seen is read from the store once.
 ``touched`` collects the keys changed since the last ``take_touched()`` so a batch
 writes each changed row once.
 
->>> from features.layout import new_account_row, TOTAL_COUNT
+>>> from flagstream.features.layout import new_account_row, TOTAL_COUNT
 >>> arena = Arena(new_account_row)
 >>> idx = arena.indices(["c-1", "c-2", "c-1"])
 >>> idx.tolist(), len(arena)
@@ -35,8 +35,13 @@ class Arena:
     ) -> None:
         self.new_row = new_row
         self.loader = loader
+        self.capacity = capacity
         self._template = new_row()
-        self.rows = np.tile(self._template, (capacity, 1))
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every row (they are read again through ``loader`` when next used)."""
+        self.rows = np.tile(self._template, (self.capacity, 1))
         self.index: dict[str, int] = {}
         self.keys: list[str] = []
         self._touched: set[int] = set()

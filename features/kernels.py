@@ -1,6 +1,6 @@
 """Numba kernels that update state rows and read features, one call per batch.
 
-Each kernel has an independent pure-Python reference in :mod:`features.reference`;
+Each kernel has an independent pure-Python reference in :mod:`flagstream.features.reference`;
 the property tests in ``tests/test_kernels.py`` check that the two agree.
 
 The kernels are not cached on disk (``cache=True``): Numba's cache is keyed on this
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from features.layout import (
+from flagstream.features.layout import (
     ALREADY_APPLIED,
     APPLIED,
     DAILY,
@@ -164,7 +164,7 @@ def update_merchants(rows, row_of, days, counts, frauds):
 
 def warm_up() -> None:
     """Compile every kernel now (about a second each the first time, cached after)."""
-    from features.layout import ACCOUNT_WIDTH, MERCHANT_WIDTH, N_FEATURES
+    from flagstream.features.layout import ACCOUNT_WIDTH, MERCHANT_WIDTH, N_FEATURES
 
     rows = np.zeros((1, ACCOUNT_WIDTH))
     out = np.zeros((1, N_FEATURES))

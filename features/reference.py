@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from features.layout import (
+from flagstream.features.layout import (
     ALREADY_APPLIED,
     APPLIED,
     DAY_MS,

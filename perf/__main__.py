@@ -1,4 +1,4 @@
-"""``python -m perf compare``: the side-by-side benchmark (see :mod:`perf.bench.harness`).
+"""``python -m flagstream.perf compare``: the side-by-side benchmark (see :mod:`flagstream.perf.bench.harness`).
 
 >>> build_parser().parse_args(["compare", "--rates", "1000,5000"]).rates
 (1000, 5000)
@@ -10,7 +10,7 @@ import argparse
 import math
 import sys
 
-from perf.bench.contenders import CONTENDERS
+from flagstream.perf.bench.contenders import CONTENDERS
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -29,10 +29,10 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from perf.bench.harness import Options
+    from flagstream.perf.bench.harness import Options
 
     d = Options()
-    parser = argparse.ArgumentParser(prog="python -m perf")
+    parser = argparse.ArgumentParser(prog="python -m flagstream.perf")
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compare", help="flagstream vs a naive Faust agent vs the aiokafka ceiling")
     c.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -72,8 +72,8 @@ def _table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from perf.bench.harness import Options, passed, run
-    from streams.codec import dumps
+    from flagstream.codec import dumps
+    from flagstream.perf.bench.harness import Options, passed, run
 
     args = build_parser().parse_args(argv)
     opts = Options(events=args.events, rates=args.rates, rate_seconds=args.rate_seconds, train=args.train,

@@ -10,7 +10,7 @@ made before its label was known. Challengers learn from the same labels as the
 champion, through their own model objects, so they can never change the champion.
 
 Which events: a challenger with ``cutoff`` 0 scores every event (the built-in ones:
-:class:`~scoring.linear.LinearChampion` variants, vectorized, microseconds per
+:class:`~flagstream.scoring.linear.LinearChampion` variants, vectorized, microseconds per
 batch). A heavy model (a tree ensemble, say) would be given a cutoff such as 0.05:
 it then scores only the suspicious fraction (champion score >= cutoff) and takes
 the champion's score elsewhere, i.e. it is judged as the two-stage cascade it would
@@ -21,7 +21,7 @@ entries separated by ``;`` (parameters of ``LinearChampion`` plus ``cutoff``); a
 empty value means none. Submitted candidates join the same set (see the registry).
 
 >>> import numpy as np
->>> from features.layout import N_FEATURES
+>>> from flagstream.features.layout import N_FEATURES
 >>> shadow = ShadowSet(challengers_from_spec("fast:learning_rate=0.5", LinearChampion()))
 >>> for _ in range(50):
 ...     shadow.learn_one(np.full(N_FEATURES, 5.0), 1)
@@ -40,14 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from features.layout import N_FEATURES
-from scoring.handle import format_version, model_from_state
-from scoring.linear import LinearChampion
-from streams.codec import loads
+from flagstream.codec import loads
+from flagstream.features.layout import N_FEATURES
+from flagstream.scoring.handle import format_version, model_from_state
+from flagstream.scoring.linear import LinearChampion
 
 #: Used when ``FLAGSTREAM_CHALLENGERS`` is not set.
 DEFAULT_CHALLENGERS = "lr-fast:learning_rate=0.2;lr-weighted:fraud_weight=5.0"
-CHALLENGERS_ENV = "FLAGSTREAM_CHALLENGERS"
 
 
 @dataclass
@@ -136,7 +135,7 @@ def parse_decision(value: bytes | None) -> dict | bytes | None:
 
     >>> parse_decision(b'{"score": 0.1, "features": [0.0]}')
     b'{"score": 0.1, "features": [0.0]}'
-    >>> from streams.codec import dumps
+    >>> from flagstream.codec import dumps
     >>> sorted(parse_decision(dumps({"score": 0.1, "features": [0.0] * N_FEATURES})))
     ['features', 'score']
     """

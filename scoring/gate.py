@@ -30,7 +30,6 @@ hurts every version alike and rolls nothing back.
 from __future__ import annotations
 
 import math
-import os
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,7 +47,7 @@ Labelled = tuple[list[float], int, float, str, int]
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Gate and drift settings (``FLAGSTREAM_GATE_*`` / ``FLAGSTREAM_DRIFT_DELTA``).
+    """Gate and drift settings (set by ``FLAGSTREAM_GATE_*`` / ``FLAGSTREAM_DRIFT_DELTA``).
 
     Parameters
     ----------
@@ -73,22 +72,6 @@ class GateConfig:
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ValueError(f"gate metric must be one of {METRICS}, not {self.metric!r}")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> GateConfig:
-        """Read ``FLAGSTREAM_GATE_MIN_LABELS``, ``_MARGIN``, ``_METRIC``, ``FLAGSTREAM_DRIFT_DELTA``.
-
-        >>> GateConfig.from_env({"FLAGSTREAM_GATE_MIN_LABELS": "50"}).min_labels
-        50
-        """
-        env = os.environ if environ is None else environ
-        d = cls()
-        return cls(
-            min_labels=int(env.get("FLAGSTREAM_GATE_MIN_LABELS", d.min_labels)),
-            margin=float(env.get("FLAGSTREAM_GATE_MARGIN", d.margin)),
-            metric=env.get("FLAGSTREAM_GATE_METRIC", d.metric),
-            drift_delta=float(env.get("FLAGSTREAM_DRIFT_DELTA", d.drift_delta)),
-        )
 
 
 def losses(metric: str, labels: np.ndarray, probs: np.ndarray) -> np.ndarray:

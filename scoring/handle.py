@@ -6,7 +6,7 @@ the one learner from a single counter, so ids are unique, never reused and sort 
 publication order. Every decision records the version that made it.
 
 The handle also remembers which *seat* it follows: the seat is the registry's
-record of who is champion (see :mod:`scoring.registry`); its ``epoch`` grows on
+record of who is champion (see :mod:`flagstream.scoring.registry`); its ``epoch`` grows on
 every promotion or rollback, and ``seat`` is that change's id.
 
 >>> handle = ModelHandle(LinearChampion(), name="lr")
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from scoring.linear import LinearChampion
+from flagstream.scoring.linear import LinearChampion
 
 
 class OnlineModel(Protocol):

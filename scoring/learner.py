@@ -11,8 +11,8 @@ models *and* those offsets, so a learner restored from one and fed the same feed
 again ends with exactly the weights of a run that was never interrupted.
 
 >>> import numpy as np
->>> from scoring.handle import ModelHandle
->>> from scoring.linear import LinearChampion
+>>> from flagstream.scoring.handle import ModelHandle
+>>> from flagstream.scoring.linear import LinearChampion
 >>> decisions = {"t-1": {"features": [1.0] * 17, "merchant_id": "m-1",
 ...                      "event_time_ms": 0, "scored_at_ms": 0}}
 >>> learner = Learner(ModelHandle(LinearChampion()), decisions.get, clock_ms=lambda: 0)
@@ -36,13 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from features.layout import DAY_MS
-from scoring.challengers import Challenger, ShadowSet
-from scoring.gate import Gate
-from scoring.handle import ModelHandle, format_version, model_from_state
-from scoring.registry import CHAMPION, entry, version_key, version_record
-from streams.core import MerchantActivity
-from streams.schema import InvalidRecord, Rejection, check_feedback, decode_object
+from flagstream.codec import decode_object
+from flagstream.errors import InvalidRecord, Rejection
+from flagstream.features.layout import DAY_MS
+from flagstream.features.merchants import MerchantActivity
+from flagstream.scoring.challengers import Challenger, ShadowSet
+from flagstream.scoring.feedback import check_feedback
+from flagstream.scoring.gate import Gate
+from flagstream.scoring.handle import ModelHandle, format_version, model_from_state
+from flagstream.scoring.registry import CHAMPION, entry, version_key, version_record
 
 #: Looks up the decision recorded for a transaction id (None when unknown).
 DecisionLookup = Callable[[str], dict | None]

@@ -6,7 +6,7 @@ whole batch with numpy, with no per-event model call. ``tests/test_scoring.py``
 checks the two paths agree.
 
 >>> import numpy as np
->>> from features.layout import N_FEATURES
+>>> from flagstream.features.layout import N_FEATURES
 >>> model = LinearChampion(learning_rate=0.1, seed=1)
 >>> x_fraud, x_legit = np.full(N_FEATURES, 5.0), np.zeros(N_FEATURES)
 >>> for _ in range(200):
@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 from river import linear_model, optim, preprocessing
 
-from features.layout import FEATURE_NAMES, N_FEATURES
+from flagstream.features.layout import FEATURE_NAMES, N_FEATURES
+from flagstream.scoring.river_compat import set_weights
 
 #: Columns squashed with log1p before scaling (counts, amounts, durations, ratios).
 #: The transaction amount itself stays raw: large amounts are risky in themselves,
@@ -185,8 +186,7 @@ class LinearChampion:
             model.scaler.counts[name] = count
         model.scaler.means.update(state["scaler"]["means"])
         model.scaler.vars.update(state["scaler"]["vars"])
-        for name, w in state["weights"].items():
-            model.classifier._weights[name] = w
+        set_weights(model.classifier, state["weights"])
         model.classifier.intercept = state["intercept"]
         model.classifier.optimizer.n_iterations = state["optimizer_iterations"]
         return model

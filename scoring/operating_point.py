@@ -11,7 +11,7 @@ chargeback takes weeks); ``maturity_s`` leaves out transactions too recent for
 their chargebacks to have arrived, so recall is not overstated.
 
 :class:`OperatingPoint` has the same ``threshold``/``flags`` protocol as
-:class:`scoring.policy.FixedThreshold`, so it can replace it in the scoring core;
+:class:`flagstream.scoring.policy.FixedThreshold`, so it can replace it in the scoring core;
 ``observe`` feeds it labels and ``update`` moves the threshold toward the target
 by at most ``max_step`` at a time, reporting the recall at the threshold with a
 Wilson interval.

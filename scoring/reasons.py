@@ -1,7 +1,7 @@
 """Readable reasons: the features that pushed a score up, in plain words.
 
 >>> import numpy as np
->>> from features.layout import FEATURE_NAMES, N_FEATURES
+>>> from flagstream.features.layout import FEATURE_NAMES, N_FEATURES
 >>> row = np.zeros(N_FEATURES)
 >>> row[FEATURE_NAMES.index("amount_to_30d_mean")] = 6.2
 >>> row[FEATURE_NAMES.index("merchant_fraud_rate_7d")] = 0.18
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.layout import FEATURE_NAMES
+from flagstream.features.layout import FEATURE_NAMES
 
 
 def describe(name: str, value: float) -> str:

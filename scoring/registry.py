@@ -22,9 +22,9 @@ partition 0, so every reader sees the writes in one order:
 ``b"learner"``
     The learner's snapshot (models + feedback offsets), to restore without a disk.
 
-Every value is sealed (:mod:`scoring.snapshots`) and checked before use.
+Every value is sealed (:mod:`flagstream.scoring.snapshots`) and checked before use.
 
->>> from scoring.linear import LinearChampion
+>>> from flagstream.scoring.linear import LinearChampion
 >>> state = LinearChampion().to_state()
 >>> v1 = version_record("lr-000001", 1, state, "champion", "learned", "learner")
 >>> v2 = version_record("x-000002", 2, state, "shadow", "submitted", "cli")
@@ -39,19 +39,15 @@ Every value is sealed (:mod:`scoring.snapshots`) and checked before use.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
-from scoring.handle import model_from_state, parse_version
-from scoring.snapshots import IntegrityError, seal, unseal
-from streams.config import Settings
-from streams.topics import MODELS
+from flagstream.errors import FlagstreamError
+from flagstream.scoring.handle import model_from_state, parse_version
+from flagstream.scoring.snapshots import IntegrityError, unseal
 
 SEAT, CHAMPION, LEARNER = b"seat", b"champion", b"learner"
 VERSION_PREFIX, CANDIDATE_PREFIX = b"version:", b"candidate:"
@@ -65,7 +61,7 @@ LINEAGE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,39}")
 Getter = Callable[[bytes], dict | None]
 
 
-class RegistryError(ValueError):
+class RegistryError(FlagstreamError, ValueError):
     """A registry command cannot be carried out (unknown version, nothing to roll back to...)."""
 
 
@@ -197,7 +193,8 @@ class RegistryView:
 
     Examples
     --------
-    >>> from scoring.linear import LinearChampion
+    >>> from flagstream.scoring.linear import LinearChampion
+    >>> from flagstream.scoring.snapshots import seal
     >>> v = version_record("lr-000001", 1, LinearChampion().to_state(), "champion", "x", "y")
     >>> view = RegistryView({CHAMPION: seal(v, b"k"), version_key("lr-000001"): seal(v, b"k"),
     ...                      b"version:evil-000002": b'{"version": "evil-000002"}'}, key=b"k")
@@ -274,110 +271,7 @@ class RegistryView:
         return max(seqs, default=0)
 
 
-class RegistryClient:
-    """Reads the registry topic to its end and writes sealed records (``flagstream models``).
-
-    Use as ``async with RegistryClient(settings) as client: ...``.
-    """
-
-    def __init__(self, settings: Settings, key: bytes | None = None) -> None:
-        self.settings = settings
-        self.key = key
-        self.topic = settings.topic(MODELS)
-        self._producer: AIOKafkaProducer | None = None
-
-    async def __aenter__(self) -> RegistryClient:
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.broker,
-                                          **self.settings.kafka_security())
-        await self._producer.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
-
-    async def read(self, timeout_s: float = 15.0) -> RegistryView:
-        """Every key's latest value, read from the beginning to the current end."""
-        s = self.settings
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.broker, enable_auto_commit=False,
-                                    **s.kafka_security())
-        await consumer.start()
-        try:
-            deadline = asyncio.get_running_loop().time() + timeout_s
-            partitions = consumer.partitions_for_topic(self.topic)
-            while not partitions:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise RegistryError(f"topic {self.topic!r} not found on {s.broker}")
-                await asyncio.sleep(0.2)
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(self.topic)
-            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            raw: dict[bytes, bytes] = {}
-            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise RegistryError(f"timed out reading {self.topic!r}")
-                for records in (await consumer.getmany(timeout_ms=200)).values():
-                    for r in records:
-                        if r.value is None:
-                            raw.pop(r.key, None)
-                        else:
-                            raw[r.key] = r.value
-            return RegistryView(raw, self.key)
-        finally:
-            await consumer.stop()
-
-    async def write(self, records: Iterable[tuple[bytes, dict | None]]) -> None:
-        """Seal and send records (None: a tombstone), in order, and wait for the broker."""
-        assert self._producer is not None, "use RegistryClient as an async context manager"
-        for key, payload in records:
-            value = None if payload is None else seal(payload, self.key)
-            await self._producer.send_and_wait(self.topic, value, key=key, partition=PARTITION)
-
-    async def promote(self, version: str, reason: str, by: str) -> dict:
-        """Give the seat to ``version``; returns the new seat record."""
-        view = await self.read()
-        target = view.version(version)
-        _check_target(view, target)
-        writes = seat_change(view.get, target, "promote", reason, by)
-        await self.write(writes)
-        return writes[-2][1]
-
-    async def rollback(self, to: str | None, reason: str, by: str) -> dict:
-        """Return the seat to ``to`` (default: the champion before the last promotion)."""
-        view = await self.read()
-        if to is None:
-            stack = view.seat["stack"] if view.seat else []
-            if not stack:
-                raise RegistryError("nothing to roll back to: no earlier champion on the seat's "
-                                    "stack; name one with --to VERSION")
-            to = stack[-1]
-        target = view.version(to)
-        _check_target(view, target)
-        writes = seat_change(view.get, target, "rollback", reason, by)
-        await self.write(writes)
-        return writes[-2][1]
-
-    async def submit(self, lineage: str, state: dict, reason: str, by: str,
-                     cutoff: float = 0.0) -> dict:
-        """Offer a model (JSON state) as a candidate; the learner shadows it as ``lineage``."""
-        model_from_state(state)  # refuse what no worker could load
-        if not LINEAGE.fullmatch(lineage):
-            raise RegistryError(f"bad lineage name {lineage!r} (letters, digits, '-', '_', '.')")
-        view = await self.read()
-        taken = {v["lineage"] for v in view.versions()} | {c["lineage"] for c in view.candidates()}
-        if lineage in taken:
-            raise RegistryError(f"lineage {lineage!r} already exists; choose another name")
-        record = {"kind": "candidate", "id": uuid.uuid4().hex, "lineage": lineage, "state": state,
-                  "reason": reason, "by": by, "submitted_at_ms": now_ms(), "cutoff": cutoff}
-        await self.write([(candidate_key(lineage), record)])
-        return record
-
-
-def _check_target(view: RegistryView, target: Mapping[str, Any]) -> None:
+def check_target(view: RegistryView, target: Mapping[str, Any]) -> None:
     champion = view.champion
     if champion is not None and champion["version"] == target["version"]:
         raise RegistryError(f"{target['version']} is already the champion")

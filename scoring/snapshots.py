@@ -13,11 +13,11 @@ caller keeps the previous good version.
 >>> unseal(sealed.replace(b"0.5", b"9.5"), key=b"k")
 Traceback (most recent call last):
 ...
-scoring.snapshots.IntegrityError: record: checksum mismatch (content corrupt or altered)
+flagstream.scoring.snapshots.IntegrityError: record: checksum mismatch (content corrupt or altered)
 >>> unseal(sealed, key=b"other")
 Traceback (most recent call last):
 ...
-scoring.snapshots.IntegrityError: record: HMAC mismatch (signed with another key, or tampered with)
+flagstream.scoring.snapshots.IntegrityError: record: HMAC mismatch (signed with another key, or tampered with)
 """
 
 from __future__ import annotations
@@ -27,34 +27,22 @@ import hmac
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from streams.codec import dumps, loads
+from flagstream.codec import dumps, loads
+from flagstream.errors import FlagstreamError
 
 log = logging.getLogger(__name__)
 
 #: The envelope's format tag; a record without it is not sealed.
 FORMAT = "flagstream-sealed/1"
-#: Environment variable holding the HMAC key (any non-empty string).
-HMAC_ENV = "FLAGSTREAM_MODEL_HMAC_KEY"
 
 
-class IntegrityError(ValueError):
+class IntegrityError(FlagstreamError, ValueError):
     """A sealed record is unreadable, unsealed, corrupt, or fails its signature check."""
-
-
-def hmac_key(environ: Mapping[str, str] | None = None) -> bytes | None:
-    """The HMAC key from ``FLAGSTREAM_MODEL_HMAC_KEY``, or None when unset or empty.
-
-    >>> hmac_key({"FLAGSTREAM_MODEL_HMAC_KEY": "s3cret"}), hmac_key({})
-    (b's3cret', None)
-    """
-    value = (os.environ if environ is None else environ).get(HMAC_ENV, "")
-    return value.encode() if value else None
 
 
 def canonical(payload: Any) -> bytes:
@@ -98,7 +86,7 @@ def unseal(data: bytes | bytearray | memoryview | None, key: bytes | None = None
     if key is not None:
         given = envelope.get("hmac")
         if not given:
-            raise IntegrityError(f"{what}: unsigned, but {HMAC_ENV} is set")
+            raise IntegrityError(f"{what}: unsigned, but a signing key is configured")
         if not hmac.compare_digest(str(given), mac or ""):
             raise IntegrityError(f"{what}: HMAC mismatch (signed with another key, or tampered with)")
     return payload

@@ -12,14 +12,14 @@ from __future__ import annotations
 import base64
 import time
 
-from streams.schema import mask_card_numbers
+from flagstream.cards import mask_bytes
 
 
 def dead_letter(
     original: bytes | None, reason: str, detail: str, topic: str, partition: int, offset: int
 ) -> dict:
     """A JSON-ready dead letter. Card-number-like digit runs are masked first."""
-    raw = mask_card_numbers(original) if original else b""
+    raw = mask_bytes(original) if original else b""
     return {
         "reason": reason,
         "detail": detail,

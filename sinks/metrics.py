@@ -69,7 +69,66 @@ class PipelineMetrics:
         self.tracked_accounts = Gauge(
             "flagstream_tracked_accounts", "Accounts held in memory", registry=r
         )
+        #: Versions, the gate, rollbacks and snapshots.
+        self.lifecycle = LifecycleMetrics(r)
 
     def render(self) -> bytes:
         """The metrics in Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class LifecycleMetrics:
+    """Counters and gauges of versions, the gate, rollbacks and snapshots (one per worker).
+
+    Parameters
+    ----------
+    registry
+        The Prometheus registry to register on (the worker's ``PipelineMetrics.registry``).
+
+    Examples
+    --------
+    >>> from prometheus_client import CollectorRegistry, generate_latest
+    >>> registry = CollectorRegistry()
+    >>> LifecycleMetrics(registry).rollbacks.labels(by="drift").inc()
+    >>> b'flagstream_model_rollbacks_total{by="drift"} 1.0' in generate_latest(registry)
+    True
+    """
+
+    def __init__(self, registry: Any) -> None:
+        r = registry
+        self.swaps = Counter("flagstream_model_swaps", "Hot swaps to another model version",
+                             registry=r)
+        self.refused = Counter(
+            "flagstream_model_records_refused",
+            "Model records or snapshots refused by the integrity check", ["source"], registry=r,
+        )
+        self.promotions = Counter(
+            "flagstream_model_promotions", "Champion promotions applied", ["by"], registry=r
+        )
+        self.rollbacks = Counter(
+            "flagstream_model_rollbacks", "Champion rollbacks applied", ["by"], registry=r
+        )
+        self.gate_refusals = Counter(
+            "flagstream_gate_refusals", "Challengers refused promotion by the gate", registry=r
+        )
+        self.drift_alarms = Counter(
+            "flagstream_drift_alarms", "Rises in the champion's error detected by ADWIN", registry=r
+        )
+        self.snapshots = Counter(
+            "flagstream_learner_snapshots", "Learner snapshots written to disk", registry=r
+        )
+        self.replayed = Counter(
+            "flagstream_feedback_replayed",
+            "Feedback skipped after a restart because it was already learned", registry=r,
+        )
+        self.recorded = Counter(
+            "flagstream_decisions_recorded", "Decisions stored by the learner for the feedback join",
+            registry=r,
+        )
+        self.loss = Gauge(
+            "flagstream_prequential_loss", "Mean gate loss on labels (champion and challengers)",
+            ["model"], registry=r,
+        )
+        self.gate_labels = Gauge(
+            "flagstream_gate_labels", "Labels each model has been judged on", ["model"], registry=r
+        )

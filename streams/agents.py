@@ -1,20 +1,42 @@
-"""Wires a worker role's agents, timers and pages onto its Faust app."""
+"""Assembles a worker: the pipeline of its role and the runtime pieces that role runs.
+
+>>> from flagstream.streams.config import Settings
+>>> import tempfile
+>>> p = build_app(Settings(data_dir=tempfile.mkdtemp()), "scorer")
+>>> sorted(p.app.agents), p.learner is None, p.review is None
+(['score'], True, True)
+>>> import asyncio; asyncio.run(p.stop())
+"""
 
 from __future__ import annotations
 
-from streams.app import Pipeline
+from flagstream.streams.app import Pipeline, create_pipeline
+from flagstream.streams.config import Settings
+from flagstream.streams.learner_agents import LearnerRuntime
+from flagstream.streams.pages import register_pages
+from flagstream.streams.review_page import ReviewRuntime
+from flagstream.streams.scorer_agent import Scorer
 
 
-def register(p: Pipeline) -> None:
-    """Attach the agents of ``p.role`` to ``p.app``."""
-    from streams.learner_agents import register_learner
-    from streams.model_sync import register_model_sync
-    from streams.pages import register_pages
-    from streams.scorer_agent import register_scorer
-
+def build_app(settings: Settings, role: str = "all") -> Pipeline:
+    """The Faust app for ``role`` with its agents, timers and pages registered."""
+    p = create_pipeline(settings, role)
     if p.scores:
-        register_scorer(p)
+        p.scorer = Scorer(p)
     if p.learns:
-        register_learner(p)
-    register_model_sync(p)
+        p.learner = LearnerRuntime(p)
+        p.review = ReviewRuntime(p)
+    for runtime in p.runtimes():
+        runtime.register()
+
+    @p.app.timer(0.5)
+    async def model_sync() -> None:
+        p.models.sync()
+
+    @p.app.on_before_shutdown.connect
+    async def _stop(_sender: object, **_kwargs: object) -> None:
+        await p.stop()
+
     register_pages(p)
+    _ = model_sync, _stop
+    return p

@@ -1,4 +1,7 @@
-"""The Faust application: topics, tables and agents for one worker role.
+"""The Faust application of one worker role: its topics, tables, model and scoring core.
+
+:func:`create_pipeline` builds them; :func:`flagstream.streams.agents.build_app` then
+attaches the runtime pieces the role runs (scorer, learner, model sync, pages).
 
 Roles: ``scorer`` (transactions → decisions), ``learner`` (feedback → model versions,
 merchant state), or ``all`` in one process. A scorer reads merchant state from a
@@ -10,42 +13,37 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from faust.types import TopicT
 
-from features.arena import Arena
-from features.layout import new_account_row, new_merchant_row
-from scoring.handle import ModelHandle
-from scoring.linear import LinearChampion
-from scoring.operating_point import OperatingPoint
-from sinks.metrics import PipelineMetrics
-from streams import topics as names
-from streams.config import Settings
-from streams.core import MerchantState, ScoringCore
+from flagstream.features.arena import Arena
+from flagstream.features.layout import new_account_row, new_merchant_row
+from flagstream.features.merchants import MerchantState
+from flagstream.scoring.handle import ModelHandle
+from flagstream.scoring.linear import LinearChampion
+from flagstream.scoring.operating_point import OperatingPoint
+from flagstream.sinks.metrics import PipelineMetrics
+from flagstream.streams import topics as names
+from flagstream.streams.compat.internals import shared_table
+from flagstream.streams.config import Settings
+from flagstream.streams.core import ScoringCore
+from flagstream.streams.model_sync import ModelSync
 
 log = logging.getLogger(__name__)
 
 ROLES = ("all", "scorer", "learner")
 
 
-class SharedGlobalTable(faust.GlobalTable):
-    """A global table replicated from a changelog topic with a name of our choosing.
-
-    Scorer and learner apps have different ids, so they cannot share Faust's default
-    ``<app id>-<table>-changelog`` name. faust-streaming 0.15.3's partition assignor
-    looks the changelog up by that default name even when ``changelog_topic`` is
-    given (a KeyError that silently stalls the rebalance), so the name is overridden.
-    """
-
-    def _changelog_topic_name(self) -> str:
-        return self.changelog_topic.get_topic_name()
-
-
 @dataclass
 class Pipeline:
-    """Everything one worker process owns, wired together."""
+    """Everything one worker process owns, wired together.
+
+    The runtime pieces (``scorer``, ``learner``, ``review``) are None until
+    :func:`flagstream.streams.agents.build_app` attaches those the role runs; each
+    has ``register()`` (its agents and timers on ``app``) and ``stop()``.
+    """
 
     settings: Settings
     role: str
@@ -53,8 +51,12 @@ class Pipeline:
     metrics: PipelineMetrics
     handle: ModelHandle
     core: ScoringCore
+    models: ModelSync
     topics: dict[str, TopicT] = field(default_factory=dict)
     tables: dict[str, Any] = field(default_factory=dict)
+    scorer: Runtime | None = None
+    learner: Runtime | None = None
+    review: Runtime | None = None
 
     @property
     def scores(self) -> bool:
@@ -64,9 +66,26 @@ class Pipeline:
     def learns(self) -> bool:
         return self.role in {"all", "learner"}
 
+    def runtimes(self) -> list[Runtime]:
+        """The runtime pieces attached, in the order they were started."""
+        return [r for r in (self.scorer, self.learner, self.review) if r is not None]
 
-def build_app(settings: Settings, role: str = "all") -> Pipeline:
-    """Create the Faust app for ``role`` with its topics, tables and agents."""
+    async def stop(self) -> None:
+        """Stop every runtime piece, last started first (called when the app shuts down)."""
+        for runtime in reversed(self.runtimes()):
+            await runtime.stop()
+
+
+class Runtime(Protocol):
+    """A piece of a running worker: registers its agents on the app, releases them on stop."""
+
+    def register(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
+    """Create the Faust app for ``role`` with its topics, tables, model and scoring core."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
     base_id = f"{settings.topic_prefix}{settings.app_id}"
@@ -91,6 +110,7 @@ def build_app(settings: Settings, role: str = "all") -> Pipeline:
         stream_buffer_maxsize=20_000,
         table_standby_replicas=0,
         broker_session_timeout=settings.session_timeout_s,
+        broker_commit_interval=settings.commit_interval_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         logging_config=None,
     )
@@ -117,8 +137,8 @@ def build_app(settings: Settings, role: str = "all") -> Pipeline:
         "synchronize_all_active_partitions": True,
         **raw_table,
     }
-    merchant_table = _shared_table(app, "merchants", topic_map["merchant_state"], shared)
-    models_table = _shared_table(app, "models", topic_map["models"], shared)
+    merchant_table = shared_table(app, "merchants", topic_map["merchant_state"], shared)
+    models_table = shared_table(app, "models", topic_map["models"], shared)
     tables: dict[str, Any] = {"merchants": merchant_table, "models": models_table}
     if role in {"all", "scorer"}:
         tables["accounts"] = app.Table("accounts", partitions=settings.partitions, **raw_table)
@@ -142,21 +162,8 @@ def build_app(settings: Settings, role: str = "all") -> Pipeline:
         handle, policy, accounts, merchants,
         settings.max_record_bytes, settings.max_nesting,
     )
-    pipeline = Pipeline(settings, role, app, metrics, handle, core, topic_map, tables)
-    from streams import agents  # noqa: PLC0415 - agents register themselves on the app
-
-    agents.register(pipeline)
-    return pipeline
-
-
-def _shared_table(app: faust.App, name: str, topic: TopicT, options: dict) -> SharedGlobalTable:
-    """Register a :class:`SharedGlobalTable` the way ``app.GlobalTable`` registers its own."""
-    table = SharedGlobalTable(
-        app, name=name, beacon=app.tables.beacon, standby_buffer_size=1, recovery_buffer_size=1,
-        is_global=True,
-        changelog_topic=topic, **options,
-    )
-    return app.tables.add(table)
+    models = ModelSync(models_table, handle, metrics, settings.hmac_key())
+    return Pipeline(settings, role, app, metrics, handle, core, models, topic_map, tables)
 
 
 def _credentials(settings: Settings) -> Any:

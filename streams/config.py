@@ -1,14 +1,19 @@
-"""Settings: one typed object read from ``FLAGSTREAM_*`` environment variables.
+"""Settings: one typed object for every ``FLAGSTREAM_*`` environment variable.
 
-Secrets are wrapped in :class:`Secret` so they never show up in ``repr`` or logs.
+Every setting a worker, a tool or a test reads is a field here, documented where it
+is defined; nothing else in flagstream reads ``FLAGSTREAM_*`` variables. Secrets are
+:class:`Secret` values: ``str()``, ``repr()``, f-strings, logs and ``flagstream
+config`` show ``***``; only :meth:`Secret.reveal` gives the value.
 
 >>> s = Settings.from_env({"FLAGSTREAM_BROKER": "127.0.0.1:9999", "FLAGSTREAM_SASL_PASSWORD": "pw"})
->>> s.broker
-'127.0.0.1:9999'
->>> s.sasl_password
-Secret('***')
+>>> s.broker, s.sasl_password, f"{s.sasl_password}", s.sasl_password.reveal()
+('127.0.0.1:9999', Secret('***'), '***', 'pw')
 >>> s.topic("scores")
 'scores'
+>>> Settings.from_env({"FLAGSTREAM_PARTITONS": "8"})
+Traceback (most recent call last):
+...
+flagstream.errors.ConfigurationError: FLAGSTREAM_PARTITONS is not a setting (see `flagstream config`)
 """
 
 from __future__ import annotations
@@ -19,21 +24,56 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from flagstream.errors import ConfigurationError
+from flagstream.scoring.challengers import DEFAULT_CHALLENGERS
+from flagstream.scoring.gate import GateConfig
 
-class Secret(str):
-    """A string whose ``repr`` is masked; ``str(secret)`` or ``secret.reveal()`` gives the value."""
+PREFIX = "FLAGSTREAM_"
+#: Variables with the prefix that are not settings (read by ``scripts/kafka.sh``).
+NOT_SETTINGS = frozenset({"FLAGSTREAM_CACHE"})
+
+
+class Secret:
+    """A value that never shows itself: ``str``, ``repr`` and ``format`` give ``***``.
+
+    >>> token = Secret("s3cret")
+    >>> str(token), repr(token), f"{token}", "%s" % token, token.reveal(), bool(Secret(""))
+    ('***', "Secret('***')", '***', '***', 's3cret', False)
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str = "") -> None:
+        self._value = str(value)
+
+    def reveal(self) -> str:
+        """The value itself (pass it to the client that needs it, nowhere else)."""
+        return self._value
+
+    def __str__(self) -> str:
+        return "***"
 
     def __repr__(self) -> str:
         return "Secret('***')"
 
-    def reveal(self) -> str:
-        return str.__str__(self)
+    def __format__(self, spec: str) -> str:
+        return format("***", spec)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other.reveal() == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything a worker, a tool or a test needs to know, with safe defaults."""
 
+    # --- Kafka ---------------------------------------------------------------------------
     #: Kafka bootstrap servers, ``host:port[,host:port]``.
     broker: str = "127.0.0.1:19092"
     #: Faust application id (consumer group and internal topic prefix).
@@ -42,13 +82,28 @@ class Settings:
     topic_prefix: str = ""
     #: Partitions of each topic created on start.
     partitions: int = 4
-    #: Where Faust keeps its RocksDB tables.
+    #: How long the group waits for a silent worker before moving its partitions, seconds.
+    session_timeout_s: float = 10.0
+    #: How often the worker commits the offsets of processed events, seconds.
+    commit_interval_s: float = 2.8
+    #: Kafka security, applied to every client: ``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT``
+    #: or ``SASL_SSL``; SASL mechanism ``PLAIN`` or ``SCRAM-SHA-256``/``-512``.
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: Secret = field(default_factory=Secret)
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+
+    # --- the worker ------------------------------------------------------------------------
+    #: Where Faust keeps its RocksDB tables and the learner its snapshots.
     data_dir: str = "var/flagstream"
     #: Web server (metrics, review page); bound to localhost unless configured.
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     #: Token for the review page and its API.
-    review_token: Secret = field(default_factory=lambda: Secret(""))
+    review_token: Secret = field(default_factory=Secret)
     #: Largest accepted transaction record, bytes.
     max_record_bytes: int = 16_384
     #: Deepest accepted JSON nesting.
@@ -56,47 +111,55 @@ class Settings:
     #: Hot path batch size and the longest wait for a batch to fill, seconds.
     batch_size: int = 2_000
     batch_within: float = 0.01
-    #: How long the group waits for a silent worker before moving its partitions, seconds.
-    session_timeout_s: float = 10.0
+    #: Hand the scorer whole fetched chunks (:mod:`flagstream.streams.compat.faust_consumer`);
+    #: off, it takes events one by one through Faust's own ``noack_take``.
+    faust_chunks: bool = True
+
+    # --- decisions -------------------------------------------------------------------------
     #: Decision threshold used until the operating point has feedback to follow.
     threshold: float = 0.5
     #: The operating point: the fraud recall to hold (the threshold follows it), or,
     #: when review_capacity_per_day > 0, the number of flags reviewers can work a day.
     target_recall: float = 0.8
     review_capacity_per_day: float = 0.0
+
+    # --- learning and the model lifecycle ----------------------------------------------------
     #: How long feature vectors are kept for joining feedback, seconds (event time).
     feature_retention_s: float = 35 * 86_400
     #: The champion model's learning rate.
     learning_rate: float = 0.005
-    #: Kafka security, passed through to every client.
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str = ""
-    sasl_username: str = ""
-    sasl_password: Secret = field(default_factory=lambda: Secret(""))
-    ssl_cafile: str = ""
-    ssl_certfile: str = ""
-    ssl_keyfile: str = ""
+    #: Shadow challengers: ``name:param=value,...;name:...`` (empty: none).
+    challengers: str = DEFAULT_CHALLENGERS
+    #: The gate: labels a challenger needs, the relative margin it must win by, the loss.
+    gate_min_labels: int = GateConfig.min_labels
+    gate_margin: float = GateConfig.margin
+    gate_metric: str = GateConfig.metric
+    #: ADWIN's confidence parameter for the champion's error stream (rollback on drift).
+    drift_delta: float = GateConfig.drift_delta
+    #: Seconds between two publications of the models the learner trains.
+    model_publish_interval_s: float = 1.0
+    #: Version records kept per lineage on the ``models`` topic.
+    model_keep_versions: int = 200
+    #: HMAC key that signs model records and snapshots (empty: SHA-256 checksums only).
+    model_hmac_key: Secret = field(default_factory=Secret)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Read ``FLAGSTREAM_<FIELD>`` variables; keyword overrides win."""
+        """Read ``FLAGSTREAM_<FIELD>`` variables; keyword overrides win.
+
+        An unknown ``FLAGSTREAM_*`` variable or a value of the wrong type is an error
+        that names the variable.
+        """
         env = os.environ if environ is None else environ
+        known = {f"{PREFIX}{f.name.upper()}": f for f in fields(cls)}
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"FLAGSTREAM_{f.name.upper()}")
-            if raw is None:
+        for name, raw in env.items():
+            if not name.startswith(PREFIX) or name in NOT_SETTINGS:
                 continue
-            default = getattr(cls(), f.name)
-            if isinstance(default, Secret):
-                values[f.name] = Secret(raw)
-            elif isinstance(default, bool):
-                values[f.name] = raw.lower() in {"1", "true", "yes"}
-            elif isinstance(default, int):
-                values[f.name] = int(raw)
-            elif isinstance(default, float):
-                values[f.name] = float(raw)
-            else:
-                values[f.name] = raw
+            f = known.get(name)
+            if f is None:
+                raise ConfigurationError(f"{name} is not a setting (see `flagstream config`)")
+            values[f.name] = _parse(name, raw, getattr(cls(), f.name))
         values.update(overrides)
         return cls(**values)
 
@@ -111,6 +174,33 @@ class Settings:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    def gate(self) -> GateConfig:
+        """The gate and drift settings as the scoring side takes them."""
+        return GateConfig(min_labels=self.gate_min_labels, margin=self.gate_margin,
+                          metric=self.gate_metric, drift_delta=self.drift_delta)
+
+    def hmac_key(self) -> bytes | None:
+        """The model-signing key as bytes, or None when none is configured."""
+        return self.model_hmac_key.reveal().encode() or None
+
+    def describe(self) -> list[tuple[str, str]]:
+        """Every setting as ``(FLAGSTREAM_NAME, shown value)``; secrets show ``***`` or ``(unset)``.
+
+        >>> dict(Settings(sasl_password=Secret("pw")).describe())["FLAGSTREAM_SASL_PASSWORD"]
+        '***'
+        """
+        out = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Secret):
+                shown = "***" if value else "(unset)"
+            elif isinstance(value, bool):
+                shown = "1" if value else "0"
+            else:
+                shown = str(value)
+            out.append((f"{PREFIX}{f.name.upper()}", shown))
+        return out
 
     def kafka_security(self) -> dict[str, Any]:
         """Keyword arguments for aiokafka clients (SASL/SSL passed through)."""
@@ -128,3 +218,24 @@ class Settings:
                 keyfile=self.ssl_keyfile or None,
             )
         return kwargs
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    """One variable's text as the type of its field's default."""
+    try:
+        if isinstance(default, Secret):
+            return Secret(raw)
+        if isinstance(default, bool):
+            lowered = raw.strip().lower()
+            if lowered not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+                raise ValueError(raw)
+            return lowered in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{name}={raw!r} is not a valid {type(default).__name__}"
+        ) from None
+    return raw

@@ -20,31 +20,29 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from numba import njit
 
-from features.arena import Arena
-from features.kernels import merchant_features, update_accounts, update_merchants
-from features.layout import (
+from flagstream.errors import Rejection
+from flagstream.features.arena import Arena
+from flagstream.features.kernels import update_accounts
+from flagstream.features.layout import (
     ALREADY_APPLIED,
     APPLIED,
-    DAY_MS,
     DUPLICATE,
     FEATURE_NAMES,
-    MERCHANT_DELAY_DAYS,
     N_FEATURES,
     new_account_row,
-    new_merchant_row,
 )
-from scoring.handle import ModelHandle
-from scoring.linear import LinearChampion
-from scoring.policy import DecisionPolicy, FixedThreshold
-from scoring.reasons import explain
-from streams.schema import Rejection, validate_transactions
+from flagstream.features.merchants import MerchantActivity, MerchantState, count_activity
+from flagstream.scoring.handle import ModelHandle
+from flagstream.scoring.linear import LinearChampion
+from flagstream.scoring.policy import DecisionPolicy, FixedThreshold
+from flagstream.scoring.reasons import explain
+from flagstream.streams.schema import validate_transactions
 
 #: Context fields copied from a transaction onto its decision (never card numbers).
 CONTEXT_FIELDS = ("currency", "channel", "country")
@@ -86,9 +84,9 @@ def _murmur2_partitions(buf, ends, partitions, out):  # pragma: no cover - compi
 
 
 def partitions_for(keys: Sequence[str], partitions: int) -> np.ndarray:
-    """:func:`streams.topics.partition_for` of many keys at once (one Numba call).
+    """:func:`flagstream.streams.topics.partition_for` of many keys at once (one Numba call).
 
-    >>> from streams.topics import partition_for
+    >>> from flagstream.streams.topics import partition_for
     >>> keys = ["c-42", "t-000000001", "", "m-7", "é-ü"]
     >>> partitions_for(keys, 4).tolist() == [partition_for(k, 4) for k in keys]
     True
@@ -117,75 +115,6 @@ def id_hashes(transaction_ids: Sequence[str]) -> np.ndarray:
     return np.array(
         [from_bytes(blake2b(t.encode(), digest_size=6).digest(), "big") for t in transaction_ids],
         dtype=np.float64,
-    )
-
-
-@dataclass
-class MerchantActivity:
-    """Per-merchant, per-day counts (and fraud labels) to add to merchant state."""
-
-    merchant_ids: list[str] = field(default_factory=list)
-    days: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    counts: np.ndarray = field(default_factory=lambda: np.empty(0))
-    frauds: np.ndarray = field(default_factory=lambda: np.empty(0))
-
-    def __len__(self) -> int:
-        return len(self.merchant_ids)
-
-    def to_wire(self) -> dict:
-        return {
-            "m": self.merchant_ids,
-            "d": self.days.tolist(),
-            "n": self.counts.tolist(),
-            "f": self.frauds.tolist(),
-        }
-
-    @classmethod
-    def from_wire(cls, obj: dict) -> MerchantActivity:
-        return cls(
-            list(obj["m"]),
-            np.asarray(obj["d"], np.int64),
-            np.asarray(obj["n"], np.float64),
-            np.asarray(obj["f"], np.float64),
-        )
-
-
-class MerchantState:
-    """Merchant rows in an arena: read features from them and add activity to them.
-
-    Windows end ``delay_days`` before each transaction, when its labels are known.
-    """
-
-    def __init__(self, arena: Arena | None = None, delay_days: int = MERCHANT_DELAY_DAYS) -> None:
-        self.arena = arena or Arena(new_merchant_row)
-        self.delay_days = delay_days
-
-    def fill_features(self, merchant_ids: Sequence[str], ts_ms: np.ndarray, out: np.ndarray) -> None:
-        # indices first: adding unseen merchants may reallocate ``arena.rows``
-        idx = self.arena.indices(merchant_ids)
-        merchant_features(self.arena.rows, idx, ts_ms, self.delay_days, out)
-
-    def apply(self, activity: MerchantActivity) -> np.ndarray:
-        """Add activity; returns the row indices it touched."""
-        idx = self.arena.indices(activity.merchant_ids)
-        update_merchants(self.arena.rows, idx, activity.days, activity.counts, activity.frauds)
-        return idx
-
-
-def count_activity(merchant_ids: Sequence[str], ts_ms: np.ndarray) -> MerchantActivity:
-    """Aggregate one batch's transactions into (merchant, day) counts, sorted by both.
-
-    >>> a = count_activity(["m-2", "m-1", "m-2"], np.array([0, DAY_MS, 5]))
-    >>> a.merchant_ids, a.days.tolist(), a.counts.tolist()
-    (['m-1', 'm-2'], [1, 0], [1.0, 2.0])
-    """
-    if not len(merchant_ids):
-        return MerchantActivity()
-    counts = Counter(zip(merchant_ids, (ts_ms // DAY_MS).tolist(), strict=True))
-    pairs = sorted(counts)
-    return MerchantActivity(
-        [m for m, _ in pairs], np.fromiter((d for _, d in pairs), np.int64, len(pairs)),
-        np.fromiter((counts[p] for p in pairs), np.float64, len(pairs)), np.zeros(len(pairs)),
     )
 
 

@@ -2,9 +2,9 @@
 
 The hot path never sends record by record: an :class:`Outbox` collects a batch's
 records per topic-partition (keyed records are partitioned exactly like Kafka's
-default partitioner, see :func:`streams.core.partitions_for`) and hands each group
+default partitioner, see :func:`flagstream.streams.core.partitions_for`) and hands each group
 to the producer as one closed record batch, so it leaves at once and costs one
-future instead of one per record. :func:`stage_rows` does the same for Faust table
+future instead of one per record. :func:`flagstream.streams.compat.internals.stage_rows` does the same for Faust table
 rows: one changelog batch and, once it is acknowledged, one local RocksDB write
 batch per partition.
 """
@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import numpy as np
-from faust.types import TP
 
-from streams.app import Pipeline
-from streams.codec import dumps
-from streams.core import MerchantActivity, partitions_for
-from streams.topics import partition_for
+from flagstream.codec import dumps
+from flagstream.features.merchants import MerchantActivity
+from flagstream.streams.app import Pipeline
+from flagstream.streams.core import partitions_for
+from flagstream.streams.topics import partition_for
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -68,18 +67,13 @@ def activity_records(activity: MerchantActivity, partitions: int) -> list[tuple[
     return out
 
 
-def kafka_producer(app: Any) -> Any:
-    """The ``aiokafka.AIOKafkaProducer`` under a Faust app's producer."""
-    return app.producer._ensure_producer()
-
-
 class Outbox:
     """One batch's output records, grouped per topic-partition, sent as record batches.
 
     Parameters
     ----------
     producer
-        An ``aiokafka.AIOKafkaProducer`` (for a Faust app: :func:`kafka_producer`).
+        An ``aiokafka.AIOKafkaProducer`` (for a Faust app: :func:`flagstream.streams.compat.internals.kafka_producer`).
     partition_counts
         A cache of topic partition counts, shared between outboxes.
     """
@@ -154,78 +148,3 @@ class Outbox:
         batch.close()  # closed: it leaves now instead of lingering for more records
         self.sent.append((topic, partition, n))
         return await self.producer.send_batch(batch, topic, partition=partition)
-
-
-def can_write_rows(table: Any, app: Any) -> bool:
-    """True when :func:`stage_rows` applies: a RocksDB-backed table, no transactions."""
-    store = table.data
-    return (
-        hasattr(store, "_db_for_partition")
-        and hasattr(store, "set_persisted_offset")
-        and not app.in_transaction
-        and not table.use_partitioner
-    )
-
-
-@dataclass
-class StagedRows:
-    """Table rows of one partition whose changelog records wait in an :class:`Outbox`."""
-
-    table: Any
-    partition: int
-    items: list[tuple[bytes, bytes]]
-    topic: str
-
-    def apply(self, last_offsets: Mapping[tuple[str, int], int]) -> None:
-        """Write the rows to the local store, then record the changelog offset reached.
-
-        Call once the changelog records are acknowledged: the local store is never
-        ahead of the changelog, so a crash at any point recovers a consistent table.
-        """
-        store = self.table.data
-        batch = _write_batch(store)
-        index = store._key_index
-        for key, value in self.items:
-            batch.put(key, value)
-            index[key] = self.partition
-        store._db_for_partition(self.partition).write(batch)
-        last = last_offsets.get((self.topic, self.partition))
-        if last is not None:
-            store.set_persisted_offset(TP(self.topic, self.partition), last)
-
-
-def stage_rows(table: Any, partition: int, rows: Mapping[bytes, bytes], outbox: Outbox) -> StagedRows:
-    """Queue table rows' changelog records in ``outbox``; apply them after delivery.
-
-    Together with :meth:`StagedRows.apply` this is ``table[key] = row`` for each row
-    while an event of ``partition`` is current — the same store bytes, the same
-    changelog records and persisted offset — with one changelog batch and one
-    RocksDB write batch per partition instead of a send and a put per row.
-    """
-    store = table.data
-    encode_key, encode_value = store._encode_key, store._encode_value
-    items = [(encode_key(key), encode_value(row)) for key, row in rows.items()]
-    topic = table.changelog_topic.get_topic_name()
-    for key, value in items:
-        outbox.add(topic, partition, key, value)
-    return StagedRows(table, partition, items, topic)
-
-
-async def write_rows(table: Any, partition: int, rows: Mapping[bytes, bytes], producer: Any) -> None:
-    """Write one partition's rows: changelog first (acknowledged), then the local store."""
-    if not rows:
-        return
-    outbox = Outbox(producer)
-    staged = stage_rows(table, partition, rows, outbox)
-    futures = await outbox.send()
-    staged.apply(outbox.last_offsets(await asyncio.gather(*futures)))
-
-
-def _write_batch(store: Any) -> Any:
-    if getattr(store, "use_rocksdict", False):
-        import rocksdict
-
-        return rocksdict.WriteBatch(raw_mode=True)
-    import rocksdb  # pragma: no cover - python-rocksdb installs only
-
-    return rocksdb.WriteBatch()  # pragma: no cover

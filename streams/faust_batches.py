@@ -5,7 +5,7 @@ say so; these helpers group such a list by partition, point Faust's "current eve
 at the right partition while table rows are written, and ack after the work is durable.
 
 An event is either one record (Faust's own path) or a whole fetched chunk (a
-:class:`streams.faust_tuning.BatchMessage`); :func:`records_by_partition` turns
+:class:`flagstream.streams.compat.faust_consumer.BatchMessage`); :func:`records_by_partition` turns
 either kind into per-partition columns.
 """
 
@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from faust.streams import _current_event
 from faust.types import EventT
 
-from streams.faust_tuning import BatchMessage
+from flagstream.streams.compat.faust_consumer import BatchMessage
 
 log = logging.getLogger(__name__)
 
@@ -159,16 +156,6 @@ class InOrder:
                 await self.app.crash(exc)
                 return
             self.queue.task_done()
-
-
-@contextmanager
-def current_event(event: EventT) -> Iterator[None]:
-    """Make ``event`` Faust's current event, so table writes go to its partition."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 def ack_all(events: Sequence[EventT]) -> None:

@@ -3,7 +3,7 @@
 Exactly one learner group owns model updates and merchant state. It scores the
 shadow challengers on every recorded decision, learns every label into the champion
 and the challengers, runs the gate and the drift watch, and publishes versions to
-the registry on the compacted ``models`` topic (:mod:`scoring.registry`).
+the registry on the compacted ``models`` topic (:mod:`flagstream.scoring.registry`).
 
 A feedback batch is acknowledged only after (1) its outputs (dead letters, merchant
 activity, model records) are delivered and (2) a snapshot of the models and the
@@ -11,48 +11,44 @@ feedback offsets they cover is on disk (atomic, sealed). A learner killed at any
 moment restarts from its newest valid snapshot (local file, else the copy on the
 ``models`` topic) and skips the feedback at offsets that snapshot already covers.
 
-Environment (``FLAGSTREAM_``): ``CHALLENGERS``, ``GATE_*``/``DRIFT_DELTA`` (see
-:mod:`scoring.gate`), ``MODEL_PUBLISH_INTERVAL_S`` (default 1 s between publications),
-``MODEL_KEEP_VERSIONS`` (version records kept per lineage, 200), ``MODEL_HMAC_KEY``.
+Settings: ``challengers``, ``gate_*``/``drift_delta`` (see :mod:`flagstream.scoring.gate`),
+``model_publish_interval_s``, ``model_keep_versions``, ``model_hmac_key``
+(:class:`flagstream.streams.config.Settings`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
 
-from features.layout import N_FEATURES
-from scoring import registry as reg
-from scoring.challengers import (
-    CHALLENGERS_ENV,
-    DEFAULT_CHALLENGERS,
+from flagstream.codec import dumps, loads
+from flagstream.features.layout import N_FEATURES
+from flagstream.features.merchants import MerchantActivity
+from flagstream.scoring import registry as reg
+from flagstream.scoring.challengers import (
     ShadowSet,
     challengers_from_spec,
     parse_decision,
 )
-from scoring.gate import Gate, GateConfig, compare_on, rollback_candidates
-from scoring.handle import ModelHandle, model_from_state, parse_version
-from scoring.learner import Learner
-from scoring.linear import LinearChampion
-from scoring.snapshots import SnapshotStore, hmac_key, seal
-from sinks.dead_letter import dead_letter, headers
-from streams.app import Pipeline
-from streams.codec import dumps, loads
-from streams.core import MerchantActivity
-from streams.delivery import deliver, send_activity
-from streams.faust_batches import (
+from flagstream.scoring.gate import Gate, compare_on, rollback_candidates
+from flagstream.scoring.handle import ModelHandle, model_from_state, parse_version
+from flagstream.scoring.learner import Learner
+from flagstream.scoring.linear import LinearChampion
+from flagstream.scoring.snapshots import SnapshotStore, seal
+from flagstream.sinks.dead_letter import dead_letter, headers
+from flagstream.streams.app import Pipeline
+from flagstream.streams.compat.internals import current_event
+from flagstream.streams.delivery import deliver, send_activity
+from flagstream.streams.faust_batches import (
     PartitionRecords,
     ack_all,
     by_partition,
-    current_event,
     records_by_partition,
 )
-from streams.model_sync import lifecycle_metrics, read_record, sync_model
-from streams.topics import partition_for
+from flagstream.streams.topics import partition_for
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +58,21 @@ Writes = list[tuple[bytes, dict | None]]
 class LearnerRuntime:
     """The learner's lifecycle state inside a worker: models, gate, snapshots, registry writes."""
 
-    def __init__(self, p: Pipeline, lookup) -> None:
+    def __init__(self, p: Pipeline) -> None:
         self.p = p
-        s, env = p.settings, os.environ
-        self.key = hmac_key()
-        self.metrics = lifecycle_metrics(p)
-        self.gate = Gate(GateConfig.from_env())
+        s = p.settings
+        self.key = s.hmac_key()
+        self.metrics = p.metrics.lifecycle
+        self.decisions = p.tables["decisions"]
+        self.gate = Gate(s.gate())
         base = LinearChampion(learning_rate=s.learning_rate)
-        shadow = ShadowSet(challengers_from_spec(env.get(CHALLENGERS_ENV, DEFAULT_CHALLENGERS), base))
-        self.learner = Learner(ModelHandle(base), lookup, int(s.feature_retention_s * 1000),
+        shadow = ShadowSet(challengers_from_spec(s.challengers, base))
+        self.learner = Learner(ModelHandle(base), self.lookup, int(s.feature_retention_s * 1000),
                                shadow=shadow, gate=self.gate, publish_each_batch=False)
         self.store = SnapshotStore(s.data_path / p.role / "models", self.key)
-        self.interval = float(env.get("FLAGSTREAM_MODEL_PUBLISH_INTERVAL_S", "1.0"))
-        self.keep = int(env.get("FLAGSTREAM_MODEL_KEEP_VERSIONS", "200"))
+        self.interval = s.model_publish_interval_s
+        self.keep = s.model_keep_versions
+        self._bad_seat: object = None
         self.lock = asyncio.Lock()
         self.ready = False
         self.snapshot_seq = 0
@@ -83,9 +81,14 @@ class LearnerRuntime:
         self.snapshot_due = False
         self.written: OrderedDict[bytes, dict] = OrderedDict()
 
+    def lookup(self, transaction_id: str) -> dict | None:
+        """The decision recorded for a transaction (the feedback join), or None."""
+        stored = self.decisions.get(transaction_id.encode())
+        return None if stored is None else loads(stored)
+
     # --- reading the registry (our own recent writes first: the table may lag) ---------
     def get(self, key: bytes) -> dict | None:
-        mine, table = self.written.get(key), read_record(self.p, key)
+        mine, table = self.written.get(key), self.p.models.read(key)
         if mine and table:  # the later of the two: a higher seat epoch, a longer history
             if key == reg.SEAT:
                 return mine if mine["epoch"] > table["epoch"] else table
@@ -111,7 +114,7 @@ class LearnerRuntime:
         self.metrics.refused.labels(source="snapshot_file").inc(len(self.store.refused))
         if local is not None:
             found.append((local[0].get("snapshot_seq", 0), 1, local[0], str(local[1])))
-        remote = read_record(self.p, reg.LEARNER)
+        remote = self.p.models.read(reg.LEARNER)
         if remote is not None:
             found.append((remote.get("snapshot_seq", 0), 0, remote, "the models topic"))
         if found:
@@ -121,7 +124,7 @@ class LearnerRuntime:
             log.info("learner restored from %s: champion %s, offsets %s, challengers %s",
                      where, learner.handle.version, learner.offsets, learner.shadow.names())
         else:
-            seat, champion = read_record(self.p, reg.SEAT), read_record(self.p, reg.CHAMPION)
+            seat, champion = self.p.models.read(reg.SEAT), self.p.models.read(reg.CHAMPION)
             champion = reg.choose_champion(seat, champion)
             if champion is not None:
                 lineage = champion.get("lineage") or parse_version(champion["version"])[0]
@@ -133,7 +136,7 @@ class LearnerRuntime:
         floor = max((parse_version(k[len(reg.VERSION_PREFIX):].decode())[1]
                      for k in self._keys(reg.VERSION_PREFIX)), default=0)
         for key in (reg.SEAT, reg.CHAMPION):
-            record = read_record(self.p, key)
+            record = self.p.models.read(key)
             floor = max(floor, record["sequence"] if record else 0)
         learner.next_sequence = max(learner.next_sequence, floor + 1)
         self.publish_handle()
@@ -152,8 +155,8 @@ class LearnerRuntime:
         try:
             changed = self.learner.adopt_seat(seat)
         except (KeyError, TypeError, ValueError) as exc:  # refuse, once, what cannot be loaded
-            if self.p.__dict__.get("_bad_seat") != seat.get("id"):
-                self.p.__dict__["_bad_seat"] = seat.get("id")
+            if self._bad_seat != seat.get("id"):
+                self._bad_seat = seat.get("id")
                 log.error("cannot follow seat change to %s: %s", seat.get("version"), exc)
                 self.metrics.refused.labels(source="unloadable").inc()
             return
@@ -166,12 +169,12 @@ class LearnerRuntime:
 
     def sync(self) -> Writes:
         """Follow seat changes made elsewhere (the CLI); shadow newly submitted candidates."""
-        seat = read_record(self.p, reg.SEAT)
+        seat = self.p.models.read(reg.SEAT)
         if seat is not None and self.learner.follows(seat):
             self._apply_seat(seat, "cli" if str(seat["by"]).startswith("cli") else str(seat["by"]))
         writes: Writes = []
         for key in self._keys(reg.CANDIDATE_PREFIX):
-            candidate = read_record(self.p, key)
+            candidate = self.p.models.read(key)
             if candidate is None:
                 continue
             if candidate.get("id") not in self.learner.adopted:
@@ -256,11 +259,18 @@ class LearnerRuntime:
         return writes
 
     def prunable(self) -> list[bytes]:
-        versions = [r for r in (read_record(self.p, k) for k in self._keys(reg.VERSION_PREFIX)) if r]
+        versions = [r for r in (self.p.models.read(k) for k in self._keys(reg.VERSION_PREFIX)) if r]
         seat = self.get(reg.SEAT)
         protect = {t[0] for t in self.learner.timeline[-50:]} | set(seat["stack"] if seat else [])
         protect |= {c.version for c in self.learner.shadow if c.version}
         return reg.prune(versions, self.keep, protect)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def register(self) -> None:
+        register_learner(self.p, self)
+
+    async def stop(self) -> None:
+        """Nothing to release: every acknowledged batch is already in a snapshot."""
 
     # --- durability --------------------------------------------------------------------------
     async def persist(self) -> None:
@@ -291,19 +301,13 @@ class LearnerRuntime:
         return pending
 
 
-def register_learner(p: Pipeline) -> None:
+def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
+    """The learner's agents and timer on ``p.app`` (see the module docstring)."""
     s, app = p.settings, p.app
     t = p.topics
     decisions = p.tables["decisions"]
     merchants_table = p.tables["merchants"]
     names = {k: v.get_topic_name() for k, v in t.items()}
-
-    def lookup(transaction_id: str) -> dict | None:
-        stored = decisions.get(transaction_id.encode())
-        return None if stored is None else loads(stored)
-
-    rt = LearnerRuntime(p, lookup)
-    p.__dict__["learner_runtime"] = rt
 
     @app.agent(t["scores"], name="record-decisions")
     async def record_decisions(stream):
@@ -384,7 +388,7 @@ async def _learn_partition(p: Pipeline, rt: LearnerRuntime, partition: int,
                                                home, None, None))
         else:
             keep.append(i)
-    sync_model(p)
+    p.models.sync()
     outcome = learner.learn([group.values[i] for i in keep], [group.offsets[i] for i in keep],
                             partition)
     if group.offsets:

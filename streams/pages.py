@@ -1,12 +1,17 @@
-"""Web pages served by every worker: Prometheus metrics, health, and the review page."""
+"""Web pages served by every worker: Prometheus metrics and health.
+
+(The review page is served by a learning worker: :mod:`flagstream.streams.review_page`.)
+"""
 
 from __future__ import annotations
 
-from streams.app import Pipeline
+from faust.web import Request, Response, View
+
+from flagstream.streams.app import Pipeline
 
 
 def register_pages(p: Pipeline) -> None:
-    from faust.web import Request, Response, View
+    """``/metrics`` (Prometheus text format) and ``/healthz`` on ``p.app``'s web server."""
 
     @p.app.page("/metrics")
     class Metrics(View):
@@ -20,8 +25,3 @@ def register_pages(p: Pipeline) -> None:
             return self.json({"role": p.role, "model_version": p.handle.version})
 
     _ = Metrics, Health
-    try:
-        from sinks.review import register_review
-    except ImportError:  # the review page is optional in a scorer-only deployment
-        return
-    register_review(p)

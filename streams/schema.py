@@ -19,32 +19,20 @@ in exactly one of the two.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
 
-from streams.codec import JSONDecodeError, loads
+from flagstream.codec import decode_object
+from flagstream.errors import InvalidRecord, Rejection
 
 REQUIRED_STRINGS = ("transaction_id", "account_id", "merchant_id")
 MAX_ID_LENGTH = 128
 MAX_AMOUNT = 1e9
 #: Epoch-millisecond timestamps must fall in [2000-01-01, 2100-01-01).
 MIN_EPOCH_MS, MAX_EPOCH_MS = 946_684_800_000, 4_102_444_800_000
-
-#: Runs of 13–19 digits (optionally separated by spaces or dashes) look like card numbers.
-_PAN_PATTERN = re.compile(rb"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """Why one input record was refused: ``reason`` is a short code, ``detail`` a sentence."""
-
-    index: int
-    reason: str
-    detail: str
 
 
 @dataclass
@@ -78,14 +66,6 @@ class TransactionBatch:
         )
 
 
-class InvalidRecord(ValueError):
-    """A record that breaks the wire schema; ``reason`` is the dead-letter reason code."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
 def parse_timestamp_ms(value: object) -> int:
     """Epoch milliseconds from an ISO-8601 string with offset or an integer epoch-ms.
 
@@ -109,40 +89,6 @@ def parse_timestamp_ms(value: object) -> int:
     if not MIN_EPOCH_MS <= millis < MAX_EPOCH_MS:
         raise InvalidRecord("invalid_timestamp", "timestamp outside 2000..2100")
     return millis
-
-
-def _depth(value: object, limit: int) -> int:
-    """Nesting depth of a decoded JSON value, stopping once ``limit`` is exceeded."""
-    if isinstance(value, dict):
-        children = value.values()
-    elif isinstance(value, list):
-        children = value
-    else:
-        return 0
-    deepest = 0
-    for child in children:
-        if isinstance(child, dict | list):
-            deepest = max(deepest, _depth(child, limit))
-            if deepest >= limit:
-                break
-    return deepest + 1
-
-
-def decode_object(raw: bytes | None, max_bytes: int, max_nesting: int) -> dict:
-    """Decode one record value into a JSON object within the size and nesting limits."""
-    if raw is None:
-        raise InvalidRecord("empty_value", "record has no value")
-    if len(raw) > max_bytes:
-        raise InvalidRecord("too_large", f"record is {len(raw)} bytes, limit {max_bytes}")
-    try:
-        obj = loads(raw)
-    except JSONDecodeError as exc:
-        raise InvalidRecord("invalid_json", f"not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise InvalidRecord("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
-    if _depth(obj, max_nesting) > max_nesting:
-        raise InvalidRecord("too_deep", f"nesting deeper than {max_nesting}")
-    return obj
 
 
 def check_transaction(obj: dict) -> tuple[float, int]:
@@ -189,34 +135,3 @@ def validate_transactions(
     batch.amounts = np.asarray(amounts, dtype=np.float64)
     batch.timestamps_ms = np.asarray(stamps, dtype=np.int64)
     return batch
-
-
-FEEDBACK_LABELS = {"fraud": 1, "legit": 0}
-FEEDBACK_SOURCES = {"review", "chargeback", "auto"}
-
-
-def check_feedback(obj: dict) -> tuple[str, int]:
-    """Check a decoded feedback record; return (transaction_id, label as 0/1).
-
-    >>> check_feedback({"transaction_id": "t-1", "label": "fraud", "source": "review"})
-    ('t-1', 1)
-    """
-    tx = obj.get("transaction_id")
-    if not isinstance(tx, str) or not tx or len(tx) > MAX_ID_LENGTH:
-        raise InvalidRecord("invalid_field", "feedback needs a transaction_id string")
-    label = obj.get("label")
-    if label not in FEEDBACK_LABELS:
-        raise InvalidRecord("invalid_label", "label must be 'fraud' or 'legit'")
-    source = obj.get("source", "review")
-    if source not in FEEDBACK_SOURCES:
-        raise InvalidRecord("invalid_source", f"source must be one of {sorted(FEEDBACK_SOURCES)}")
-    return tx, FEEDBACK_LABELS[label]
-
-
-def mask_card_numbers(raw: bytes) -> bytes:
-    """Replace digit runs that look like card numbers, so dead letters never carry a PAN.
-
-    >>> mask_card_numbers(b'{"pan": "4111 1111 1111 1111", "amount": 12}')
-    b'{"pan": "****MASKED****", "amount": 12}'
-    """
-    return _PAN_PATTERN.sub(b"****MASKED****", raw)

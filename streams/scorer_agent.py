@@ -1,12 +1,12 @@
 """The scoring agent: transactions in, decisions, flags and dead letters out, per batch.
 
-With :mod:`streams.faust_tuning` installed (the default; ``FLAGSTREAM_FAUST_CHUNKS=0``
-turns it off) each event carries a whole fetched chunk of one partition, so Faust's
+With :mod:`flagstream.streams.compat.faust_consumer` installed (the default;
+``FLAGSTREAM_FAUST_CHUNKS=0`` turns it off) each event carries a whole fetched chunk of one partition, so Faust's
 per-record dispatch is paid once per chunk, and a step takes whatever chunks have
-arrived (:func:`streams.faust_batches.ready_events`, up to ``batch_size`` records);
+arrived (:func:`flagstream.streams.faust_batches.ready_events`, up to ``batch_size`` records);
 without it, steps come from ``noack_take``. One step of the agent:
 
-1. every partition's records go through :class:`streams.core.ScoringCore` (one
+1. every partition's records go through :class:`flagstream.streams.core.ScoringCore` (one
    call per partition: accounts live on one partition, offsets are per partition);
 2. all outputs of the step (decisions, flags, re-routed records, merchant activity)
    leave as one record batch per topic-partition; dead letters are sent one by one;
@@ -17,180 +17,136 @@ without it, steps come from ``noack_take``. One step of the agent:
    and the offsets stored in account rows make that replay idempotent.
 
 Steps 3–4 of one step overlap with steps 1–2 of the next: completions run in a
-background task strictly in processing order (:class:`streams.faust_batches.InOrder`),
+background task strictly in processing order (:class:`flagstream.streams.faust_batches.InOrder`),
 so rows and acks still land in order while the broker acknowledges the previous step.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
-import gc
 import logging
-import os
 import time
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-from sinks.dead_letter import dead_letter, headers
-from streams import faust_tuning
-from streams.app import Pipeline
-from streams.codec import dumps
-from streams.delivery import Outbox, activity_records, can_write_rows, deliver, kafka_producer, stage_rows
-from streams.faust_batches import (
+from flagstream.codec import dumps
+from flagstream.sinks.dead_letter import dead_letter, headers
+from flagstream.streams.app import Pipeline
+from flagstream.streams.compat import faust_consumer
+from flagstream.streams.compat.internals import (
+    can_write_rows,
+    kafka_producer,
+    observe_many,
+    on_replicated,
+    stage_rows,
+)
+from flagstream.streams.core import BatchOutcome
+from flagstream.streams.delivery import Outbox, activity_records, deliver
+from flagstream.streams.faust_batches import (
     InOrder,
     PartitionRecords,
     ack_all,
-    current_event,
     ready_events,
     records_by_partition,
 )
-from streams.model_sync import sync_model
-from streams.topics import partition_for
+from flagstream.streams.process_tuning import tune_allocator, tune_gc
+from flagstream.streams.topics import partition_for
 
 log = logging.getLogger(__name__)
 
-
-#: glibc ``mallopt`` parameters.
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-
-
-def tune_allocator(
-    trim_threshold: int = 256 << 20, top_pad: int = 64 << 20, mmap_threshold: int = 32 << 20
-) -> bool:
-    """Keep freed heap memory mapped instead of handing it back to the OS after every batch.
-
-    A batch allocates and frees megabytes (decision dicts, their JSON, feature
-    matrices). With glibc's defaults the heap top is trimmed as soon as 128 KiB are
-    free and blocks of 128 KiB or more get their own ``mmap``, so every batch faults
-    its memory in again: profiled at ~1.9 page faults and ~7 µs per decision for the
-    encoding step alone, 0 and ~1 µs with these settings. Costs: the worker keeps
-    its peak heap resident. Returns False where ``mallopt`` is unavailable (not glibc).
-
-    >>> isinstance(tune_allocator(), bool)
-    True
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return all(
-        mallopt(param, value) == 1
-        for param, value in (
-            (M_MMAP_THRESHOLD, mmap_threshold), (M_TRIM_THRESHOLD, trim_threshold),
-            (M_TOP_PAD, top_pad),
-        )
-    )
+#: One partition's share of a step: its records, what the core made of them, its changed rows.
+Staged = tuple[PartitionRecords, BatchOutcome, dict[str, Any]]
 
 
-def tune_gc(threshold0: int = 20_000) -> None:
-    """Collect once, then keep everything alive so far out of later collections.
+class Scorer:
+    """The ``score`` agent of a worker: transactions in, decisions, flags and dead letters out.
 
-    Call when the worker is ready. Full collections otherwise walk every object the
-    process holds (Faust, aiokafka cluster metadata, tables, models): measured at
-    45–125 ms pauses every few seconds while scoring (and 430 ms at start), which
-    made up the latency tail. ``gc.freeze()`` moves the survivors to the permanent
-    generation; a higher first threshold makes young collections rarer (batches
-    allocate in bursts and free by reference counting). Garbage cycles are still
-    collected, among objects created after the freeze.
-
-    >>> import gc; tune_gc(); gc.get_threshold()[0]
-    20000
-    >>> gc.unfreeze()
-    """
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(threshold0, gen1, gen2)
-
-
-def chunks_enabled(settings) -> bool:
-    """Whether the worker takes fetched chunks (``FLAGSTREAM_FAUST_CHUNKS``, default on)."""
-    value = getattr(settings, "faust_chunks", None)
-    if value is None:
-        value = os.environ.get("FLAGSTREAM_FAUST_CHUNKS", "1").lower() not in {"0", "false", "no"}
-    return bool(value)
-
-
-def observe_many(histogram, values: np.ndarray) -> None:
-    """``histogram.observe(v)`` for every value, with one bucket update per bucket.
-
-    >>> from prometheus_client import CollectorRegistry, Histogram
-    >>> h = Histogram("h", "h", buckets=(1, 2), registry=CollectorRegistry())
-    >>> observe_many(h, np.array([0.5, 1.0, 1.5, 9.0]))
-    >>> [s.value for s in h.collect()[0].samples if s.name == "h_bucket"]
-    [2.0, 3.0, 4.0]
-    """
-    if len(values) == 0:
-        return
-    bounds = np.asarray(histogram._upper_bounds)
-    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
-    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=False):
-        if count:
-            bucket.inc(count)
-    histogram._sum.inc(float(np.sum(values)))
-
-
-def register_scorer(p: Pipeline) -> None:
-    """Install the chunked consumer path and register the ``score`` agent on ``p.app``.
+    Each step is split into methods that can be driven on their own: :meth:`stage`
+    (the core, no I/O), :meth:`send_dead_letters`, :meth:`write_accounts` and
+    :meth:`observe`; :meth:`score_events` and :meth:`complete` run them in the order
+    the module docstring gives.
 
     Parameters
     ----------
     p
         The worker's pipeline (a role that scores: ``all`` or ``scorer``).
     """
-    s, app, metrics, core = p.settings, p.app, p.metrics, p.core
-    t = p.topics
-    accounts = p.tables["accounts"]
-    merchants_table = p.tables["merchants"]
-    names = {k: v.get_topic_name() for k, v in t.items()}
-    tuning = faust_tuning.install(app, [t["transactions"]]) if chunks_enabled(s) else None
-    tune_allocator()
 
-    @app.on_partitions_revoked.connect
-    def _forget_accounts(*_args, **_kwargs) -> None:  # rows may move to another worker
-        core.accounts.__init__(core.accounts.new_row, core.accounts.loader)  # type: ignore[misc]
+    def __init__(self, p: Pipeline) -> None:
+        self.p = p
+        self.settings = p.settings
+        self.core = p.core
+        self.metrics = p.metrics
+        self.accounts = p.tables["accounts"]
+        self.merchants_table = p.tables["merchants"]
+        self.names = {k: v.get_topic_name() for k, v in p.topics.items()}
+        self.partition_counts: dict[str, int] = {}
+        self.changed_merchants: set[bytes] = set()
+        self.tuning: faust_consumer.Tuning | None = None
+        if not can_write_rows(self.accounts, p.app):
+            raise RuntimeError("the accounts table must be RocksDB-backed (rocksdict) without "
+                               "transactions or a partitioner; check the Faust store settings")
 
-    changed_merchants: set[bytes] = set()
-    if not p.learns:  # (in the same process the learner updates the shared rows directly)
-        replicate = merchants_table.apply_changelog_batch
+    # --- lifecycle ---------------------------------------------------------------------------
+    def register(self) -> None:
+        """Install the chunked consumer path (unless turned off) and register the agent."""
+        p, s = self.p, self.settings
+        if s.faust_chunks:
+            self.tuning = faust_consumer.install(p.app, [p.topics["transactions"]])
+        tune_allocator()
+        p.app.on_partitions_revoked.connect(self._forget_accounts)
+        if not p.learns:  # (in the same process the learner updates the shared rows directly)
+            on_replicated(self.merchants_table, self.changed_merchants.update)
 
-        def replicate_and_note(batch) -> None:
-            batch = list(batch)
-            replicate(batch)
-            changed_merchants.update(e.message.key for e in batch)
+        @p.app.agent(p.topics["transactions"], name="score")
+        async def score(stream: Any) -> None:
+            finish = InOrder(p.app)
+            if self.tuning is not None:  # each event is a fetched chunk: take what has arrived
+                async for events in ready_events(stream, max_records=s.batch_size):
+                    await self.score_events(events, finish)
+            else:
+                async for events in stream.noack_take(s.batch_size, within=s.batch_within):
+                    await self.score_events(events, finish)
 
-        merchants_table.apply_changelog_batch = replicate_and_note
+        _ = score
 
-    def refresh_merchants() -> None:
+    async def stop(self) -> None:
+        if self.tuning is not None:
+            faust_consumer.uninstall(self.p.app)
+            self.tuning = None
+
+    async def _forget_accounts(self, *_args: Any, **_kwargs: Any) -> None:
+        """Rows may move to another worker: read them again from the table when needed."""
+        self.core.accounts.reset()
+
+    # --- one step ------------------------------------------------------------------------------
+    def refresh_merchants(self) -> None:
         """Merchant rows the replicated table changed since the last batch, into the arena.
 
         (Rows the arena has not loaded yet are read from the table on first use.)
         """
-        if not changed_merchants:
+        if not self.changed_merchants:
             return
-        arena = core.merchants.arena
-        keys = list(changed_merchants)
-        changed_merchants.clear()
+        arena = self.core.merchants.arena
+        keys = list(self.changed_merchants)
+        self.changed_merchants.clear()
         for key in keys:
             merchant = key.decode()
             if merchant in arena:
-                stored = merchants_table.get(key)
+                stored = self.merchants_table.get(key)
                 if stored is not None:
                     arena.put(merchant, stored)
 
-    counts: dict[str, int] = {}
-
-    def stage(recs: PartitionRecords, outbox: Outbox):
-        """Score one partition's records; queue their outputs. Returns (outcome, rows)."""
-        partition, values = recs.partition, recs.values
-        outcome = core.process(values, recs.offsets, partition, s.partitions)
-        rows = core.accounts.take_touched()
+    def stage(self, recs: PartitionRecords, outbox: Outbox) -> Staged:
+        """Score one partition's records and queue their outputs in ``outbox``."""
+        s, names, counts = self.settings, self.names, self.partition_counts
+        outcome = self.core.process(recs.values, recs.offsets, recs.partition, s.partitions)
+        rows = self.core.accounts.take_touched()
         for index, account in outcome.misrouted:
             outbox.add(names["transactions"], partition_for(account, s.partitions),
-                       account.encode(), values[index])
+                       account.encode(), recs.values[index])
         decisions, flagged = outcome.decisions, outcome.flagged
         outbox.add_keyed(names["scores"], [d["transaction_id"] for d in decisions],
                          [dumps(d) for d in decisions], counts[names["scores"]])
@@ -198,66 +154,63 @@ def register_scorer(p: Pipeline) -> None:
                          [dumps(f) for f in flagged], counts[names["review"]])
         for part, value in activity_records(outcome.activity, s.partitions):
             outbox.add(names["merchant_activity"], part, None, value)
-        return outcome, rows
+        return recs, outcome, rows
 
-    async def send_dead_letters(recs: PartitionRecords, outcome) -> list:
-        sent = []
+    async def send_dead_letters(self, recs: PartitionRecords, outcome: BatchOutcome) -> list[Awaitable]:
+        """One dead letter per rejected record; returns the pending sends."""
+        topic, sent = self.names["transactions_dlq"], []
         for r in outcome.rejections:
             letter = dead_letter(recs.values[r.index], r.reason, r.detail, recs.topic,
                                  recs.partition, recs.offsets[r.index])
-            sent.append(await app.producer.send(
-                names["transactions_dlq"], recs.keys[r.index], dumps(letter), None, None,
-                headers(r.reason),
+            sent.append(await self.p.app.producer.send(
+                topic, recs.keys[r.index], dumps(letter), None, None, headers(r.reason),
             ))
-            metrics.dead_letters.labels(topic=names["transactions_dlq"], reason=r.reason).inc()
+            self.metrics.dead_letters.labels(topic=topic, reason=r.reason).inc()
         return sent
 
-    async def write_accounts(staged, producer) -> None:
+    async def write_accounts(self, staged: Sequence[Staged], producer: Any) -> None:
         """Changed account rows: changelog first (acknowledged), then the local store."""
-        outbox, writes = Outbox(producer, counts), []
+        outbox, writes = Outbox(producer, self.partition_counts), []
         for recs, _, rows in staged:
-            if not rows:
-                continue
-            encoded = {key.encode(): row for key, row in rows.items()}
-            if can_write_rows(accounts, app):
-                writes.append(stage_rows(accounts, recs.partition, encoded, outbox))
-            else:  # Faust's own path, one row at a time
-                with current_event(recs.events[-1]):
-                    for key, row in encoded.items():
-                        accounts[key] = row
+            if rows:
+                encoded = {key.encode(): row for key, row in rows.items()}
+                writes.append(stage_rows(self.accounts, recs.partition, encoded, outbox))
         if writes:
             last = outbox.last_offsets(await asyncio.gather(*await outbox.send()))
             for write in writes:
                 write.apply(last)
 
-    async def score_events(events, finish: InOrder) -> None:
+    async def score_events(self, events: list[Any], finish: InOrder) -> None:
         """Process one step now; its completion runs in ``finish``, in order."""
         if not finish.started:  # first step: the worker is up, freeze what it holds
             tune_gc()
         started = time.perf_counter()
-        sync_model(p)
-        refresh_merchants()
-        producer = kafka_producer(app)
-        outbox = Outbox(producer, counts)
-        for topic in (names["scores"], names["review"]):
+        self.p.models.sync()
+        self.refresh_merchants()
+        producer = kafka_producer(self.p.app)
+        outbox = Outbox(producer, self.partition_counts)
+        for topic in (self.names["scores"], self.names["review"]):
             await outbox.partition_count(topic)
-        staged, pending = [], []
+        staged: list[Staged] = []
+        pending: list[Awaitable] = []
         for recs in records_by_partition(events).values():
-            outcome, rows = stage(recs, outbox)
-            staged.append((recs, outcome, rows))
-            pending.extend(await send_dead_letters(recs, outcome))
+            staged.append(self.stage(recs, outbox))
+            pending.extend(await self.send_dead_letters(recs, staged[-1][1]))
         pending.extend(await outbox.send())
-        await finish.put(complete(events, staged, pending, producer, started))
+        await finish.put(self.complete(events, staged, pending, producer, started))
 
-    async def complete(events, staged, pending, producer, started: float) -> None:
+    async def complete(self, events: list[Any], staged: Sequence[Staged], pending: Sequence[Awaitable],
+                       producer: Any, started: float) -> None:
         await deliver(pending)
         # outputs are durable: now the state rows, then the acks
-        await write_accounts(staged, producer)
+        await self.write_accounts(staged, producer)
         ack_all(events)
-        observe(staged, started)
+        self.observe(staged, started)
 
-    def observe(staged, started: float) -> None:
-        now_ms = time.time() * 1000.0
+    def observe(self, staged: Iterable[Staged], started: float) -> None:
+        """Count a completed step on the worker's metrics."""
+        metrics, now_ms = self.metrics, time.time() * 1000.0
+        staged = list(staged)
         n_in = sum(len(recs) for recs, _, _ in staged)
         metrics.events_in.inc(n_in)
         metrics.batch_size.observe(n_in)
@@ -275,14 +228,4 @@ def register_scorer(p: Pipeline) -> None:
             if len(outcome.scores):
                 for q in np.quantile(outcome.scores, (0.1, 0.5, 0.9, 0.99)):
                     metrics.scores.observe(q)
-        metrics.tracked_accounts.set(len(core.accounts))
-
-    @app.agent(t["transactions"], name="score")
-    async def score(stream):
-        finish = InOrder(app)
-        if tuning is not None:  # each event is a fetched chunk: take what has arrived
-            async for events in ready_events(stream, max_records=s.batch_size):
-                await score_events(events, finish)
-        else:
-            async for events in stream.noack_take(s.batch_size, within=s.batch_within):
-                await score_events(events, finish)
+        metrics.tracked_accounts.set(len(self.core.accounts))

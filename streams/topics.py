@@ -1,6 +1,6 @@
 """The project's topics: names, partition counts and creation on start.
 
->>> from streams.config import Settings
+>>> from flagstream.streams.config import Settings
 >>> [t.name for t in topic_specs(Settings(topic_prefix="x."))][:3]
 ['x.transactions', 'x.transactions.dlq', 'x.scores']
 """
@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
-from streams.config import Settings
+from flagstream.streams.config import Settings
 
 log = logging.getLogger(__name__)
 

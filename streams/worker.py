@@ -11,9 +11,10 @@ import argparse
 import asyncio
 import logging
 
-from streams.app import ROLES, build_app
-from streams.config import Settings
-from streams.topics import create_topics
+from flagstream.streams.agents import build_app
+from flagstream.streams.app import ROLES
+from flagstream.streams.config import Settings
+from flagstream.streams.topics import create_topics
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     """Create topics and run the worker until interrupted."""
     from faust import Worker
 
-    from features.kernels import warm_up
+    from flagstream.features.kernels import warm_up
 
     settings = settings_from(args)
     warm_up()  # compile the Numba kernels before the first batch, not during it

@@ -7,9 +7,9 @@ import subprocess
 import uuid
 
 import pytest
+from kafka_helpers import ROOT, WorkerProcess, free_port
 
-from streams.config import Secret, Settings
-from tests.kafka_helpers import ROOT, WorkerProcess, free_port
+from flagstream.streams.config import Secret, Settings
 
 BROKER_PORT = int(os.environ.get("KAFKA_PORT", "19092"))
 

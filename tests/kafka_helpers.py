@@ -15,8 +15,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.codec import dumps, loads
-from streams.config import Settings
+from flagstream.codec import dumps, loads
+from flagstream.streams.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,7 +131,7 @@ class WorkerProcess:
     def start(self, timeout_s: float = 90.0) -> WorkerProcess:
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", "--role", self.role],
+                [sys.executable, "-m", "flagstream.cli", "worker", "--role", self.role],
                 cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
             )
         self.wait_ready(timeout_s)

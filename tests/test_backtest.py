@@ -1,4 +1,4 @@
-"""The offline backtest (perf.backtest) on small simulated streams, end to end."""
+"""The offline backtest (flagstream.evaluation.backtest) on small simulated streams, end to end."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import time
 import orjson
 import pytest
 
-from features.layout import DAY_MS, HOUR_MS
-from perf.backtest import (
+from flagstream.evaluation.backtest import (
     GROUND_TRUTH,
     JSON_KEYS,
     Backtest,
@@ -21,7 +20,8 @@ from perf.backtest import (
     backtest,
     run,
 )
-from perf.simulator import MalformedLineError, SimulationConfig, simulate, write_stream
+from flagstream.features.layout import DAY_MS, HOUR_MS
+from flagstream.simulation.simulator import MalformedLineError, SimulationConfig, simulate, write_stream
 
 #: 200 customers for 40 days (~16k transactions); the radius keeps ~78 reachable terminals.
 SMALL = SimulationConfig(customers=200, terminals=400, days=40, radius=25.0, seed=3)

@@ -1,7 +1,7 @@
 """The comparison harness at a tiny size: report shape, agreement logic, exit status.
 
 No speed thresholds here: the figures depend on the machine. The goals are checked
-by ``python -m perf compare`` itself and reported in its ``goals`` section.
+by ``python -m flagstream.perf compare`` itself and reported in its ``goals`` section.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import subprocess
 import sys
 
 import pytest
+from kafka_helpers import ROOT
 
-from features.layout import ACCOUNT_WIDTH
-from perf.bench.harness import REFERENCE, compare_decisions, passed
-from perf.bench.measure import Decision, agreement, percentiles, throughput
-from tests.kafka_helpers import ROOT
+from flagstream.features.layout import ACCOUNT_WIDTH
+from flagstream.perf.bench.harness import REFERENCE, compare_decisions, passed
+from flagstream.perf.bench.measure import Decision, agreement, percentiles, throughput
 
 FIGURES = ("events_per_s", "p50_ms", "p95_ms", "p99_ms", "cpu_s_per_1k", "peak_rss_mb", "startup_s")
 
@@ -55,7 +55,7 @@ def test_tiny_compare_run_reports_every_contender(kafka_broker, tmp_path):
     decisions landing at more than one instant)."""
     out = tmp_path / "bench"
     result = subprocess.run(
-        [sys.executable, "-m", "perf", "compare", "--json", "--events", "12000", "--rates", "400",
+        [sys.executable, "-m", "flagstream.perf", "compare", "--json", "--events", "12000", "--rates", "400",
          "--rate-seconds", "2", "--train", "2000", "--out-dir", str(out), "--broker", kafka_broker],
         cwd=ROOT, capture_output=True, text=True, timeout=170,
     )

@@ -6,9 +6,9 @@ import re
 from dataclasses import fields
 
 import yaml
+from kafka_helpers import ROOT
 
-from streams.config import Settings
-from tests.kafka_helpers import ROOT
+from flagstream.streams.config import Settings
 
 
 def compose() -> dict:

@@ -6,9 +6,9 @@ import shutil
 import subprocess
 
 import pytest
+from kafka_helpers import read_json
 
-from streams.codec import dumps, loads
-from tests.kafka_helpers import read_json
+from flagstream.codec import dumps, loads
 
 pytestmark = pytest.mark.integration
 

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.kernels import merchant_features, update_accounts, update_merchants
-from features.layout import (
+from flagstream.features.kernels import merchant_features, update_accounts, update_merchants
+from flagstream.features.layout import (
     ACCOUNT_WIDTH,
     APPLIED,
     DAY_MS,
@@ -16,7 +16,7 @@ from features.layout import (
     new_account_row,
     new_merchant_row,
 )
-from features.reference import ReferenceAccounts, ReferenceMerchants
+from flagstream.features.reference import ReferenceAccounts, ReferenceMerchants
 
 START = 1_522_540_800_000  # 2018-04-01
 ACCOUNT_COLUMNS = [i for i, n in enumerate(FEATURE_NAMES) if not n.startswith("merchant_")]

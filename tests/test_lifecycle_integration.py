@@ -10,15 +10,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from kafka_helpers import free_port, produce, produce_json, read_json, read_topic
 
-from scoring.handle import ModelHandle, parse_version
-from scoring.linear import LinearChampion
-from scoring.registry import CHAMPION, PARTITION, RegistryClient, RegistryView
-from scoring.snapshots import HMAC_ENV, seal
-from streams.cli import main as cli_main
-from streams.codec import dumps, loads
-from streams.core import ScoringCore
-from tests.kafka_helpers import free_port, produce, produce_json, read_json, read_topic
+from flagstream.cli import main as cli_main
+from flagstream.codec import dumps, loads
+from flagstream.scoring.handle import ModelHandle, parse_version
+from flagstream.scoring.linear import LinearChampion
+from flagstream.scoring.registry import CHAMPION, PARTITION, RegistryView
+from flagstream.scoring.snapshots import seal
+from flagstream.streams.core import ScoringCore
+from flagstream.streams.registry_client import RegistryClient
 
 pytestmark = pytest.mark.integration
 
@@ -153,7 +154,7 @@ def test_promote_and_rollback_change_new_decisions_within_seconds(
     settings, worker_factory, monkeypatch, capsys
 ):
     lifecycle_env(monkeypatch, challengers="lr-fast:learning_rate=0.3")
-    monkeypatch.setenv(HMAC_ENV, "registry-test-key")  # workers and the CLI sign and verify
+    monkeypatch.setenv("FLAGSTREAM_MODEL_HMAC_KEY", "registry-test-key")  # workers and the CLI sign and verify
     worker = worker_factory()
     stream = Stream(settings)
     teach(stream, worker, 200)

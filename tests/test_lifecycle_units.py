@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.layout import N_FEATURES
-from scoring.challengers import Challenger, ShadowSet, challengers_from_spec, parse_spec
-from scoring.gate import Gate, GateConfig, compare_on, rollback_candidates
-from scoring.handle import ModelHandle, parse_version
-from scoring.learner import Learner
-from scoring.linear import LinearChampion
-from scoring.registry import CHAMPION, seat_change, version_key
-from streams.codec import dumps, loads
+from flagstream.codec import dumps, loads
+from flagstream.features.layout import N_FEATURES
+from flagstream.scoring.challengers import Challenger, ShadowSet, challengers_from_spec, parse_spec
+from flagstream.scoring.gate import Gate, GateConfig, compare_on, rollback_candidates
+from flagstream.scoring.handle import ModelHandle, parse_version
+from flagstream.scoring.learner import Learner
+from flagstream.scoring.linear import LinearChampion
+from flagstream.scoring.registry import CHAMPION, seat_change, version_key
 
 RNG = np.random.default_rng(7)
 FEATURES = RNG.random((60, N_FEATURES)) * 50

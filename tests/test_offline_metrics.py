@@ -1,4 +1,4 @@
-"""Offline metrics (perf.metrics) against hand-computed cases and brute-force definitions."""
+"""Offline metrics (flagstream.evaluation.detection_metrics) against hand-computed cases and brute-force definitions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perf.metrics import (
+from flagstream.evaluation.detection_metrics import (
     average_precision,
     average_ranks,
     card_precision_at_k,

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scoring.operating_point import OperatingPoint, ThreeWayPolicy, recall_threshold, wilson
-from streams.core import ScoringCore
+from flagstream.scoring.operating_point import OperatingPoint, ThreeWayPolicy, recall_threshold, wilson
+from flagstream.streams.core import ScoringCore
 
 
 def feed(op: OperatingPoint, frauds, legits, at=None) -> None:

@@ -6,9 +6,9 @@ import asyncio
 import time
 
 import pytest
+from kafka_helpers import produce, produce_json, read_json, read_topic
 
-from streams.codec import dumps
-from tests.kafka_helpers import produce, produce_json, read_json, read_topic
+from flagstream.codec import dumps
 
 pytestmark = pytest.mark.integration
 

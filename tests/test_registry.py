@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from kafka_helpers import produce
 
-from scoring.linear import LinearChampion
-from scoring.registry import (
+from flagstream.codec import dumps, loads
+from flagstream.scoring.linear import LinearChampion
+from flagstream.scoring.registry import (
     CHAMPION,
     SEAT,
-    RegistryClient,
     RegistryError,
     RegistryView,
     choose_champion,
@@ -19,11 +20,10 @@ from scoring.registry import (
     version_key,
     version_record,
 )
-from scoring.registry_cli import format_rows
-from scoring.snapshots import seal
-from streams.codec import dumps, loads
-from streams.topics import create_topics
-from tests.kafka_helpers import produce
+from flagstream.scoring.snapshots import seal
+from flagstream.streams.models_cli import format_rows
+from flagstream.streams.registry_client import RegistryClient
+from flagstream.streams.topics import create_topics
 
 STATE = LinearChampion().to_state()
 

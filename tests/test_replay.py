@@ -10,13 +10,13 @@ import sys
 
 import orjson
 import pytest
+from kafka_helpers import ROOT, read_topic
 
-from perf.replay import ReplayStats, parse_bound, replay_file, replay_records
-from perf.simulator import SimulationConfig, load_stream, simulate, write_stream
-from streams.codec import loads
-from streams.schema import parse_timestamp_ms
-from streams.topics import partition_for
-from tests.kafka_helpers import ROOT, read_topic
+from flagstream.codec import loads
+from flagstream.simulation.replay import ReplayStats, parse_bound, replay_file, replay_records
+from flagstream.simulation.simulator import SimulationConfig, load_stream, simulate, write_stream
+from flagstream.streams.schema import parse_timestamp_ms
+from flagstream.streams.topics import partition_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ def test_cli_stops_at_the_first_malformed_line_with_its_number(settings, recorde
     env = {**os.environ, "FLAGSTREAM_BROKER": settings.broker,
            "FLAGSTREAM_TOPIC_PREFIX": settings.topic_prefix}
     result = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "replay", str(damaged), "--on-error", "raise",
+        [sys.executable, "-m", "flagstream.cli", "replay", str(damaged), "--on-error", "raise",
          "--json", "--no-progress"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )

@@ -6,11 +6,11 @@ import time
 
 import numpy as np
 import pytest
+from kafka_helpers import produce_json, read_json
 
-from features.layout import FEATURE_NAMES
-from streams.codec import dumps
-from streams.core import ScoringCore
-from tests.kafka_helpers import produce_json, read_json
+from flagstream.codec import dumps
+from flagstream.features.layout import FEATURE_NAMES
+from flagstream.streams.core import ScoringCore
 
 pytestmark = pytest.mark.integration
 

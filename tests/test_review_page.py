@@ -16,8 +16,7 @@ import urllib.request
 from collections.abc import Callable
 
 import pytest
-
-from tests.kafka_helpers import ROOT, produce_json, read_json
+from kafka_helpers import ROOT, produce_json, read_json
 
 pytestmark = pytest.mark.integration
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-import faust
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, generate_latest
 
-from sinks.review.auth import LOGIN_COOKIE, SESSION_COOKIE, ReviewAuth
-from sinks.review.masking import mask_card_numbers
-from sinks.review.queue import ClaimConflict, NotQueued, ReviewQueue, item_id_for
-from sinks.review.service import InvalidDecision, ReviewService
-from sinks.review.views import register_views
-from streams.codec import loads
+from flagstream.cards import mask_card_numbers
+from flagstream.codec import loads
+from flagstream.sinks.review.auth import LOGIN_COOKIE, SESSION_COOKIE, ReviewAuth
+from flagstream.sinks.review.queue import ClaimConflict, NotQueued, ReviewQueue, item_id_for
+from flagstream.sinks.review.service import InvalidDecision, ReviewService
+from flagstream.sinks.review.views import ReviewRoutes
 
 PAN = "4111111111111111"
 
@@ -209,19 +208,12 @@ def test_sessions_expire_when_idle_and_wrong_tokens_are_throttled():
 
 
 # --- the web routes, on an aiohttp test server ----------------------------------------
-class FakePipeline:
-    def __init__(self) -> None:
-        self.app = faust.App("review-views-test", web_enabled=True)
-
-
 @pytest.fixture
 async def web_client():
     svc, sent, _ = service()
     for i in range(3):
         svc.ingest(flag(i, 0.5 + i / 10))
-    p = FakePipeline()
-    register_views(p, svc, ReviewAuth("tok"))
-    client = TestClient(TestServer(p.app.web.web_app))
+    client = TestClient(TestServer(ReviewRoutes(svc, ReviewAuth("tok")).application()))
     await client.start_server()
     try:
         yield client, svc, sent

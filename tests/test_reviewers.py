@@ -7,13 +7,13 @@ import time
 from collections import Counter
 
 import pytest
+from kafka_helpers import produce, read_topic
 
-from features.layout import DAY_MS
-from perf.replay import replay_records
-from perf.reviewers import ReviewDesk, ReviewerConfig, SimulatedReviewers, Truth
-from perf.simulator import SimulationConfig, load_stream, simulate, write_stream
-from streams.codec import dumps, loads
-from tests.kafka_helpers import produce, read_topic
+from flagstream.codec import dumps, loads
+from flagstream.features.layout import DAY_MS
+from flagstream.simulation.replay import replay_records
+from flagstream.simulation.reviewers import ReviewDesk, ReviewerConfig, SimulatedReviewers, Truth
+from flagstream.simulation.simulator import SimulationConfig, load_stream, simulate, write_stream
 
 integration = pytest.mark.integration
 

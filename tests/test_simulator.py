@@ -1,4 +1,4 @@
-"""Tests of perf.simulator: determinism, wire schema, ordering, statistics, stream reading."""
+"""Tests of flagstream.simulation.simulator: determinism, wire schema, ordering, statistics, stream reading."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from perf.sim_scenarios import (
+from flagstream.simulation.scenarios import (
     CUSTOMER_WINDOW_DAYS,
     CUSTOMERS_PER_DAY,
     TERMINAL_WINDOW_DAYS,
@@ -20,7 +20,7 @@ from perf.sim_scenarios import (
     expected_window_share,
     reachable_terminals,
 )
-from perf.simulator import (
+from flagstream.simulation.simulator import (
     FIELDS,
     MalformedLineError,
     SimulationConfig,

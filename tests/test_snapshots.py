@@ -8,17 +8,16 @@ import pickle
 import numpy as np
 import pytest
 
-from scoring.linear import LinearChampion
-from scoring.snapshots import (
-    HMAC_ENV,
+from flagstream.codec import dumps, loads
+from flagstream.scoring.linear import LinearChampion
+from flagstream.scoring.snapshots import (
     IntegrityError,
     SnapshotStore,
     atomic_write,
-    hmac_key,
     seal,
     unseal,
 )
-from streams.codec import dumps, loads
+from flagstream.streams.config import Settings
 
 STATE = LinearChampion(learning_rate=0.1).to_state()
 
@@ -62,11 +61,10 @@ def test_a_recomputed_checksum_does_not_pass_the_hmac():
     assert unseal(seal({"a": 1}, b"k"), None) == {"a": 1}  # checksum still checked without a key
 
 
-def test_hmac_key_comes_from_the_environment(monkeypatch):
-    monkeypatch.setenv(HMAC_ENV, "topsecret")
-    assert hmac_key() == b"topsecret"
-    monkeypatch.setenv(HMAC_ENV, "")
-    assert hmac_key() is None
+def test_hmac_key_comes_from_the_settings():
+    assert Settings.from_env({"FLAGSTREAM_MODEL_HMAC_KEY": "topsecret"}).hmac_key() == b"topsecret"
+    assert Settings.from_env({"FLAGSTREAM_MODEL_HMAC_KEY": ""}).hmac_key() is None
+    assert "topsecret" not in repr(Settings.from_env({"FLAGSTREAM_MODEL_HMAC_KEY": "topsecret"}))
 
 
 def test_store_keeps_the_newest_and_falls_back_past_bad_files(tmp_path):

@@ -11,10 +11,10 @@ measure
 contenders
     How each contender process is started and what it is given.
 harness
-    ``python -m perf compare``: runs every contender over the same input, writes
+    ``python -m flagstream.perf compare``: runs every contender over the same input, writes
     ``artifacts/bench/compare.json`` and ``compare.png``.
 naive_faust, aiokafka_ceiling
-    The two peers, each runnable as ``python -m perf.bench.<name>``.
+    The two peers, each runnable as ``python -m flagstream.perf.bench.<name>``.
 chart
     The PNG summary (matplotlib, Agg backend).
 """

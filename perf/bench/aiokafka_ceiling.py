@@ -1,14 +1,14 @@
 """The client's ceiling: a plain aiokafka ``getmany`` loop around the same ScoringCore.
 
 No Faust: one consumer, one producer, the worker's own :class:`ScoringCore`,
-:class:`~streams.delivery.Outbox` and output formats. Each fetch is scored per
+:class:`~flagstream.streams.delivery.Outbox` and output formats. Each fetch is scored per
 partition, every output is sent as record batches, and offsets are committed only
 after the broker acknowledged all outputs (at-least-once); one step's delivery and
 commit overlap with the next step's scoring, as the worker's completions do. What
 it does *not* do is what Faust adds on top: account rows are kept in memory only (no table, no
 changelog, no RocksDB), no web server, no sensors, no rebalance-safe flow control.
 
-Run as ``python -m perf.bench.aiokafka_ceiling`` with the worker's ``FLAGSTREAM_*``
+Run as ``python -m flagstream.perf.bench.aiokafka_ceiling`` with the worker's ``FLAGSTREAM_*``
 environment; ``BENCH_MODEL_PATH`` names a JSON file holding the champion record
 (as published on ``models``) to score with.
 """
@@ -23,16 +23,16 @@ import sys
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from scoring.handle import ModelHandle, model_from_state
-from scoring.linear import LinearChampion
-from scoring.policy import FixedThreshold
-from sinks.dead_letter import dead_letter, headers
-from streams.codec import dumps, loads
-from streams.config import Settings
-from streams.core import ScoringCore
-from streams.delivery import Outbox, activity_records
-from streams.scorer_agent import tune_allocator
-from streams.topics import (
+from flagstream.codec import dumps, loads
+from flagstream.scoring.handle import ModelHandle, model_from_state
+from flagstream.scoring.linear import LinearChampion
+from flagstream.scoring.policy import FixedThreshold
+from flagstream.sinks.dead_letter import dead_letter, headers
+from flagstream.streams.config import Settings
+from flagstream.streams.core import ScoringCore
+from flagstream.streams.delivery import Outbox, activity_records
+from flagstream.streams.scorer_agent import tune_allocator
+from flagstream.streams.topics import (
     MERCHANT_ACTIVITY,
     REVIEW,
     SCORES,

@@ -4,7 +4,7 @@ Every contender reads the worker's ``FLAGSTREAM_*`` environment (broker, topic
 prefix, partitions, threshold, ...) and consumes its own pre-loaded copy of the input.
 
 >>> CONTENDERS["flagstream"].command()[1:5]
-['-m', 'streams.cli', 'worker', '--role']
+['-m', 'flagstream.cli', 'worker', '--role']
 >>> sorted(CONTENDERS)
 ['aiokafka_ceiling', 'flagstream', 'naive_faust']
 """
@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from perf.bench.measure import ProcessSampler
-from streams.config import Settings
+from flagstream.perf.bench.measure import ProcessSampler
+from flagstream.streams.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,11 +41,11 @@ class Contender:
 CONTENDERS = {
     c.name: c
     for c in (
-        Contender("flagstream", "streams.cli", ("worker", "--role", "scorer", "--loglevel", "warning"),
+        Contender("flagstream", "flagstream.cli", ("worker", "--role", "scorer", "--loglevel", "warning"),
                   "the real worker (scorer role), unchanged"),
-        Contender("naive_faust", "perf.bench.naive_faust", (),
+        Contender("naive_faust", "flagstream.perf.bench.naive_faust", (),
                   "per-event Faust agent, dict state, River predict_proba_one per event"),
-        Contender("aiokafka_ceiling", "perf.bench.aiokafka_ceiling", (),
+        Contender("aiokafka_ceiling", "flagstream.perf.bench.aiokafka_ceiling", (),
                   "aiokafka getmany loop around the same ScoringCore, no Faust"),
     )
 }

@@ -1,4 +1,4 @@
-"""``python -m perf compare``: every contender, one broker, one input, side by side.
+"""``python -m flagstream.perf compare``: every contender, one broker, one input, side by side.
 
 For each contender in turn (never two at once, so none steals the other's CPU):
 
@@ -33,11 +33,11 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from perf.bench import contenders as cont
-from perf.bench import measure, workload
-from streams.codec import dumps, loads
-from streams.config import Settings
-from streams.topics import SCORES, TRANSACTIONS
+from flagstream.codec import dumps, loads
+from flagstream.perf.bench import contenders as cont
+from flagstream.perf.bench import measure, workload
+from flagstream.streams.config import Settings
+from flagstream.streams.topics import SCORES, TRANSACTIONS
 
 REFERENCE = "aiokafka_ceiling"
 
@@ -56,7 +56,7 @@ class Options:
     contenders: tuple[str, ...] = ("flagstream", "naive_faust", "aiokafka_ceiling")
     stream: str | None = None
     out_dir: str = "artifacts/bench"
-    broker: str = field(default_factory=lambda: os.environ.get("FLAGSTREAM_BROKER", "127.0.0.1:19092"))
+    broker: str = field(default_factory=lambda: Settings.from_env().broker)
     stall_s: float = 60.0
     settle_s: float = 3.0
     keep_topics: bool = False
@@ -83,7 +83,7 @@ def start_broker(opts: Options) -> float:
 
 def numba_timings() -> dict[str, float]:
     """Seconds to get every hot-path kernel ready in a fresh process: cold and cached."""
-    code = ("import time; t = time.perf_counter(); import features.kernels as k, streams.core as c; "
+    code = ("import time; t = time.perf_counter(); import flagstream.features.kernels as k, flagstream.streams.core as c; "
             "k.warm_up(); c.partitions_for(['x'], 1); print(time.perf_counter() - t)")
 
     def run(env: dict) -> float:
@@ -100,8 +100,8 @@ def account_memory(n: int = 50_000) -> dict[str, float]:
     """Bytes per tracked account in the worker's in-memory arena (rows, keys, index)."""
     import tracemalloc
 
-    from features.arena import Arena
-    from features.layout import ACCOUNT_WIDTH, new_account_row
+    from flagstream.features.arena import Arena
+    from flagstream.features.layout import ACCOUNT_WIDTH, new_account_row
 
     keys = [f"c-{i:07d}" for i in range(n)]
     tracemalloc.start()
@@ -270,7 +270,7 @@ async def compare(opts: Options) -> dict:
     }
     (out_dir / "compare.json").write_bytes(dumps(report))
     if opts.chart:
-        from perf.bench.chart import draw
+        from flagstream.perf.bench.chart import draw
 
         draw(report, out_dir / "compare.png")
     return report

@@ -24,7 +24,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streams.config import Settings
+from flagstream.streams.compat import internals as compat
+from flagstream.streams.config import Settings
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -119,7 +120,7 @@ async def count_records(settings: Settings, topic: str, consumer: AIOKafkaConsum
     name = settings.topic(topic)
     parts = consumer.partitions_for_topic(name)
     if not parts:
-        await consumer._client.force_metadata_update()
+        await compat.refresh_metadata(consumer)
         parts = consumer.partitions_for_topic(name) or set()
     if not parts:
         return 0
@@ -136,7 +137,7 @@ async def read_decisions(settings: Settings, topic: str) -> tuple[dict[str, Deci
     )
     await start_client(consumer)
     try:
-        await consumer._client.force_metadata_update()
+        await compat.refresh_metadata(consumer)
         tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)

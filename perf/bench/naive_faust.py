@@ -8,7 +8,7 @@ the decision (and the flag) with ``topic.send`` — all per event, with Faust's
 default settings and per-event acks.
 
 Features are the worker's: the same bucketed 1-hour/1-day rings with the same
-arithmetic as :mod:`features.kernels`, so decisions should agree with the other
+arithmetic as :mod:`flagstream.features.kernels`, so decisions should agree with the other
 contenders. Merchant features are zero here, as for the others in this benchmark
 (no learner runs). Validation uses the wire schema's per-record checks; duplicates
 are caught among an account's last eight transaction ids, as in the worker.
@@ -34,15 +34,24 @@ from collections import deque
 import faust
 import numpy as np
 
-from features.layout import DAY_MS, FEATURE_NAMES, HOUR_MS, MAX_GAP_S, N_DAILY, N_HOURLY, N_RECENT_IDS
-from scoring.handle import model_from_state
-from scoring.linear import LinearChampion
-from scoring.reasons import explain
-from sinks.dead_letter import dead_letter, headers
-from streams.codec import dumps, loads
-from streams.config import Settings
-from streams.schema import InvalidRecord, check_transaction, decode_object
-from streams.topics import REVIEW, SCORES, TRANSACTIONS, TRANSACTIONS_DLQ
+from flagstream.codec import decode_object, dumps, loads
+from flagstream.errors import InvalidRecord
+from flagstream.features.layout import (
+    DAY_MS,
+    FEATURE_NAMES,
+    HOUR_MS,
+    MAX_GAP_S,
+    N_DAILY,
+    N_HOURLY,
+    N_RECENT_IDS,
+)
+from flagstream.scoring.handle import model_from_state
+from flagstream.scoring.linear import LinearChampion
+from flagstream.scoring.reasons import explain
+from flagstream.sinks.dead_letter import dead_letter, headers
+from flagstream.streams.config import Settings
+from flagstream.streams.schema import check_transaction
+from flagstream.streams.topics import REVIEW, SCORES, TRANSACTIONS, TRANSACTIONS_DLQ
 
 CONTEXT_FIELDS = ("currency", "channel", "country")
 
@@ -178,7 +187,7 @@ def main() -> int:
     settings = Settings.from_env()
     import asyncio
 
-    from streams.topics import create_topics
+    from flagstream.streams.topics import create_topics
 
     asyncio.run(create_topics(settings))
     app = build_app(settings, os.environ.get("BENCH_MODEL_PATH"))

@@ -1,6 +1,6 @@
 """Profile one worker draining a pre-loaded topic with py-spy: flame graph and top costs.
 
-``python -m perf.bench.profile --label after`` pre-loads ``--events`` records under a
+``python -m flagstream.perf.bench.profile --label after`` pre-loads ``--events`` records under a
 fresh topic prefix, starts ``flagstream worker --role scorer`` (from ``--root``, so an
 older checkout can be profiled the same way), records it with ``py-spy`` from its
 first decision to its last, and writes ``artifacts/bench/profile_<label>.svg`` (flame
@@ -23,11 +23,11 @@ import time
 import uuid
 from pathlib import Path
 
-from perf.bench import contenders as cont
-from perf.bench import flame, measure, workload
-from perf.bench.harness import free_port
-from streams.config import Settings
-from streams.topics import SCORES, TRANSACTIONS
+from flagstream.perf.bench import contenders as cont
+from flagstream.perf.bench import flame, measure, workload
+from flagstream.perf.bench.harness import free_port
+from flagstream.streams.config import Settings
+from flagstream.streams.topics import SCORES, TRANSACTIONS
 
 #: Path fragment → category, matched against the innermost frames first.
 CATEGORIES = {
@@ -41,7 +41,7 @@ CATEGORIES = {
     "/streams/delivery.py": "agent, delivery, metrics",
     "/streams/scorer_agent.py": "agent, delivery, metrics",
     "/streams/faust_batches.py": "agent, delivery, metrics",
-    "/streams/faust_tuning.py": "faust (consumer, conductor, streams, tables)",
+    "/streams/compat/faust_consumer.py": "faust (consumer, conductor, streams, tables)",
     "/rocksdict/": "faust tables (rocksdb)",
     "/faust/stores/": "faust tables (rocksdb)",
     "/faust/tables/": "faust tables (rocksdb)",
@@ -59,7 +59,7 @@ async def _prepare(args: argparse.Namespace) -> tuple[Settings, int]:
     settings = Settings(topic_prefix=f"prof{uuid.uuid4().hex[:8]}.", partitions=4,
                         data_dir=tempfile.mkdtemp(prefix="flagstream-prof-"), web_port=free_port(),
                         threshold=args.threshold,
-                        broker=os.environ.get("FLAGSTREAM_BROKER", "127.0.0.1:19092"))
+                        broker=Settings.from_env().broker)
     await workload.create_bench_topics(settings)
     if args.model:
         state = workload.train_champion(wl.train, wl.labels, 0.05, 20.0)
@@ -111,7 +111,7 @@ def profile(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.bench.profile", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m flagstream.perf.bench.profile", description=__doc__)
     parser.add_argument("--label", required=True)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--train", type=int, default=20_000)

@@ -27,17 +27,17 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from perf.bench.measure import start_client
-from perf.simulator import SimulationConfig, read_stream, simulate, write_stream
-from scoring.handle import ModelHandle
-from scoring.linear import LinearChampion
-from scoring.registry import CHAMPION, version_record
-from scoring.snapshots import hmac_key, seal
-from streams.codec import dumps
-from streams.config import Settings
-from streams.core import ScoringCore
-from streams.schema import validate_transactions
-from streams.topics import MODELS, SCORES, create_topics, partition_for
+from flagstream.codec import dumps
+from flagstream.perf.bench.measure import start_client
+from flagstream.scoring.handle import ModelHandle
+from flagstream.scoring.linear import LinearChampion
+from flagstream.scoring.registry import CHAMPION, version_record
+from flagstream.scoring.snapshots import seal
+from flagstream.simulation.simulator import SimulationConfig, read_stream, simulate, write_stream
+from flagstream.streams.config import Settings
+from flagstream.streams.core import ScoringCore
+from flagstream.streams.schema import validate_transactions
+from flagstream.streams.topics import MODELS, SCORES, create_topics, partition_for
 
 #: Fields only a recorded stream has; contenders must never see them.
 GROUND_TRUTH = ("is_fraud", "fraud_scenario")
@@ -186,7 +186,7 @@ async def publish_champion(settings: Settings, state: dict) -> None:
     await start_client(producer)
     try:
         await producer.send_and_wait(
-            settings.topic(MODELS), seal(champion_record(state), hmac_key()), key=CHAMPION, partition=0
+            settings.topic(MODELS), seal(champion_record(state), settings.hmac_key()), key=CHAMPION, partition=0
         )
     finally:
         await producer.stop()

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from sinks.review.masking import mask_card_numbers
+from flagstream.cards import mask_card_numbers
 
 
 @dataclass

@@ -15,7 +15,7 @@ score (the oldest among equal scores) when full.
 >>> q.claim(b.item_id, "ben")
 Traceback (most recent call last):
 ...
-sinks.review.queue.ClaimConflict: claimed by 'ana' for another 120 s
+flagstream.sinks.review.queue.ClaimConflict: claimed by 'ana' for another 120 s
 >>> q.take(b.item_id, "ana").transaction_id, len(q)
 ('t-2', 1)
 """
@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from sinks.review.masking import mask_card_numbers
+from flagstream.cards import mask_card_numbers
 
 #: How a page of the queue can be ordered.
 SORTS = ("score", "age")

@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from sinks.review.history import RecentHistory, fraud_entry, transaction_entry
-from sinks.review.masking import mask_text
-from sinks.review.queue import ReviewItem, ReviewQueue
-from streams.codec import dumps
+from flagstream.cards import mask_text
+from flagstream.codec import dumps
+from flagstream.sinks.review.history import RecentHistory, fraud_entry, transaction_entry
+from flagstream.sinks.review.queue import ReviewItem, ReviewQueue
 
 #: Sends one feedback record: (key, value) → awaited until the broker has it.
 Publisher = Callable[[bytes, bytes], Awaitable[None]]
@@ -166,8 +166,8 @@ class ReviewService:
     async def decide(self, item_id: str, reviewer: str, label: str, note: str = "") -> dict:
         """Publish a reviewer's label; the item leaves the queue for everyone.
 
-        Raises :class:`~sinks.review.queue.NotQueued`,
-        :class:`~sinks.review.queue.ClaimConflict` or :class:`InvalidDecision`.
+        Raises :class:`~flagstream.sinks.review.queue.NotQueued`,
+        :class:`~flagstream.sinks.review.queue.ClaimConflict` or :class:`InvalidDecision`.
         """
         if label not in LABELS:
             raise InvalidDecision(f"label must be one of {LABELS}")

@@ -1,4 +1,4 @@
-"""Spatial reachability and fraud scenarios for :mod:`perf.simulator`.
+"""Spatial reachability and fraud scenarios for :mod:`flagstream.simulation.simulator`.
 
 Everything here works on whole numpy columns; the only Python loops run over
 days or over the cells of a small grid, never over transactions.

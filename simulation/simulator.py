@@ -3,7 +3,7 @@
 Customers (location, mean amount, amount spread, daily rate) and terminals (location) live on
 ``[0, 100]^2``; a customer buys at any terminal within ``radius``. Every customer-day has a
 Poisson number of transactions with a normal time of day and a normal amount; three fraud
-scenarios (see :func:`perf.sim_scenarios.apply_scenarios`) label them. All draws are made on
+scenarios (see :func:`flagstream.simulation.scenarios.apply_scenarios`) label them. All draws are made on
 whole numpy columns: the reference size (5,000 customers, 10,000 terminals, 183 days,
 about 1.75 million transactions) simulates in under a second and writes in about 9 s.
 
@@ -14,7 +14,7 @@ Random streams, all derived from ``SimulationConfig.seed``:
   this follows the reference benchmark's seeding convention, and the population matches it:
   its expected volume, 1,753,805 transactions, is within 0.02 % of the published 1,754,155;
 * transactions: ``default_rng([seed, 1])``; scenario 3's choice: ``default_rng([seed, 3])``;
-* compromised terminals/customers: :func:`perf.sim_scenarios.daily_draw`.
+* compromised terminals/customers: :func:`flagstream.simulation.scenarios.daily_draw`.
 
 >>> sim = simulate(SimulationConfig(customers=30, terminals=60, days=5, radius=20.0))
 >>> s = sim.summary()
@@ -43,7 +43,7 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from perf.sim_scenarios import apply_scenarios, reachable_terminals
+from flagstream.simulation.scenarios import apply_scenarios, reachable_terminals
 
 SECONDS_PER_DAY = 86_400
 #: Time of day ~ Normal(TIME_MEAN_S, TIME_STD_S); draws outside [0, 86400) are dropped.
@@ -410,7 +410,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m perf.simulator [options]``."""
+    """``python -m flagstream.simulation.simulator [options]``."""
     parser = argparse.ArgumentParser(prog="flagstream simulate", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))

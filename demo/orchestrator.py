@@ -22,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from streams.config import Settings
+from flagstream.streams.config import Settings
 
 STREAM = Path("var/demo/stream.jsonl.gz")
 
@@ -100,12 +100,12 @@ def summary_line(now: dict[str, float], before: dict[str, float], seconds: float
 
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    token = os.environ.get("FLAGSTREAM_REVIEW_TOKEN") or secrets.token_urlsafe(16)
+    token = settings.review_token.reveal() or secrets.token_urlsafe(16)
     env = {**os.environ, "FLAGSTREAM_REVIEW_TOKEN": token, "FLAGSTREAM_WEB_PORT": str(args.port),
            "FLAGSTREAM_DATA_DIR": "var/demo/worker", "PYTHONUNBUFFERED": "1"}
     logs = Path("var/demo/logs")
     logs.mkdir(parents=True, exist_ok=True)
-    flagstream = [sys.executable, "-m", "streams.cli"]
+    flagstream = [sys.executable, "-m", "flagstream.cli"]
     if not args.stream.exists():
         print(f"generating a {args.days}-day stream of {args.customers} cards → {args.stream}")
         subprocess.run(

@@ -35,12 +35,13 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from features.layout import DAY_MS
-from perf.simulator import read_stream
-from streams.codec import JSONDecodeError, dumps, loads
-from streams.config import Settings
-from streams.schema import InvalidRecord, parse_timestamp_ms
-from streams.topics import FEEDBACK, REVIEW, SCORES, create_topics
+from flagstream.codec import JSONDecodeError, dumps, loads
+from flagstream.errors import InvalidRecord
+from flagstream.features.layout import DAY_MS
+from flagstream.simulation.simulator import read_stream
+from flagstream.streams.config import Settings
+from flagstream.streams.schema import parse_timestamp_ms
+from flagstream.streams.topics import FEEDBACK, REVIEW, SCORES, create_topics
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +326,7 @@ class SimulatedReviewers:
     Use ``await start()`` / ``await stop()`` around :meth:`poll`, or ``await run(stop_event)``
     for all three; :meth:`counts` can be read at any time.
 
-    >>> from streams.config import Settings
+    >>> from flagstream.streams.config import Settings
     >>> truth = Truth.from_records([{"transaction_id": "t-1", "is_fraud": 1}])
     >>> sim = SimulatedReviewers(Settings(topic_prefix="demo."), truth, review_delay_s=60)
     >>> sim.group_id, sim.config.review_delay_s, sim.counts()["answered"]

@@ -8,7 +8,7 @@ encode and a batch append — no future per message. Unpaced, the whole file goe
 fast as the broker takes it; ``rate`` (events/s) or ``speedup`` (event time compressed by
 that factor: 3600 = one hour of event time per second) pace it instead.
 
-Reviewers read their ground truth from the same FILE (see :mod:`perf.reviewers`).
+Reviewers read their ground truth from the same FILE (see :mod:`flagstream.simulation.reviewers`).
 
 >>> strip_ground_truth({"transaction_id": "t-1", "amount": 5.0, "is_fraud": 1, "fraud_scenario": 2})
 {'transaction_id': 't-1', 'amount': 5.0}
@@ -34,13 +34,14 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
-from perf.simulator import MalformedLineError, read_stream
-from streams.codec import dumps
-from streams.config import Settings
-from streams.schema import InvalidRecord, parse_timestamp_ms
-from streams.topics import TRANSACTIONS, create_topics, partition_for
+from flagstream.codec import dumps
+from flagstream.errors import InvalidRecord
+from flagstream.simulation.simulator import MalformedLineError, read_stream
+from flagstream.streams.config import Settings
+from flagstream.streams.schema import parse_timestamp_ms
+from flagstream.streams.topics import TRANSACTIONS, create_topics, partition_for
 
-#: Fields only a recorded stream has (as in :data:`perf.backtest.GROUND_TRUTH`).
+#: Fields only a recorded stream has (as in :data:`flagstream.evaluation.backtest.GROUND_TRUTH`).
 GROUND_TRUTH = ("is_fraud", "fraud_scenario")
 #: Largest batch built per partition, bytes (the broker accepts ~1 MiB per batch).
 MAX_BATCH_BYTES = 512 * 1024

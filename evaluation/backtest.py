@@ -1,8 +1,8 @@
 """``flagstream backtest FILE``: replay a recorded stream through the real pipeline, offline.
 
 The stream is scored in event-time order, a batch at a time, by the same
-:class:`streams.core.ScoringCore` the worker runs, and the model learns through the
-same :class:`scoring.learner.Learner` from feedback JSON, as it would arrive:
+:class:`flagstream.streams.core.ScoringCore` the worker runs, and the model learns through the
+same :class:`flagstream.scoring.learner.Learner` from feedback JSON, as it would arrive:
 
 * ground truth (``is_fraud``, ``fraud_scenario``) is stripped from every record before
   it is serialized for the core, and kept aside for the label queue and the metrics;
@@ -14,7 +14,7 @@ same :class:`scoring.learner.Learner` from feedback JSON, as it would arrive:
   delivered, oldest first (two FIFO queues, each already sorted by reveal time).
 
 Everything before the test window is streamed first; learning goes on through it.
-Metrics cover the test window (:func:`perf.metrics.evaluate_window`): AUC, AP and
+Metrics cover the test window (:func:`flagstream.evaluation.detection_metrics.evaluate_window`): AUC, AP and
 Card Precision@100 with the reference benchmark's protocol, and the operating point
 (recall, false-discovery rate, flags a day) at the policy's threshold.
 """
@@ -34,16 +34,17 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
-from features.layout import DAY_MS, HOUR_MS
-from perf import metrics
-from perf.simulator import MalformedLineError, read_stream
-from scoring.challengers import ShadowSet, challengers_from_spec
-from scoring.handle import ModelHandle
-from scoring.learner import Learner
-from scoring.linear import LinearChampion
-from scoring.policy import FixedThreshold
-from streams.core import ScoringCore
-from streams.schema import InvalidRecord, parse_timestamp_ms
+from flagstream.errors import InvalidRecord
+from flagstream.evaluation import detection_metrics as metrics
+from flagstream.features.layout import DAY_MS, HOUR_MS
+from flagstream.scoring.challengers import ShadowSet, challengers_from_spec
+from flagstream.scoring.handle import ModelHandle
+from flagstream.scoring.learner import Learner
+from flagstream.scoring.linear import LinearChampion
+from flagstream.scoring.policy import FixedThreshold
+from flagstream.simulation.simulator import MalformedLineError, read_stream
+from flagstream.streams.core import ScoringCore
+from flagstream.streams.schema import parse_timestamp_ms
 
 #: Fields only a recorded stream has; the scorer must never see them.
 GROUND_TRUTH = ("is_fraud", "fraud_scenario")
@@ -61,7 +62,7 @@ class BacktestConfig:
     test_start, test_end : the test window, ``YYYY-MM-DD``, both days included.
     threshold : the :class:`FixedThreshold` operating point.
     on_error : ``"skip"`` bad lines (reported) or ``"raise"`` on the first.
-    protocol : ``"reference"`` or ``"all"`` (see :func:`perf.metrics.evaluate_window`).
+    protocol : ``"reference"`` or ``"all"`` (see :func:`flagstream.evaluation.detection_metrics.evaluate_window`).
     learning_rate, l2, fraud_weight, prior : :class:`LinearChampion` hyperparameters; the
         defaults (0.005, 0, 10, 0.01) scored best on the reference stream's test week.
     auto_legit_fraction : learn only this random share of ``auto`` legit labels (speed).
@@ -130,7 +131,7 @@ def load_stream(source: str | os.PathLike | Iterable[dict], end_ms: int, on_erro
 
     A line that is not a JSON object or has no 0/1 ``is_fraud`` is reported with its
     (1-based) line number and left out (``on_error="skip"``) or raises
-    :class:`perf.simulator.MalformedLineError`. Records at or after ``end_ms`` are
+    :class:`flagstream.simulation.simulator.MalformedLineError`. Records at or after ``end_ms`` are
     counted and dropped. A record with a bad timestamp keeps its place and is sent
     on, so the core rejects it exactly as the worker would.
     """
@@ -450,14 +451,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"backtest: ... {len(result.malformed) - 20} more bad lines", file=sys.stderr)
     out = {k: result.metrics[k] for k in JSON_KEYS} | result.metrics
     if args.report:
-        from perf.report import write_report
+        from flagstream.evaluation.report import write_report
 
         png, js = write_report(result, args.report)
         out["report_png"], out["report_json"] = str(png), str(js)
     if args.json:
         sys.stdout.write(orjson.dumps(out).decode() + "\n")
     else:
-        from perf.report import format_table
+        from flagstream.evaluation.report import format_table
 
         print(format_table(out))
         if args.report:
@@ -466,7 +467,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m perf.backtest FILE [options]``."""
+    """``python -m flagstream.evaluation.backtest FILE [options]``."""
     parser = argparse.ArgumentParser(prog="flagstream backtest", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))

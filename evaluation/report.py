@@ -3,7 +3,7 @@
 Matplotlib runs on the Agg backend: no display is needed.
 
 >>> import numpy as np, tempfile
->>> from perf.backtest import BacktestResult
+>>> from flagstream.evaluation.backtest import BacktestResult
 >>> rows = [{"date": "2018-08-08", "test": True, "n": 10, "fraud": 1, "flagged": 2,
 ...          "recall": 1.0, "fdr": 0.5, "auc": 0.9, "ap": 0.5}]
 >>> result = BacktestResult({"auc": 0.9}, rows, np.array([0.5, 1.0]), np.array([1.0, 1.0]), [])
@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 
 if TYPE_CHECKING:
-    from perf.backtest import BacktestResult
+    from flagstream.evaluation.backtest import BacktestResult
 
 #: Published best batch row on the same test week (AUC, AP, CP@100), for the plot's legend.
 REFERENCE_BEST = {"auc": 0.872, "average_precision": 0.694, "card_precision_at_100": 0.304}

@@ -34,7 +34,7 @@ Finding the offset to commit uses numpy for batched partitions (:func:`_new_offs
 same result as Faust's loop over every acked offset).
 
 Two process-level settings found by the same profiling are applied by the scorer:
-:func:`streams.scorer_agent.tune_allocator` and :func:`streams.scorer_agent.tune_gc`.
+:func:`flagstream.streams.scorer_agent.tune_allocator` and :func:`flagstream.streams.scorer_agent.tune_gc`.
 
 >>> from types import SimpleNamespace as Rec
 >>> from faust.types import TP
@@ -80,7 +80,7 @@ class BatchMessage(ConsumerMessage):
     ``offset`` and ``timestamp`` are the last record's; ``records`` keeps the
     aiokafka records (``.offset``, ``.key``, ``.value``, ``.timestamp`` in ms).
     ``processed`` is set by whoever acks it after its effects are durable
-    (:func:`streams.faust_batches.ack_all`); an ack without it (Faust's stream acks
+    (:func:`flagstream.streams.faust_batches.ack_all`); an ack without it (Faust's stream acks
     events it skips while a rebalance is under way) records no offset.
     """
 

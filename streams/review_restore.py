@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from sinks.review.service import ReviewService
-from streams.codec import loads
-from streams.config import Settings
+from flagstream.codec import loads
+from flagstream.sinks.review.service import ReviewService
+from flagstream.streams.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """``flagstream models``: list, show, promote, roll back and submit model versions.
 
 It reads the compacted ``models`` topic to its end and writes new registry records;
-every worker follows them within a second or so (see :mod:`streams.model_sync`).
+every worker follows them within a second or so (see :mod:`flagstream.streams.model_sync`).
 
 >>> import argparse
 >>> parser = argparse.ArgumentParser(prog="models"); add_arguments(parser)
@@ -24,9 +24,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from scoring.registry import RegistryClient, RegistryError
-from scoring.snapshots import hmac_key
-from streams.config import Settings
+from flagstream.scoring.registry import RegistryError
+from flagstream.streams.config import Settings
+from flagstream.streams.registry_client import RegistryClient
 
 COLUMNS = ("VERSION", "STATUS", "LABELS", "GATE N", "LOSS", "SINCE", "REASON")
 
@@ -86,7 +86,7 @@ def _by() -> str:
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     out = sys.stdout
-    async with RegistryClient(settings, hmac_key()) as client:
+    async with RegistryClient(settings, settings.hmac_key()) as client:
         if args.action == "list":
             view = await client.read()
             rows = view.rows(every=args.all)

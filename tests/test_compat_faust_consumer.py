@@ -18,13 +18,13 @@ import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
+from kafka_helpers import read_topic
 
-from perf.bench.measure import read_decisions
-from streams import faust_tuning
-from streams.codec import dumps
-from streams.faust_tuning import BatchMessage
-from streams.topics import partition_for
-from tests.kafka_helpers import read_topic
+from flagstream.codec import dumps
+from flagstream.perf.bench.measure import read_decisions
+from flagstream.streams.compat import faust_consumer as faust_tuning
+from flagstream.streams.compat.faust_consumer import BatchMessage
+from flagstream.streams.topics import partition_for
 
 
 def rec(offset: int) -> SimpleNamespace:

@@ -1,0 +1,155 @@
+"""Private names of Faust, aiokafka and prometheus-client, each behind one small function.
+
+Nothing else in flagstream reads or replaces a private attribute of these libraries;
+:func:`flagstream.streams.compat.check_versions` refuses to start on versions these
+were not written and tested against.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import faust
+import numpy as np
+import rocksdict
+from faust.streams import _current_event
+from faust.types import TP, EventT, TopicT
+
+if TYPE_CHECKING:
+    from flagstream.streams.delivery import Outbox
+
+
+# --- Faust app and tables ---------------------------------------------------------------
+def kafka_producer(app: Any) -> Any:
+    """The ``aiokafka.AIOKafkaProducer`` under a Faust app's producer."""
+    return app.producer._ensure_producer()
+
+
+@contextmanager
+def current_event(event: EventT) -> Iterator[None]:
+    """Make ``event`` Faust's current event, so table writes go to its partition."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class SharedGlobalTable(faust.GlobalTable):
+    """A global table replicated from a changelog topic with a name of our choosing.
+
+    Scorer and learner apps have different ids, so they cannot share Faust's default
+    ``<app id>-<table>-changelog`` name. faust-streaming 0.15.3's partition assignor
+    looks the changelog up by that default name even when ``changelog_topic`` is
+    given (a KeyError that silently stalls the rebalance), so the name is overridden.
+    """
+
+    def _changelog_topic_name(self) -> str:
+        return self.changelog_topic.get_topic_name()
+
+
+def shared_table(app: faust.App, name: str, topic: TopicT, options: dict) -> SharedGlobalTable:
+    """Register a :class:`SharedGlobalTable` the way ``app.GlobalTable`` registers its own."""
+    table = SharedGlobalTable(
+        app, name=name, beacon=app.tables.beacon, standby_buffer_size=1, recovery_buffer_size=1,
+        is_global=True, changelog_topic=topic, **options,
+    )
+    return app.tables.add(table)
+
+
+def on_replicated(table: Any, note: Callable[[Iterable[bytes]], None]) -> None:
+    """Call ``note(keys)`` with the keys of every changelog batch ``table`` replicates."""
+    replicate = table.apply_changelog_batch
+
+    def replicate_and_note(batch: Iterable[Any]) -> None:
+        events = list(batch)
+        replicate(events)
+        note(e.message.key for e in events)
+
+    table.apply_changelog_batch = replicate_and_note
+
+
+def can_write_rows(table: Any, app: Any) -> bool:
+    """True when :func:`stage_rows` applies: a RocksDB-backed table, no transactions."""
+    store = table.data
+    return (
+        hasattr(store, "_db_for_partition")
+        and hasattr(store, "set_persisted_offset")
+        and getattr(store, "use_rocksdict", False)
+        and not app.in_transaction
+        and not table.use_partitioner
+    )
+
+
+@dataclass
+class StagedRows:
+    """Table rows of one partition whose changelog records wait in an :class:`Outbox`."""
+
+    table: Any
+    partition: int
+    items: list[tuple[bytes, bytes]]
+    topic: str
+
+    def apply(self, last_offsets: Mapping[tuple[str, int], int]) -> None:
+        """Write the rows to the local store, then record the changelog offset reached.
+
+        Call once the changelog records are acknowledged: the local store is never
+        ahead of the changelog, so a crash at any point recovers a consistent table.
+        """
+        store = self.table.data
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        index = store._key_index
+        for key, value in self.items:
+            batch.put(key, value)
+            index[key] = self.partition
+        store._db_for_partition(self.partition).write(batch)
+        last = last_offsets.get((self.topic, self.partition))
+        if last is not None:
+            store.set_persisted_offset(TP(self.topic, self.partition), last)
+
+
+def stage_rows(table: Any, partition: int, rows: Mapping[bytes, bytes], outbox: Outbox) -> StagedRows:
+    """Queue table rows' changelog records in ``outbox``; apply them after delivery.
+
+    Together with :meth:`StagedRows.apply` this is ``table[key] = row`` for each row
+    while an event of ``partition`` is current — the same store bytes, the same
+    changelog records and persisted offset — with one changelog batch and one
+    RocksDB write batch per partition instead of a send and a put per row.
+    """
+    store = table.data
+    encode_key, encode_value = store._encode_key, store._encode_value
+    items = [(encode_key(key), encode_value(row)) for key, row in rows.items()]
+    topic = table.changelog_topic.get_topic_name()
+    for key, value in items:
+        outbox.add(topic, partition, key, value)
+    return StagedRows(table, partition, items, topic)
+
+
+# --- aiokafka ------------------------------------------------------------------------------
+async def refresh_metadata(consumer: Any) -> None:
+    """Ask the broker for fresh cluster metadata now (topics created a moment ago)."""
+    await consumer._client.force_metadata_update()
+
+
+# --- prometheus-client ---------------------------------------------------------------------
+def observe_many(histogram: Any, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every value, with one bucket update per bucket.
+
+    >>> from prometheus_client import CollectorRegistry, Histogram
+    >>> h = Histogram("h", "h", buckets=(1, 2), registry=CollectorRegistry())
+    >>> observe_many(h, np.array([0.5, 1.0, 1.5, 9.0]))
+    >>> [s.value for s in h.collect()[0].samples if s.name == "h_bucket"]
+    [2.0, 3.0, 4.0]
+    """
+    if len(values) == 0:
+        return
+    bounds = np.asarray(histogram._upper_bounds)
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=False):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(float(np.sum(values)))

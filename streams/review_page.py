@@ -1,0 +1,123 @@
+"""The review page on a learning worker: its queue fed from Kafka, its routes on Faust's web server.
+
+A worker that learns (role ``all`` or ``learner``) runs one :class:`ReviewRuntime`; a
+scorer-only worker serves no review page, so there is exactly one review queue per
+learner group:
+
+- an agent on the ``review`` topic queues each flagged transaction in memory
+  (bounded, highest scores kept), acknowledging it at once;
+- when the worker gains review partitions (start, restart, rebalance) the queue is
+  rebuilt from Kafka: the flags of the last 7 days that have no label on the
+  ``feedback`` topic yet (:mod:`flagstream.streams.review_restore`); partitions it
+  loses are dropped from the queue;
+- :class:`flagstream.sinks.review.ReviewRoutes` answer under ``/review``;
+- a reviewer's label goes to ``feedback`` (key: transaction id) and the item leaves
+  the queue for everyone; the learner agent learns from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from faust.web import View
+
+from flagstream.codec import loads
+from flagstream.sinks.review import ReviewAuth, ReviewQueue, ReviewRoutes, ReviewService
+from flagstream.sinks.review.views import Route
+from flagstream.streams.app import Pipeline
+from flagstream.streams.review_restore import LOOKBACK_S, rebuild
+
+log = logging.getLogger(__name__)
+
+
+class ReviewRuntime:
+    """The review queue, its feed from the ``review`` topic and its page, on one worker.
+
+    Parameters
+    ----------
+    p
+        A pipeline whose role learns.
+    max_items, claim_seconds, lookback_s
+        Queue bound, how long a claim lasts, how far back a rebuild looks.
+    """
+
+    def __init__(self, p: Pipeline, max_items: int = 10_000, claim_seconds: float = 120.0,
+                 lookback_s: float = LOOKBACK_S) -> None:
+        self.p = p
+        self.lookback_s = lookback_s
+        self.review_topic = p.topics["review"].get_topic_name()
+        self.feedback_topic = p.topics["feedback"].get_topic_name()
+        self.auth = ReviewAuth.from_setting(p.settings.review_token.reveal())
+        self.service = ReviewService(
+            self.publish, p.metrics.registry,
+            ReviewQueue(max_items=max_items, claim_seconds=claim_seconds),
+        )
+        self.owned: set[int] = set()
+        self.tasks: set[asyncio.Task] = set()
+
+    async def publish(self, key: bytes, value: bytes) -> None:
+        """Send one label to ``feedback`` and wait for the broker."""
+        sent = await self.p.app.producer.send(self.feedback_topic, key, value, None, None, None)
+        await sent
+
+    def register(self) -> None:
+        app = self.p.app
+
+        @app.agent(self.p.topics["review"], name="review-queue")
+        async def review_queue(stream: Any) -> None:
+            async for event in stream.events():
+                try:
+                    record = loads(event.message.value)
+                except Exception:  # malformed flags are counted and skipped
+                    record = None
+                self.service.ingest(record, event.message.partition)
+
+        app.on_partitions_assigned.connect(self.on_assigned)
+        serve_on_faust(app, ReviewRoutes(self.service, self.auth).routes())
+        _ = review_queue
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    async def on_assigned(self, _sender: Any, assigned: Any = (), **_kwargs: Any) -> None:
+        """``assigned`` is the worker's whole new assignment, every topic."""
+        now = {tp.partition for tp in assigned if tp.topic == self.review_topic}
+        lost, gained = self.owned - now, now - self.owned
+        self.owned.clear()
+        self.owned.update(now)
+        if lost:
+            log.info("review partitions %s moved away; dropped %d items", sorted(lost),
+                     self.service.queue.drop_partitions(lost))
+        if gained:
+            task = asyncio.ensure_future(
+                rebuild(self.p.settings, self.service, self.review_topic, self.feedback_topic,
+                        gained, self.owned.__contains__, self.lookback_s)
+            )
+            self.tasks.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("rebuilding the review queue failed", exc_info=task.exception())
+
+
+def serve_on_faust(app: Any, routes: list[Route]) -> None:
+    """Serve routes on a Faust app's web server: one Faust view per path, a method per route."""
+    by_path: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        by_path.setdefault(route.path, {})[route.method.lower()] = _method(route)
+    for number, (path, methods) in enumerate(by_path.items()):
+        app.page(path)(type(f"ReviewView{number}", (View,), methods))
+
+
+def _method(route: Route) -> Any:
+    handler = route.handler
+
+    async def answer(self: View, request: Any, **params: Any) -> Any:
+        return await handler(request, **params)
+
+    return answer
