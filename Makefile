@@ -8,7 +8,10 @@ BIN := $(VENV)/bin
 export KAFKA_PORT ?= 19092
 export FLAGSTREAM_BROKER ?= 127.0.0.1:$(KAFKA_PORT)
 
-.PHONY: install system-deps broker-start broker-stop test test-unit lint demo bench clean
+.PHONY: install system-deps broker-start broker-stop test test-unit lint typecheck demo bench clean
+
+# Every folder with Python in it (the package's parts, and the tests).
+SOURCES := flagstream features scoring sinks streams simulation evaluation perf demo tests
 
 $(BIN)/flagstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +38,12 @@ broker-stop:
 	bash scripts/kafka.sh stop
 
 lint: $(BIN)/flagstream
-	$(BIN)/ruff check streams features scoring sinks perf tests
+	$(BIN)/ruff check $(SOURCES)
 
-test: install
+typecheck: $(BIN)/flagstream
+	bash scripts/typecheck.sh
+
+test: install lint typecheck
 	bash scripts/kafka.sh start
 	set -o pipefail; status=0; \
 	CI=$${CI:-} $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
@@ -57,4 +63,4 @@ bench: install
 	$(BIN)/python -m flagstream.perf compare
 
 clean:
-	rm -rf $(VENV) var artifacts *.egg-info
+	rm -rf $(VENV) var artifacts *.egg-info build

@@ -33,7 +33,7 @@ import gzip
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -273,8 +273,9 @@ def write_stream(
             open(part, "wb") as raw,
             tqdm(total=n, unit="tx", unit_scale=True, file=sys.stderr, disable=not progress) as bar,
         ):
-            gzip_kw = {"mode": "wb", "compresslevel": 3, "mtime": 0, "filename": ""}
-            sink = gzip.GzipFile(fileobj=raw, **gzip_kw) if gz else raw
+            sink = (
+                gzip.GzipFile(filename="", mode="wb", compresslevel=3, fileobj=raw, mtime=0) if gz else raw
+            )
             for lo in range(0, n, chunk):
                 hi = min(lo + chunk, n)
                 sink.write(b"\n".join(map(orjson.dumps, _records(sim, lo, hi))) + b"\n")
@@ -321,7 +322,7 @@ class StreamReader:
         """Close the underlying file early."""
         self._lines.close()
 
-    def _generate(self) -> Iterator[tuple[int, dict[str, Any]]]:
+    def _generate(self) -> Generator[tuple[int, dict[str, Any]], None, None]:
         with open(self.path, "rb") as raw:
             gz = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)

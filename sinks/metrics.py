@@ -94,7 +94,7 @@ class LifecycleMetrics:
     True
     """
 
-    def __init__(self, registry: Any) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
         self.swaps = Counter("flagstream_model_swaps", "Hot swaps to another model version",
                              registry=r)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from flagstream.streams.app import Pipeline, create_pipeline
 from flagstream.streams.config import Settings
-from flagstream.streams.learner_agents import LearnerRuntime
+from flagstream.streams.learner_agents import learner
 from flagstream.streams.pages import register_pages
 from flagstream.streams.review_page import ReviewRuntime
 from flagstream.streams.scorer_agent import Scorer
@@ -24,7 +24,7 @@ def build_app(settings: Settings, role: str = "all") -> Pipeline:
     if p.scores:
         p.scorer = Scorer(p)
     if p.learns:
-        p.learner = LearnerRuntime(p)
+        p.learner = learner(p)
         p.review = ReviewRuntime(p)
     for runtime in p.runtimes():
         runtime.register()
@@ -34,7 +34,7 @@ def build_app(settings: Settings, role: str = "all") -> Pipeline:
         p.models.sync()
 
     @p.app.on_before_shutdown.connect
-    async def _stop(_sender: object, **_kwargs: object) -> None:
+    async def _stop(*_args: object, **_kwargs: object) -> None:
         await p.stop()
 
     register_pages(p)

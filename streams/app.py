@@ -116,10 +116,9 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
     )
     metrics = PipelineMetrics()
     handle = ModelHandle(LinearChampion(learning_rate=settings.learning_rate))
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    raw_table = {"key_type": bytes, "value_type": bytes}
     topic_map = {
-        key: app.topic(settings.topic(name), partitions=parts, internal=False, **raw)
+        key: app.topic(settings.topic(name), partitions=parts, internal=False,
+                       key_serializer="raw", value_serializer="raw")
         for key, name, parts in [
             ("transactions", names.TRANSACTIONS, settings.partitions),
             ("transactions_dlq", names.TRANSACTIONS_DLQ, settings.partitions),
@@ -135,15 +134,18 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
     shared = {
         "partitions": settings.partitions,
         "synchronize_all_active_partitions": True,
-        **raw_table,
+        "key_type": bytes,
+        "value_type": bytes,
     }
     merchant_table = shared_table(app, "merchants", topic_map["merchant_state"], shared)
     models_table = shared_table(app, "models", topic_map["models"], shared)
     tables: dict[str, Any] = {"merchants": merchant_table, "models": models_table}
     if role in {"all", "scorer"}:
-        tables["accounts"] = app.Table("accounts", partitions=settings.partitions, **raw_table)
+        tables["accounts"] = app.Table("accounts", partitions=settings.partitions,
+                                       key_type=bytes, value_type=bytes)
     if role in {"all", "learner"}:
-        tables["decisions"] = app.Table("decisions", partitions=settings.partitions, **raw_table)
+        tables["decisions"] = app.Table("decisions", partitions=settings.partitions,
+                                        key_type=bytes, value_type=bytes)
 
     accounts_table = tables.get("accounts")
     accounts = Arena(

@@ -4,8 +4,8 @@ The hot path never sends record by record: an :class:`Outbox` collects a batch's
 records per topic-partition (keyed records are partitioned exactly like Kafka's
 default partitioner, see :func:`flagstream.streams.core.partitions_for`) and hands each group
 to the producer as one closed record batch, so it leaves at once and costs one
-future instead of one per record. :func:`flagstream.streams.compat.internals.stage_rows` does the same for Faust table
-rows: one changelog batch and, once it is acknowledged, one local RocksDB write
+future instead of one per record. :func:`flagstream.streams.compat.internals.stage_rows` does the
+same for Faust table rows: one changelog batch and, once it is acknowledged, one local RocksDB write
 batch per partition.
 """
 
@@ -73,7 +73,8 @@ class Outbox:
     Parameters
     ----------
     producer
-        An ``aiokafka.AIOKafkaProducer`` (for a Faust app: :func:`flagstream.streams.compat.internals.kafka_producer`).
+        An ``aiokafka.AIOKafkaProducer`` (for a Faust app:
+        :func:`flagstream.streams.compat.internals.kafka_producer`).
     partition_counts
         A cache of topic partition counts, shared between outboxes.
     """

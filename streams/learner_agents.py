@@ -11,294 +11,32 @@ feedback offsets they cover is on disk (atomic, sealed). A learner killed at any
 moment restarts from its newest valid snapshot (local file, else the copy on the
 ``models`` topic) and skips the feedback at offsets that snapshot already covers.
 
-Settings: ``challengers``, ``gate_*``/``drift_delta`` (see :mod:`flagstream.scoring.gate`),
-``model_publish_interval_s``, ``model_keep_versions``, ``model_hmac_key``
-(:class:`flagstream.streams.config.Settings`).
+The lifecycle state they share is a :class:`flagstream.streams.learner_runtime.LearnerRuntime`;
+:func:`learner` builds one with these agents.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections import OrderedDict
-from collections.abc import Awaitable
 
-from flagstream.codec import dumps, loads
-from flagstream.features.layout import N_FEATURES
+from flagstream.codec import JSONDecodeError, dumps, loads
 from flagstream.features.merchants import MerchantActivity
-from flagstream.scoring import registry as reg
-from flagstream.scoring.challengers import (
-    ShadowSet,
-    challengers_from_spec,
-    parse_decision,
-)
-from flagstream.scoring.gate import Gate, compare_on, rollback_candidates
-from flagstream.scoring.handle import ModelHandle, model_from_state, parse_version
-from flagstream.scoring.learner import Learner
-from flagstream.scoring.linear import LinearChampion
-from flagstream.scoring.snapshots import SnapshotStore, seal
+from flagstream.scoring.challengers import parse_decision
+from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.sinks.dead_letter import dead_letter, headers
 from flagstream.streams.app import Pipeline
 from flagstream.streams.compat.internals import current_event
 from flagstream.streams.delivery import deliver, send_activity
-from flagstream.streams.faust_batches import (
-    PartitionRecords,
-    ack_all,
-    by_partition,
-    records_by_partition,
-)
+from flagstream.streams.faust_batches import PartitionRecords, ack_all, by_partition, records_by_partition
+from flagstream.streams.learner_runtime import LearnerRuntime, recovery_done
 from flagstream.streams.topics import partition_for
 
 log = logging.getLogger(__name__)
 
-Writes = list[tuple[bytes, dict | None]]
 
-
-class LearnerRuntime:
-    """The learner's lifecycle state inside a worker: models, gate, snapshots, registry writes."""
-
-    def __init__(self, p: Pipeline) -> None:
-        self.p = p
-        s = p.settings
-        self.key = s.hmac_key()
-        self.metrics = p.metrics.lifecycle
-        self.decisions = p.tables["decisions"]
-        self.gate = Gate(s.gate())
-        base = LinearChampion(learning_rate=s.learning_rate)
-        shadow = ShadowSet(challengers_from_spec(s.challengers, base))
-        self.learner = Learner(ModelHandle(base), self.lookup, int(s.feature_retention_s * 1000),
-                               shadow=shadow, gate=self.gate, publish_each_batch=False)
-        self.store = SnapshotStore(s.data_path / p.role / "models", self.key)
-        self.interval = s.model_publish_interval_s
-        self.keep = s.model_keep_versions
-        self._bad_seat: object = None
-        self.lock = asyncio.Lock()
-        self.ready = False
-        self.snapshot_seq = 0
-        self.last_publish = 0.0
-        self.publications = 0
-        self.snapshot_due = False
-        self.written: OrderedDict[bytes, dict] = OrderedDict()
-
-    def lookup(self, transaction_id: str) -> dict | None:
-        """The decision recorded for a transaction (the feedback join), or None."""
-        stored = self.decisions.get(transaction_id.encode())
-        return None if stored is None else loads(stored)
-
-    # --- reading the registry (our own recent writes first: the table may lag) ---------
-    def get(self, key: bytes) -> dict | None:
-        mine, table = self.written.get(key), self.p.models.read(key)
-        if mine and table:  # the later of the two: a higher seat epoch, a longer history
-            if key == reg.SEAT:
-                return mine if mine["epoch"] > table["epoch"] else table
-            return mine if len(mine.get("history", ())) > len(table.get("history", ())) else table
-        return mine or table
-
-    def _keys(self, prefix: bytes) -> list[bytes]:
-        return [k for k in self.p.tables["models"].keys() if k.startswith(prefix)]
-
-    # --- start --------------------------------------------------------------------------
-    async def ensure_ready(self) -> None:
-        if not self.ready:
-            await self.p.app.tables.recovery.completed.wait()
-            if not self.ready:
-                self.restore()
-                self.ready = True
-
-    def restore(self) -> None:
-        """Resume from the newest valid snapshot: the local file or the copy on the topic."""
-        learner = self.learner
-        found = []
-        local = self.store.load()
-        self.metrics.refused.labels(source="snapshot_file").inc(len(self.store.refused))
-        if local is not None:
-            found.append((local[0].get("snapshot_seq", 0), 1, local[0], str(local[1])))
-        remote = self.p.models.read(reg.LEARNER)
-        if remote is not None:
-            found.append((remote.get("snapshot_seq", 0), 0, remote, "the models topic"))
-        if found:
-            seq, _, payload, where = max(found, key=lambda f: (f[0], f[1]))
-            learner.restore(payload)
-            self.snapshot_seq = seq
-            log.info("learner restored from %s: champion %s, offsets %s, challengers %s",
-                     where, learner.handle.version, learner.offsets, learner.shadow.names())
-        else:
-            seat, champion = self.p.models.read(reg.SEAT), self.p.models.read(reg.CHAMPION)
-            champion = reg.choose_champion(seat, champion)
-            if champion is not None:
-                lineage = champion.get("lineage") or parse_version(champion["version"])[0]
-                learner.handle.adopt(model_from_state(champion["state"]), lineage,
-                                     champion["sequence"], champion.get("epoch", 0),
-                                     champion.get("seat", ""))
-                log.info("learner starts from the published champion %s", learner.handle.version)
-            learner.timeline.append([learner.handle.version, 0])
-        floor = max((parse_version(k[len(reg.VERSION_PREFIX):].decode())[1]
-                     for k in self._keys(reg.VERSION_PREFIX)), default=0)
-        for key in (reg.SEAT, reg.CHAMPION):
-            record = self.p.models.read(key)
-            floor = max(floor, record["sequence"] if record else 0)
-        learner.next_sequence = max(learner.next_sequence, floor + 1)
-        self.publish_handle()
-
-    # --- what changes the champion -------------------------------------------------------
-    def publish_handle(self) -> None:
-        """Let this process's scorer (role ``all``) use the champion's newest published version."""
-        h, p = self.learner.handle, self.p
-        if h.sequence and (h.epoch, h.seat, h.sequence) != (p.handle.epoch, p.handle.seat,
-                                                            p.handle.sequence):
-            p.handle.adopt(model_from_state(h.model.to_state()), h.name, h.sequence, h.epoch, h.seat)
-            p.metrics.model_version.set(h.sequence)
-
-    def _apply_seat(self, seat: dict, by: str) -> None:
-        old = self.learner.handle.version
-        try:
-            changed = self.learner.adopt_seat(seat)
-        except (KeyError, TypeError, ValueError) as exc:  # refuse, once, what cannot be loaded
-            if self._bad_seat != seat.get("id"):
-                self._bad_seat = seat.get("id")
-                log.error("cannot follow seat change to %s: %s", seat.get("version"), exc)
-                self.metrics.refused.labels(source="unloadable").inc()
-            return
-        if changed:
-            counter = self.metrics.promotions if seat["action"] == "promote" else self.metrics.rollbacks
-            counter.labels(by=by).inc()
-            log.warning("champion %s → %s (%s by %s: %s)", old, seat["version"], seat["action"],
-                        seat["by"], seat["reason"])
-            self.publish_handle()
-
-    def sync(self) -> Writes:
-        """Follow seat changes made elsewhere (the CLI); shadow newly submitted candidates."""
-        seat = self.p.models.read(reg.SEAT)
-        if seat is not None and self.learner.follows(seat):
-            self._apply_seat(seat, "cli" if str(seat["by"]).startswith("cli") else str(seat["by"]))
-        writes: Writes = []
-        for key in self._keys(reg.CANDIDATE_PREFIX):
-            candidate = self.p.models.read(key)
-            if candidate is None:
-                continue
-            if candidate.get("id") not in self.learner.adopted:
-                try:
-                    record = self.learner.adopt_candidate(candidate)
-                except (KeyError, TypeError, ValueError) as exc:
-                    log.error("candidate %s refused: %s", key.decode(errors="replace"), exc)
-                    record = None
-                if record is None:
-                    log.error("candidate %s not shadowed", candidate.get("lineage"))
-                else:
-                    log.info("shadowing candidate %s as %s", candidate["lineage"], record["version"])
-                    writes.append((reg.version_key(record["version"]), record))
-            writes.append((key, None))
-        return writes
-
-    def _seat_writes(self, target: dict, action: str, reason: str, by: str) -> Writes:
-        h = self.learner.handle
-        current = {"version": h.version} if h.sequence else None
-        writes: Writes = list(reg.seat_change(self.get, target, action, reason, by, current))
-        self._apply_seat(writes[-2][1], by)
-        return writes
-
-    def verdicts(self) -> Writes:
-        """Apply the gate: refusals are logged and counted; a winner is promoted."""
-        writes: Writes = []
-        for v in self.gate.verdicts(self.learner.shadow.names()):
-            challenger = self.learner.shadow.get(v.lineage)
-            if challenger is None:
-                continue
-            reason = v.reason if v.action == "refuse" else "promoted by the gate"
-            record = self.learner.publish_challenger(challenger, reason)  # with the gate's numbers
-            writes.append((reg.version_key(record["version"]), record))
-            self.written[reg.version_key(record["version"])] = record
-            if v.action == "refuse":
-                self.metrics.gate_refusals.inc()
-                log.warning("challenger %s: %s", record["version"], v.reason)
-            else:
-                writes += self._seat_writes(record, "promote", v.reason, "gate")
-        return writes
-
-    def drift(self) -> Writes:
-        """After ADWIN saw the champion's error rise: roll back if an earlier version does better."""
-        width = self.gate.take_alarm()
-        if not width:
-            return []
-        self.metrics.drift_alarms.inc()
-        cfg = self.gate.config
-        window = [w for w in self.gate.window(width) if len(w[0]) == N_FEATURES]
-        tried = []
-        for version, fair in rollback_candidates(self.learner.timeline, window):
-            target = self.get(reg.version_key(version))
-            if target is None:
-                continue
-            mine, champ = compare_on(fair, model_from_state(target["state"]), cfg.metric)
-            summary = f"{version} {cfg.metric} {mine:.4f} vs champion {champ:.4f} on {len(fair)} labels"
-            if mine <= champ * (1 - cfg.margin):
-                return self._seat_writes(target, "rollback", f"drift (ADWIN): {summary}", "drift")
-            tried.append(summary)
-        log.warning("champion error rose (%d labels) but no earlier version does better: %s",
-                    width, "; ".join(tried) or "no candidates")
-        return []
-
-    def due(self) -> Writes:
-        """Gate, drift watch, then a publication if one is due."""
-        writes = self.verdicts() + self.drift()
-        learner = self.learner
-        dirty = learner.dirty or any(c.dirty for c in learner.shadow)
-        if dirty and time.monotonic() - self.last_publish >= self.interval:
-            writes += learner.publication()
-            self.last_publish = time.monotonic()
-            self.publications += 1
-            self.p.metrics.model_updates.inc()
-            self.publish_handle()
-            report = self.gate.report(learner.shadow.names())
-            for name, numbers in report.items():
-                self.metrics.loss.labels(model=name).set(numbers["loss"])
-                self.metrics.gate_labels.labels(model=name).set(numbers["n"])
-            if self.publications % 20 == 0:
-                writes += [(k, None) for k in self.prunable()]
-            self.snapshot_due = True  # a copy on the topic too, once the rest is delivered
-        return writes
-
-    def prunable(self) -> list[bytes]:
-        versions = [r for r in (self.p.models.read(k) for k in self._keys(reg.VERSION_PREFIX)) if r]
-        seat = self.get(reg.SEAT)
-        protect = {t[0] for t in self.learner.timeline[-50:]} | set(seat["stack"] if seat else [])
-        protect |= {c.version for c in self.learner.shadow if c.version}
-        return reg.prune(versions, self.keep, protect)
-
-    # --- lifecycle ---------------------------------------------------------------------------
-    def register(self) -> None:
-        register_learner(self.p, self)
-
-    async def stop(self) -> None:
-        """Nothing to release: every acknowledged batch is already in a snapshot."""
-
-    # --- durability --------------------------------------------------------------------------
-    async def persist(self) -> None:
-        """Snapshot after a batch's outputs are delivered: to the topic (when published), then disk."""
-        self.snapshot_seq += 1
-        payload = {"kind": "learner", "snapshot_seq": self.snapshot_seq,
-                   "saved_at_ms": int(time.time() * 1000), **self.learner.to_state()}
-        if self.snapshot_due:
-            await deliver(await self.send([(reg.LEARNER, payload)]))
-            self.snapshot_due = False
-        self.store.save(payload, self.snapshot_seq)
-        self.metrics.snapshots.inc()
-
-    async def send(self, writes: Writes) -> list[Awaitable]:
-        topic = self.p.topics["models"].get_topic_name()
-        pending = []
-        for key, payload in writes:
-            value = None if payload is None else seal(payload, self.key)
-            sent = await self.p.app.producer.send(topic, key, value, reg.PARTITION, None, None)
-            pending.append(sent)
-            if payload is not None:
-                self.written[key] = payload
-                self.written.move_to_end(key)
-            else:
-                self.written.pop(key, None)
-        while len(self.written) > 256:
-            self.written.popitem(last=False)
-        return pending
+def learner(p: Pipeline) -> LearnerRuntime:
+    """The learner runtime of ``p`` with this module's agents."""
+    return LearnerRuntime(p, register_learner)
 
 
 def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
@@ -329,7 +67,7 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
             await rt.ensure_ready()
             async with rt.lock:
                 pending = await rt.send(rt.sync())
-                labelled = []
+                labelled: list[tuple[dict, int, dict]] = []
                 for partition, group in records_by_partition(events).items():
                     pending += await _learn_partition(p, rt, partition, group, names, labelled)
                 pending += await rt.send(rt.due())
@@ -346,7 +84,7 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
     async def lifecycle() -> None:
         """Seat changes from the CLI, candidates, and publications that were not due yet."""
         if not rt.ready:
-            if not p.app.tables.recovery.completed.is_set():
+            if not recovery_done(p.app).is_set():
                 return
             await rt.ensure_ready()
         async with rt.lock:
@@ -361,13 +99,24 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
         async for events in stream.noack_take(200, within=0.5):
             for _, group in by_partition(events).items():
                 for e in group:
-                    p.core.merchants.apply(MerchantActivity.from_wire(loads(e.message.value)))
+                    activity = _activity(e.message.value)
+                    if activity is not None:
+                        p.core.merchants.apply(activity)
                 with current_event(group[-1]):
                     for key, row in arena.take_touched().items():
                         merchants_table[key.encode()] = row
             ack_all(events)
 
     _ = merchants, record_decisions, learn, lifecycle
+
+
+def _activity(value: bytes | None) -> MerchantActivity | None:
+    """A merchant-activity record, or None (logged) when it cannot be read."""
+    try:
+        return MerchantActivity.from_wire(loads(value or b""))
+    except (JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        log.error("skipping an unreadable merchant-activity record: %s", type(exc).__name__)
+        return None
 
 
 async def _learn_partition(p: Pipeline, rt: LearnerRuntime, partition: int,
@@ -379,7 +128,7 @@ async def _learn_partition(p: Pipeline, rt: LearnerRuntime, partition: int,
     keep = []
     for i in fresh:  # feedback keyed elsewhere is re-sent to its partition
         try:
-            tx = loads(group.values[i]).get("transaction_id")
+            tx = loads(group.values[i] or b"").get("transaction_id")
         except Exception:  # malformed: let the learner reject it with a reason
             tx = None
         if isinstance(tx, str) and partition_for(tx, s.partitions) != partition:
@@ -412,7 +161,7 @@ async def _learn_partition(p: Pipeline, rt: LearnerRuntime, partition: int,
 def follow_operating_point(p: Pipeline, labelled: list) -> None:
     """Feed delayed labels to the operating point so the threshold follows its target."""
     policy = p.core.policy
-    if not labelled or not hasattr(policy, "observe"):
+    if not labelled or not isinstance(policy, OperatingPoint):
         return
     for decision, label, _feedback in labelled:
         scored_at = decision.get("scored_at_ms", 0) / 1000 or None

@@ -24,7 +24,7 @@ from flagstream.scoring.registry import (
     seat_change,
 )
 from flagstream.scoring.snapshots import seal
-from flagstream.streams import compat
+from flagstream.streams.compat import internals as compat
 from flagstream.streams.config import Settings
 from flagstream.streams.topics import MODELS
 

@@ -82,8 +82,9 @@ class ReviewRuntime:
         for task in list(self.tasks):
             task.cancel()
 
-    async def on_assigned(self, _sender: Any, assigned: Any = (), **_kwargs: Any) -> None:
-        """``assigned`` is the worker's whole new assignment, every topic."""
+    async def on_assigned(self, *args: Any, **kwargs: Any) -> None:
+        """Faust sends ``(app, assigned)``: the worker's whole new assignment, every topic."""
+        assigned = args[1] if len(args) > 1 else kwargs.get("assigned", ())
         now = {tp.partition for tp in assigned if tp.topic == self.review_topic}
         lost, gained = self.owned - now, now - self.owned
         self.owned.clear()

@@ -1,8 +1,8 @@
 """The scoring agent: transactions in, decisions, flags and dead letters out, per batch.
 
 With :mod:`flagstream.streams.compat.faust_consumer` installed (the default;
-``FLAGSTREAM_FAUST_CHUNKS=0`` turns it off) each event carries a whole fetched chunk of one partition, so Faust's
-per-record dispatch is paid once per chunk, and a step takes whatever chunks have
+``FLAGSTREAM_FAUST_CHUNKS=0`` turns it off) each event carries a whole fetched chunk
+of one partition, so Faust's per-record dispatch is paid once per chunk, and a step takes whatever chunks have
 arrived (:func:`flagstream.streams.faust_batches.ready_events`, up to ``batch_size`` records);
 without it, steps come from ``noack_take``. One step of the agent:
 

@@ -154,7 +154,8 @@ def test_promote_and_rollback_change_new_decisions_within_seconds(
     settings, worker_factory, monkeypatch, capsys
 ):
     lifecycle_env(monkeypatch, challengers="lr-fast:learning_rate=0.3")
-    monkeypatch.setenv("FLAGSTREAM_MODEL_HMAC_KEY", "registry-test-key")  # workers and the CLI sign and verify
+    # workers and the CLI sign and verify
+    monkeypatch.setenv("FLAGSTREAM_MODEL_HMAC_KEY", "registry-test-key")
     worker = worker_factory()
     stream = Stream(settings)
     teach(stream, worker, 200)

@@ -1,4 +1,5 @@
-"""Offline metrics (flagstream.evaluation.detection_metrics) against hand-computed cases and brute-force definitions."""
+"""Offline metrics (flagstream.evaluation.detection_metrics) against hand-computed cases and
+brute-force definitions."""
 
 from __future__ import annotations
 

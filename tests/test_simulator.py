@@ -1,4 +1,5 @@
-"""Tests of flagstream.simulation.simulator: determinism, wire schema, ordering, statistics, stream reading."""
+"""Tests of flagstream.simulation.simulator: determinism, wire schema, ordering, statistics,
+stream reading."""
 
 from __future__ import annotations
 

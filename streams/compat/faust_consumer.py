@@ -85,13 +85,16 @@ class BatchMessage(ConsumerMessage):
     """
 
     __slots__ = ("records", "offsets", "processed")
+    records: list[Any]
+    offsets: list[int]
+    processed: bool
 
     @classmethod
     def from_records(cls, tp: TP, records: Sequence[Any], generation_id: int | None) -> BatchMessage:
         last = records[-1]
         ts = last.timestamp
         message = cls(
-            tp.topic, tp.partition, last.offset, ts / 1000.0 if ts is not None else None,
+            tp.topic, tp.partition, last.offset, ts / 1000.0 if ts is not None else 0.0,
             getattr(last, "timestamp_type", 0), None, None, None, None,
             0, sum(len(r.value) for r in records if r.value is not None), tp,
             generation_id=generation_id,
@@ -282,7 +285,8 @@ async def rewind(self: Consumer, tps: Iterable[TP]) -> None:
     if missing and self.app.conf.consumer_auto_offset_reset == "earliest":
         floors.update(await self.earliest_offsets(*missing))
     for tp, offset in floors.items():
-        await self.seek(tp, offset)
+        if offset is not None:
+            await self.seek(tp, offset)
 
 
 def _new_offset(self: Consumer, tp: TP) -> int | None:

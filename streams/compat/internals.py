@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import faust
 import numpy as np
@@ -58,7 +58,7 @@ def shared_table(app: faust.App, name: str, topic: TopicT, options: dict) -> Sha
         app, name=name, beacon=app.tables.beacon, standby_buffer_size=1, recovery_buffer_size=1,
         is_global=True, changelog_topic=topic, **options,
     )
-    return app.tables.add(table)
+    return cast(SharedGlobalTable, app.tables.add(table))
 
 
 def on_replicated(table: Any, note: Callable[[Iterable[bytes]], None]) -> None:
