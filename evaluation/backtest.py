@@ -36,13 +36,14 @@ import orjson
 
 from flagstream.errors import InvalidRecord
 from flagstream.evaluation import detection_metrics as metrics
+from flagstream.extras import MissingExtra, progress_bar, require
 from flagstream.features.layout import DAY_MS, HOUR_MS
 from flagstream.scoring.challengers import ShadowSet, challengers_from_spec
 from flagstream.scoring.handle import ModelHandle
 from flagstream.scoring.learner import Learner
 from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.policy import FixedThreshold
-from flagstream.simulation.simulator import MalformedLineError, read_stream
+from flagstream.simulation.simulator import MalformedLineError, StreamReader, read_stream
 from flagstream.streams.core import ScoringCore
 from flagstream.streams.schema import parse_timestamp_ms
 
@@ -62,7 +63,8 @@ class BacktestConfig:
     test_start, test_end : the test window, ``YYYY-MM-DD``, both days included.
     threshold : the :class:`FixedThreshold` operating point.
     on_error : ``"skip"`` bad lines (reported) or ``"raise"`` on the first.
-    protocol : ``"reference"`` or ``"all"`` (see :func:`flagstream.evaluation.detection_metrics.evaluate_window`).
+    protocol : ``"reference"`` or ``"all"`` (see
+        :func:`flagstream.evaluation.detection_metrics.evaluate_window`).
     learning_rate, l2, fraud_weight, prior : :class:`LinearChampion` hyperparameters; the
         defaults (0.005, 0, 10, 0.01) scored best on the reference stream's test week.
     auto_legit_fraction : learn only this random share of ``auto`` legit labels (speed).
@@ -135,8 +137,13 @@ def load_stream(source: str | os.PathLike | Iterable[dict], end_ms: int, on_erro
     counted and dropped. A record with a bad timestamp keeps its place and is sent
     on, so the core rejects it exactly as the worker would.
     """
-    reader = read_stream(source, on_error) if isinstance(source, str | os.PathLike) else None
-    items: Iterable[tuple[int, Any]] = reader if reader is not None else enumerate(source, 1)
+    reader: StreamReader | None = None
+    items: Iterable[tuple[int, Any]]
+    if isinstance(source, str | os.PathLike):
+        reader = read_stream(source, on_error)
+        items = reader
+    else:
+        items = enumerate(source, 1)
     lines, payloads, stamps, labels, scenarios, cards = [], [], [], [], [], []
     codes: dict[str, int] = {}
     malformed: list[tuple[int, str]] = []
@@ -327,27 +334,28 @@ class Backtest:
         stream = load_stream(source, end_ms, cfg.on_error)
         loaded, n = time.perf_counter(), len(stream.payloads)
         scores, flagged = np.full(n, np.nan), np.zeros(n, dtype=bool)
-        batches = range(0, n, cfg.batch_size)
-        if cfg.progress:
-            from tqdm import tqdm
-
-            batches = tqdm(batches, unit="batch", file=sys.stderr)
-        for lo in batches:
-            self.step(stream, lo, min(lo + cfg.batch_size, n), scores, flagged)
+        with progress_bar(n, "tx", cfg.progress) as bar:
+            for lo in range(0, n, cfg.batch_size):
+                hi = min(lo + cfg.batch_size, n)
+                self.step(stream, lo, hi, scores, flagged)
+                bar.update(hi - lo)
         finished = time.perf_counter()
         ok = ~np.isnan(scores)
-        m, daily, precision, recall = metrics.evaluate_window(
-            *(a[ok] for a in (stream.ts_ms, stream.is_fraud, scores, flagged, stream.cards)),
-            stream.scenario[ok], start_ms, end_ms, cfg.threshold, cfg.protocol,
-        )  # fmt: skip
+
+        def evaluate(
+            column: np.ndarray, flags: np.ndarray
+        ) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray, np.ndarray]:
+            """The test-window metrics of one score column, on the scored events."""
+            return metrics.evaluate_window(
+                stream.ts_ms[ok], stream.is_fraud[ok], column[ok], flags[ok], stream.cards[ok],
+                stream.scenario[ok], start_ms, end_ms, cfg.threshold, cfg.protocol,
+            )
+
+        m, daily, precision, recall = evaluate(scores, flagged)
         m["challengers"] = {
             name: {
                 k: v
-                for k, v in metrics.evaluate_window(
-                    *(a[ok] for a in (stream.ts_ms, stream.is_fraud, column, column >= cfg.threshold,
-                                      stream.cards)),
-                    stream.scenario[ok], start_ms, end_ms, cfg.threshold, cfg.protocol,
-                )[0].items()
+                for k, v in evaluate(column, column >= cfg.threshold)[0].items()
                 if k in ("auc", "average_precision", "card_precision_at_100", "recall",
                          "false_discovery_rate", "flags_per_day")
             }
@@ -434,7 +442,11 @@ def run(args: argparse.Namespace) -> int:
     2 on bad options or an unreadable file."""
     try:
         config = _config(args)
-    except ValueError as exc:
+        if args.report:
+            require("matplotlib", "the backtest report (--report; --no-report skips it)")
+        if config.progress:
+            require("tqdm", "--progress")
+    except (ValueError, MissingExtra) as exc:
         print(f"backtest: {exc}", file=sys.stderr)
         return 2
     try:

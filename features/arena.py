@@ -15,11 +15,24 @@ writes each changed row once.
 ['c-1', 'c-2']
 >>> float(Arena(new_account_row, loader=lambda k: arena.row_bytes("c-1")).row("x")[TOTAL_COUNT])
 3.0
+
+A failed step leaves no trace: rows changed inside :meth:`Arena.undo_on_error` get their
+earlier values back when the block raises.
+
+>>> try:
+...     with arena.undo_on_error():
+...         arena.rows[arena.indices(["c-1"]), TOTAL_COUNT] += 100
+...         raise ValueError("a poison record")
+... except ValueError:
+...     pass
+>>> float(arena.row("c-1")[TOTAL_COUNT])
+3.0
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -45,6 +58,7 @@ class Arena:
         self.index: dict[str, int] = {}
         self.keys: list[str] = []
         self._touched: set[int] = set()
+        self._before: dict[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -71,7 +85,29 @@ class Arena:
         for n, key in enumerate(keys):
             i = index.get(key)
             out[n] = self._add(key) if i is None else i
+        before = self._before
+        if before is not None:  # keep each row's value from before the guarded block
+            fresh = [i for i in np.unique(out).tolist() if i not in before]
+            if fresh:
+                before.update(zip(fresh, self.rows[fresh].copy(), strict=True))
         return out
+
+    @contextmanager
+    def undo_on_error(self) -> Iterator[None]:
+        """Run a block whose row changes are undone if it raises (rows reached through
+        :meth:`indices`, which every kernel call uses). Blocks do not nest."""
+        if self._before is not None:
+            raise RuntimeError("undo_on_error blocks do not nest")
+        self._before, touched = {}, set(self._touched)
+        try:
+            yield
+        except BaseException:
+            for i, row in self._before.items():
+                self.rows[i] = row
+            self._touched = touched
+            raise
+        finally:
+            self._before = None
 
     def row(self, key: str) -> np.ndarray:
         """The row of one key (a view; loads or creates it)."""

@@ -1,4 +1,6 @@
-"""``python -m flagstream.perf compare``: the side-by-side benchmark (see :mod:`flagstream.perf.bench.harness`).
+"""``python -m flagstream.perf compare``: the side-by-side benchmark.
+
+See :mod:`flagstream.perf.bench.harness`.
 
 >>> build_parser().parse_args(["compare", "--rates", "1000,5000"]).rates
 (1000, 5000)
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from typing import Any
 
 from flagstream.perf.bench.contenders import CONTENDERS
 
@@ -58,7 +61,8 @@ def _table(report: dict) -> str:
     lines = [f"{'contender':18} {'events/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
              f"{'CPU s/1k':>9} {'peak MB':>8} {'agree':>7}"]
     agreement = report["agreement"]
-    for name, c in report["contenders"].items():
+    contenders: dict[str, dict[str, Any]] = report["contenders"]
+    for name, c in contenders.items():
         share = agreement.get(name, {}).get("share", 1.0 if name == agreement.get("reference") else None)
         lines.append(
             f"{name:18} {fmt(c.get('events_per_s'), ',.0f'):>10} {fmt(c.get('p50_ms'), '.1f'):>8} "
@@ -66,7 +70,8 @@ def _table(report: dict) -> str:
             f"{fmt(c.get('cpu_s_per_1k'), '.3f'):>9} {fmt(c.get('peak_rss_mb'), '.0f'):>8} "
             f"{fmt(share, '.4f'):>7}"
         )
-    rate = next(iter(report["contenders"].values()), {}).get("latency_rate")
+    first: dict[str, Any] = next(iter(contenders.values()), {})
+    rate = first.get("latency_rate")
     lines.append(f"latency percentiles at {rate}/s; goals: {report['goals']}")
     return "\n".join(lines)
 

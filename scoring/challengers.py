@@ -143,7 +143,9 @@ def parse_decision(value: bytes | None) -> dict | bytes | None:
         decision = loads(value) if value is not None else None
     except Exception:  # not ours to judge here: kept as it came
         return value
-    features = decision.get("features") if isinstance(decision, dict) else None
+    if not isinstance(decision, dict):
+        return value
+    features = decision.get("features")
     if isinstance(features, list) and len(features) == N_FEATURES and "score" in decision:
         return decision
     return value

@@ -108,7 +108,8 @@ class Learner:
         #: champion versions in the order they were in use: [version, labels seen then]
         self.timeline: list[list] = []
         self.next_sequence = handle.sequence + 1
-        self.adopted: list[str] = []
+        #: ids of the candidates shadowed so far (None for a candidate record without one)
+        self.adopted: list[str | None] = []
 
     # --- learning ---------------------------------------------------------------
     def seen(self, partition: int, offset: int) -> bool:

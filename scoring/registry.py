@@ -144,10 +144,11 @@ def seat_change(get: Getter, target: Mapping[str, Any], action: str, reason: str
     seat_id = f"{epoch}-{uuid.uuid4().hex[:8]}"
     promoted = with_status(target, "champion", f"{action}: {reason}", by, at)
     writes = [(version_key(target["version"]), promoted)]
-    old_record = get(version_key(old)) if old and old != target["version"] else None
-    if old_record is not None:
+    old_key = version_key(old) if old and old != target["version"] else None
+    old_record = get(old_key) if old_key is not None else None
+    if old_key is not None and old_record is not None:
         demoted = "shadow" if action == "promote" else "retired"
-        writes.append((version_key(old), with_status(
+        writes.append((old_key, with_status(
             old_record, demoted, f"{action} to {target['version']}: {reason}", by, at)))
     history = [*(seat["history"] if seat else []), {
         "epoch": epoch, "action": action, "version": target["version"], "from": old,
@@ -174,7 +175,7 @@ def prune(versions: Iterable[Mapping[str, Any]], keep: int, protect: Iterable[st
     for v in versions:
         by_lineage.setdefault(v["lineage"], []).append(v)
     keep_ids = set(protect)
-    out = []
+    out: list[bytes] = []
     for records in by_lineage.values():
         records.sort(key=lambda r: r["sequence"], reverse=True)
         out.extend(version_key(r["version"]) for r in records[keep:] if r["version"] not in keep_ids)

@@ -23,7 +23,8 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from operator import itemgetter
@@ -32,10 +33,10 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from tqdm import tqdm
 
 from flagstream.codec import dumps
 from flagstream.errors import InvalidRecord
+from flagstream.extras import progress_bar
 from flagstream.simulation.simulator import MalformedLineError, read_stream
 from flagstream.streams.config import Settings
 from flagstream.streams.schema import parse_timestamp_ms
@@ -192,7 +193,7 @@ async def replay_records(
         timestamp cannot be parsed are still sent (the worker dead-letters them) and
         counted in ``bad_timestamp``.
     progress
-        Show a tqdm progress bar on stderr.
+        Show a progress bar on stderr (needs the ``report`` extra).
     stop_event
         Stop early (after flushing) when set.
     stats
@@ -213,8 +214,9 @@ async def replay_records(
     in_flight: deque[asyncio.Future] = deque()
     routes: dict[str, tuple[bytes, int]] = {}
     unkeyed = 0
-    total = limit if limit is not None else (len(records) if hasattr(records, "__len__") else None)
-    bar = tqdm(total=total, unit="tx", unit_scale=True, file=sys.stderr, disable=not progress)
+    total = limit if limit is not None else (len(records) if isinstance(records, Sized) else None)
+    closing = ExitStack()
+    bar = closing.enter_context(progress_bar(total, "tx", progress))
     shown = 0
     last: dict[str, Any] | None = None
 
@@ -262,7 +264,7 @@ async def replay_records(
                 stats.first_event = record.get("timestamp")
             value = dumps(strip_ground_truth(record))
             account = record.get("account_id")
-            route = routes.get(account) if isinstance(account, str) else None
+            route: tuple[bytes | None, int] | None = routes.get(account) if isinstance(account, str) else None
             if route is None:
                 if isinstance(account, str) and account:
                     route = routes[account] = (account.encode(), partition_for(account, n_parts))
@@ -289,7 +291,7 @@ async def replay_records(
             if in_flight:
                 await asyncio.gather(*in_flight)
         finally:
-            bar.close()
+            closing.close()
             await producer.stop()
             stats.seconds = round(time.perf_counter() - started, 3)
             stats.events_per_s = round(stats.sent / stats.seconds, 1) if stats.seconds else 0.0

@@ -219,12 +219,12 @@ class ReviewDesk:
     def _known(self, decisions: Sequence[dict]) -> list[tuple[int, str, int]]:
         """(index, id, true label) of new transactions with ground truth; counts the rest."""
         ids = [d.get("transaction_id") for d in decisions]
-        valid = [i for i, tx in enumerate(ids) if isinstance(tx, str)]
+        valid = [(i, tx) for i, tx in enumerate(ids) if isinstance(tx, str)]
         self.counts.invalid += len(ids) - len(valid)
-        labels = self.truth.lookup([ids[i] for i in valid]).tolist()
-        out, seen = [], set()
-        for i, label in zip(valid, labels, strict=True):
-            tx = ids[i]
+        labels = self.truth.lookup([tx for _, tx in valid]).tolist()
+        out: list[tuple[int, str, int]] = []
+        seen: set[str] = set()
+        for (i, tx), label in zip(valid, labels, strict=True):
             if label < 0:
                 self.counts.unknown += 1
             elif tx in self._pending or tx in seen:

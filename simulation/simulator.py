@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 import orjson
-from tqdm import tqdm
 
+from flagstream.extras import progress_bar
 from flagstream.simulation.scenarios import apply_scenarios, reachable_terminals
 
 SECONDS_PER_DAY = 86_400
@@ -256,7 +256,7 @@ def write_stream(
         and renamed when complete; gzip output has a zero mtime, so equal simulations give
         byte-identical files.
     progress : bool
-        Show a tqdm progress bar on stderr.
+        Show a progress bar on stderr (needs the ``report`` extra).
     chunk : int
         Records encoded per batch.
 
@@ -271,7 +271,7 @@ def write_stream(
     try:
         with (
             open(part, "wb") as raw,
-            tqdm(total=n, unit="tx", unit_scale=True, file=sys.stderr, disable=not progress) as bar,
+            progress_bar(n, "tx", progress) as bar,
         ):
             sink = (
                 gzip.GzipFile(filename="", mode="wb", compresslevel=3, fileobj=raw, mtime=0) if gz else raw

@@ -34,6 +34,11 @@ class PipelineMetrics:
         self.replayed = Counter(
             "flagstream_replayed", "Records skipped as already applied after a restart", registry=r
         )
+        self.isolated = Counter(
+            "flagstream_isolated_records",
+            "Records that made processing fail, isolated and dead-lettered (internal_error)",
+            registry=r,
+        )
         self.rerouted = Counter(
             "flagstream_rerouted", "Records re-sent to their account's partition", registry=r
         )

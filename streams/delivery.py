@@ -96,6 +96,12 @@ class Outbox:
         """One record to an explicit partition."""
         self.groups[(topic, int(partition))].append((key, value, headers))
 
+    def extend(self, other: Outbox) -> None:
+        """Move every record queued in ``other`` into this outbox, in order."""
+        for target, records in other.groups.items():
+            self.groups[target].extend(records)
+        other.groups.clear()
+
     def add_keyed(self, topic: str, keys: Sequence[str], values: Sequence[bytes],
                   partitions: int) -> None:
         """Records keyed by ``keys`` (UTF-8), each on the partition its key hashes to

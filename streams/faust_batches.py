@@ -56,6 +56,13 @@ class PartitionRecords:
     def timestamps_ms(self) -> np.ndarray:
         return np.asarray(self.timestamps, dtype=np.float64)
 
+    def slice(self, start: int, stop: int) -> PartitionRecords:
+        """Records ``start:stop`` (the events stay with the whole: they are acked together)."""
+        return PartitionRecords(
+            self.partition, self.topic, self.values[start:stop], self.keys[start:stop],
+            self.offsets[start:stop], self.timestamps[start:stop], [],
+        )
+
 
 def records_by_partition(events: Sequence[EventT]) -> dict[int, PartitionRecords]:
     """Records of ``events`` (single records or fetched chunks) grouped by partition."""

@@ -7,7 +7,10 @@ arrived (:func:`flagstream.streams.faust_batches.ready_events`, up to ``batch_si
 without it, steps come from ``noack_take``. One step of the agent:
 
 1. every partition's records go through :class:`flagstream.streams.core.ScoringCore` (one
-   call per partition: accounts live on one partition, offsets are per partition);
+   call per partition: accounts live on one partition, offsets are per partition). A
+   record that makes this fail is isolated: the call is undone (no row keeps a change)
+   and retried in halves, so the failing record alone is dead-lettered
+   (``internal_error``) and every other record is decided as usual;
 2. all outputs of the step (decisions, flags, re-routed records, merchant activity)
    leave as one record batch per topic-partition; dead letters are sent one by one;
 3. once the broker has acknowledged all of them, each partition's changed account
@@ -32,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from flagstream.codec import dumps
-from flagstream.sinks.dead_letter import dead_letter, headers
+from flagstream.errors import Rejection
+from flagstream.sinks.dead_letter import dead_letter, dead_letter_key, headers
 from flagstream.streams.app import Pipeline
 from flagstream.streams.compat import faust_consumer
 from flagstream.streams.compat.internals import (
@@ -102,6 +106,8 @@ class Scorer:
 
         @p.app.agent(p.topics["transactions"], name="score")
         async def score(stream: Any) -> None:
+            # (re)started: only durable state counts, rows are read again from the table
+            self.core.accounts.reset()
             finish = InOrder(p.app)
             if self.tuning is not None:  # each event is a fetched chunk: take what has arrived
                 async for events in ready_events(stream, max_records=s.batch_size):
@@ -139,6 +145,26 @@ class Scorer:
                 if stored is not None:
                     arena.put(merchant, stored)
 
+    def stage_isolated(self, recs: PartitionRecords, outbox: Outbox) -> list[Staged]:
+        """:meth:`stage`, except that a failure never escapes: the records that cause it
+        are found by halving and dead-lettered with reason ``internal_error``."""
+        piece = Outbox(outbox.producer, self.partition_counts)
+        try:
+            with self.core.accounts.undo_on_error():
+                staged = self.stage(recs, piece)
+        except Exception as exc:
+            if len(recs) > 1:
+                half = len(recs) // 2
+                return (self.stage_isolated(recs.slice(0, half), outbox)
+                        + self.stage_isolated(recs.slice(half, len(recs)), outbox))
+            log.error("isolated a record that failed processing: %s at %s[%d]@%d",
+                      type(exc).__name__, recs.topic, recs.partition, recs.offsets[0])
+            self.metrics.isolated.inc()
+            failed = Rejection(0, "internal_error", f"processing failed: {type(exc).__name__}")
+            return [(recs, BatchOutcome(rejections=[failed]), {})]
+        outbox.extend(piece)
+        return [staged]
+
     def stage(self, recs: PartitionRecords, outbox: Outbox) -> Staged:
         """Score one partition's records and queue their outputs in ``outbox``."""
         s, names, counts = self.settings, self.names, self.partition_counts
@@ -163,7 +189,8 @@ class Scorer:
             letter = dead_letter(recs.values[r.index], r.reason, r.detail, recs.topic,
                                  recs.partition, recs.offsets[r.index])
             sent.append(await self.p.app.producer.send(
-                topic, recs.keys[r.index], dumps(letter), None, None, headers(r.reason),
+                topic, dead_letter_key(recs.keys[r.index]), dumps(letter), None, None,
+                headers(r.reason),
             ))
             self.metrics.dead_letters.labels(topic=topic, reason=r.reason).inc()
         return sent
@@ -193,9 +220,10 @@ class Scorer:
             await outbox.partition_count(topic)
         staged: list[Staged] = []
         pending: list[Awaitable] = []
-        for recs in records_by_partition(events).values():
-            staged.append(self.stage(recs, outbox))
-            pending.extend(await self.send_dead_letters(recs, staged[-1][1]))
+        for records in records_by_partition(events).values():
+            for recs, outcome, rows in self.stage_isolated(records, outbox):
+                staged.append((recs, outcome, rows))
+                pending.extend(await self.send_dead_letters(recs, outcome))
         pending.extend(await outbox.send())
         await finish.put(self.complete(events, staged, pending, producer, started))
 

@@ -11,12 +11,13 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterable
+from dataclasses import fields
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from flagstream.codec import dumps, loads
-from flagstream.streams.config import Settings
+from flagstream.streams.config import Secret, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,6 +106,7 @@ class WorkerProcess:
         self.role = role
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen | None = None
+        self.log_start = 0
 
     @property
     def url(self) -> str:
@@ -112,23 +114,23 @@ class WorkerProcess:
 
     def env(self) -> dict[str, str]:
         s = self.settings
-        env = dict(os.environ)
-        env.update(
-            {
-                "FLAGSTREAM_BROKER": s.broker,
-                "FLAGSTREAM_TOPIC_PREFIX": s.topic_prefix,
-                "FLAGSTREAM_PARTITIONS": str(s.partitions),
-                "FLAGSTREAM_DATA_DIR": s.data_dir,
-                "FLAGSTREAM_WEB_PORT": str(s.web_port),
-                "FLAGSTREAM_THRESHOLD": str(s.threshold),
-                "FLAGSTREAM_REVIEW_TOKEN": s.review_token.reveal(),
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
+        env = dict(os.environ)  # FLAGSTREAM_* set by a test (monkeypatch) reach the worker...
+        defaults = Settings()
+        for f in fields(s):  # ...and so does every setting this test's Settings changed
+            value = getattr(s, f.name)
+            if value == getattr(defaults, f.name) and f"FLAGSTREAM_{f.name.upper()}" in env:
+                continue
+            if isinstance(value, Secret):
+                value = value.reveal()
+            elif isinstance(value, bool):
+                value = "1" if value else "0"
+            env[f"FLAGSTREAM_{f.name.upper()}"] = str(value)
+        env["PYTHONUNBUFFERED"] = "1"
         env.update(self.extra_env)
         return env
 
     def start(self, timeout_s: float = 90.0) -> WorkerProcess:
+        self.log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "flagstream.cli", "worker", "--role", self.role],
@@ -136,6 +138,12 @@ class WorkerProcess:
             )
         self.wait_ready(timeout_s)
         return self
+
+    def run_log(self) -> bytes:
+        """What this run (since the last ``start``) wrote to the log."""
+        with open(self.log_path, "rb") as fh:
+            fh.seek(self.log_start)
+            return fh.read()
 
     def wait_ready(self, timeout_s: float) -> None:
         """Wait until the web server answers and the agents hold their partitions."""
@@ -145,7 +153,7 @@ class WorkerProcess:
                 raise RuntimeError(f"worker exited early:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
-                    if resp.status == 200 and b"Setting newly assigned" in self.log_path.read_bytes():
+                    if resp.status == 200 and b"Setting newly assigned" in self.run_log():
                         time.sleep(1.0)
                         return
             except OSError:

@@ -1,24 +1,61 @@
-"""The comparison harness at a tiny size: report shape, agreement logic, exit status.
+"""The comparison harness: agreement logic, exit status, and a tiny real run.
 
-No speed thresholds here: the figures depend on the machine. The goals are checked
-by ``python -m flagstream.perf compare`` itself and reported in its ``goals`` section.
+No speed thresholds here: the figures depend on the machine (and on whatever else
+runs on it). The goals are checked by ``python -m flagstream.perf compare`` itself and
+reported in its ``goals`` section. What is asserted is that every contender asked for
+ran, produced figures and decided every transaction, and that the decisions compared
+are the ones the trained champion gives in-process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from kafka_helpers import ROOT
 
+from flagstream.codec import loads
 from flagstream.features.layout import ACCOUNT_WIDTH
+from flagstream.perf.__main__ import main as perf_main
+from flagstream.perf.bench import harness, workload
+from flagstream.perf.bench.contenders import CONTENDERS
 from flagstream.perf.bench.harness import REFERENCE, compare_decisions, passed
-from flagstream.perf.bench.measure import Decision, agreement, percentiles, throughput
+from flagstream.perf.bench.measure import (
+    Decision,
+    agreement,
+    percentiles,
+    read_decisions,
+    throughput,
+)
+from flagstream.scoring.handle import ModelHandle, model_from_state
+from flagstream.scoring.policy import FixedThreshold
+from flagstream.streams.config import Settings
+from flagstream.streams.core import ScoringCore
+from flagstream.streams.topics import SCORES
 
-FIGURES = ("events_per_s", "p50_ms", "p95_ms", "p99_ms", "cpu_s_per_1k", "peak_rss_mb", "startup_s")
+ALL = ("flagstream", "naive_faust", REFERENCE)
+
+
+def decisions(n: int, flip: int | None = None, nudge: tuple[int, float] | None = None,
+              drop: int | None = None) -> dict[str, Decision]:
+    """``n`` decisions (every fourth one flagged), optionally with one decision flipped,
+    one score moved, or one transaction left out."""
+    out = {}
+    for i in range(n):
+        review = i % 4 == 0
+        if i == flip:
+            review = not review
+        score = (0.9 if review else 0.1) + i * 1e-4
+        if nudge is not None and i == nudge[0]:
+            score += nudge[1]
+        if i != drop:
+            out[f"t-{i:03d}"] = Decision("review" if review else "approve", score, i)
+    return out
 
 
 def test_agreement_counts_same_differing_and_missing():
@@ -31,15 +68,67 @@ def test_agreement_counts_same_differing_and_missing():
     assert got["share"] == 0.25 and len(got["examples"]) == 2
 
 
-def test_flagstream_must_match_the_ceiling_exactly():
-    same = {"t": Decision("approve", 0.5, 0)}
-    ok = compare_decisions({REFERENCE: same, "flagstream": dict(same)})
-    assert ok["flagstream_matches_ceiling"] and passed({"agreement": ok})
-    off = compare_decisions({REFERENCE: same, "flagstream": {"t": Decision("approve", 0.5001, 0)}})
-    assert not off["flagstream_matches_ceiling"] and not passed({"agreement": off})
-    lost = compare_decisions({REFERENCE: same, "flagstream": {}})
-    assert not passed({"agreement": lost})
-    assert passed({"agreement": compare_decisions({"flagstream": same})})  # nothing to compare
+def test_flagstream_agreeing_with_the_ceiling_passes():
+    ref = decisions(40)
+    result = compare_decisions({"flagstream": decisions(40, nudge=(3, 1e-10)),
+                                "naive_faust": decisions(40), REFERENCE: ref})
+    assert result["reference"] == REFERENCE
+    assert result["flagstream_matches_ceiling"] is True
+    for name in ("flagstream", "naive_faust"):
+        assert (result[name]["compared"], result[name]["same"], result[name]["share"]) == (40, 40, 1.0)
+    assert passed({"agreement": result})
+
+
+@pytest.mark.parametrize(
+    ("flagstream", "differing", "missing", "examples"),
+    [
+        (decisions(40, flip=8), 1, 0, ["t-008"]),  # a decision flipped, same score
+        (decisions(40, nudge=(9, 2e-9)), 1, 0, ["t-009"]),  # a score beyond the tolerance
+        (decisions(40, drop=17), 0, 1, []),  # a transaction it never decided
+        ({}, 0, 40, []),  # no decisions at all
+    ],
+)
+def test_flagstream_differing_from_or_missing_ceiling_decisions_fails(flagstream, differing, missing,
+                                                                      examples):
+    result = compare_decisions({"flagstream": flagstream, REFERENCE: decisions(40)})
+    fs = result["flagstream"]
+    assert (fs["compared"], fs["differing"], fs["missing"]) == (40, differing, missing)
+    assert [e["transaction_id"] for e in fs["examples"]] == examples
+    assert result["flagstream_matches_ceiling"] is False
+    assert not passed({"agreement": result})
+
+
+def test_a_ceiling_that_decided_nothing_fails_the_comparison():
+    result = compare_decisions({"flagstream": decisions(40), REFERENCE: {}})
+    assert result["flagstream_matches_ceiling"] is False
+    assert not passed({"agreement": result})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="package bug: harness.compare_decisions returns nothing to judge without the ceiling "
+           "and harness.passed defaults to True, so a run without the aiokafka ceiling 'passes'",
+)
+def test_a_comparison_without_the_ceiling_does_not_pass():
+    result = compare_decisions({"flagstream": decisions(40), "naive_faust": decisions(40)})
+    assert not passed({"agreement": result})
+
+
+def fake_report(flagstream: dict[str, Decision]) -> dict:
+    return {"contenders": {}, "agreement": compare_decisions({"flagstream": flagstream,
+                                                              REFERENCE: decisions(10)}),
+            "goals": {}}
+
+
+@pytest.mark.parametrize(("flagstream", "code"), [(decisions(10), 0), (decisions(10, flip=2), 1),
+                                                  (decisions(10, drop=0), 1)])
+def test_compare_command_exit_status_follows_the_agreement(monkeypatch, capsys, flagstream, code):
+    report = fake_report(flagstream)
+    monkeypatch.setattr(harness, "run", lambda opts: report)
+    assert perf_main(["compare", "--json", "--broker", "127.0.0.1:1"]) == code
+    out = capsys.readouterr()
+    assert json.loads(out.out)["agreement"] == json.loads(json.dumps(report["agreement"]))
+    assert ("FAIL" in out.err) == bool(code)
 
 
 def test_throughput_and_percentiles():
@@ -49,28 +138,84 @@ def test_throughput_and_percentiles():
     assert p["p50_ms"] == pytest.approx(50.5) and p["max_ms"] == 100
 
 
+def in_process(report: dict, out: Path) -> tuple[list[str], dict[str, Decision]]:
+    """The transaction ids every contender was given, in order, and the decisions the
+    benchmark's champion makes on them through the core, in this process."""
+    o = report["options"]
+    wl = workload.load_workload(Path(report["setup"]["stream"]), o["train"], o["events"],
+                                o["rates"], o["rate_seconds"], o["partitions"])
+    records = [*wl.preload, *(r for phase in wl.phases.values() for r in phase)]
+    state = loads((out / "champion.json").read_bytes())["state"]
+    core = ScoringCore(ModelHandle(model_from_state(state)), FixedThreshold(o["threshold"]))
+    outcome = core.process([r.value for r in records])
+    assert not outcome.rejections
+    got = {d["transaction_id"]: Decision(d["decision"], d["score"], 0) for d in outcome.decisions}
+    return [r.transaction_id for r in records], got
+
+
+def read_back(report: dict, broker: str) -> dict[str, tuple[dict[str, Decision], int]]:
+    """Each contender's decisions as it left them on its ``scores`` topic, then its topics deleted."""
+    async def go() -> dict:
+        found = {}
+        for name in report["contenders"]:
+            s = Settings(broker=broker, topic_prefix=f"{report['prefix']}{name}.")
+            try:
+                found[name] = await read_decisions(s, SCORES)
+            finally:
+                await workload.delete_topics(s)
+        return found
+
+    return asyncio.run(go())
+
+
 @pytest.mark.integration
-def test_tiny_compare_run_reports_every_contender(kafka_broker, tmp_path):
+def test_tiny_compare_run_runs_every_contender_on_the_same_decisions(kafka_broker, tmp_path):
     """12,000 records: enough for every contender to need several fetches (a rate needs
     decisions landing at more than one instant)."""
     out = tmp_path / "bench"
     result = subprocess.run(
-        [sys.executable, "-m", "flagstream.perf", "compare", "--json", "--events", "12000", "--rates", "400",
-         "--rate-seconds", "2", "--train", "2000", "--out-dir", str(out), "--broker", kafka_broker],
-        cwd=ROOT, capture_output=True, text=True, timeout=170,
+        [sys.executable, "-m", "flagstream.perf", "compare", "--json", "--events", "12000",
+         "--rates", "400", "--rate-seconds", "2", "--train", "2000", "--out-dir", str(out),
+         "--broker", kafka_broker, "--keep-topics"],
+        cwd=ROOT, capture_output=True, text=True, timeout=400,
     )
+    report = json.loads(result.stdout) if result.stdout.strip() else {}
+    assert report, result.stderr[-3000:]
+    by_contender = read_back(report, kafka_broker)  # (before any assertion: topics are deleted)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
-    assert set(report["contenders"]) == {"flagstream", "naive_faust", "aiokafka_ceiling"}
+    assert sorted(CONTENDERS) == sorted(ALL)
+    assert list(report["contenders"]) == list(ALL) == report["options"]["contenders"]
+
     for name, figures in report["contenders"].items():
-        for key in FIGURES:
-            assert isinstance(figures[key], int | float), (name, key, figures.get(key))
-        assert figures["complete"] and figures["decided"] == figures["events"] == 12_000, name
-        assert figures["latency"]["400"]["decided"] == figures["latency"]["400"]["sent"] == 800
-    agreement = report["agreement"]
-    assert agreement["reference"] == REFERENCE and agreement["flagstream_matches_ceiling"]
-    assert agreement["flagstream"]["share"] == 1.0 and agreement["flagstream"]["compared"] == 12_800
-    assert 0.0 <= agreement["naive_faust"]["share"] <= 1.0
+        assert figures["complete"], (name, figures.get("log_tail"))
+        assert figures["events"] == figures["decided"] == 12_000, name
+        for key in ("events_per_s", "cpu_s_per_1k", "peak_rss_mb", "startup_s", "drain_s"):
+            assert math.isfinite(figures[key]) and figures[key] > 0, (name, key, figures[key])
+        assert figures["latency_rate"] == 400
+        lat = figures["latency"]["400"]
+        assert lat["decided"] == lat["sent"] == 800, name
+        assert 0 <= lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"] <= lat["max_ms"], (name, lat)
+        assert (figures["p50_ms"], figures["p99_ms"]) == (lat["p50_ms"], lat["p99_ms"])
+
+    agreement_ = report["agreement"]
+    assert agreement_["reference"] == REFERENCE and agreement_["flagstream_matches_ceiling"] is True
+    for name in ("flagstream", "naive_faust"):
+        a = agreement_[name]
+        assert (a["compared"], a["same"], a["differing"], a["missing"], a["extra"]) == (
+            12_800, 12_800, 0, 0, 0), (name, a)
+
+    # the decisions compared are the champion's, on exactly the transactions sent
+    ids, expected = in_process(report, out)
+    flagged = sum(d.decision == "review" for d in expected.values())
+    assert 0 < flagged < len(expected), "the benchmark must compare non-trivial decisions"
+    assert len(ids) == len(set(ids)) == len(expected) == 12_800
+    for name, (got, _repeats) in by_contender.items():
+        assert set(got) == set(ids), name
+        a = agreement(expected, got)
+        assert a["same"] == 12_800, (name, a)
+
+    assert report["goals"]["one_worker_events_per_s"] == report["contenders"]["flagstream"]["events_per_s"]
     assert {"numba_compile_s", "broker_start_s"} <= set(report["setup"])
     assert report["memory_per_account"]["row_bytes"] == ACCOUNT_WIDTH * 8
-    assert (out / "compare.json").exists() and (out / "compare.png").stat().st_size > 10_000
+    assert json.loads((out / "compare.json").read_bytes())["agreement"] == agreement_
+    assert (out / "compare.png").stat().st_size > 10_000

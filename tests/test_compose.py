@@ -30,3 +30,12 @@ def test_compose_worker_settings_are_real_settings_and_ports_stay_on_localhost()
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond localhost"
     assert {"kafka", "worker", "prometheus", "grafana"} <= set(services)
+
+
+def test_the_image_copies_every_folder_the_package_is_built_from():
+    import tomllib
+
+    package_dirs = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                       ["package-dir"].values())
+    copied = {m.group(1) for m in re.finditer(r"^COPY (\S+) \1$", (ROOT / "Dockerfile").read_text(), re.M)}
+    assert package_dirs <= copied, f"Dockerfile misses {sorted(package_dirs - copied)}"

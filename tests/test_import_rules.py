@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS: list[tuple[str, str]] = [
     ("flagstream.errors", "flagstream/errors.py"),
     ("flagstream.codec", "flagstream/codec.py"),
+    ("flagstream.extras", "flagstream/extras.py"),
     ("flagstream.cards", "flagstream/cards.py"),
     ("flagstream.features", "features"),
     ("flagstream.scoring", "scoring"),

@@ -275,7 +275,7 @@ def test_learner_killed_mid_learning_resumes_with_identical_weights(
     view = wait_until(lambda: (v := registry(s1)).champion
                       and v.champion["labels"] >= total and newest(v, "lr-fast")["labels"] >= total
                       and v, 120, "all feedback learned after the restart", worker)
-    log = worker.log_tail(400)
+    log = worker.run_log().decode(errors="replace")
     assert "learner restored from" in log and f"refusing snapshot {newest_file}" in log
     assert worker.metric("flagstream_model_records_refused_total") >= 1
     assert at_kill < total

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -217,7 +218,7 @@ def agreement(
 ) -> dict:
     """Share of the reference's transactions decided the same way, score within ``tolerance``."""
     same = differing = missing = 0
-    examples = []
+    examples: list[dict[str, Any]] = []
     for tx, ref in reference.items():
         got = other.get(tx)
         if got is None:

@@ -127,11 +127,14 @@ def build_app(settings: Settings, model_path: str | None) -> faust.App:
         store="memory://", topic_partitions=settings.partitions, topic_disable_leader=True,
         web_enabled=False, logging_config=None,
     )
-    raw = {"key_serializer": "raw", "value_serializer": "raw", "internal": False}
-    source = app.topic(settings.topic(TRANSACTIONS), **raw)
-    scores = app.topic(settings.topic(SCORES), **raw)
-    review = app.topic(settings.topic(REVIEW), **raw)
-    dlq = app.topic(settings.topic(TRANSACTIONS_DLQ), **raw)
+
+    def raw_topic(name: str) -> faust.TopicT:
+        return app.topic(name, key_serializer="raw", value_serializer="raw", internal=False)
+
+    source = raw_topic(settings.topic(TRANSACTIONS))
+    scores = raw_topic(settings.topic(SCORES))
+    review = raw_topic(settings.topic(REVIEW))
+    dlq = raw_topic(settings.topic(TRANSACTIONS_DLQ))
     model, version = load_model(model_path, settings)
     threshold = float(settings.threshold)
     accounts: dict[str, NaiveAccount] = {}

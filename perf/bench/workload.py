@@ -186,7 +186,8 @@ async def publish_champion(settings: Settings, state: dict) -> None:
     await start_client(producer)
     try:
         await producer.send_and_wait(
-            settings.topic(MODELS), seal(champion_record(state), settings.hmac_key()), key=CHAMPION, partition=0
+            settings.topic(MODELS), seal(champion_record(state), settings.hmac_key()), key=CHAMPION,
+            partition=0,
         )
     finally:
         await producer.stop()

@@ -1,0 +1,142 @@
+"""The scorer's pieces, driven one at a time without a broker: stage, dead letters, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from flagstream.codec import dumps, loads
+from flagstream.streams.agents import build_app
+from flagstream.streams.config import Settings
+from flagstream.streams.core import partitions_for
+from flagstream.streams.delivery import Outbox
+from flagstream.streams.faust_batches import PartitionRecords
+from flagstream.streams.scorer_agent import Scorer
+
+
+class RecordingProducer:
+    """What an aiokafka producer is asked to send, kept in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes, int | None]] = []
+
+    async def send(self, topic, key, value, partition, timestamp, headers):
+        self.sent.append((topic, key, value, partition))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+@pytest.fixture
+def scorer(tmp_path):
+    p = build_app(Settings(data_dir=str(tmp_path), partitions=4, faust_chunks=False), "scorer")
+    assert isinstance(p.scorer, Scorer)
+    for name in ("scores", "review"):
+        p.scorer.partition_counts[p.scorer.names[name]] = 4
+    yield p.scorer
+    asyncio.run(p.stop())
+
+
+def tx(i: int, account: str, amount: float = 20.0) -> bytes:
+    return dumps({"transaction_id": f"t-{i}", "account_id": account, "merchant_id": f"m-{i % 3}",
+                  "amount": amount, "timestamp": 1_522_540_800_000 + i * 1000})
+
+
+def home_accounts(partition: int, n: int) -> list[str]:
+    names = [f"c-{k}" for k in range(200)]
+    return [a for a, part in zip(names, partitions_for(names, 4).tolist(), strict=True)
+            if part == partition][:n]
+
+
+def test_stage_decides_every_valid_record_once_and_queues_outputs(scorer):
+    home = home_accounts(2, 3)
+    away = home_accounts(1, 1)[0]
+    values = [tx(0, home[0]), tx(1, home[1]), b"not json", tx(3, away), tx(4, home[2])]
+    recs = PartitionRecords(2, "transactions", values, [None] * 5, list(range(100, 105)),
+                            [0.0] * 5)
+    outbox = Outbox(None, scorer.partition_counts)
+    recs_out, outcome, rows = scorer.stage(recs, outbox)
+    decided = sorted(d["transaction_id"] for d in outcome.decisions)
+    assert decided == ["t-0", "t-1", "t-4"]
+    assert [(r.index, r.reason) for r in outcome.rejections] == [(2, "invalid_json")]
+    assert outcome.misrouted == [(3, away)]
+    assert sorted(rows) == sorted(home)
+    groups = outbox.groups
+    scores = [loads(v)["transaction_id"] for (topic, _), g in groups.items()
+              if topic == scorer.names["scores"] for _, v, _ in g]
+    assert sorted(scores) == decided
+    rerouted = [(part, v) for (topic, part), g in groups.items()
+                if topic == scorer.names["transactions"] for _, v, _ in g]
+    assert rerouted == [(1, values[3])]
+    assert any(topic == scorer.names["merchant_activity"] for topic, _ in groups)
+
+
+def test_dead_letters_carry_the_reason_and_the_source_offset(scorer):
+    producer = RecordingProducer()
+    scorer.p.app.producer.send = producer.send  # the dead-letter path uses the app's producer
+    recs = PartitionRecords(0, "transactions", [b"{}", b"[1]"], [b"k0", None], [7, 8], [0.0, 0.0])
+    _, outcome, _ = scorer.stage(recs, Outbox(None, scorer.partition_counts))
+    asyncio.run(_gather(scorer.send_dead_letters(recs, outcome)))
+    letters = [(topic, key, loads(value)) for topic, key, value, _ in producer.sent]
+    assert [(k, d["reason"], d["source"]["offset"]) for _, k, d in letters] == [
+        (b"k0", "missing_field", 7), (None, "not_an_object", 8)]
+    assert {t for t, _, _ in letters} == {scorer.names["transactions_dlq"]}
+
+
+async def _gather(coro):
+    pending = await coro
+    await asyncio.gather(*pending)
+
+
+def test_observe_counts_a_completed_step(scorer):
+    home = home_accounts(0, 2)
+    recs = PartitionRecords(0, "transactions", [tx(0, home[0]), tx(1, home[1]), b"x"], [None] * 3,
+                            [0, 1, 2], [1.0e12] * 3)
+    staged = scorer.stage(recs, Outbox(None, scorer.partition_counts))
+    scorer.observe([staged], started=0.0)
+    text = scorer.metrics.render().decode()
+    assert "flagstream_events_in_total 3.0" in text
+    approved = 'flagstream_decisions_total{decision="approve"}'
+    flagged = 'flagstream_decisions_total{decision="review"}'
+    counts = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith("flagstream_decisions_total")}
+    assert counts[approved] + counts[flagged] == 2
+    assert np.isclose(float(next(line.split()[1] for line in text.splitlines()
+                                 if line.startswith("flagstream_processing_latency_seconds_count"))), 2)
+
+
+def test_a_record_that_makes_processing_fail_is_isolated_and_leaves_no_trace(scorer, monkeypatch):
+    """The core fails *after* updating state whenever the poison record is in its batch: the
+    failed attempts are undone, the poison record alone is dead-lettered (internal_error),
+    every other record is decided, and the rows equal a run without the poison record."""
+    accounts = home_accounts(3, 2)
+    good = [tx(i, accounts[i % 2], 10.0 + i) for i in range(7)]
+    poison = dumps({"transaction_id": "t-poison", "account_id": accounts[0], "merchant_id": "m-0",
+                    "amount": 5.0, "timestamp": 1_522_540_800_000})
+    values = good[:3] + [poison] + good[3:]
+    real_process = scorer.core.process
+
+    def failing_process(batch_values, *args, **kwargs):
+        outcome = real_process(batch_values, *args, **kwargs)  # rows already advanced
+        if poison in batch_values:
+            raise OverflowError("a bug only this record reaches")
+        return outcome
+
+    monkeypatch.setattr(scorer.core, "process", failing_process)
+    recs = PartitionRecords(3, "transactions", values, [None] * 8, list(range(8)), [0.0] * 8)
+    staged = scorer.stage_isolated(recs, Outbox(None, scorer.partition_counts))
+    decided = [d["transaction_id"] for _, outcome, _ in staged for d in outcome.decisions]
+    rejected = [(r.reason, recs_.offsets[r.index]) for recs_, outcome, _ in staged
+                for r in outcome.rejections]
+    assert sorted(decided) == sorted(f"t-{i}" for i in range(7))
+    assert rejected == [("internal_error", 3)]
+    assert "flagstream_isolated_records_total 1.0" in scorer.metrics.render().decode()
+
+    reference = build_app(Settings(data_dir=str(scorer.settings.data_path / "ref"), partitions=4,
+                                   faust_chunks=False), "scorer")
+    reference.core.process(good, [0, 1, 2, 4, 5, 6, 7], 3, 4)
+    for account in accounts:
+        assert np.array_equal(scorer.core.accounts.row(account), reference.core.accounts.row(account))
+    asyncio.run(reference.stop())
