@@ -40,8 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from flagstream.codec import loads
+from flagstream.codec import JSONDecodeError, loads
+from flagstream.errors import InvalidRecord
 from flagstream.features.layout import N_FEATURES
+from flagstream.scoring.feedback import check_decision
 from flagstream.scoring.handle import format_version, model_from_state
 from flagstream.scoring.linear import LinearChampion
 
@@ -136,19 +138,14 @@ def parse_decision(value: bytes | None) -> dict | bytes | None:
     >>> parse_decision(b'{"score": 0.1, "features": [0.0]}')
     b'{"score": 0.1, "features": [0.0]}'
     >>> from flagstream.codec import dumps
-    >>> sorted(parse_decision(dumps({"score": 0.1, "features": [0.0] * N_FEATURES})))
-    ['features', 'score']
+    >>> sorted(parse_decision(dumps({"score": 0.1, "features": [0.0] * N_FEATURES, "merchant_id": "m",
+    ...                              "event_time_ms": 0, "scored_at_ms": 0})))
+    ['event_time_ms', 'features', 'merchant_id', 'score', 'scored_at_ms']
     """
     try:
-        decision = loads(value) if value is not None else None
-    except Exception:  # not ours to judge here: kept as it came
+        return check_decision(loads(value) if value is not None else None, N_FEATURES)
+    except (JSONDecodeError, InvalidRecord):  # not ours to judge here: kept as it came
         return value
-    if not isinstance(decision, dict):
-        return value
-    features = decision.get("features")
-    if isinstance(features, list) and len(features) == N_FEATURES and "score" in decision:
-        return decision
-    return value
 
 
 class ShadowSet:

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import math
+
 from flagstream.errors import InvalidRecord
 
 #: The longest transaction id accepted (the same limit as the transaction schema).
@@ -26,3 +28,44 @@ def check_feedback(obj: dict) -> tuple[str, int]:
     if source not in FEEDBACK_SOURCES:
         raise InvalidRecord("invalid_source", f"source must be one of {sorted(FEEDBACK_SOURCES)}")
     return tx, FEEDBACK_LABELS[label]
+
+
+def check_decision(obj: object, n_features: int) -> dict:
+    """A recorded decision fit to learn from: ``n_features`` finite numbers as ``features``, a
+    probability as ``score``, a merchant id and integer event and scoring times.
+
+    The learner joins each label to the decision it read from the ``scores`` topic;
+    that topic is as hostile as any other, so a decision is checked before any model
+    sees it. Raises :class:`InvalidRecord` (``invalid_decision``) otherwise.
+
+    >>> d = {"features": [0.5, 1.0], "score": 0.2, "merchant_id": "m-1", "event_time_ms": 0,
+    ...      "scored_at_ms": 10}
+    >>> check_decision(d, 2) is d
+    True
+    >>> check_decision({**d, "features": [0.5, float("nan")]}, 2)
+    Traceback (most recent call last):
+    ...
+    flagstream.errors.InvalidRecord: recorded decision: features must be 2 finite numbers
+    """
+    if not isinstance(obj, dict):
+        raise InvalidRecord("invalid_decision", "recorded decision is not a JSON object")
+    features = obj.get("features")
+    if (not isinstance(features, list) or len(features) != n_features
+            or not all(_finite(x) for x in features)):
+        raise InvalidRecord("invalid_decision",
+                            f"recorded decision: features must be {n_features} finite numbers")
+    score = obj.get("score")
+    if not _finite(score) or not 0.0 <= score <= 1.0:
+        raise InvalidRecord("invalid_decision", "recorded decision: score must be in [0, 1]")
+    merchant = obj.get("merchant_id")
+    if not isinstance(merchant, str) or not merchant or len(merchant) > MAX_ID_LENGTH:
+        raise InvalidRecord("invalid_decision", "recorded decision: merchant_id must be a short string")
+    for name in ("event_time_ms", "scored_at_ms"):
+        value = obj.get(name)
+        if not _finite(value) or not 0 <= value < 10**15:
+            raise InvalidRecord("invalid_decision", f"recorded decision: {name} must be epoch ms")
+    return obj
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

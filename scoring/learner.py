@@ -13,7 +13,7 @@ again ends with exactly the weights of a run that was never interrupted.
 >>> import numpy as np
 >>> from flagstream.scoring.handle import ModelHandle
 >>> from flagstream.scoring.linear import LinearChampion
->>> decisions = {"t-1": {"features": [1.0] * 17, "merchant_id": "m-1",
+>>> decisions = {"t-1": {"features": [1.0] * 17, "score": 0.5, "merchant_id": "m-1",
 ...                      "event_time_ms": 0, "scored_at_ms": 0}}
 >>> learner = Learner(ModelHandle(LinearChampion()), decisions.get, clock_ms=lambda: 0)
 >>> out = learner.learn([b'{"transaction_id": "t-1", "label": "fraud", "source": "review"}',
@@ -38,10 +38,10 @@ import numpy as np
 
 from flagstream.codec import decode_object
 from flagstream.errors import InvalidRecord, Rejection
-from flagstream.features.layout import DAY_MS
+from flagstream.features.layout import DAY_MS, N_FEATURES
 from flagstream.features.merchants import MerchantActivity
 from flagstream.scoring.challengers import Challenger, ShadowSet
-from flagstream.scoring.feedback import check_feedback
+from flagstream.scoring.feedback import check_decision, check_feedback
 from flagstream.scoring.gate import Gate
 from flagstream.scoring.handle import ModelHandle, format_version, model_from_state
 from flagstream.scoring.registry import CHAMPION, entry, version_key, version_record
@@ -148,6 +148,11 @@ class Learner:
                 out.rejections.append(
                     Rejection(index, "unknown_transaction", f"no decision for {transaction_id!r}")
                 )
+                continue
+            try:
+                check_decision(decision, N_FEATURES)
+            except InvalidRecord as exc:
+                out.rejections.append(Rejection(index, exc.reason, str(exc)))
                 continue
             if now - decision["scored_at_ms"] > self.retention_ms:
                 out.rejections.append(

@@ -177,19 +177,73 @@ class LinearChampion:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> LinearChampion:
-        """Rebuild a model from :meth:`to_state` output."""
-        if state.get("kind") != cls.kind:
-            raise ValueError(f"not a {cls.kind} model state: {state.get('kind')!r}")
-        model = cls(**state["params"])
-        model.n_learned = int(state["n_learned"])
-        for name, count in state["scaler"]["counts"].items():
-            model.scaler.counts[name] = count
-        model.scaler.means.update(state["scaler"]["means"])
-        model.scaler.vars.update(state["scaler"]["vars"])
-        set_weights(model.classifier, state["weights"])
-        model.classifier.intercept = state["intercept"]
-        model.classifier.optimizer.n_iterations = state["optimizer_iterations"]
+        """Rebuild a model from :meth:`to_state` output, every field checked first.
+
+        A state from a topic or a file is untrusted: a wrong type, a non-finite number
+        or an unknown input name is a ``ValueError`` before anything is built, so a
+        model that loads can always score.
+
+        >>> bad = {**LinearChampion().to_state(), "intercept": "x"}
+        >>> LinearChampion.from_state(bad)
+        Traceback (most recent call last):
+        ...
+        ValueError: model state: intercept must be a finite number
+        """
+        if not isinstance(state, dict) or state.get("kind") != cls.kind:
+            kind = state.get("kind") if isinstance(state, dict) else None
+            raise ValueError(f"not a {cls.kind} model state: {kind!r}")
+        params = _mapping(state, "params")
+        if set(params) - {"learning_rate", "l2", "fraud_weight", "prior", "seed"}:
+            raise ValueError("model state: unknown parameters")
+        for name in ("learning_rate", "l2", "fraud_weight", "prior"):
+            if name in params:
+                _number(params[name], f"params.{name}", low=0.0)
+        if "prior" in params and not 0.0 < params["prior"] < 1.0:
+            raise ValueError("model state: params.prior must be in (0, 1)")
+        if not isinstance(params.get("seed", 0), int) or isinstance(params.get("seed"), bool):
+            raise ValueError("model state: params.seed must be an integer")
+        scaler = _mapping(state, "scaler")
+        counts, means, variances = (_inputs(_mapping(scaler, k), f"scaler.{k}")
+                                    for k in ("counts", "means", "vars"))
+        if any(v < 0 for v in (*counts.values(), *variances.values())):
+            raise ValueError("model state: scaler counts and variances must be >= 0")
+        weights = _inputs(_mapping(state, "weights"), "weights")
+        intercept = _number(state.get("intercept"), "intercept")
+        n_learned = _number(state.get("n_learned"), "n_learned", low=0.0)
+        iterations = _number(state.get("optimizer_iterations"), "optimizer_iterations", low=0.0)
+        model = cls(**params)
+        model.n_learned = int(n_learned)
+        for name, count in counts.items():
+            model.scaler.counts[name] = int(count) if count.is_integer() else count
+        model.scaler.means.update(means)
+        model.scaler.vars.update(variances)
+        set_weights(model.classifier, weights)
+        model.classifier.intercept = intercept
+        model.classifier.optimizer.n_iterations = int(iterations)
         return model
+
+
+def _mapping(parent: dict[str, Any], key: str) -> dict[str, Any]:
+    value = parent.get(key)
+    if not isinstance(value, dict):
+        raise ValueError(f"model state: {key} must be an object")
+    return value
+
+
+def _number(value: Any, what: str, low: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"model state: {what} must be a finite number")
+    if low is not None and value < low:
+        raise ValueError(f"model state: {what} must be >= {low:g}")
+    return float(value)
+
+
+def _inputs(values: dict[str, Any], what: str) -> dict[str, float]:
+    """Per-input numbers: only the model's own input names, each finite."""
+    unknown = set(values) - set(INPUT_NAMES)
+    if unknown:
+        raise ValueError(f"model state: {what} has unknown inputs")
+    return {name: _number(v, f"{what}.{name}") for name, v in values.items()}
 
 
 assert N_FEATURES == len(FEATURE_NAMES)

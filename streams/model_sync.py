@@ -75,13 +75,31 @@ class ModelSync:
         return payload
 
     def sync(self) -> bool:
-        """Swap the handle to the champion the registry names, if that is a change."""
+        """Swap the handle to the champion the registry names, if that is a change.
+
+        A record that cannot be followed (malformed, unloadable) is refused, logged and
+        counted once, and the worker keeps the version it has: it never raises.
+        """
+        try:
+            return self._sync()
+        except Exception as exc:  # hostile or corrupt registry records: refuse, keep scoring
+            self._refuse(("malformed", type(exc).__name__, str(exc)[:200]),
+                         f"cannot follow the registry: {type(exc).__name__}: {exc}")
+            return False
+
+    def _refuse(self, key: tuple, message: str) -> None:
+        if self._unloadable != key:
+            self._unloadable = key
+            log.error("%s; keeping %s", message, self.handle.version)
+            self.metrics.lifecycle.refused.labels(source="unloadable").inc()
+
+    def _sync(self) -> bool:
         seat = self.read(SEAT)
         chosen = choose_champion(seat, self.read(CHAMPION))
         if chosen is None:
             return False
         h = self.handle
-        epoch, seat_id = (seat["epoch"], seat["id"]) if seat else (0, "")
+        epoch, seat_id = (int(seat["epoch"]), str(seat["id"])) if seat else (0, "")
         if (epoch, seat_id) != (h.epoch, h.seat):
             if epoch < h.epoch:  # our own newer seat change, not replicated yet
                 return False
@@ -91,12 +109,8 @@ class ModelSync:
             model = model_from_state(chosen["state"])
             lineage = chosen.get("lineage") or parse_version(chosen["version"])[0]
         except (KeyError, TypeError, ValueError) as exc:
-            key = (chosen.get("version"), epoch, seat_id)
-            if self._unloadable != key:
-                self._unloadable = key
-                log.error("cannot load model %s: %s; keeping %s", chosen.get("version"), exc,
-                          h.version)
-                self.metrics.lifecycle.refused.labels(source="unloadable").inc()
+            self._refuse((chosen.get("version"), epoch, seat_id),
+                         f"cannot load model {chosen.get('version')}: {exc}")
             return False
         h.adopt(model, lineage, int(chosen["sequence"]), epoch, seat_id)
         self.metrics.model_version.set(h.sequence)

@@ -23,9 +23,13 @@ ENTRY_POINTS = {"__main__"}
 
 
 def all_modules() -> list[str]:
-    names = set(PACKAGES)
+    names = set()
     for package in PACKAGES:
-        path = importlib.import_module(package).__path__
+        imported = importlib.import_module(package)
+        if imported.__file__ is None:
+            continue  # a data folder (no __init__.py)
+        names.add(package)
+        path = imported.__path__
         for info in pkgutil.iter_modules(path, package + "."):
             if not info.ispkg and info.name.rsplit(".", 1)[-1] not in ENTRY_POINTS:
                 names.add(info.name)

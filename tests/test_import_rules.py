@@ -191,3 +191,20 @@ def test_the_private_name_check_sees_reads_and_imports(tmp_path):
     probe.write_text("from faust.streams import _current_event\n"
                      "def f(store, self):\n    return store._db, self._mine, store.__dict__\n")
     assert private_reads(probe) == ["probe.py:1 import _current_event", "probe.py:3 ._db"]
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_one_top_level_package_with_every_part(tmp_path):
+    """What ``pip install .`` puts in site-packages: ``flagstream/`` and its dist-info only."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("flagstream-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"flagstream"}
+    for part in ("features", "scoring", "sinks", "streams", "streams/compat", "simulation",
+                 "evaluation", "perf", "perf/bench", "demo"):
+        assert f"flagstream/{part}/__init__.py" in names, part
+    assert "flagstream/sinks/review/static/review.html" in names

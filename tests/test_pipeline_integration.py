@@ -1,14 +1,26 @@
-"""End to end on the real broker: counts, dead letters, review, learning from feedback."""
+"""End to end on the real broker: counts, dead letters, review, learning from feedback.
+
+Decisions are checked against the same core run in-process with the same model."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from kafka_helpers import produce, produce_json, read_json, read_topic
+from model_helpers import (
+    decided,
+    in_process,
+    labelled_metric,
+    publish_champion,
+    registry,
+    serving_version,
+    train_offline,
+    wait_until,
+)
 
 from flagstream.codec import dumps
+from flagstream.scoring.handle import parse_version
 
 pytestmark = pytest.mark.integration
 
@@ -46,12 +58,38 @@ INVALID_REASONS = [
 ]
 
 
+def fraud_if_large(decision: dict) -> bool:
+    return decision["amount"] > 500
+
+
+def trained_champion() -> dict:
+    """A champion trained offline (other accounts and ids): large amounts are fraud."""
+    history = [transaction(50_000 + i, 900.0 if i % 5 == 0 else 15.0 + i % 9, f"x-{i % 30}")
+               for i in range(600)]
+    return train_offline(history, fraud_if_large)
+
+
+def assert_same_decisions(got: dict[str, dict], want: dict[str, dict]) -> None:
+    """Every decision of the worker equals the in-process core's for the same transaction."""
+    assert set(got) == set(want)
+    for tx, decision in got.items():
+        assert decided(decision) == decided(want[tx]), tx
+
+
 def test_valid_and_invalid_records_each_end_in_exactly_one_place(settings, worker_factory):
-    worker_factory()
-    valid = [transaction(i, 20.0 + (i % 7)) for i in range(300)]
+    state = trained_champion()
+    version = publish_champion(settings, state)
+    worker = worker_factory()
+    wait_until(lambda: serving_version(worker) == version, 30, "the published champion in use", worker)
+    keyed = [transaction(i, 900.0 if i % 10 == 0 else 20.0 + (i % 7)) for i in range(150)]
+    # an unkeyed producer: records land anywhere and are re-sent to their account's partition.
+    # One record per account here, so each account's order (keyed first) is the input order.
+    unkeyed = [transaction(i, 900.0 if i % 10 == 0 else 20.0 + (i % 7), f"c-{i - 150}")
+               for i in range(150, 300)]
+    valid = [*keyed, *unkeyed]
     duplicate = dict(valid[5])  # same id, same account: a producer retry
-    produce_json(settings, "transactions", valid[:150], "account_id")
-    produce_json(settings, "transactions", valid[150:], None)  # unkeyed producer
+    produce_json(settings, "transactions", keyed, "account_id")
+    produce_json(settings, "transactions", unkeyed, None)
     invalid = [*INVALID, dumps(duplicate)]
     asyncio.run(produce(settings, "transactions", [(None, v) for v in invalid]))
 
@@ -66,50 +104,87 @@ def test_valid_and_invalid_records_each_end_in_exactly_one_place(settings, worke
         assert "4111" not in letter["original"], "card numbers must be masked in dead letters"
     for decision in scores:
         assert "card_number" not in decision and "4111111111111111" not in str(decision)
-        assert decision["model_version"] and 0.0 <= decision["score"] <= 1.0
-    flagged_ids = {d["transaction_id"] for d in scores if d["decision"] == "review"}
+        assert decision["model_version"] == version and 0.0 <= decision["score"] <= 1.0
+
+    # the worker decided exactly what the core decides in-process with the same model
+    got = {d["transaction_id"]: d for d in scores}
+    want = in_process([valid], [state], [settings.threshold])
+    assert_same_decisions(got, want)
+    flagged_ids = {t for t, d in got.items() if d["decision"] == "review"}
+    assert flagged_ids == {t for t, d in want.items() if d["decision"] == "review"}
+    assert flagged_ids == {t["transaction_id"] for t in valid if t["amount"] > 500}
     review = read_json(settings, "review", len(flagged_ids), timeout_s=10)
-    assert {r["transaction_id"] for r in review} == flagged_ids
+    assert sorted(r["transaction_id"] for r in review) == sorted(flagged_ids)
+    for r in review:
+        assert r["reasons"] and r["score"] == got[r["transaction_id"]]["score"]
 
 
-def test_feedback_changes_the_models_predictions(settings, worker_factory):
+def test_feedback_is_learned_and_the_learned_model_scores_new_transactions(
+    settings, worker_factory, monkeypatch
+):
+    monkeypatch.setenv("FLAGSTREAM_CHALLENGERS", "")  # one lineage: the champion learns every label
+    monkeypatch.setenv("FLAGSTREAM_MODEL_PUBLISH_INTERVAL_S", "0.2")
     worker = worker_factory()
+    initial = serving_version(worker)
     # big amounts at a "bad" merchant are fraud, small ones legit
     first = [transaction(i, 900.0 if i % 5 == 0 else 15.0 + i % 9) for i in range(200)]
     produce_json(settings, "transactions", first, "account_id")
     scores = {d["transaction_id"]: d for d in read_json(settings, "scores", len(first))}
+    assert len(scores) == len(first) and {d["model_version"] for d in scores.values()} == {initial}
+    assert not any(d["decision"] == "review" for d in scores.values())  # untrained: flags nothing
     before = {t: d["score"] for t, d in scores.items()}
-    feedback = [
+    # feedback joins the decision the learner recorded: wait for those, not for a while
+    wait_until(lambda: worker.metric("flagstream_decisions_recorded_total") >= len(first), 30,
+               "decisions recorded by the learner", worker)
+    reviews = [
         {"transaction_id": t["transaction_id"], "label": "fraud" if t["amount"] > 500 else "legit",
          "source": "review", "reviewer": "test"}
         for t in first
     ]
-    produce_json(settings, "feedback", [*feedback, *feedback[:0]], "transaction_id")
+    chargebacks = [{"transaction_id": t["transaction_id"], "label": "fraud", "source": "chargeback"}
+                   for t in first[:100] if t["amount"] > 500]
+    produce_json(settings, "feedback", [*reviews, *chargebacks], "transaction_id")
     bad = [
         {"transaction_id": "never-scored", "label": "fraud", "source": "review"},
         {"transaction_id": "t-00001", "label": "maybe"},
     ]
     produce_json(settings, "feedback", bad, "transaction_id")
-    deadline = time.monotonic() + 60
-    while worker.metric("flagstream_feedback_labels_total") < len(feedback):
-        assert time.monotonic() < deadline, worker.log_tail()
-        time.sleep(0.5)
+    total = len(reviews) + len(chargebacks)
+    wait_until(lambda: worker.metric("flagstream_feedback_labels_total") >= total, 60,
+               "every label learned", worker)
+    frauds = sum(fb["label"] == "fraud" for fb in reviews)
+    assert labelled_metric(worker, "flagstream_feedback_labels_total") == {
+        frozenset({("label", "fraud"), ("source", "review")}): frauds,
+        frozenset({("label", "legit"), ("source", "review")}): len(reviews) - frauds,
+        frozenset({("label", "fraud"), ("source", "chargeback")}): len(chargebacks),
+    }
     letters = read_json(settings, "feedback.dlq", 2)
     assert sorted(x["reason"] for x in letters) == ["invalid_label", "unknown_transaction"]
+
+    # every label is in the newest published champion, and the scorer swapped to it
+    champion = wait_until(lambda: (c := registry(settings).champion) and c["labels"] == total and c,
+                          30, "a champion version with every label", worker)
+    assert parse_version(champion["version"])[1] > parse_version(initial)[1]
+    wait_until(lambda: serving_version(worker) == champion["version"], 30, "the scorer swapped", worker)
 
     second = [transaction(1000 + i, 900.0 if i % 5 == 0 else 15.0 + i % 9) for i in range(100)]
     produce_json(settings, "transactions", second, "account_id")
     after = read_json(settings, "scores", len(first) + len(second))
     new = {d["transaction_id"]: d for d in after if d["transaction_id"] >= "t-01000"}
     assert len(new) == len(second)
-    versions = {d["model_version"] for d in new.values()}
-    assert versions and all(v != scores["t-00000"]["model_version"] for v in versions)
+    assert {d["model_version"] for d in new.values()} == {champion["version"]}
+    thresholds = {d["threshold"] for d in new.values()}
+    assert len(thresholds) == 1
+    want = in_process([first, second], [None, champion["state"]], [settings.threshold, *thresholds])
+    assert_same_decisions(new, {t: want[t] for t in new})
+
     big_new = [d["score"] for d in new.values() if d["amount"] > 500]
     small_new = [d["score"] for d in new.values() if d["amount"] < 500]
     big_before = [before[t] for t, d in scores.items() if d["amount"] > 500]
     assert min(big_new) > max(big_before), "fraud feedback must raise scores of similar cases"
     assert sum(big_new) / len(big_new) > 2 * sum(small_new) / len(small_new)
-    assert any(d["decision"] == "review" for d in new.values())
+    flagged = {t for t, d in new.items() if d["decision"] == "review"}
+    assert flagged and flagged == {t for t in new if want[t]["decision"] == "review"}
 
 
 def test_review_topic_is_plain_json_readable_by_other_clients(settings, worker_factory):
