@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+from typing import TypeGuard
 
 from flagstream.errors import InvalidRecord
 
@@ -67,5 +68,5 @@ def check_decision(obj: object, n_features: int) -> dict:
     return obj
 
 
-def _finite(value: object) -> bool:
+def _finite(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

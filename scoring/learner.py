@@ -143,7 +143,13 @@ class Learner:
             except InvalidRecord as exc:
                 out.rejections.append(Rejection(index, exc.reason, str(exc)))
                 continue
-            decision = self.lookup(transaction_id)
+            try:
+                decision = self.lookup(transaction_id)
+            except Exception as exc:  # an unreadable stored decision: this label alone fails
+                out.rejections.append(
+                    Rejection(index, "internal_error", f"decision lookup failed: {type(exc).__name__}")
+                )
+                continue
             if decision is None:
                 out.rejections.append(
                     Rejection(index, "unknown_transaction", f"no decision for {transaction_id!r}")

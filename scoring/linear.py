@@ -207,6 +207,8 @@ class LinearChampion:
                                     for k in ("counts", "means", "vars"))
         if any(v < 0 for v in (*counts.values(), *variances.values())):
             raise ValueError("model state: scaler counts and variances must be >= 0")
+        if not all(c.is_integer() for c in counts.values()):
+            raise ValueError("model state: scaler counts must be whole numbers")
         weights = _inputs(_mapping(state, "weights"), "weights")
         intercept = _number(state.get("intercept"), "intercept")
         n_learned = _number(state.get("n_learned"), "n_learned", low=0.0)
@@ -214,7 +216,7 @@ class LinearChampion:
         model = cls(**params)
         model.n_learned = int(n_learned)
         for name, count in counts.items():
-            model.scaler.counts[name] = int(count) if count.is_integer() else count
+            model.scaler.counts[name] = int(count)
         model.scaler.means.update(means)
         model.scaler.vars.update(variances)
         set_weights(model.classifier, weights)

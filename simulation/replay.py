@@ -152,7 +152,7 @@ async def _open_producer(settings: Settings, batch_bytes: int) -> tuple[AIOKafka
     await create_topics(settings)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.broker, max_batch_size=batch_bytes, linger_ms=5,
-        **settings.kafka_security(),
+        **settings.producer_options(), **settings.kafka_security(),
     )
     await producer.start()
     try:

@@ -356,7 +356,8 @@ class SimulatedReviewers:
         topics = [self._review_topic]
         if self.config.chargebacks or self.config.auto_legit:
             topics.append(s.topic(SCORES))
-        self._producer = AIOKafkaProducer(bootstrap_servers=s.broker, linger_ms=5, **s.kafka_security())
+        self._producer = AIOKafkaProducer(bootstrap_servers=s.broker, linger_ms=5,
+                                          **s.producer_options(), **s.kafka_security())
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
             *topics, bootstrap_servers=s.broker, group_id=self.group_id,

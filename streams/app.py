@@ -26,10 +26,11 @@ from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.sinks.metrics import PipelineMetrics
 from flagstream.streams import topics as names
-from flagstream.streams.compat.internals import shared_table
+from flagstream.streams.compat.internals import idempotent_producers, shared_table
 from flagstream.streams.config import Settings
 from flagstream.streams.core import ScoringCore
 from flagstream.streams.model_sync import ModelSync
+from flagstream.streams.topics import durability
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,13 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
         table_standby_replicas=0,
         broker_session_timeout=settings.session_timeout_s,
         broker_commit_interval=settings.commit_interval_s,
+        topic_replication_factor=settings.replication_factor,
+        producer_acks=-1,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         logging_config=None,
     )
+    if settings.producer_idempotence:
+        idempotent_producers()
     metrics = PipelineMetrics()
     handle = ModelHandle(LinearChampion(learning_rate=settings.learning_rate))
     topic_map = {
@@ -142,10 +147,12 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
     tables: dict[str, Any] = {"merchants": merchant_table, "models": models_table}
     if role in {"all", "scorer"}:
         tables["accounts"] = app.Table("accounts", partitions=settings.partitions,
-                                       key_type=bytes, value_type=bytes)
+                                       key_type=bytes, value_type=bytes,
+                                       extra_topic_configs=durability(settings))
     if role in {"all", "learner"}:
         tables["decisions"] = app.Table("decisions", partitions=settings.partitions,
-                                        key_type=bytes, value_type=bytes)
+                                        key_type=bytes, value_type=bytes,
+                                        extra_topic_configs=durability(settings))
 
     accounts_table = tables.get("accounts")
     accounts = Arena(

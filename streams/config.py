@@ -86,6 +86,13 @@ class Settings:
     session_timeout_s: float = 10.0
     #: How often the worker commits the offsets of processed events, seconds.
     commit_interval_s: float = 2.8
+    #: Copies of every topic (1 on one broker, 3 on a real cluster) and how many of them
+    #: must have a write before it counts (``min.insync.replicas``).
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
+    #: Producers wait for every in-sync replica (``acks=all``); idempotent ones also never
+    #: duplicate or reorder a record when they retry.
+    producer_idempotence: bool = True
     #: Kafka security, applied to every client: ``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT``
     #: or ``SASL_SSL``; SASL mechanism ``PLAIN`` or ``SCRAM-SHA-256``/``-512``.
     security_protocol: str = "PLAINTEXT"
@@ -111,6 +118,9 @@ class Settings:
     #: Hot path batch size and the longest wait for a batch to fill, seconds.
     batch_size: int = 2_000
     batch_within: float = 0.01
+    #: A stop signal (SIGTERM, SIGINT) ends the worker within this many seconds, whatever
+    #: it is doing; what was not durable by then is replayed after a restart.
+    shutdown_deadline_s: float = 30.0
     #: Hand the scorer whole fetched chunks (:mod:`flagstream.streams.compat.faust_consumer`);
     #: off, it takes events one by one through Faust's own ``noack_take``.
     faust_chunks: bool = True
@@ -163,6 +173,18 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise ConfigurationError("FLAGSTREAM_PARTITIONS must be at least 1")
+        if self.replication_factor < 1:
+            raise ConfigurationError("FLAGSTREAM_REPLICATION_FACTOR must be at least 1")
+        if not 1 <= self.min_insync_replicas <= self.replication_factor:
+            raise ConfigurationError(
+                "FLAGSTREAM_MIN_INSYNC_REPLICAS must be between 1 and FLAGSTREAM_REPLICATION_FACTOR"
+            )
+        if self.shutdown_deadline_s <= 0:
+            raise ConfigurationError("FLAGSTREAM_SHUTDOWN_DEADLINE_S must be positive")
+
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed."""
         return replace(self, **changes)
@@ -201,6 +223,14 @@ class Settings:
                 shown = str(value)
             out.append((f"{PREFIX}{f.name.upper()}", shown))
         return out
+
+    def producer_options(self) -> dict[str, Any]:
+        """Durability keyword arguments for aiokafka producers.
+
+        >>> Settings().producer_options()
+        {'acks': 'all', 'enable_idempotence': True}
+        """
+        return {"acks": "all", "enable_idempotence": self.producer_idempotence}
 
     def kafka_security(self) -> dict[str, Any]:
         """Keyword arguments for aiokafka clients (SASL/SSL passed through)."""

@@ -53,12 +53,20 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
         async for events in stream.noack_take(s.batch_size, within=0.05):
             await rt.ensure_ready()
             for group in records_by_partition(events).values():
-                values = [parse_decision(v) for v in group.values]
-                rt.learner.shadow.annotate([v for v in values if isinstance(v, dict)])
+                parsed = [parse_decision(v) for v in group.values]
+                usable = [(k, v) for k, v in zip(group.keys, parsed, strict=True)
+                          if isinstance(v, dict) and k]
+                rt.learner.shadow.annotate([v for _, v in usable])
                 with current_event(group.events[-1]):
-                    for key, v in zip(group.keys, values, strict=True):
-                        decisions[key] = dumps(v) if isinstance(v, dict) else v
-                rt.metrics.recorded.inc(len(group))
+                    for key, v in usable:
+                        decisions[key[:256]] = dumps(v)
+                rt.metrics.recorded.inc(len(usable))
+                if len(usable) < len(group):  # not a decision the scorer wrote: never learned from
+                    refused = len(group) - len(usable)
+                    log.warning("ignored %d records on %s that are not decisions", refused,
+                                group.topic)
+                    p.metrics.dead_letters.labels(topic=group.topic, reason="invalid_decision").inc(
+                        refused)
             ack_all(events)
 
     @app.agent(t["feedback"], name="learn")

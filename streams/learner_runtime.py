@@ -68,7 +68,10 @@ class LearnerRuntime:
     def lookup(self, transaction_id: str) -> dict | None:
         """The decision recorded for a transaction (the feedback join), or None."""
         stored = self.decisions.get(transaction_id.encode())
-        return None if stored is None else loads(stored)
+        if stored is None:
+            return None
+        decision = loads(stored)
+        return decision if isinstance(decision, dict) else None
 
     # --- reading the registry (our own recent writes first: the table may lag) ---------
     def get(self, key: bytes) -> dict | None:

@@ -43,6 +43,7 @@ class RegistryClient:
 
     async def __aenter__(self) -> RegistryClient:
         self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.broker,
+                                          **self.settings.producer_options(),
                                           **self.settings.kafka_security())
         await self._producer.start()
         return self

@@ -68,15 +68,20 @@ class ReviewRuntime:
         @app.agent(self.p.topics["review"], name="review-queue")
         async def review_queue(stream: Any) -> None:
             async for event in stream.events():
-                try:
-                    record = loads(event.message.value)
-                except Exception:  # malformed flags are counted and skipped
-                    record = None
-                self.service.ingest(record, event.message.partition)
+                self.ingest(event.message.value, event.message.partition)
 
         app.on_partitions_assigned.connect(self.on_assigned)
         serve_on_faust(app, ReviewRoutes(self.service, self.auth).routes())
         _ = review_queue
+
+    def ingest(self, value: bytes | None, partition: int) -> None:
+        """Queue one record from ``review``; a malformed one is counted and skipped, never raised."""
+        try:
+            record = loads(value) if value is not None else None
+            self.service.ingest(record, partition)
+        except Exception as exc:  # the review topic is as hostile as any other
+            log.warning("skipped a review record that cannot be queued: %s", type(exc).__name__)
+            self.service.metrics.ingested.labels(outcome="invalid").inc()
 
     async def stop(self) -> None:
         for task in list(self.tasks):

@@ -60,6 +60,11 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
+def durability(settings: Settings) -> dict[str, str]:
+    """Topic configuration every topic gets: the writes that must land before one counts."""
+    return {"min.insync.replicas": str(settings.min_insync_replicas)}
+
+
 def partition_for(key: str, partitions: int) -> int:
     """The partition Kafka's default (murmur2) partitioner picks for a string key.
 
@@ -88,7 +93,9 @@ async def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str
         if missing:
             try:
                 await admin.create_topics(
-                    [NewTopic(s.name, s.partitions, 1, topic_configs=s.config) for s in missing]
+                    [NewTopic(s.name, s.partitions, settings.replication_factor,
+                              topic_configs={**s.config, **durability(settings)})
+                     for s in missing]
                 )
             except TopicAlreadyExistsError:
                 pass

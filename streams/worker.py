@@ -11,8 +11,11 @@ import argparse
 import asyncio
 import logging
 
+from flagstream.features.kernels import warm_up
 from flagstream.streams.agents import build_app
 from flagstream.streams.app import ROLES
+from flagstream.streams.compat import check_versions
+from flagstream.streams.compat.internals import DeadlineWorker
 from flagstream.streams.config import Settings
 from flagstream.streams.topics import create_topics
 
@@ -41,16 +44,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Create topics and run the worker until interrupted."""
-    from faust import Worker
-
-    from flagstream.features.kernels import warm_up
-
+    """Create topics and run the worker until interrupted (SIGTERM/SIGINT: within the deadline)."""
+    check_versions()  # before anything touches Faust's internals
     settings = settings_from(args)
     warm_up()  # compile the Numba kernels before the first batch, not during it
     asyncio.run(create_topics(settings))
     pipeline = build_app(settings, args.role)
     log.info("starting %s worker on %s", args.role, settings.broker)
-    worker = Worker(pipeline.app, loglevel=args.loglevel, quiet=True)
+    worker = DeadlineWorker(pipeline.app, deadline_s=settings.shutdown_deadline_s,
+                            loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()
     return 0

@@ -92,7 +92,8 @@ async def run(settings: Settings, model_path: str | None, stop: asyncio.Event) -
         **settings.kafka_security(),
     )
     producer = AIOKafkaProducer(bootstrap_servers=settings.broker, linger_ms=5,
-                                max_batch_size=1_048_576, **settings.kafka_security())
+                                max_batch_size=1_048_576, **settings.producer_options(),
+                                **settings.kafka_security())
     await consumer.start()
     await producer.start()
     done = 0

@@ -134,7 +134,7 @@ async def read_decisions(settings: Settings, topic: str) -> tuple[dict[str, Deci
     name = settings.topic(topic)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.broker, enable_auto_commit=False,
-        auto_offset_reset="earliest", max_partition_fetch_bytes=8_388_608,
+        auto_offset_reset="earliest", max_partition_fetch_bytes=8_388_608, **settings.kafka_security(),
     )
     await start_client(consumer)
     try:
@@ -167,7 +167,8 @@ async def wait_for_count(
     settings: Settings, topic: str, expected: int, stall_s: float, poll_s: float = 0.2
 ) -> tuple[int, bool]:
     """Wait until ``topic`` holds ``expected`` records, or nothing new came for ``stall_s``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False,
+                                **settings.kafka_security())
     await start_client(consumer)
     try:
         last, last_change = -1, time.monotonic()

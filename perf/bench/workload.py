@@ -143,7 +143,7 @@ async def create_bench_topics(settings: Settings) -> None:
     A decision's record timestamp is then the moment it landed on ``scores``, the end
     point of every latency measured here.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker, **settings.kafka_security())
     await start_client(admin)
     try:
         config = {"message.timestamp.type": "LogAppendTime"}
@@ -162,7 +162,7 @@ async def delete_topics(settings: Settings) -> int:
     A broker that keeps every benchmark's topics ends up with tens of thousands of
     partitions and slows down (or runs out of heap) for everyone sharing it.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker, **settings.kafka_security())
     await start_client(admin)
     try:
         names = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
@@ -176,7 +176,7 @@ async def delete_topics(settings: Settings) -> int:
 def _producer(settings: Settings, linger_ms: int) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=settings.broker, linger_ms=linger_ms, max_batch_size=1_048_576,
-        max_request_size=8_388_608,
+        max_request_size=8_388_608, **settings.producer_options(), **settings.kafka_security(),
     )
 
 

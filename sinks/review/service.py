@@ -117,7 +117,7 @@ class ReviewService:
         self.overturned = 0
         self.by_reviewer: dict[str, int] = {}
 
-    def ingest(self, record: dict, partition: int | None = None) -> ReviewItem | None:
+    def ingest(self, record: object, partition: int | None = None) -> ReviewItem | None:
         """Queue a flagged record and remember it in the card's history."""
         if not isinstance(record, dict) or not isinstance(record.get("transaction_id"), str):
             self.metrics.ingested.labels(outcome="invalid").inc()

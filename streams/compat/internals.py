@@ -7,6 +7,9 @@ were not written and tested against.
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -59,6 +62,25 @@ def shared_table(app: faust.App, name: str, topic: TopicT, options: dict) -> Sha
         is_global=True, changelog_topic=topic, **options,
     )
     return cast(SharedGlobalTable, app.tables.add(table))
+
+
+def idempotent_producers() -> None:
+    """Every Faust producer in this process is idempotent with ``acks=all``.
+
+    Faust (0.15.3) turns idempotence on only for exactly-once transactions; the
+    producer's extra settings are where it does so, and here for every producer.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    original = driver.Producer._settings_extra
+    if getattr(original, "flagstream_idempotent", False):
+        return
+
+    def settings_extra(self: Any) -> Mapping[str, Any]:
+        return {**original(self), "acks": "all", "enable_idempotence": True}
+
+    settings_extra.flagstream_idempotent = True  # type: ignore[attr-defined]
+    driver.Producer._settings_extra = settings_extra  # type: ignore[method-assign]
 
 
 def on_replicated(table: Any, note: Callable[[Iterable[bytes]], None]) -> None:
@@ -127,6 +149,43 @@ def stage_rows(table: Any, partition: int, rows: Mapping[bytes, bytes], outbox: 
     for key, value in items:
         outbox.add(topic, partition, key, value)
     return StagedRows(table, partition, items, topic)
+
+
+# --- the worker process ---------------------------------------------------------------------
+#: Exit status of a worker the shutdown deadline stopped.
+DEADLINE_EXIT = 3
+
+
+class DeadlineWorker(faust.Worker):
+    """A Faust worker that a stop signal ends within ``deadline_s`` whatever it is doing.
+
+    On SIGTERM or SIGINT Faust stops the app gracefully; a watchdog thread armed by
+    the same signal ends the process with status :data:`DEADLINE_EXIT` if that takes
+    longer than ``deadline_s`` (a crash loop, a rebalance, a broker that is gone).
+    Nothing is lost either way: what was not durable is replayed after a restart.
+    """
+
+    def __init__(self, *args: Any, deadline_s: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline_s = deadline_s
+        self._watchdog: threading.Timer | None = None
+
+    def install_signal_handlers(self) -> None:
+        super().install_signal_handlers()
+        self.loop.add_signal_handler(signal.SIGTERM, self._stop_within_deadline, signal.SIGTERM)
+        self.loop.add_signal_handler(signal.SIGINT, self._stop_within_deadline, signal.SIGINT)
+
+    def _stop_within_deadline(self, signum: signal.Signals) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Timer(self.deadline_s, _exit_now, (self.deadline_s,))
+            self._watchdog.daemon = True
+            self._watchdog.start()
+        self._schedule_shutdown(signum)
+
+
+def _exit_now(deadline_s: float) -> None:
+    os.write(2, f"flagstream: not stopped {deadline_s:g}s after the signal; exiting now\n".encode())
+    os._exit(DEADLINE_EXIT)
 
 
 # --- aiokafka ------------------------------------------------------------------------------
