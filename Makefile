@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export KAFKA_PORT ?= 19092
 export FLAGSTREAM_BROKER ?= 127.0.0.1:$(KAFKA_PORT)
 
-.PHONY: install system-deps broker-start broker-stop test test-unit lint typecheck demo bench clean
+.PHONY: install system-deps broker-start broker-stop test test-unit lint typecheck faults demo bench clean
 
 # Every folder with Python in it (the package's parts, and the tests).
 SOURCES := flagstream features scoring sinks streams simulation evaluation perf demo tests
@@ -49,6 +49,15 @@ test: install lint typecheck
 	CI=$${CI:-} $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
 	bash scripts/kafka.sh stop; \
 	if [ $$status -ne 0 ]; then echo "---- broker log tail ----"; tail -40 $${FLAGSTREAM_CACHE:-$$HOME/.cache/flagstream}/kafka-data-$(KAFKA_PORT)/broker.log || true; fi; \
+	exit $$status
+
+# The fault suite's long variants: bigger streams, every fault, accounting printed.
+faults: install
+	bash scripts/kafka.sh start
+	set -o pipefail; status=0; \
+	FAULTS_LONG=1 $(BIN)/python -m pytest -s -m integration tests/test_faults.py \
+	  tests/test_cluster_faults.py tests/test_shutdown.py $(PYTEST_ARGS) || status=$$?; \
+	bash scripts/kafka.sh stop; bash scripts/kafka.sh cluster stop || true; \
 	exit $$status
 
 test-unit: $(BIN)/flagstream

@@ -13,6 +13,28 @@
 #   KAFKA_CONTROLLER_PORT                              (default KAFKA_PORT+1)
 #   KAFKA_DATA_DIR    broker state and log file        (default $FLAGSTREAM_CACHE/kafka-data-$KAFKA_PORT)
 #   KAFKA_HEAP        JVM heap                         (default 512m)
+#
+# Cluster mode: three KRaft nodes on loopback for the fault tests, each a combined
+# broker+controller in its own JVM with its own data dir and log; one controller
+# quorum of three voters, one cluster id; replication factor 3, min.insync.replicas 2.
+#
+#   scripts/kafka.sh cluster start | stop [N] | status | servers | kill N | restart N | logs N | reset
+#
+#   start      start the nodes not running (idempotent); waits until every node answers a
+#              metadata request listing all three brokers
+#   stop [N]   clean shutdown (SIGTERM, SIGKILL after 60 s) of every node, or of node N
+#   kill N     SIGKILL node N: no controlled shutdown, no flush
+#   restart N  stop node N if it runs, start it, wait until it is back in the cluster
+#   servers    print the bootstrap list, host:port,host:port,host:port
+#   status     one line per node; exit 0 only if all three run and see three brokers
+#   reset      stop every node and remove the cluster's data
+#
+# Cluster settings (environment):
+#   KAFKA_CLUSTER_PORT  client port of node 1; node N listens on PORT+2(N-1), its
+#                       controller on the port above it (default 29192: clients
+#                       29192/29194/29196, controllers 29193/29195/29197)
+#   KAFKA_CLUSTER_DIR   data dirs node-1..node-3  (default $FLAGSTREAM_CACHE/kafka-cluster-$KAFKA_CLUSTER_PORT)
+#   KAFKA_CLUSTER_HEAP  JVM heap of each node     (default 384m)
 set -euo pipefail
 
 KAFKA_VERSION=${KAFKA_VERSION:-4.1.1}
@@ -93,10 +115,15 @@ PROPS
 
 ready() {
   # A real metadata round trip through the client listener, not a port probe.
+  metadata_brokers "$KAFKA_PORT" 1 >/dev/null
+}
 
-  python3 - "$KAFKA_PORT" <<'PY'
+metadata_brokers() {
+  # Send a Metadata request to 127.0.0.1:PORT; print the broker ids it lists and
+  # succeed if it lists at least MIN brokers.
+  python3 - "$1" "$2" <<'PY'
 import socket, struct, sys
-port = int(sys.argv[1])
+port, least = int(sys.argv[1]), int(sys.argv[2])
 # Metadata request v1 (all topics), correlation id 7.
 client = b"ready"
 body = struct.pack(">hhih", 3, 1, 7, len(client)) + client + struct.pack(">i", -1)
@@ -111,8 +138,16 @@ try:
                 sys.exit(1)
             data += chunk
         corr, n_brokers = struct.unpack(">ii", data[:8])
-        sys.exit(0 if corr == 7 and n_brokers >= 1 else 1)
-except OSError:
+        ids, at = [], 8
+        for _ in range(max(n_brokers, 0)):  # node_id, host, port, rack (nullable)
+            node, host_len = struct.unpack(">ih", data[at:at + 6])
+            at += 6 + host_len + 4
+            rack_len = struct.unpack(">h", data[at:at + 2])[0]
+            at += 2 + max(rack_len, 0)
+            ids.append(node)
+        print(",".join(map(str, sorted(ids))))
+        sys.exit(0 if corr == 7 and n_brokers >= least else 1)
+except (OSError, struct.error):
     sys.exit(1)
 PY
 }
@@ -146,6 +181,237 @@ stop() {
   log "stopped"
 }
 
+# --- cluster mode ------------------------------------------------------------------------
+
+CLUSTER_NODES=3
+CLUSTER_PORT=${KAFKA_CLUSTER_PORT:-29192}
+CLUSTER_DIR=${KAFKA_CLUSTER_DIR:-$CACHE/kafka-cluster-$CLUSTER_PORT}
+CLUSTER_HEAP=${KAFKA_CLUSTER_HEAP:-384m}
+
+node_port() { echo $((CLUSTER_PORT + 2 * ($1 - 1))); }
+node_controller_port() { echo $((CLUSTER_PORT + 2 * ($1 - 1) + 1)); }
+node_dir() { echo "$CLUSTER_DIR/node-$1"; }
+cluster_servers() {
+  local n out=""
+  for n in $(seq 1 $CLUSTER_NODES); do out+="${out:+,}127.0.0.1:$(node_port "$n")"; done
+  echo "$out"
+}
+
+alive() {
+  # The process exists and is not a zombie waiting to be reaped.
+  kill -0 "$1" 2>/dev/null || return 1
+  [ -r "/proc/$1/stat" ] || return 0
+  local state; state=$(sed 's/^.*) //' "/proc/$1/stat" | cut -d' ' -f1)
+  [ "$state" != Z ] && [ "$state" != X ]
+}
+
+node_pid() {
+  # The pid of node N's JVM if it runs (checked against its command line, so a
+  # recycled pid is never taken for the broker).
+  local file pid; file="$(node_dir "$1")/broker.pid"
+  [ -f "$file" ] || return 1
+  pid=$(cat "$file")
+  [ -n "$pid" ] && alive "$pid" || return 1
+  if [ -r "/proc/$pid/cmdline" ]; then
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$(node_dir "$1")/server.properties" || return 1
+  fi
+  echo "$pid"
+}
+
+node_arg() {
+  case "${1:-}" in
+    [1-9]) [ "$1" -le $CLUSTER_NODES ] && return 0 ;;
+  esac
+  echo "node must be 1..$CLUSTER_NODES, not '${1:-}'" >&2
+  exit 2
+}
+
+cluster_id() {
+  # One id for every node: kept in cluster.id, or read back from a formatted node.
+  local file="$CLUSTER_DIR/cluster.id" meta id=""
+  if [ ! -s "$file" ]; then
+    mkdir -p "$CLUSTER_DIR"
+    for meta in "$CLUSTER_DIR"/node-*/logs/meta.properties; do
+      if [ -f "$meta" ]; then id=$(sed -n 's/^cluster\.id=//p' "$meta"); break; fi
+    done
+    if [ -z "$id" ]; then
+      id=$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+    fi
+    echo "$id" >"$file"
+  fi
+  cat "$file"
+}
+
+configure_node() {
+  local n=$1 DATA LOGFILE HEAP=$CLUSTER_HEAP voters="" i
+  DATA=$(node_dir "$n")
+  LOGFILE="$DATA/broker.log"
+  for i in $(seq 1 $CLUSTER_NODES); do voters+="${voters:+,}$i@127.0.0.1:$(node_controller_port "$i")"; done
+  mkdir -p "$DATA/logs"
+  cat > "$DATA/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=$n
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$(node_port "$n"),CONTROLLER://127.0.0.1:$(node_controller_port "$n")
+advertised.listeners=PLAINTEXT://127.0.0.1:$(node_port "$n")
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$DATA/logs
+num.partitions=4
+default.replication.factor=3
+min.insync.replicas=2
+unclean.leader.election.enable=false
+offsets.topic.replication.factor=3
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+share.coordinator.state.topic.replication.factor=3
+share.coordinator.state.topic.min.isr=2
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+num.network.threads=2
+num.io.threads=4
+log.retention.hours=168
+log.segment.bytes=268435456
+PROPS
+  cat > "$DATA/log4j2.properties" <<PROPS
+rootLogger.level=INFO
+rootLogger.appenderRef.file.ref=FILE
+appender.file.type=File
+appender.file.name=FILE
+appender.file.fileName=$LOGFILE
+appender.file.layout.type=PatternLayout
+appender.file.layout.pattern=[%d] %p %m (%c)%n
+PROPS
+  if [ ! -f "$DATA/logs/meta.properties" ]; then
+    java_run kafka.tools.StorageTool format -t "$(cluster_id)" \
+      -c "$DATA/server.properties" >>"$LOGFILE" 2>&1 \
+      || { tail -50 "$LOGFILE" >&2; log "node $n: storage format failed"; return 1; }
+  fi
+}
+
+launch_node() {
+  local n=$1 DATA; DATA=$(node_dir "$n")
+  log "node $n: starting on 127.0.0.1:$(node_port "$n"), controller :$(node_controller_port "$n") (log: $DATA/broker.log)"
+  nohup java -Xms"$CLUSTER_HEAP" -Xmx"$CLUSTER_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$DATA/log4j2.properties" \
+    -cp "$DIST/libs/*" kafka.Kafka "$DATA/server.properties" >>"$DATA/stdout.log" 2>&1 &
+  echo $! > "$DATA/broker.pid"
+}
+
+wait_nodes() {
+  # Wait until each given node answers a metadata request that lists every broker.
+  local n pending=("$@") left
+  for _ in $(seq 1 "${KAFKA_START_TIMEOUT_S:-180}"); do
+    left=()
+    for n in "${pending[@]}"; do
+      if ! node_pid "$n" >/dev/null; then
+        tail -60 "$(node_dir "$n")/broker.log" "$(node_dir "$n")/stdout.log" >&2 || true
+        log "node $n exited"
+        return 1
+      fi
+      metadata_brokers "$(node_port "$n")" $CLUSTER_NODES >/dev/null || left+=("$n")
+    done
+    if [ ${#left[@]} -eq 0 ]; then
+      local joined="$*"; log "ready: $(cluster_servers) (nodes ${joined// /,} see $CLUSTER_NODES brokers)"
+      return 0
+    fi
+    pending=("${left[@]}")
+    sleep 1
+  done
+  for n in "${pending[@]}"; do tail -30 "$(node_dir "$n")/broker.log" >&2 || true; done
+  log "nodes ${pending[*]} did not list $CLUSTER_NODES brokers within ${KAFKA_START_TIMEOUT_S:-180} s"
+  return 1
+}
+
+cluster_start() {
+  local n all=()
+  fetch
+  for n in $(seq 1 $CLUSTER_NODES); do
+    all+=("$n")
+    node_pid "$n" >/dev/null && continue
+    configure_node "$n"
+  done
+  for n in "${all[@]}"; do
+    if node_pid "$n" >/dev/null; then log "node $n: already running"; else launch_node "$n"; fi
+  done
+  wait_nodes "${all[@]}"
+}
+
+stop_nodes() {
+  # SIGTERM the given nodes together (a quorum shutting down one by one would leave the
+  # last voter waiting for the others), then SIGKILL what is left after 60 s.
+  local n pid pids=()
+  for n in "$@"; do
+    if pid=$(node_pid "$n"); then kill "$pid"; pids+=("$pid"); fi
+  done
+  [ ${#pids[@]} -eq 0 ] && { log "nodes $*: not running"; for n in "$@"; do rm -f "$(node_dir "$n")/broker.pid"; done; return 0; }
+  for _ in $(seq 1 120); do
+    local any=0
+    for pid in "${pids[@]}"; do alive "$pid" && any=1; done
+    [ $any -eq 0 ] && break
+    sleep 0.5
+  done
+  for pid in "${pids[@]}"; do
+    if alive "$pid"; then log "forcing stop of pid $pid"; kill -9 "$pid" 2>/dev/null || true; fi
+  done
+  for n in "$@"; do rm -f "$(node_dir "$n")/broker.pid"; done
+  log "stopped nodes $*"
+}
+
+cluster_kill() {
+  local n=$1 pid
+  if ! pid=$(node_pid "$n"); then log "node $n: not running"; return 0; fi
+  kill -9 "$pid"
+  for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.1; done
+  alive "$pid" && { log "node $n (pid $pid) survived SIGKILL"; return 1; }
+  rm -f "$(node_dir "$n")/broker.pid"
+  log "node $n: SIGKILLed (pid $pid)"
+}
+
+cluster_restart() {
+  local n=$1
+  node_pid "$n" >/dev/null && stop_nodes "$n"
+  fetch
+  configure_node "$n"
+  launch_node "$n"
+  wait_nodes "$n"
+}
+
+cluster_status() {
+  local n pid seen ok=0
+  for n in $(seq 1 $CLUSTER_NODES); do
+    if pid=$(node_pid "$n"); then
+      if seen=$(metadata_brokers "$(node_port "$n")" $CLUSTER_NODES); then
+        echo "node $n: running (pid $pid) on 127.0.0.1:$(node_port "$n"), sees brokers $seen"
+      else
+        echo "node $n: running (pid $pid) on 127.0.0.1:$(node_port "$n"), not ready${seen:+ (sees brokers $seen)}"
+        ok=1
+      fi
+    else
+      echo "node $n: stopped"
+      ok=1
+    fi
+  done
+  return $ok
+}
+
+cluster() {
+  local all; all=$(seq 1 $CLUSTER_NODES)
+  case "${1:-}" in
+    start) cluster_start ;;
+    stop) if [ -n "${2:-}" ]; then node_arg "$2"; stop_nodes "$2"; else stop_nodes $all; fi ;;
+    kill) node_arg "${2:-}"; cluster_kill "$2" ;;
+    restart) node_arg "${2:-}"; cluster_restart "$2" ;;
+    status) cluster_status ;;
+    servers) cluster_servers ;;
+    logs) node_arg "${2:-}"; cat "$(node_dir "$2")/broker.log" ;;
+    reset) stop_nodes $all; rm -rf "$CLUSTER_DIR"; log "removed $CLUSTER_DIR" ;;
+    *) echo "usage: $0 cluster start|stop [N]|status|servers|kill N|restart N|logs N|reset" >&2; exit 2 ;;
+  esac
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
@@ -154,5 +420,6 @@ case "${1:-}" in
   logs) cat "$LOGFILE" ;;
   fetch) fetch ;;
   reset) stop; rm -rf "$DATA"; log "removed $DATA" ;;
-  *) echo "usage: $0 start|stop|restart|status|logs|fetch|reset" >&2; exit 2 ;;
+  cluster) shift; cluster "$@" ;;
+  *) echo "usage: $0 start|stop|restart|status|logs|fetch|reset | cluster start|stop [N]|status|servers|kill N|restart N|logs N|reset" >&2; exit 2 ;;
 esac

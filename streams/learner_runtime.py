@@ -20,6 +20,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from flagstream.codec import loads
 from flagstream.features.layout import N_FEATURES
 from flagstream.scoring import registry as reg
@@ -90,11 +92,52 @@ class LearnerRuntime:
         if not self.ready:
             await recovery_done(self.p.app).wait()
             if not self.ready:
-                self.restore()
+                if self.restore():
+                    await self.catch_up()
                 self.ready = True
 
-    def restore(self) -> None:
-        """Resume from the newest valid snapshot: the local file or the copy on the topic."""
+    async def catch_up(self) -> int:
+        """Learn again the feedback between the restored snapshot and the group's commit.
+
+        When the newest snapshot was refused (torn, tampered) an older one is used: the
+        labels after it were acknowledged, so the group will not deliver them again,
+        but the models restored from the snapshot never learned them. Their other
+        effects (dead letters, merchant activity) were delivered before the ack, so
+        only the models learn them here. Returns how many labels were learned.
+        """
+        s, learner = self.p.settings, self.learner
+        topic = self.p.topics["feedback"].get_topic_name()
+        consumer = AIOKafkaConsumer(bootstrap_servers=s.broker, group_id=self.p.app.conf.id,
+                                    enable_auto_commit=False, **s.kafka_security())
+        await consumer.start()
+        learned = 0
+        try:
+            for partition in range(s.partitions):
+                tp = TopicPartition(topic, partition)
+                end = await consumer.committed(tp)  # the next offset the group will read
+                start = learner.offsets.get(partition, -1) + 1
+                if end is None or start >= end:
+                    continue
+                consumer.assign([tp])
+                consumer.seek(tp, start)
+                while await consumer.position(tp) < end:
+                    batch = (await consumer.getmany(tp, timeout_ms=1_000)).get(tp, [])
+                    kept = [r for r in batch if r.offset < end]
+                    if kept:
+                        learned += learner.learn([r.value for r in kept], [r.offset for r in kept],
+                                                 partition).learned
+                log.warning("learned feedback %s[%d] offsets %d..%d again: the snapshot used was "
+                            "older than the group's commit", topic, partition, start, end - 1)
+        finally:
+            await consumer.stop()
+        return learned
+
+    def restore(self) -> bool:
+        """Resume from the newest valid snapshot: the local file or the copy on the topic.
+
+        Returns whether a snapshot was found (else the learner starts from the published
+        champion, or from scratch).
+        """
         learner = self.learner
         found = []
         local = self.store.load()
@@ -127,6 +170,7 @@ class LearnerRuntime:
             floor = max(floor, record["sequence"] if record else 0)
         learner.next_sequence = max(learner.next_sequence, floor + 1)
         self.publish_handle()
+        return bool(found)
 
     # --- what changes the champion -------------------------------------------------------
     def publish_handle(self) -> None:

@@ -130,13 +130,19 @@ class WorkerProcess:
         return env
 
     def start(self, timeout_s: float = 90.0) -> WorkerProcess:
+        """Launch the worker and wait until it holds its partitions."""
+        self.launch()
+        self.wait_ready(timeout_s)
+        return self
+
+    def launch(self) -> WorkerProcess:
+        """Start the worker process without waiting for it (its log starts a new run)."""
         self.log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "flagstream.cli", "worker", "--role", self.role],
                 cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
             )
-        self.wait_ready(timeout_s)
         return self
 
     def run_log(self) -> bytes:

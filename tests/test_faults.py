@@ -1,0 +1,160 @@
+"""The fault suite on the real broker: poison records, SIGKILLs, a broker outage, a rebalance.
+
+After each fault every valid transaction has a decision on ``scores`` and every invalid
+record a dead letter; repeats only for the same transaction id (same decision). The
+accounting is printed (``pytest -s`` shows it). ``make faults`` runs the long variants
+(``FAULTS_LONG=1``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from fault_helpers import MixedStream, account, produce_slowly, valid_records, wait_until_accounted
+from kafka_helpers import ROOT, WorkerProcess, free_port
+
+from flagstream.codec import dumps
+
+LONG = os.environ.get("FAULTS_LONG") == "1"
+VALID = 150_000 if LONG else 50_000
+HOSTILE = 1_000 if LONG else 200
+RATE = 5_000  # records a second: a 50,000 stream lasts ~10 s, so faults land mid-stream
+
+
+def check(acc, stream: MixedStream, fault: str) -> None:
+    print("\n" + acc.line(fault))
+    assert acc.lost == [], f"{len(acc.lost)} valid transactions never decided, e.g. {acc.lost[:5]}"
+    assert acc.dead_lettered == stream.hostile
+    assert acc.conflicting_repeats == [], "a repeated decision differs from the first one"
+    assert acc.valid_dead_lettered == []
+
+
+def produce_in_background(settings, stream: MixedStream, rate: float = RATE) -> threading.Thread:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(produce_slowly(settings, stream.records, rate))
+        except BaseException as exc:  # reported by the join below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def joined(thread: threading.Thread, timeout_s: float = 300) -> None:
+    thread.join(timeout_s)
+    assert not thread.is_alive(), "the producer did not finish"
+    assert not thread.errors, f"the producer failed: {thread.errors}"  # type: ignore[attr-defined]
+
+
+def wait_for_log(worker: WorkerProcess, marker: bytes, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while marker not in worker.run_log():
+        assert time.monotonic() < deadline, f"{marker!r} not logged in {timeout_s}s"
+        time.sleep(0.05)
+
+
+async def committed(settings, group: str) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        name = settings.topic("transactions")
+        return {p: (await consumer.committed(TopicPartition(name, p))) or 0
+                for p in range(settings.partitions)}
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.integration
+def test_poison_between_valid_records_is_dead_lettered_and_the_partition_moves_on(
+        settings, worker_factory):
+    """Records nested 1,000 deep and records whose full dead letter would pass 1 MB, between
+    valid ones on one partition: every valid one is decided, the committed offset passes
+    them all, and no agent ever crashed or restarted."""
+    valid = valid_records(300, accounts=1)  # one account: one partition
+    account_id = valid[0][0]
+    nested = b'{"transaction_id": "p-0", "extra": ' + b'{"a": ' * 1_000 + b"1" + b"}" * 1_001
+    huge = dumps({"transaction_id": "p-1", "account_id": account_id, "blob": "x" * 700_000})
+    records = []
+    for i, (_, value) in enumerate(valid):
+        records.append((account_id.encode(), value))
+        if i % 50 == 25:
+            records += [(account_id.encode(), nested), (account_id.encode(), huge)]
+    stream = MixedStream(records, {f"v-{i}" for i in range(len(valid))}, hostile=len(records) - len(valid))
+    worker = worker_factory(role="scorer")
+    asyncio.run(produce_slowly(settings, records, 2_000))
+    acc = wait_until_accounted(settings, stream, 120)
+    check(acc, stream, "poison between valid records")
+    assert acc.dead_letter_reasons == {"too_deep": 6, "too_large": 6}
+    group = f"{settings.topic_prefix}{settings.app_id}-scorer"
+    deadline = time.monotonic() + 60
+    while sum(asyncio.run(committed(settings, group)).values()) < len(records):
+        assert time.monotonic() < deadline, "the committed offset never passed the poison records"
+        time.sleep(0.5)
+    log = worker.run_log()
+    assert b"Restarting" not in log and b"crashed" not in log.lower(), worker.log_tail(60)
+
+
+@pytest.mark.integration
+def test_sigkills_during_a_mixed_stream_lose_nothing(settings, worker_factory):
+    """A worker SIGKILLed three times while a mixed stream arrives, once while recovering."""
+    stream = MixedStream.build(VALID, HOSTILE)
+    worker = worker_factory(role="scorer")
+    producer = produce_in_background(settings, stream)
+    for kill in range(3):
+        wait_for_log(worker, b"generation id")  # consuming again
+        time.sleep(1.5)
+        worker.kill()
+        worker.proc = None
+        if kill == 1:  # killed again while recovering, before it has its partitions
+            w = WorkerProcess(worker.settings, worker.log_path, "scorer").launch()
+            wait_for_log(w, b"Starting...", 60)
+            w.kill()
+        worker.start(timeout_s=120)
+    joined(producer)
+    check(wait_until_accounted(settings, stream, 300), stream, "3 SIGKILLs, one while recovering")
+
+
+@pytest.mark.integration
+def test_the_broker_stopped_for_30_seconds_mid_stream(settings, worker_factory, kafka_broker):
+    stream = MixedStream.build(VALID // 2, HOSTILE // 2, seed=5)
+    worker_factory(role="scorer")
+    half = len(stream.records) // 2
+    asyncio.run(produce_slowly(settings, stream.records[:half], RATE))
+    env = {**os.environ, "KAFKA_PORT": kafka_broker.rsplit(":", 1)[1]}
+    script = str(ROOT / "scripts" / "kafka.sh")
+    subprocess.run(["bash", script, "stop"], env=env, check=True, capture_output=True, timeout=120)
+    try:
+        time.sleep(30)
+    finally:
+        subprocess.run(["bash", script, "start"], env=env, check=True, capture_output=True,
+                       timeout=300)
+    asyncio.run(produce_slowly(settings, stream.records[half:], RATE))
+    check(wait_until_accounted(settings, stream, 300), stream, "broker stopped 30 s")
+
+
+@pytest.mark.integration
+def test_two_scorers_one_killed_its_partitions_move_and_come_back(settings, worker_factory, tmp_path):
+    stream = MixedStream.build(VALID, HOSTILE, seed=9)
+    first = worker_factory(role="scorer")
+    second = worker_factory(role="scorer", data_dir=str(tmp_path / "second"), web_port=free_port())
+    producer = produce_in_background(settings, stream)
+    time.sleep(3)
+    second.kill()  # its partitions move to the first after the session timeout
+    wait_for_log(first, b"generation id 3")
+    second.start(timeout_s=120)  # and back when it returns
+    wait_for_log(first, b"generation id 4")
+    joined(producer)
+    acc = wait_until_accounted(settings, stream, 300)
+    check(acc, stream, "two scorers, one SIGKILLed and back")
+    assert account(settings, stream).decided == len(stream.valid_ids)

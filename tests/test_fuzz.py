@@ -1,0 +1,790 @@
+"""Hostile input, fuzzed: every input yields exactly one decision or one dead letter, and nothing raises.
+
+Every topic flagstream reads may carry any bytes (ARCHITECTURE.md, "Hostile input and
+faults"). Two sources of input: the named nasties of ``tests/hostile_corpus.py``
+(nesting at every depth, numbers floats do not hold, broken UTF-8, wrong types in every
+field, records at the size limit, card numbers ...) and Hypothesis strategies below that
+mutate valid records field by field and byte by byte. They go through every reader:
+
+- transactions: ``ScoringCore.process`` (also partition-routed), ``validate_transactions``,
+  ``decode_object``;
+- feedback and the recorded decisions it is joined to: ``Learner.learn``;
+- recorded decisions: ``parse_decision`` then ``ShadowSet.annotate``;
+- dead letters: ``dead_letter`` (bounded, no card number comes back out);
+- merchant activity: ``MerchantActivity.from_wire`` and the merchants agent's reader;
+- flagged records: ``ReviewService.ingest`` and what the review page shows of them;
+- model records: ``ModelSync.sync`` with signed but malformed champions and seats.
+
+A known crash is marked ``xfail(strict=True)`` on exactly the test or corpus case that
+finds it, with the exception, where it is raised and a minimal input: fixing the crash
+turns the mark into a failure, and the mark is then removed.
+
+Hypothesis runs derandomized (a fixed seed, no example database), so CI is deterministic.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import math
+import re
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
+from functools import partial
+from types import SimpleNamespace
+
+import hostile_corpus as hc
+import numpy as np
+import orjson
+import pytest
+from hostile_corpus import DECIDED, REJECTED, Case, Raw
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from flagstream.codec import JSONDecodeError, decode_object, dumps, loads
+from flagstream.errors import InvalidRecord
+from flagstream.features.layout import N_FEATURES
+from flagstream.features.merchants import MerchantActivity, MerchantState
+from flagstream.scoring.challengers import (
+    DEFAULT_CHALLENGERS,
+    ShadowSet,
+    challengers_from_spec,
+    parse_decision,
+)
+from flagstream.scoring.handle import ModelHandle
+from flagstream.scoring.learner import Learner
+from flagstream.scoring.linear import INPUT_NAMES, LinearChampion
+from flagstream.scoring.policy import FixedThreshold
+from flagstream.scoring.registry import CHAMPION, SEAT, seat_change, version_record
+from flagstream.scoring.snapshots import seal
+from flagstream.sinks.dead_letter import dead_letter
+from flagstream.sinks.metrics import PipelineMetrics
+from flagstream.sinks.review.service import ReviewService
+from flagstream.streams.core import ScoringCore
+from flagstream.streams.learner_agents import _activity
+from flagstream.streams.learner_runtime import LearnerRuntime
+from flagstream.streams.model_sync import ModelSync
+from flagstream.streams.schema import validate_transactions
+
+FUZZ = settings(
+    max_examples=250, deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                           HealthCheck.filter_too_much, HealthCheck.large_base_example],
+)
+ENVELOPE_LIMIT = 64 * 1024
+
+
+def known_crash(reason: str, raises: type[BaseException] | tuple[type[BaseException], ...]):
+    """The mark of a test or corpus case that finds a crash the package still has."""
+    return pytest.mark.xfail(strict=True, raises=raises, reason=reason)
+
+
+def cases(corpus: Sequence[Case], crashes: dict[str, pytest.MarkDecorator] | None = None) -> list:
+    """Corpus cases as pytest params, the known crashes marked."""
+    crashes = crashes or {}
+    unknown = set(crashes) - {c.name for c in corpus}
+    assert not unknown, f"crash marks for cases that do not exist: {unknown}"
+    return [pytest.param(c, id=c.name, marks=[crashes[c.name]] if c.name in crashes else [])
+            for c in corpus]
+
+
+# =============================================================================================
+# Strategies: hostile bytes and hostile JSON
+# =============================================================================================
+SPECIAL_TEXT = st.sampled_from([
+    "", " ", "\x00", "\x1b[31m", "\r\n", "\u202e", "\u200f", "\u2066", "\ufeff", "\u200b",
+    "x" * 128, "x" * 129, "é" * 128, "é" * 129, "💳" * 128, hc.PAN, "4111 1111 1111 1111",
+    "5500-0000-0000-0004", "NaN", "Infinity", "-0", "1e400", "null", "2018-04-01T00:07:56Z",
+    "9999-12-31T23:59:59+14:00", "0001-01-01T00:00:00Z", "fraud", "legit", "review",
+])
+TEXT = st.one_of(
+    st.text(st.characters(codec="utf-8"), max_size=24), SPECIAL_TEXT,
+    st.builds(lambda ch, n: ch * n, st.sampled_from(["x", "é", "💳", "\x00", "\u202e", "7"]),
+              st.integers(120, 140)),
+)
+EXTREME_NUMBERS = st.sampled_from([
+    b"1e308", b"-1e308", b"1.7976931348623157e308", b"1e-320", b"5e-324", b"-5e-324", b"-0.0", b"-0",
+    b"0.0", str(2**63 - 1).encode(), str(2**63).encode(), str(2**64 - 1).encode(), str(2**64).encode(),
+    str(-(2**63)).encode(), str(-(2**63) - 1).encode(), str(10**400).encode(), b"1e400", b"-1e400",
+    b"1e-400", b"100000000000000000000", b"1522541276000", b"946684800000", b"4102444800000",
+])
+NOT_JSON = st.sampled_from([
+    b"NaN", b"-NaN", b"Infinity", b"-Infinity", b"nan", b"inf", b"0x1F", b"01", b"+1", b".5", b"1.",
+    b"undefined", b"'x'", b'"\\ud800"', b'"\\udfff\\ud800"', b'"\xff"', b'"\xc0\xaf"', b"tru", b"nul",
+])
+NUMBER = st.one_of(
+    st.integers(-(2**70), 2**70).map(lambda i: str(i).encode()),
+    st.floats(allow_nan=False, allow_infinity=False).map(orjson.dumps),
+    EXTREME_NUMBERS,
+)
+SCALAR = st.one_of(
+    st.just(b"null"), st.booleans().map(orjson.dumps), NUMBER, TEXT.map(orjson.dumps), NOT_JSON,
+)
+
+
+def _containers(children: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    return st.one_of(
+        st.lists(children, max_size=5).map(lambda xs: b"[" + b",".join(xs) + b"]"),
+        st.lists(st.tuples(TEXT, children), max_size=5).map(hc.record),
+    )
+
+
+#: Any JSON value as raw text, and much that is almost JSON.
+JSON_TEXT = st.recursive(SCALAR, _containers, max_leaves=12)
+DEEP = st.builds(hc.nested, st.sampled_from(["object", "array"]), st.integers(1, hc.DEEPEST), SCALAR)
+VALUE = st.one_of(JSON_TEXT, JSON_TEXT, DEEP)
+
+_OFFSETS = st.integers(-(24 * 60 - 1), 24 * 60 - 1).map(lambda m: timezone(timedelta(minutes=m)))
+TIMESTAMP = st.one_of(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=_OFFSETS)
+    .map(lambda d: orjson.dumps(d.isoformat())),
+    st.datetimes(min_value=datetime(1999, 12, 31), max_value=datetime(2100, 1, 2))
+    .map(lambda d: orjson.dumps(d.isoformat())),  # no offset
+    st.integers(-(2**63), 2**64 - 1).map(lambda i: str(i).encode()),
+    st.integers(hc.MIN_EPOCH_MS - 2, hc.MIN_EPOCH_MS + 2).map(lambda i: str(i).encode()),
+    st.integers(hc.MAX_EPOCH_MS - 2, hc.MAX_EPOCH_MS + 2).map(lambda i: str(i).encode()),
+    st.sampled_from([hc.encode(v) for _, v, _ in hc.TIMESTAMPS]),
+    VALUE,
+)
+
+
+def _post(draw: st.DrawFn, raw: bytes) -> bytes:
+    """Byte-level damage to an encoded record: truncation, a spliced invalid byte, a BOM, padding."""
+    how = draw(st.sampled_from(["keep"] * 8 + ["truncate", "splice", "bom", "limit", "over", "garbage"]))
+    if how == "truncate":
+        return raw[: draw(st.integers(0, max(0, len(raw) - 1)))]
+    if how == "splice":
+        at = draw(st.integers(0, len(raw)))
+        bad = draw(st.sampled_from([b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\x00", b"\x80"]))
+        return raw[:at] + bad + raw[at:]
+    if how == "bom":
+        return b"\xef\xbb\xbf" + raw
+    if how in ("limit", "over") and raw.endswith(b"}") and len(raw) < hc.MAX_RECORD_BYTES - 20:
+        target = hc.MAX_RECORD_BYTES + (how == "over")
+        filler = target - len(raw) - len(b',"pad":""')
+        return raw[:-1] + (b',"pad":"' + b"x" * filler + b'"}' if raw != b"{}" else b"")
+    if how == "garbage":
+        return raw + draw(st.binary(min_size=1, max_size=8))
+    return raw
+
+
+@st.composite
+def mutated(draw: st.DrawFn, base: dict, fields: dict[str, st.SearchStrategy[bytes]],
+            ids: dict[str, st.SearchStrategy[str]]) -> bytes:
+    """``base`` encoded with up to four hostile edits: a field replaced, removed, given twice,
+    nested deep, or an unknown field of any shape added; then maybe damaged byte-wise."""
+    pairs = [(k, hc.encode(v)) for k, v in base.items()]
+    for name, strategy in ids.items():
+        pairs = [(k, orjson.dumps(draw(strategy)) if k == name else v) for k, v in pairs]
+    for _ in range(draw(st.integers(0, 4))):
+        op = draw(st.sampled_from(["replace", "replace", "delete", "duplicate", "extra", "nest"]))
+        name = draw(st.sampled_from(sorted(fields)))
+        value = draw(fields[name])
+        if op == "replace":
+            pairs = [(k, value if k == name else v) for k, v in pairs]
+        elif op == "delete":
+            pairs = [(k, v) for k, v in pairs if k != name]
+        elif op == "duplicate":
+            pairs.insert(draw(st.integers(0, len(pairs))), (name, value))
+        elif op == "extra":
+            pairs.append((draw(TEXT), draw(VALUE)))
+        else:
+            depth = draw(st.integers(1, hc.DEEPEST))
+            kind = draw(st.sampled_from(["object", "array"]))
+            pairs = [(k, hc.nested(kind, depth, v) if k == name else v) for k, v in pairs]
+    return _post(draw, hc.record(pairs))
+
+
+def _or_value(strategy: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    return st.one_of(strategy, strategy, strategy, VALUE)
+
+
+SMALL_IDS = st.one_of(st.sampled_from([f"t-{i}" for i in range(4)]), TEXT)
+TRANSACTION_FIELDS = {
+    "transaction_id": _or_value(TEXT.map(orjson.dumps)), "account_id": _or_value(TEXT.map(orjson.dumps)),
+    "merchant_id": _or_value(TEXT.map(orjson.dumps)), "amount": _or_value(NUMBER), "timestamp": TIMESTAMP,
+    "currency": VALUE, "channel": VALUE, "country": VALUE, "is_fraud": VALUE,
+}
+HOSTILE_TRANSACTION = mutated(
+    hc.TRANSACTION, TRANSACTION_FIELDS,
+    {"transaction_id": SMALL_IDS, "account_id": st.sampled_from(["c-42", "c-0", "c-1", "c-2"])},
+)
+#: One value read from the ``transactions`` topic.
+TRANSACTION_VALUE = st.one_of(
+    HOSTILE_TRANSACTION, HOSTILE_TRANSACTION, HOSTILE_TRANSACTION, st.binary(max_size=300), st.none(),
+    st.just(b""), JSON_TEXT, DEEP,
+    st.sampled_from([c.value for c in hc.TRANSACTIONS if c.value is None or len(c.value) < 20_000]),
+)
+TRANSACTION_BATCH = st.lists(TRANSACTION_VALUE, max_size=10)
+
+DECISION_IDS = [f"t-{i}" for i in range(4)]
+FEATURE_NUMBER = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False).map(orjson.dumps), EXTREME_NUMBERS, NUMBER, SCALAR,
+)
+FEATURES = st.one_of(
+    st.lists(FEATURE_NUMBER, min_size=N_FEATURES, max_size=N_FEATURES),
+    st.lists(FEATURE_NUMBER, max_size=N_FEATURES + 3),
+).map(lambda xs: b"[" + b",".join(xs) + b"]")
+HOSTILE_DECISION = mutated(
+    hc.DECISION,
+    {"features": _or_value(FEATURES), "score": _or_value(NUMBER), "merchant_id": _or_value(TEXT.map(orjson.dumps)),
+     "event_time_ms": _or_value(NUMBER), "scored_at_ms": _or_value(NUMBER), "shadow": VALUE},
+    {},
+)
+#: One value read from the ``scores`` topic (a decision a scorer recorded, or anything else).
+DECISION_VALUE = st.one_of(HOSTILE_DECISION, HOSTILE_DECISION, HOSTILE_DECISION, st.binary(max_size=100),
+                           st.none(), JSON_TEXT)
+HOSTILE_FEEDBACK = mutated(
+    hc.FEEDBACK,
+    {"transaction_id": _or_value(TEXT.map(orjson.dumps)), "label": _or_value(TEXT.map(orjson.dumps)),
+     "source": _or_value(TEXT.map(orjson.dumps)), "reviewer": VALUE, "decided_at": TIMESTAMP},
+    {"transaction_id": st.one_of(st.sampled_from(DECISION_IDS), SMALL_IDS),
+     "label": st.sampled_from(["fraud", "legit"])},
+)
+FEEDBACK_VALUE = st.one_of(HOSTILE_FEEDBACK, HOSTILE_FEEDBACK, HOSTILE_FEEDBACK, st.binary(max_size=100),
+                           st.none(), JSON_TEXT)
+
+
+def decoded(raw: bytes | None) -> object:
+    """What a reader that decodes without checking holds: the JSON value, else the raw bytes."""
+    try:
+        return loads(raw) if raw is not None else None
+    except JSONDecodeError:
+        return raw
+
+
+# =============================================================================================
+# Transactions: ScoringCore, validate_transactions, decode_object
+# =============================================================================================
+ROUTED = {"partition": 0, "partitions": 4}
+
+
+def process(values: Sequence[bytes | None], routed: bool):
+    """One batch through a fresh core, offsets 0..n-1, optionally partition-routed."""
+    return ScoringCore().process(list(values), offsets=list(range(len(values))), **(ROUTED if routed else {}))
+
+
+def outcomes(outcome, n: int, routed: bool) -> list[str]:
+    """Where each input went; fails unless every index is in exactly one place."""
+    places: dict[int, list[str]] = {i: [] for i in range(n)}
+    for i in outcome.indices:
+        places[i].append(DECIDED)
+    for r in outcome.rejections:
+        places[r.index].append(REJECTED)
+    for i, _account in outcome.misrouted:
+        places[i].append("misrouted")
+    assert routed or not outcome.misrouted, "misrouted without partitions"
+    assert len(outcome.decisions) == len(outcome.indices)
+    wrong = {i: p for i, p in places.items() if len(p) != 1}
+    assert not wrong, f"inputs without exactly one outcome: {wrong}"
+    return [p[0] for p in places.values()]
+
+
+def expected(outcome: str, expect: str | None, routed: bool) -> bool:
+    if expect is None:
+        return True
+    if expect == DECIDED and routed:
+        return outcome in (DECIDED, "misrouted")
+    return outcome == expect
+
+
+@pytest.mark.parametrize("routed", [False, True], ids=["unrouted", "routed"])
+@pytest.mark.parametrize("case", cases(hc.TRANSACTIONS))
+def test_core_gives_each_corpus_transaction_one_outcome(case: Case, routed: bool):
+    [where] = outcomes(process([case.value], routed), 1, routed)
+    assert expected(where, case.expect, routed), f"{case.name}: {where}, expected {case.expect}"
+
+
+@pytest.mark.parametrize("routed", [False, True], ids=["unrouted", "routed"])
+def test_core_gives_a_batch_of_every_corpus_transaction_one_outcome_each(routed: bool):
+    values = [c.value for c in hc.TRANSACTIONS + hc.TRANSACTION_NESTING]
+    outcomes(process(values, routed), len(values), routed)
+
+
+@pytest.mark.parametrize("case", cases(hc.TRANSACTIONS))
+def test_schema_partitions_each_corpus_transaction(case: Case):
+    batch = validate_transactions([case.value])
+    assert sorted(batch.indices + [r.index for r in batch.rejections]) == [0]
+    assert expected(DECIDED if batch.indices else REJECTED, case.expect, False)
+
+
+def test_schema_limits_nesting_at_every_depth():
+    """Depth 1..1100, objects and arrays, as the record and inside an unknown field: accepted
+    exactly while the record (depth 1) plus the field stays within 8 levels."""
+    values = [c.value for c in hc.TRANSACTION_NESTING]
+    batch = validate_transactions(values)
+    assert sorted(batch.indices + [r.index for r in batch.rejections]) == list(range(len(values)))
+    got = {i: DECIDED for i in batch.indices} | {r.index: REJECTED for r in batch.rejections}
+    wrong = [(c.name, got[i]) for i, c in enumerate(hc.TRANSACTION_NESTING) if got[i] != c.expect]
+    assert wrong == []
+
+
+@pytest.mark.parametrize("case", cases(hc.TRANSACTIONS + hc.TRANSACTION_NESTING[::7]))
+def test_decode_object_raises_only_invalid_record(case: Case):
+    try:
+        obj = decode_object(case.value, hc.MAX_RECORD_BYTES, hc.MAX_NESTING)
+    except InvalidRecord as exc:
+        assert exc.reason and str(exc)
+    else:
+        assert isinstance(obj, dict)
+
+
+@FUZZ
+@given(values=TRANSACTION_BATCH, routed=st.booleans())
+def test_core_gives_hostile_batches_one_outcome_each(values, routed):
+    outcomes(process(values, routed), len(values), routed)
+
+
+@FUZZ
+@given(values=TRANSACTION_BATCH)
+def test_schema_partitions_hostile_batches(values):
+    batch = validate_transactions(values)
+    assert sorted(batch.indices + [r.index for r in batch.rejections]) == list(range(len(values)))
+    assert len(batch.amounts) == len(batch.timestamps_ms) == len(batch.indices)
+    assert all(math.isfinite(a) and 0 < a <= 1e9 for a in batch.amounts.tolist())
+
+
+@FUZZ
+@given(raw=TRANSACTION_VALUE)
+def test_decode_object_raises_only_invalid_record_on_hostile_bytes(raw):
+    try:
+        obj = decode_object(raw, hc.MAX_RECORD_BYTES, hc.MAX_NESTING)
+    except InvalidRecord as exc:
+        assert exc.reason
+    else:
+        assert isinstance(obj, dict)
+
+
+def strings_in(value: object) -> list[str]:
+    """Every string (keys included) inside a JSON-like value."""
+    out, stack = [], [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            out.append(node)
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return out
+
+
+PAN_CASES = [c for c in hc.TRANSACTIONS if "pan" in c.name]
+
+
+@pytest.mark.parametrize("case", cases(PAN_CASES))
+def test_decisions_and_flags_never_carry_a_card_number(case: Case):
+    """"Card numbers never appear on any topic": not on ``scores`` nor ``review`` either."""
+    out = ScoringCore(policy=FixedThreshold(0.0)).process([case.value])  # flags it too
+    leaked = [s for record in out.decisions + out.flagged for s in strings_in(record) if hc.card_numbers_in(s)]
+    assert leaked == []
+
+
+# =============================================================================================
+# Feedback and the recorded decisions it joins: Learner.learn
+# =============================================================================================
+NOW_MS = hc.SCORED_AT_MS + 60_000
+GOOD_DECISION = loads(hc.decision())
+LEARN = b'{"transaction_id":"t-000001","label":"fraud","source":"review"}'
+
+
+def new_learner(lookup: Callable[[str], object]) -> Learner:
+    shadow = ShadowSet(challengers_from_spec(DEFAULT_CHALLENGERS, LinearChampion()))
+    return Learner(ModelHandle(LinearChampion()), lookup, clock_ms=lambda: NOW_MS, shadow=shadow)  # type: ignore[arg-type]
+
+
+def check_learned(out, n: int) -> None:
+    indices = [r.index for r in out.rejections]
+    assert out.learned + len(out.rejections) == n
+    assert len(set(indices)) == len(indices) and all(0 <= i < n for i in indices)
+
+
+PROBE = np.array([[57.16, 0.0, 1.0, 1.0, 57.16, 3.0, 40.0, 9.0, 45.0, 10.0, 0.0, 60.0, 0.01, 300.0,
+                   0.02, 3_600.0, 1.2], [0.0] * N_FEATURES, [1.0] * N_FEATURES])
+
+
+def scores_finitely(model) -> bool:
+    scores = np.asarray(model.score_batch(PROBE))
+    return bool(np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1)))
+
+
+@pytest.mark.parametrize("case", cases(hc.FEEDBACKS))
+def test_learner_takes_or_rejects_each_corpus_feedback(case: Case):
+    learner = new_learner({"t-000001": GOOD_DECISION}.get)
+    check_learned(learner.learn([case.value]), 1)
+
+
+def test_learner_takes_or_rejects_a_batch_of_every_corpus_feedback():
+    values = [c.value for c in hc.FEEDBACKS + hc.FEEDBACK_NESTING]
+    learner = new_learner({"t-000001": GOOD_DECISION}.get)
+    check_learned(learner.learn(values), len(values))
+    again = learner.learn(values, offsets=list(range(len(values))), partition=0)
+    check_learned(again, len(values))
+    assert learner.learn(values, offsets=list(range(len(values))), partition=0).replayed == len(values)
+
+
+@pytest.mark.parametrize("case", cases(hc.DECISIONS))
+def test_learner_rejects_or_learns_each_corpus_recorded_decision(case: Case):
+    """The lookup hands back whatever the ``scores`` topic held, decoded (or not decodable)."""
+    learner = new_learner({"t-000001": decoded(case.value)}.get)
+    check_learned(learner.learn([LEARN]), 1)
+
+
+def runtime_lookup(raw_decisions: dict[str, bytes | None]) -> Callable[[str], object]:
+    """The worker's feedback join: the ``record-decisions`` agent stores each value of
+    ``scores`` (re-encoded when ``parse_decision`` accepts it, else as it came), and
+    :meth:`LearnerRuntime.lookup` reads it back."""
+    table = {}
+    for tx, raw in raw_decisions.items():
+        value = parse_decision(raw)
+        table[tx.encode()] = dumps(value) if isinstance(value, dict) else value
+    return partial(LearnerRuntime.lookup, SimpleNamespace(decisions=table))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("case", cases(hc.DECISIONS))
+def test_learner_joins_each_corpus_decision_the_way_the_worker_stores_it(case: Case):
+    learner = new_learner(runtime_lookup({"t-000001": case.value}))
+    check_learned(learner.learn([LEARN]), 1)
+
+
+def test_learning_hostile_decisions_leaves_every_model_scoring():
+    """No recorded decision can break the champion or a challenger: after learning every
+    corpus decision the learner accepts, each still scores finite probabilities."""
+    decisions = {f"t-{i}": decoded(c.value) for i, c in enumerate(hc.DECISIONS)}
+    learner = new_learner(decisions.get)
+    feedback = [dumps({"transaction_id": tx, "label": label}) for tx in decisions for label in ("fraud", "legit")]
+    check_learned(learner.learn(feedback), len(feedback))
+    assert scores_finitely(learner.handle.model)
+    assert all(scores_finitely(c.model) for c in learner.shadow)
+
+
+@FUZZ
+@given(feedback=st.lists(FEEDBACK_VALUE, max_size=8),
+       recorded=st.dictionaries(st.sampled_from(DECISION_IDS), DECISION_VALUE, max_size=4))
+def test_learner_takes_or_rejects_hostile_feedback_on_hostile_decisions(feedback, recorded):
+    learner = new_learner({k: decoded(v) for k, v in recorded.items()}.get)
+    check_learned(learner.learn(feedback), len(feedback))
+    out = learner.learn(feedback, offsets=list(range(len(feedback))), partition=3)
+    assert out.learned + len(out.rejections) + out.replayed == len(feedback)
+
+
+@FUZZ
+@given(feedback=st.lists(FEEDBACK_VALUE, max_size=8),
+       recorded=st.dictionaries(st.sampled_from(DECISION_IDS), DECISION_VALUE, max_size=4))
+def test_learner_joins_hostile_decisions_the_way_the_worker_stores_them(feedback, recorded):
+    learner = new_learner(runtime_lookup(recorded))
+    check_learned(learner.learn(feedback), len(feedback))
+
+
+# =============================================================================================
+# Recorded decisions: parse_decision then ShadowSet.annotate
+# =============================================================================================
+def annotate_all(values: Sequence[bytes | None]) -> None:
+    shadow = ShadowSet(challengers_from_spec(DEFAULT_CHALLENGERS, LinearChampion()))
+    parsed = [parse_decision(v) for v in values]
+    for raw, p in zip(values, parsed, strict=True):
+        assert isinstance(p, dict) or p is raw, "kept as it came unless it can be shadow-scored"
+    decisions = [p for p in parsed if isinstance(p, dict)]
+    assert shadow.annotate(decisions) == (len(decisions) if decisions else 0)
+    for d in decisions:
+        assert set(d["shadow"]) == set(shadow.names())
+        assert all(isinstance(s, float) and 0.0 <= s <= 1.0 for s in d["shadow"].values()), d["shadow"]
+        dumps(d)  # what the agent stores
+
+
+@pytest.mark.parametrize("case", cases(hc.DECISIONS))
+def test_shadow_scores_each_corpus_decision_or_keeps_it_as_it_came(case: Case):
+    annotate_all([case.value])
+
+
+def test_shadow_scores_a_batch_of_every_corpus_decision():
+    annotate_all([c.value for c in hc.DECISIONS])
+
+
+@FUZZ
+@given(values=st.lists(DECISION_VALUE, max_size=10))
+def test_shadow_scores_hostile_decisions_or_keeps_them_as_they_came(values):
+    annotate_all(values)
+
+
+# =============================================================================================
+# Dead letters: bounded, and no card number comes back out
+# =============================================================================================
+def check_dead_letter(raw: bytes | None, detail: str) -> None:
+    envelope = dead_letter(raw, "invalid_json", detail, "transactions", 3, 12_345)
+    encoded = dumps(envelope)
+    assert len(encoded) < ENVELOPE_LIMIT, f"dead letter of {len(encoded)} bytes"
+    original = base64.b64decode(envelope["original_b64"])
+    assert envelope["original"] == original.decode("utf-8", errors="replace")
+    assert envelope["original_length"] == (len(raw) if raw else 0)
+    # everything a reader of the dead-letter topic sees of the record and the detail
+    visible = [envelope["original"], envelope["detail"], original.decode("latin-1"),
+               encoded.decode().replace(envelope["original_sha256"], "")
+               .replace(envelope["original_b64"], "")]
+    leaked = [n for text in visible for n in hc.card_numbers_in(re.sub(r'"(rejected_at_ms|offset|'
+                                                                        r'original_length)":\d+', "", text))]
+    assert leaked == []
+
+
+@pytest.mark.parametrize("case", cases(hc.DEAD_LETTER_RAWS))
+def test_dead_letter_of_each_corpus_record_is_bounded_and_masked(case: Case):
+    check_dead_letter(case.value, "not JSON")
+
+
+@pytest.mark.parametrize("detail", [pytest.param(d, id=n) for n, d in hc.DEAD_LETTER_DETAILS])
+def test_dead_letter_with_each_corpus_detail_is_bounded_and_masked(detail: str):
+    check_dead_letter(hc.VALID, detail)
+
+
+DEAD_LETTER_SIZE = st.one_of(st.integers(0, 20_000), st.integers(16_380, 16_400),
+                             st.sampled_from([65_536, 1_000_000, 5_000_000]))
+DEAD_LETTER_RAW = st.one_of(
+    st.binary(max_size=2_000), TRANSACTION_VALUE,
+    st.builds(lambda unit, size: (unit * (size // len(unit) + 1))[:size],
+              st.one_of(st.binary(min_size=1, max_size=24), SPECIAL_TEXT.filter(bool).map(str.encode),
+                        st.sampled_from([p.encode() + b" " for p in hc.PANS])),
+              DEAD_LETTER_SIZE),
+)
+DETAIL = st.one_of(TEXT, st.text(max_size=2_000),
+                   st.builds(lambda prefix, pan: prefix + pan, st.text(max_size=600), st.sampled_from(hc.PANS)))
+
+
+@settings(FUZZ, max_examples=150)
+@given(raw=DEAD_LETTER_RAW, detail=DETAIL)
+def test_dead_letters_of_hostile_records_are_bounded_and_masked(raw, detail):
+    check_dead_letter(raw, detail)
+
+
+# =============================================================================================
+# Merchant activity: MerchantActivity.from_wire and the merchants agent's reader
+# =============================================================================================
+#: What ``from_wire`` raises on hostile input, and whether the merchants agent
+#: (``flagstream.streams.learner_agents._activity``) catches it:
+#:   KeyError       a key m/d/n/f is missing                          caught
+#:   TypeError      not an object; m not iterable; a list of lists    caught
+#:   ValueError     strings or ragged lists in d/n/f (JSONDecodeError caught
+#:                  is a ValueError too)
+#:   OverflowError  a day beyond int64 (2**63, 1e300)                 NOT caught
+WRAPPED = (KeyError, TypeError, ValueError)
+
+
+def safe_to_apply(activity: MerchantActivity) -> None:
+    """What ``MerchantState.apply`` (an unchecked Numba kernel) and the table write after it
+    need: string ids and 1-D, equally long arrays of finite values (else it reads or writes
+    out of bounds, or the agent's ``key.encode()`` fails)."""
+    n = len(activity.merchant_ids)
+    assert all(isinstance(m, str) for m in activity.merchant_ids), "merchant ids must be strings"
+    for name in ("days", "counts", "frauds"):
+        column = getattr(activity, name)
+        assert column.ndim == 1 and len(column) == n, f"{name}: shape {column.shape} for {n} merchants"
+    assert np.all(np.isfinite(activity.counts)) and np.all(np.isfinite(activity.frauds))
+
+
+@pytest.mark.parametrize("case", cases(hc.ACTIVITIES))
+def test_from_wire_raises_only_what_the_merchants_agent_catches(case: Case):
+    try:
+        obj = loads(case.value or b"")
+    except JSONDecodeError:
+        return  # the agent's own decode error, caught
+    try:
+        MerchantActivity.from_wire(obj)
+    except WRAPPED:
+        pass
+
+
+@pytest.mark.parametrize("case", cases(hc.ACTIVITIES))
+def test_merchants_agent_reads_each_corpus_activity_safely(case: Case):
+    activity = _activity(case.value)
+    if activity is not None:
+        safe_to_apply(activity)
+        state = MerchantState()
+        state.apply(activity)
+        assert all(isinstance(k, str) for k in state.arena.take_touched())
+
+
+ACTIVITY_VALUE = mutated(
+    hc.ACTIVITY,
+    {"m": _or_value(st.lists(TEXT.map(orjson.dumps), max_size=4).map(lambda xs: b"[" + b",".join(xs) + b"]")),
+     "d": _or_value(st.lists(NUMBER, max_size=4).map(lambda xs: b"[" + b",".join(xs) + b"]")),
+     "n": _or_value(st.lists(NUMBER, max_size=4).map(lambda xs: b"[" + b",".join(xs) + b"]")),
+     "f": VALUE},
+    {},
+)
+
+
+@FUZZ
+@given(value=st.one_of(ACTIVITY_VALUE, JSON_TEXT, st.binary(max_size=50)))
+def test_merchants_agent_reads_hostile_activity_safely(value):
+    activity = _activity(value)
+    if activity is not None:
+        safe_to_apply(activity)
+
+
+# =============================================================================================
+# Flagged records: ReviewService.ingest, and the review page showing what it queued
+# =============================================================================================
+async def _publish(key: bytes, value: bytes) -> None:
+    return None
+
+
+def review_service() -> ReviewService:
+    return ReviewService(_publish, CollectorRegistry(), clock=lambda: 1_600_000_000.0)
+
+
+def as_the_agent_reads(value: bytes | None) -> object:
+    """``review_queue`` decodes each value and passes None when it cannot."""
+    try:
+        return loads(value)  # type: ignore[arg-type]
+    except Exception:
+        return None
+
+
+@pytest.mark.parametrize("case", cases(hc.FLAGS))
+def test_review_ingests_each_corpus_flag_without_raising(case: Case):
+    review_service().ingest(as_the_agent_reads(case.value), 0)  # type: ignore[arg-type]
+
+
+def shows_everything(svc: ReviewService) -> None:
+    total, items = svc.queue.page(0, 10_000)
+    assert total == len(items) == len(svc.queue)
+    for item in items:
+        item.summary(svc.clock())
+        assert svc.detail(item.item_id) is not None
+    svc.queue.stats()
+
+
+@pytest.mark.parametrize("case", cases(hc.FLAGS))
+def test_review_page_shows_each_corpus_flag_it_queued(case: Case):
+    svc = review_service()
+    svc.ingest(as_the_agent_reads(case.value), 0)  # type: ignore[arg-type]
+    shows_everything(svc)
+
+
+def test_review_ingests_nesting_at_every_depth():
+    svc = review_service()
+    for case in hc.FLAG_NESTING:
+        record = as_the_agent_reads(case.value)
+        if isinstance(record, dict):
+            record["transaction_id"] = case.name  # each its own item
+        svc.ingest(record, 0)  # type: ignore[arg-type]
+
+
+FLAG_VALUE = mutated(
+    hc.FLAGGED,
+    {name: VALUE for name in hc.REVIEW_FIELDS},
+    {"transaction_id": SMALL_IDS, "account_id": st.sampled_from(["c-1", "c-2"])},
+)
+
+
+@FUZZ
+@given(values=st.lists(st.one_of(FLAG_VALUE, FLAG_VALUE, JSON_TEXT), max_size=8))
+def test_review_ingests_hostile_flags_and_shows_them(values):
+    svc = review_service()
+    for value in values:
+        svc.ingest(as_the_agent_reads(value), 0)  # type: ignore[arg-type]
+    shows_everything(svc)
+
+
+# =============================================================================================
+# Model records: ModelSync.sync with signed, malformed champions and seats
+# =============================================================================================
+KEY = b"fuzz-key"
+GOOD_CHAMPION = version_record("lr-000003", 3, LinearChampion().to_state(), "champion", "learned", "test")
+NEWER_CHAMPION = version_record("lr-000004", 4, LinearChampion().to_state(), "champion", "learned", "test")
+GOOD_SEAT = dict(next(v for k, v in seat_change({}.get, GOOD_CHAMPION, "promote", "fuzz", "test") if k == SEAT))
+NEWER_SEAT = dict(next(v for k, v in seat_change({SEAT: GOOD_SEAT}.get, NEWER_CHAMPION, "promote", "fuzz", "test")
+                       if k == SEAT))
+
+
+def with_defect(record: dict, path: tuple[str, ...], value: object) -> dict:
+    out = copy.deepcopy(record)
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    if value is hc.DROP:
+        node.pop(path[-1], None)
+    else:
+        node[path[-1]] = value
+    return out
+
+
+class Worker:
+    """A scorer's model handle following a models table, as the worker holds it."""
+
+    def __init__(self) -> None:
+        self.table: dict[bytes, bytes] = {}
+        self.handle = ModelHandle(LinearChampion())
+        self.sync = ModelSync(self.table, self.handle, PipelineMetrics(CollectorRegistry()), KEY)
+
+    def snapshot(self) -> tuple:
+        h = self.handle
+        return (h.model, h.name, h.sequence, h.epoch, h.seat, h.version)
+
+    def check_after_sync(self, before: tuple) -> bool:
+        swapped = self.sync.sync()
+        h = self.handle
+        if not swapped:
+            assert self.snapshot() == before, "a refused record changed the model in use"
+        assert isinstance(h.sequence, int) and not isinstance(h.sequence, bool)
+        assert isinstance(h.name, str) and isinstance(h.seat, str) and isinstance(h.epoch, int)
+        assert scores_finitely(h.model), "the model in use cannot score"
+        return swapped
+
+
+def model_cases(defects, base: dict, key: bytes) -> list:
+    return [pytest.param(key, with_defect(base, path, value), id=name) for name, path, value in defects]
+
+
+@pytest.mark.parametrize(("key", "payload"), model_cases(hc.MODEL_DEFECTS, GOOD_CHAMPION, CHAMPION)
+                         + model_cases(hc.SEAT_DEFECTS, GOOD_SEAT, SEAT))
+def test_model_sync_refuses_each_malformed_record_and_keeps_its_version(key: bytes, payload: dict):
+    w = Worker()
+    w.table[key] = seal(payload, KEY)
+    before = w.snapshot()
+    assert w.check_after_sync(before) is False, f"adopted a malformed record as {w.handle.version}"
+    w.table[key] = seal(NEWER_CHAMPION if key == CHAMPION else NEWER_SEAT, KEY)
+    assert w.check_after_sync(before) is True, "a good record after a refused one must be followed"
+    assert w.handle.version == "lr-000004"
+
+
+def _paths(record: dict, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for k, v in record.items():
+        out.append((*prefix, k))
+        if isinstance(v, dict) and k not in ("gate",):
+            out.extend(_paths(v, (*prefix, k)))
+    return out
+
+
+PY_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=8),
+              st.sampled_from([1e308, -1e308, 5e-324, 0.0, -0.0, 1e300, 2**63 - 1])),
+    lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=6), c, max_size=4)),
+    max_leaves=8,
+)
+#: Per-input numbers that pass a type check and still break arithmetic.
+EXTREME_INPUTS = st.dictionaries(st.sampled_from(INPUT_NAMES),
+                                 st.sampled_from([1e308, -1e308, 5e-324, 1e-300, 1e300, 0.0]), max_size=6)
+MODEL_VALUE = st.one_of(PY_JSON, EXTREME_INPUTS, st.just(list(range(20_000))))
+
+
+@st.composite
+def malformed(draw: st.DrawFn, base: dict) -> dict:
+    out = base
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(_paths(out) or [("x",)]))
+        out = with_defect(out, path, hc.DROP if draw(st.booleans()) and draw(st.booleans())
+                          else draw(MODEL_VALUE))
+    return out
+
+
+@FUZZ
+@given(seat=st.one_of(st.none(), malformed(GOOD_SEAT)), champion=st.one_of(st.none(), malformed(GOOD_CHAMPION)))
+def test_model_sync_never_raises_on_hostile_records_and_keeps_a_scoring_model(seat, champion):
+    w = Worker()
+    for key, payload in ((SEAT, seat), (CHAMPION, champion)):
+        if payload is not None:
+            w.table[key] = seal(payload, KEY)
+    w.check_after_sync(w.snapshot())
