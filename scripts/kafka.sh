@@ -188,6 +188,20 @@ CLUSTER_PORT=${KAFKA_CLUSTER_PORT:-29192}
 CLUSTER_DIR=${KAFKA_CLUSTER_DIR:-$CACHE/kafka-cluster-$CLUSTER_PORT}
 CLUSTER_HEAP=${KAFKA_CLUSTER_HEAP:-384m}
 
+SLF4J_VERSION=2.0.16
+
+fetch_cluster_logging() {
+  # Maven resolves Kafka's slf4j-api 1.7, which does not find log4j-slf4j2-impl, so a
+  # broker started from $DIST/libs alone logs nothing. Cluster nodes put slf4j-api 2
+  # first on their classpath so that their broker.log has Kafka's own log.
+  local dir="$DIST/slf4j2"
+  compgen -G "$dir/slf4j-api-*.jar" >/dev/null && return 0
+  mkdir -p "$dir"
+  mvn -q -B dependency:copy -Dartifact="org.slf4j:slf4j-api:$SLF4J_VERSION" \
+    -DoutputDirectory="$dir" >"$DIST/maven-slf4j2.log" 2>&1 \
+    || log "warning: could not fetch slf4j-api $SLF4J_VERSION (see $DIST/maven-slf4j2.log); brokers will not log"
+}
+
 node_port() { echo $((CLUSTER_PORT + 2 * ($1 - 1))); }
 node_controller_port() { echo $((CLUSTER_PORT + 2 * ($1 - 1) + 1)); }
 node_dir() { echo "$CLUSTER_DIR/node-$1"; }
@@ -296,7 +310,7 @@ launch_node() {
   log "node $n: starting on 127.0.0.1:$(node_port "$n"), controller :$(node_controller_port "$n") (log: $DATA/broker.log)"
   nohup java -Xms"$CLUSTER_HEAP" -Xmx"$CLUSTER_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$DATA/log4j2.properties" \
-    -cp "$DIST/libs/*" kafka.Kafka "$DATA/server.properties" >>"$DATA/stdout.log" 2>&1 &
+    -cp "$DIST/slf4j2/*:$DIST/libs/*" kafka.Kafka "$DATA/server.properties" >>"$DATA/stdout.log" 2>&1 &
   echo $! > "$DATA/broker.pid"
 }
 
@@ -328,6 +342,7 @@ wait_nodes() {
 cluster_start() {
   local n all=()
   fetch
+  fetch_cluster_logging
   for n in $(seq 1 $CLUSTER_NODES); do
     all+=("$n")
     node_pid "$n" >/dev/null && continue
@@ -374,6 +389,7 @@ cluster_restart() {
   local n=$1
   node_pid "$n" >/dev/null && stop_nodes "$n"
   fetch
+  fetch_cluster_logging
   configure_node "$n"
   launch_node "$n"
   wait_nodes "$n"

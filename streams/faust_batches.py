@@ -148,8 +148,13 @@ class InOrder:
         return self._task is not None
 
     async def join(self) -> None:
-        """Wait until every queued completion has run."""
-        await self.queue.join()
+        """Wait until every queued completion has run (or one failed and crashed the app)."""
+        if self._task is None:
+            return
+        drained = asyncio.ensure_future(self.queue.join())
+        await asyncio.wait([drained, self._task], return_when=asyncio.FIRST_COMPLETED)
+        if not drained.done():
+            drained.cancel()
 
     async def _run(self) -> None:
         while True:

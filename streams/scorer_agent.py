@@ -89,6 +89,8 @@ class Scorer:
         self.partition_counts: dict[str, int] = {}
         self.changed_merchants: set[bytes] = set()
         self.tuning: faust_consumer.Tuning | None = None
+        self.finish: InOrder | None = None
+        self.revoked = False
         if not can_write_rows(self.accounts, p.app):
             raise RuntimeError("the accounts table must be RocksDB-backed (rocksdict) without "
                                "transactions or a partitioner; check the Faust store settings")
@@ -108,7 +110,7 @@ class Scorer:
         async def score(stream: Any) -> None:
             # (re)started: only durable state counts, rows are read again from the table
             self.core.accounts.reset()
-            finish = InOrder(p.app)
+            finish = self.finish = InOrder(p.app)
             if self.tuning is not None:  # each event is a fetched chunk: take what has arrived
                 async for events in ready_events(stream, max_records=s.batch_size):
                     await self.score_events(events, finish)
@@ -124,8 +126,16 @@ class Scorer:
             self.tuning = None
 
     async def _forget_accounts(self, *_args: Any, **_kwargs: Any) -> None:
-        """Rows may move to another worker: read them again from the table when needed."""
-        self.core.accounts.reset()
+        """Rows may move to another worker: read them again from the table when next needed.
+
+        First every step processed so far completes (its rows reach the table while the
+        partitions are still ours); the arena is emptied before the next step, once that
+        step's predecessors are durable too, so no step ever reads a row older than one
+        this worker already advanced.
+        """
+        self.revoked = True
+        if self.finish is not None:
+            await self.finish.join()
 
     # --- one step ------------------------------------------------------------------------------
     def refresh_merchants(self) -> None:
@@ -211,6 +221,10 @@ class Scorer:
         """Process one step now; its completion runs in ``finish``, in order."""
         if not finish.started:  # first step: the worker is up, freeze what it holds
             tune_gc()
+        if self.revoked:  # partitions moved: only the table is current now
+            await finish.join()
+            self.core.accounts.reset()
+            self.revoked = False
         started = time.perf_counter()
         self.p.models.sync()
         self.refresh_merchants()

@@ -131,7 +131,7 @@ async def _read_all(settings: Settings, topic: str) -> list:
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         out: list = []
-        while any(await consumer.position(tp) < ends[tp] for tp in tps):
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
             for recs in (await consumer.getmany(timeout_ms=500)).values():
                 out.extend(recs)
         return out

@@ -483,6 +483,7 @@ DECISIONS: list[Case] = [
     Case("shadow_garbage", decision(shadow={"lr-fast": "x"})),
     *(Case(c.name, c.value) for c in NOT_OBJECTS),
 ]
+DECISION_NESTING = nesting_cases(lambda v: decision(extra=Raw(v)), MAX_NESTING - 1)
 
 
 # --- merchant activity (the ``merchant.activity`` topic) ------------------------------------
@@ -600,52 +601,64 @@ DEAD_LETTER_DETAILS: list[tuple[str, str]] = [
 
 
 # --- malformed model records (the ``models`` topic), as payloads a test seals ----------------
-#: (name, path into a version record, value); ``DROP`` removes the field.
-MODEL_DEFECTS: list[tuple[str, tuple[str, ...], object]] = [
-    ("no_state", ("state",), DROP),
-    ("state_list", ("state",), [1, 2]),
-    ("state_string", ("state",), "x"),
-    ("state_kind_unknown", ("state", "kind"), "pickle"),
-    ("intercept_string", ("state", "intercept"), "x"),
-    ("intercept_null", ("state", "intercept"), None),
-    ("intercept_nan", ("state", "intercept"), float("nan")),
-    ("intercept_huge_list", ("state", "intercept"), list(range(100_000))),
-    ("weights_nan", ("state", "weights"), {"amount": float("nan")}),
-    ("weights_strings", ("state", "weights"), {"amount": "x"}),
-    ("weights_list", ("state", "weights"), [0.5] * 100_000),
-    ("weights_unknown_inputs", ("state", "weights"), {f"w{i}": 1.0 for i in range(10_000)}),
-    ("weights_nested", ("state", "weights"), {"amount": {"a": 1}}),
-    ("means_strings", ("state", "scaler", "means"), {"amount": "x"}),
-    ("vars_negative", ("state", "scaler", "vars"), {"amount": -1.0}),
-    ("counts_list", ("state", "scaler", "counts"), [1, 2]),
-    ("scaler_missing", ("state", "scaler"), DROP),
-    ("params_prior_one", ("state", "params", "prior"), 1.0),
-    ("params_prior_zero", ("state", "params", "prior"), 0.0),
-    ("params_unknown", ("state", "params", "evil"), 1),
-    ("params_string", ("state", "params"), "x"),
-    ("learning_rate_string", ("state", "params", "learning_rate"), "x"),
-    ("n_learned_string", ("state", "n_learned"), "x"),
-    ("no_sequence", ("sequence",), DROP),
-    ("sequence_string", ("sequence",), "9"),
-    ("sequence_list", ("sequence",), [9]),
-    ("sequence_huge_float", ("sequence",), 1e300),
-    ("sequence_bool", ("sequence",), True),
-    ("no_version_no_lineage", ("lineage",), DROP),
-    ("lineage_list", ("lineage",), ["lr"]),
-    ("lineage_object", ("lineage",), {"a": 1}),
+Edit = tuple[tuple[str, ...], object]  #: (path into a record, new value or ``DROP``)
+
+
+def _one(name: str, path: tuple[str, ...], value: object) -> tuple[str, tuple[Edit, ...]]:
+    return name, ((path, value),)
+
+
+#: Champion records signed with the right key and malformed: (name, edits of a good record).
+MODEL_DEFECTS: list[tuple[str, tuple[Edit, ...]]] = [
+    _one("no_state", ("state",), DROP),
+    _one("state_list", ("state",), [1, 2]),
+    _one("state_string", ("state",), "x"),
+    _one("state_kind_unknown", ("state", "kind"), "pickle"),
+    _one("intercept_string", ("state", "intercept"), "x"),
+    _one("intercept_null", ("state", "intercept"), None),
+    _one("intercept_nan", ("state", "intercept"), float("nan")),
+    _one("intercept_huge_list", ("state", "intercept"), list(range(100_000))),
+    _one("weights_nan", ("state", "weights"), {"amount": float("nan")}),
+    _one("weights_strings", ("state", "weights"), {"amount": "x"}),
+    _one("weights_list", ("state", "weights"), [0.5] * 100_000),
+    _one("weights_unknown_inputs", ("state", "weights"), {f"w{i}": 1.0 for i in range(10_000)}),
+    _one("weights_nested", ("state", "weights"), {"amount": {"a": 1}}),
+    ("weights_that_overflow", ((("state", "weights"), {"amount": 1e308, "amount_over_50": -1e308}),
+                               (("state", "scaler", "vars"), {"amount": 1.0, "amount_over_50": 1.0}))),
+    ("variance_that_overflows", ((("state", "weights"), {"amount": 1e300, "is_weekend": -1e300}),
+                                 (("state", "scaler", "vars"), {"amount": 5e-324, "is_weekend": 5e-324}))),
+    _one("means_strings", ("state", "scaler", "means"), {"amount": "x"}),
+    _one("vars_negative", ("state", "scaler", "vars"), {"amount": -1.0}),
+    _one("counts_list", ("state", "scaler", "counts"), [1, 2]),
+    _one("scaler_missing", ("state", "scaler"), DROP),
+    _one("params_prior_one", ("state", "params", "prior"), 1.0),
+    _one("params_prior_zero", ("state", "params", "prior"), 0.0),
+    _one("params_unknown", ("state", "params", "evil"), 1),
+    _one("params_string", ("state", "params"), "x"),
+    _one("learning_rate_string", ("state", "params", "learning_rate"), "x"),
+    _one("n_learned_string", ("state", "n_learned"), "x"),
+    _one("no_sequence", ("sequence",), DROP),
+    _one("sequence_string", ("sequence",), "9"),
+    _one("sequence_list", ("sequence",), [9]),
+    _one("sequence_huge_float", ("sequence",), 1e300),
+    _one("sequence_bool", ("sequence",), True),
+    ("no_lineage_version_int", ((("lineage",), DROP), (("version",), 5))),
+    ("no_lineage_no_version", ((("lineage",), DROP), (("version",), DROP))),
+    _one("lineage_list", ("lineage",), ["lr"]),
+    _one("lineage_object", ("lineage",), {"a": 1}),
 ]
-#: (name, path into a seat record, value).
-SEAT_DEFECTS: list[tuple[str, tuple[str, ...], object]] = [
-    ("no_id", ("id",), DROP),
-    ("no_epoch", ("epoch",), DROP),
-    ("epoch_string", ("epoch",), "x"),
-    ("epoch_null", ("epoch",), None),
-    ("epoch_list", ("epoch",), [1]),
-    ("epoch_huge_float", ("epoch",), 1e300),
-    ("no_version", ("version",), DROP),
-    ("no_state", ("state",), DROP),
-    ("state_intercept_string", ("state", "intercept"), "x"),
-    ("no_sequence", ("sequence",), DROP),
-    ("sequence_string", ("sequence",), "x"),
-    ("no_lineage", ("lineage",), DROP),
+#: Seat records signed with the right key and malformed.
+SEAT_DEFECTS: list[tuple[str, tuple[Edit, ...]]] = [
+    _one("no_id", ("id",), DROP),
+    _one("no_epoch", ("epoch",), DROP),
+    _one("epoch_string", ("epoch",), "x"),
+    _one("epoch_null", ("epoch",), None),
+    _one("epoch_list", ("epoch",), [1]),
+    _one("epoch_huge_float", ("epoch",), 1e300),
+    _one("no_version", ("version",), DROP),
+    _one("no_state", ("state",), DROP),
+    _one("state_intercept_string", ("state", "intercept"), "x"),
+    _one("no_sequence", ("sequence",), DROP),
+    _one("sequence_string", ("sequence",), "x"),
+    _one("no_lineage", ("lineage",), DROP),
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import threading
 import time
@@ -34,7 +35,7 @@ from flagstream.streams.topics import SCORES, TRANSACTIONS
 LONG = os.environ.get("FAULTS_LONG") == "1"
 VALID = 60_000 if LONG else 20_000
 HOSTILE = 600 if LONG else 200
-RATE = 2_000  # records a second: the default stream lasts ~10 s, the fault lands inside it
+RATE = 1_000  # records a second: the default stream lasts ~20 s, the fault lands inside it
 
 SCRIPT = str(ROOT / "scripts" / "kafka.sh")
 
@@ -88,6 +89,15 @@ async def _min_isr(settings: Settings, names: list[str]) -> dict[str, str]:
         await admin.close()
 
 
+async def _delete_topics(settings: Settings, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker)
+    await admin.start()
+    try:
+        await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
 async def _end_total(settings: Settings, topic: str) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False,
                                 request_timeout_ms=10_000)
@@ -117,6 +127,16 @@ def wait_for(what: str, condition: Callable[[], bool], timeout_s: float,
         assert time.monotonic() - started < timeout_s, f"{what}: not within {timeout_s:.0f} s"
         time.sleep(0.25)
     return time.monotonic() - started
+
+
+def worker_log_summary(worker: WorkerProcess, show: int = 6) -> str:
+    """How many warnings and errors the worker logged in this run, and the first few kinds."""
+    lines = worker.run_log().decode(errors="replace").splitlines()
+    noted = [ln for ln in lines if any(w in ln for w in ("WARN", "ERROR", "CRITICAL", "crashed",
+                                                          "Restarting", "Traceback"))]
+    kinds = Counter(re.sub(r"\d+", "N", ln.split("]", 2)[-1].strip())[:110] for ln in noted)
+    return (f"[worker log] {len(lines):,} lines, {len(noted):,} warnings/errors"
+            + "".join(f"\n  {n:4d} x {kind}" for kind, n in kinds.most_common(show)))
 
 
 def leaders(topics: list[dict]) -> Counter:
@@ -191,8 +211,11 @@ def test_a_broker_sigkilled_mid_stream_loses_nothing(kafka_cluster, tmp_path):
         producer = produce_in_background(settings, stream)
         mark(f"producing {total:,} records at {RATE:,}/s")
 
-        # Kill mid-stream, once the pipeline is deciding: the broker leading most partitions.
-        wait_for("the first decisions", lambda: (end_total(settings, SCORES) or 0) >= VALID // 7,
+        # Kill mid-stream, once a fifth is produced and decisions are coming out (the first
+        # batch compiles the kernels): the broker leading most of the test's partitions.
+        wait_for("a fifth of the stream on transactions",
+                 lambda: (end_total(settings, TRANSACTIONS) or 0) >= total // 5, 120, worker_died)
+        wait_for("decisions coming out", lambda: (end_total(settings, SCORES) or 0) >= 1_000,
                  120, worker_died)
         before = asyncio.run(_topics(settings))
         victim = leaders(before).most_common(1)[0][0]
@@ -200,6 +223,7 @@ def test_a_broker_sigkilled_mid_stream_loses_nothing(kafka_cluster, tmp_path):
         at_kill_scores = end_total(settings, SCORES) or 0
         killed = cluster("kill", str(victim), timeout_s=60)
         assert killed.returncode == 0, killed.stderr
+        assert at_kill_tx < total, "the stream was all produced before the kill: not mid-stream"
         mark(f"SIGKILLed broker {victim} (leaders before: {dict(leaders(before))}; "
              f"transactions {at_kill_tx:,}, scores {at_kill_scores:,})")
 
@@ -233,6 +257,7 @@ def test_a_broker_sigkilled_mid_stream_loses_nothing(kafka_cluster, tmp_path):
         acc = wait_until_accounted(settings, stream, 300)
         mark("accounted")
         print("\n" + acc.line("three brokers, one killed"))
+        print(worker_log_summary(worker))
         assert worker_died() is None, worker_died()
         assert acc.lost == [], f"{len(acc.lost)} valid transactions never decided, e.g. {acc.lost[:5]}"
         assert acc.dead_lettered == stream.hostile
@@ -249,7 +274,9 @@ def test_a_broker_sigkilled_mid_stream_loses_nothing(kafka_cluster, tmp_path):
         passed = True
     finally:
         worker.stop()
-        if not passed:
+        if passed:  # a broker restarted after a SIGKILL recovers every log it holds: keep few
+            asyncio.run(_delete_topics(settings, [t["topic"] for t in asyncio.run(_topics(settings))]))
+        else:  # the topics stay for a look: kafka.sh cluster logs N, or a consumer
             print("\n[cluster fault] timeline:\n  " + "\n  ".join(timeline))
             print(f"\n----- {worker.log_path} -----\n{worker.log_tail(150)}")
             print(cluster("status").stdout)

@@ -52,6 +52,7 @@ from flagstream.scoring.challengers import (
     challengers_from_spec,
     parse_decision,
 )
+from flagstream.scoring.gate import Gate, GateConfig
 from flagstream.scoring.handle import ModelHandle
 from flagstream.scoring.learner import Learner
 from flagstream.scoring.linear import INPUT_NAMES, LinearChampion
@@ -87,6 +88,85 @@ def cases(corpus: Sequence[Case], crashes: dict[str, pytest.MarkDecorator] | Non
     assert not unknown, f"crash marks for cases that do not exist: {unknown}"
     return [pytest.param(c, id=c.name, marks=[crashes[c.name]] if c.name in crashes else [])
             for c in corpus]
+
+
+# =============================================================================================
+# Known crashes (each marks exactly the tests and corpus cases that find it)
+# =============================================================================================
+PAN_ECHOED = known_crash(
+    "card number re-emitted: streams/core.py ScoringCore._decide (lines ~240-263) copies "
+    "transaction_id/account_id/merchant_id and the context fields currency/channel/country verbatim "
+    "onto decisions (scores topic) and flags (review topic); minimal input: a valid transaction with "
+    "account_id '4111111111111111'", AssertionError)
+UNHASHABLE_LABEL = known_crash(
+    "TypeError: unhashable type at scoring/feedback.py:26 (`label not in FEEDBACK_LABELS`) and :29 "
+    "(`source not in FEEDBACK_SOURCES`), raised out of Learner.learn; minimal input: "
+    'b\'{"transaction_id":"t-1","label":[]}\' (or "source":{})', TypeError)
+SHADOW_GARBAGE = known_crash(
+    "ValueError at scoring/gate.py:91 _loss float(p) (from Gate.observe, gate.py:149-152, called by "
+    "Learner.learn): check_decision does not check a recorded decision's `shadow`; minimal input: a "
+    'valid recorded decision plus "shadow": {"lr-fast": "x"} (a list or string there is an '
+    "AttributeError at gate.py:149). The worker overwrites `shadow` when it has challengers, so "
+    "there this needs FLAGSTREAM_CHALLENGERS=''", (ValueError, AttributeError, TypeError))
+MODEL_POISONED = known_crash(
+    "champion and challengers score NaN forever after learning finite but extreme recorded "
+    "features: check_decision (scoring/feedback.py) accepts any finite value, River's StandardScaler "
+    "variance overflows to inf and scoring/linear.py score_batch gives NaN; minimal input: two labels "
+    "on decisions whose amount feature is 1e308 and -1e308", AssertionError)
+DECISION_TOO_DEEP_TO_STORE = known_crash(
+    "TypeError (orjson.JSONEncodeError 'Recursion limit reached') at streams/learner_agents.py:62 "
+    "record_decisions `dumps(v)`: parse_decision (scoring/challengers.py) accepts a decision with an "
+    "unknown field nested 254+ levels (loads reads up to 1024, dumps writes up to 254); minimal "
+    'input: a valid recorded decision plus "extra": [[[...]]] 254 deep', TypeError)
+DEAD_LETTER_TOO_BIG = known_crash(
+    "dead letter over 64 KiB: sinks/dead_letter.py keeps 16,384 bytes of the original but encodes "
+    "them twice, as `original` (each control byte becomes a 6-byte \\u00XX escape, each invalid "
+    "byte a 3-byte U+FFFD) and as base64; minimal input: b'\\x00' * 16384 (120 KB envelope) or "
+    "b'\\xff' * 16384 (72 KB)", AssertionError)
+DEAD_LETTER_CUTS_OUT_A_PAN = known_crash(
+    "card number in a dead letter: sinks/dead_letter.py:36-37 masks before it cuts at MAX_ORIGINAL, "
+    "so a 20-digit run (not a card number, left unmasked) cut at byte 16,384 leaves a Luhn-valid "
+    "16-digit tail in `original`/`original_b64`; minimal input: b'x' * 16368 + "
+    "b'41111111111111110000'", AssertionError)
+DAY_OVERFLOW = known_crash(
+    "OverflowError at features/merchants.py:54 from_wire np.asarray(obj['d'], np.int64), not among "
+    "the exceptions streams/learner_agents.py _activity catches (JSONDecodeError, KeyError, "
+    "TypeError, ValueError), so the merchants agent crashes; minimal input: "
+    'b\'{"m":["m-1"],"d":[9223372036854775808],"n":[1],"f":[0]}\' (also "d":1e300 or 2**64)',
+    OverflowError)
+ACTIVITY_UNCHECKED = known_crash(
+    "MerchantActivity.from_wire (features/merchants.py:51-57) accepts activity MerchantState.apply "
+    "cannot take: merchant ids that are not strings (the agent's key.encode() fails), scalars (Numba "
+    "TypingError), and columns shorter or longer than the ids (the unchecked Numba kernel "
+    "update_merchants reads/writes out of bounds: SIGSEGV with 100,000 days for one merchant); "
+    'minimal input: b\'{"m":["m-1"],"d":[1,2],"n":[1,1],"f":[0,0]}\'', (AssertionError, OverflowError))
+SCORE_NOT_A_NUMBER = known_crash(
+    "ValueError/TypeError at sinks/review/queue.py:158 ReviewQueue.add `float(record.get('score'))`, "
+    "raised out of ReviewService.ingest; minimal input: {'transaction_id': 't-1', 'score': 'x'} "
+    "(or null, [], {})", (ValueError, TypeError))
+REASONS_NOT_A_LIST = known_crash(
+    "AttributeError/TypeError at sinks/review/queue.py:102 ReviewItem.summary "
+    "`(r.get('reasons') or [{}])[0].get('text')`: ingest queues any `reasons`, then every queue page "
+    "and the item's detail view raise; minimal input: {'transaction_id': 't-1', 'score': 0.9, "
+    "'reasons': 'x'} (or true, -1, [5], [[]], {'text': 'x'})", (AttributeError, TypeError, KeyError))
+REVIEW_RECURSION = known_crash(
+    "RecursionError at flagstream/cards.py:47-49 mask_card_numbers (recursive), from "
+    "sinks/review/queue.py:168 ReviewQueue.add: the review agent decodes with loads (nesting up to "
+    "1024), no limit; minimal input: a flagged record with an unknown field nested ~497 levels "
+    "(str(account_id) at sinks/review/service.py:128 fails the same way)", RecursionError)
+WEDGED_BY_NUMBERS = known_crash(
+    "streams/model_sync.py:102/115 int() accepts a float or bool epoch/sequence: a signed seat with "
+    "epoch 1e300 or a champion with sequence 1e300 is adopted and no later version or seat change is "
+    "ever followed (sequence True is adopted as version lr-000001); minimal input: the champion "
+    "record with 'sequence': 1e300", AssertionError)
+LINEAGE_NOT_A_STRING = known_crash(
+    "streams/model_sync.py:110 takes any truthy `lineage`: a signed champion with 'lineage': ['lr'] "
+    "is adopted and the handle's name becomes a list (version \"['lr']-000003\" on every decision)",
+    AssertionError)
+NAN_SCORING_MODEL = known_crash(
+    "LinearChampion.from_state (scoring/linear.py) accepts finite but extreme statistics whose "
+    "products overflow: the adopted model scores NaN; minimal input: weights {'amount': 1e308, "
+    "'amount_over_50': -1e308} with vars 1.0 for both", AssertionError)
 
 
 # =============================================================================================
@@ -372,9 +452,11 @@ def strings_in(value: object) -> list[str]:
 
 
 PAN_CASES = [c for c in hc.TRANSACTIONS if "pan" in c.name]
+ECHOED_FIELDS = re.compile(r"_in_(transaction_id|account_id|merchant_id|currency|channel|country)$")
 
 
-@pytest.mark.parametrize("case", cases(PAN_CASES))
+@pytest.mark.parametrize("case", cases(PAN_CASES, {c.name: PAN_ECHOED for c in PAN_CASES
+                                                   if ECHOED_FIELDS.search(c.name)}))
 def test_decisions_and_flags_never_carry_a_card_number(case: Case):
     """"Card numbers never appear on any topic": not on ``scores`` nor ``review`` either."""
     out = ScoringCore(policy=FixedThreshold(0.0)).process([case.value])  # flags it too
@@ -390,9 +472,11 @@ GOOD_DECISION = loads(hc.decision())
 LEARN = b'{"transaction_id":"t-000001","label":"fraud","source":"review"}'
 
 
-def new_learner(lookup: Callable[[str], object]) -> Learner:
-    shadow = ShadowSet(challengers_from_spec(DEFAULT_CHALLENGERS, LinearChampion()))
-    return Learner(ModelHandle(LinearChampion()), lookup, clock_ms=lambda: NOW_MS, shadow=shadow)  # type: ignore[arg-type]
+def new_learner(lookup: Callable[[str], object], challengers: str = DEFAULT_CHALLENGERS) -> Learner:
+    """A learner as the worker builds one: champion, shadow challengers and the gate."""
+    shadow = ShadowSet(challengers_from_spec(challengers, LinearChampion()))
+    return Learner(ModelHandle(LinearChampion()), lookup, clock_ms=lambda: NOW_MS,  # type: ignore[arg-type]
+                   shadow=shadow, gate=Gate(GateConfig()))
 
 
 def check_learned(out, n: int) -> None:
@@ -410,12 +494,33 @@ def scores_finitely(model) -> bool:
     return bool(np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1)))
 
 
-@pytest.mark.parametrize("case", cases(hc.FEEDBACKS))
+def recorded(values: dict[bytes, bytes | None], challengers: str = DEFAULT_CHALLENGERS) -> dict[bytes, bytes]:
+    """The ``decisions`` table as the ``record-decisions`` agent fills it from ``scores``:
+    values ``parse_decision`` accepts, shadow-scored, re-encoded, under their record key."""
+    parsed = [(k, parse_decision(v)) for k, v in values.items()]
+    usable = [(k, v) for k, v in parsed if isinstance(v, dict) and k]
+    ShadowSet(challengers_from_spec(challengers, LinearChampion())).annotate([v for _, v in usable])
+    return {k[:256]: dumps(v) for k, v in usable}
+
+
+def worker_lookup(table: dict[bytes, bytes]) -> Callable[[str], object]:
+    """The worker's feedback join, :meth:`LearnerRuntime.lookup`, over that table."""
+    return partial(LearnerRuntime.lookup, SimpleNamespace(decisions=table))  # type: ignore[arg-type]
+
+
+UNHASHABLE_FEEDBACK = {
+    *(f"{field}={token}" for field in ("label", "source") for token in ("empty_list", "list", "empty_object", "object")),
+    "label_list_of_fraud", "label_object", "source_list", "source_object", "duplicate_label",
+}
+
+
+@pytest.mark.parametrize("case", cases(hc.FEEDBACKS, dict.fromkeys(UNHASHABLE_FEEDBACK, UNHASHABLE_LABEL)))
 def test_learner_takes_or_rejects_each_corpus_feedback(case: Case):
     learner = new_learner({"t-000001": GOOD_DECISION}.get)
     check_learned(learner.learn([case.value]), 1)
 
 
+@UNHASHABLE_LABEL
 def test_learner_takes_or_rejects_a_batch_of_every_corpus_feedback():
     values = [c.value for c in hc.FEEDBACKS + hc.FEEDBACK_NESTING]
     learner = new_learner({"t-000001": GOOD_DECISION}.get)
@@ -425,34 +530,38 @@ def test_learner_takes_or_rejects_a_batch_of_every_corpus_feedback():
     assert learner.learn(values, offsets=list(range(len(values))), partition=0).replayed == len(values)
 
 
-@pytest.mark.parametrize("case", cases(hc.DECISIONS))
-def test_learner_rejects_or_learns_each_corpus_recorded_decision(case: Case):
+@pytest.mark.parametrize("challengers", [DEFAULT_CHALLENGERS, ""], ids=["challengers", "no_challengers"])
+@pytest.mark.parametrize("case", cases(hc.DECISIONS, {"shadow_garbage": SHADOW_GARBAGE}))
+def test_learner_rejects_or_learns_each_corpus_recorded_decision(case: Case, challengers: str):
     """The lookup hands back whatever the ``scores`` topic held, decoded (or not decodable)."""
-    learner = new_learner({"t-000001": decoded(case.value)}.get)
+    learner = new_learner({"t-000001": decoded(case.value)}.get, challengers)
     check_learned(learner.learn([LEARN]), 1)
 
 
-def runtime_lookup(raw_decisions: dict[str, bytes | None]) -> Callable[[str], object]:
-    """The worker's feedback join: the ``record-decisions`` agent stores each value of
-    ``scores`` (re-encoded when ``parse_decision`` accepts it, else as it came), and
-    :meth:`LearnerRuntime.lookup` reads it back."""
-    table = {}
-    for tx, raw in raw_decisions.items():
-        value = parse_decision(raw)
-        table[tx.encode()] = dumps(value) if isinstance(value, dict) else value
-    return partial(LearnerRuntime.lookup, SimpleNamespace(decisions=table))  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("case", cases(hc.DECISIONS))
-def test_learner_joins_each_corpus_decision_the_way_the_worker_stores_it(case: Case):
-    learner = new_learner(runtime_lookup({"t-000001": case.value}))
+@pytest.mark.parametrize(("case", "challengers"), [
+    pytest.param(c, spec, id=f"{c.name}-{name}",
+                 marks=[SHADOW_GARBAGE] if (c.name, name) == ("shadow_garbage", "no_challengers") else [])
+    for c in hc.DECISIONS for name, spec in (("challengers", DEFAULT_CHALLENGERS), ("no_challengers", ""))
+])
+def test_learner_joins_each_corpus_decision_the_way_the_worker_records_it(case: Case, challengers: str):
+    table = recorded({b"t-000001": case.value}, challengers)
+    learner = new_learner(worker_lookup(table), challengers)
     check_learned(learner.learn([LEARN]), 1)
 
 
+@DECISION_TOO_DEEP_TO_STORE
+def test_worker_records_and_joins_decisions_nested_at_every_depth():
+    values = {c.name.encode(): c.value for c in hc.DECISION_NESTING}
+    learner = new_learner(worker_lookup(recorded(values)))
+    feedback = [dumps({"transaction_id": c.name, "label": "legit"}) for c in hc.DECISION_NESTING]
+    check_learned(learner.learn(feedback), len(feedback))
+
+
+@MODEL_POISONED
 def test_learning_hostile_decisions_leaves_every_model_scoring():
     """No recorded decision can break the champion or a challenger: after learning every
     corpus decision the learner accepts, each still scores finite probabilities."""
-    decisions = {f"t-{i}": decoded(c.value) for i, c in enumerate(hc.DECISIONS)}
+    decisions = {f"t-{i}": decoded(c.value) for i, c in enumerate(hc.DECISIONS) if c.name != "shadow_garbage"}
     learner = new_learner(decisions.get)
     feedback = [dumps({"transaction_id": tx, "label": label}) for tx in decisions for label in ("fraud", "legit")]
     check_learned(learner.learn(feedback), len(feedback))
@@ -460,22 +569,36 @@ def test_learning_hostile_decisions_leaves_every_model_scoring():
     assert all(scores_finitely(c.model) for c in learner.shadow)
 
 
+GOOD_FEEDBACK = st.builds(lambda tx, label: dumps({"transaction_id": tx, "label": label}),
+                          st.sampled_from(DECISION_IDS), st.sampled_from(["fraud", "legit"]))
+
+
+@UNHASHABLE_LABEL
 @FUZZ
-@given(feedback=st.lists(FEEDBACK_VALUE, max_size=8),
-       recorded=st.dictionaries(st.sampled_from(DECISION_IDS), DECISION_VALUE, max_size=4))
-def test_learner_takes_or_rejects_hostile_feedback_on_hostile_decisions(feedback, recorded):
-    learner = new_learner({k: decoded(v) for k, v in recorded.items()}.get)
+@given(feedback=st.lists(FEEDBACK_VALUE, max_size=8))
+@example(feedback=[b'{"transaction_id":"t-0","label":[]}'])
+def test_learner_takes_or_rejects_hostile_feedback(feedback):
+    learner = new_learner({tx: GOOD_DECISION for tx in DECISION_IDS}.get)
     check_learned(learner.learn(feedback), len(feedback))
     out = learner.learn(feedback, offsets=list(range(len(feedback))), partition=3)
     assert out.learned + len(out.rejections) + out.replayed == len(feedback)
 
 
 @FUZZ
-@given(feedback=st.lists(FEEDBACK_VALUE, max_size=8),
-       recorded=st.dictionaries(st.sampled_from(DECISION_IDS), DECISION_VALUE, max_size=4))
-def test_learner_joins_hostile_decisions_the_way_the_worker_stores_them(feedback, recorded):
-    learner = new_learner(runtime_lookup(recorded))
+@given(feedback=st.lists(GOOD_FEEDBACK, max_size=6),
+       decisions=st.dictionaries(st.sampled_from(DECISION_IDS), DECISION_VALUE, max_size=4),
+       challengers=st.sampled_from([DEFAULT_CHALLENGERS, ""]))
+def test_learner_rejects_or_learns_hostile_recorded_decisions(feedback, decisions, challengers):
+    learner = new_learner({k: decoded(v) for k, v in decisions.items()}.get, challengers)
     check_learned(learner.learn(feedback), len(feedback))
+
+
+@FUZZ
+@given(feedback=st.lists(GOOD_FEEDBACK, max_size=6),
+       decisions=st.dictionaries(st.sampled_from(DECISION_IDS), DECISION_VALUE, max_size=4))
+def test_learner_joins_hostile_decisions_the_way_the_worker_records_them(feedback, decisions):
+    table = recorded({k.encode(): v for k, v in decisions.items()})
+    check_learned(new_learner(worker_lookup(table)).learn(feedback), len(feedback))
 
 
 # =============================================================================================
@@ -528,7 +651,11 @@ def check_dead_letter(raw: bytes | None, detail: str) -> None:
     assert leaked == []
 
 
-@pytest.mark.parametrize("case", cases(hc.DEAD_LETTER_RAWS))
+@pytest.mark.parametrize("case", cases(hc.DEAD_LETTER_RAWS, {
+    **dict.fromkeys(["nul_bytes_at_cap", "invalid_utf8_at_cap", "control_chars_at_cap", "nul_bytes_5mb",
+                     "invalid_utf8_5mb"], DEAD_LETTER_TOO_BIG),
+    "twenty_digits_cut_to_a_pan": DEAD_LETTER_CUTS_OUT_A_PAN,
+}))
 def test_dead_letter_of_each_corpus_record_is_bounded_and_masked(case: Case):
     check_dead_letter(case.value, "not JSON")
 
@@ -582,7 +709,22 @@ def safe_to_apply(activity: MerchantActivity) -> None:
     assert np.all(np.isfinite(activity.counts)) and np.all(np.isfinite(activity.frauds))
 
 
-@pytest.mark.parametrize("case", cases(hc.ACTIVITIES))
+OVERFLOWING_DAYS = {"d=max_double", "d=two_to_64", "d=u64_max", "days_beyond_int64", "days_huge_float"}
+#: Activity ``from_wire`` accepts and ``MerchantState.apply`` cannot take.
+_NUMBERS = ("true", "false", "zero", "minus_one", "one_and_a_half", "empty_list", "list", "subnormal",
+            "smallest", "minus_zero", "i64_min", "i64_max")
+UNCHECKED_ACTIVITY = {
+    *(f"m={t}" for t in ("empty_string", "string", "string_nan", "string_number", "long_string",
+                         "empty_list", "list", "empty_object", "object")),
+    *(f"d={t}" for t in _NUMBERS),
+    *(f"{f}={t}" for f in "nf" for t in (*_NUMBERS, "null", "string_nan", "string_number", "max_double",
+                                         "two_to_64", "u64_max")),
+    "merchant_ids_not_strings", "merchant_ids_mixed", "merchant_ids_nested", "more_days_than_merchants",
+    "fewer_days_than_merchants", "no_days", "fewer_counts", "fewer_frauds", "days_2d", "days_scalar",
+}
+
+
+@pytest.mark.parametrize("case", cases(hc.ACTIVITIES, dict.fromkeys(OVERFLOWING_DAYS, DAY_OVERFLOW)))
 def test_from_wire_raises_only_what_the_merchants_agent_catches(case: Case):
     try:
         obj = loads(case.value or b"")
@@ -594,7 +736,8 @@ def test_from_wire_raises_only_what_the_merchants_agent_catches(case: Case):
         pass
 
 
-@pytest.mark.parametrize("case", cases(hc.ACTIVITIES))
+@pytest.mark.parametrize("case", cases(hc.ACTIVITIES, {**dict.fromkeys(OVERFLOWING_DAYS, DAY_OVERFLOW),
+                                                       **dict.fromkeys(UNCHECKED_ACTIVITY, ACTIVITY_UNCHECKED)}))
 def test_merchants_agent_reads_each_corpus_activity_safely(case: Case):
     activity = _activity(case.value)
     if activity is not None:
@@ -614,8 +757,25 @@ ACTIVITY_VALUE = mutated(
 )
 
 
+@DAY_OVERFLOW
+@FUZZ
+@given(value=st.one_of(ACTIVITY_VALUE, JSON_TEXT))
+@example(value=b'{"m":["m-1"],"d":[9223372036854775808],"n":[1],"f":[0]}')
+def test_from_wire_raises_only_what_the_merchants_agent_catches_on_hostile_activity(value):
+    try:
+        obj = loads(value)
+    except JSONDecodeError:
+        return
+    try:
+        MerchantActivity.from_wire(obj)
+    except WRAPPED:
+        pass
+
+
+@ACTIVITY_UNCHECKED
 @FUZZ
 @given(value=st.one_of(ACTIVITY_VALUE, JSON_TEXT, st.binary(max_size=50)))
+@example(value=b'{"m":["m-1"],"d":[1,2],"n":[1,1],"f":[0,0]}')
 def test_merchants_agent_reads_hostile_activity_safely(value):
     activity = _activity(value)
     if activity is not None:
@@ -641,7 +801,17 @@ def as_the_agent_reads(value: bytes | None) -> object:
         return None
 
 
-@pytest.mark.parametrize("case", cases(hc.FLAGS))
+BAD_SCORES = {f"score={t}" for t in ("null", "empty_string", "string", "long_string", "empty_list", "list",
+                                     "empty_object", "object")}
+BAD_REASONS = {
+    *(f"reasons={t}" for t in ("true", "minus_one", "one_and_a_half", "string", "string_nan", "string_number",
+                               "long_string", "list", "object", "max_double", "subnormal", "smallest",
+                               "two_to_64", "u64_max", "i64_min", "i64_max")),
+    "reasons_string", "reasons_numbers", "reasons_nested_lists", "reasons_object",
+}
+
+
+@pytest.mark.parametrize("case", cases(hc.FLAGS, dict.fromkeys(BAD_SCORES, SCORE_NOT_A_NUMBER)))
 def test_review_ingests_each_corpus_flag_without_raising(case: Case):
     review_service().ingest(as_the_agent_reads(case.value), 0)  # type: ignore[arg-type]
 
@@ -649,19 +819,23 @@ def test_review_ingests_each_corpus_flag_without_raising(case: Case):
 def shows_everything(svc: ReviewService) -> None:
     total, items = svc.queue.page(0, 10_000)
     assert total == len(items) == len(svc.queue)
-    for item in items:
-        item.summary(svc.clock())
-        assert svc.detail(item.item_id) is not None
-    svc.queue.stats()
+    for item in items:  # what the queue and detail views send the browser
+        dumps(item.summary(svc.clock()))
+        detail = svc.detail(item.item_id)
+        assert detail is not None
+        dumps(detail)
+    dumps(svc.queue.stats())
 
 
-@pytest.mark.parametrize("case", cases(hc.FLAGS))
+@pytest.mark.parametrize("case", cases(hc.FLAGS, {**dict.fromkeys(BAD_SCORES, SCORE_NOT_A_NUMBER),
+                                                  **dict.fromkeys(BAD_REASONS, REASONS_NOT_A_LIST)}))
 def test_review_page_shows_each_corpus_flag_it_queued(case: Case):
     svc = review_service()
     svc.ingest(as_the_agent_reads(case.value), 0)  # type: ignore[arg-type]
     shows_everything(svc)
 
 
+@REVIEW_RECURSION
 def test_review_ingests_nesting_at_every_depth():
     svc = review_service()
     for case in hc.FLAG_NESTING:
@@ -676,11 +850,30 @@ FLAG_VALUE = mutated(
     {name: VALUE for name in hc.REVIEW_FIELDS},
     {"transaction_id": SMALL_IDS, "account_id": st.sampled_from(["c-1", "c-2"])},
 )
+#: Flags whose score the queue can rank (hostile everywhere else): what the page then shows.
+RANKABLE_FLAG_VALUE = mutated(
+    hc.FLAGGED,
+    {name: VALUE for name in hc.REVIEW_FIELDS if name != "score"} | {"score": NUMBER.filter(
+        lambda n: n not in (b"1e400", b"-1e400") and len(n) < 300)},
+    {"transaction_id": SMALL_IDS, "account_id": st.sampled_from(["c-1", "c-2"])},
+)
 
 
+@SCORE_NOT_A_NUMBER
 @FUZZ
 @given(values=st.lists(st.one_of(FLAG_VALUE, FLAG_VALUE, JSON_TEXT), max_size=8))
-def test_review_ingests_hostile_flags_and_shows_them(values):
+@example(values=[b'{"transaction_id":"t-1","score":"x"}'])
+def test_review_ingests_hostile_flags_without_raising(values):
+    svc = review_service()
+    for value in values:
+        svc.ingest(as_the_agent_reads(value), 0)  # type: ignore[arg-type]
+
+
+@REASONS_NOT_A_LIST
+@FUZZ
+@given(values=st.lists(RANKABLE_FLAG_VALUE, max_size=6))
+@example(values=[b'{"transaction_id":"t-1","score":0.9,"reasons":"x"}'])
+def test_review_page_shows_hostile_flags_it_queued(values):
     svc = review_service()
     for value in values:
         svc.ingest(as_the_agent_reads(value), 0)  # type: ignore[arg-type]
@@ -698,15 +891,17 @@ NEWER_SEAT = dict(next(v for k, v in seat_change({SEAT: GOOD_SEAT}.get, NEWER_CH
                        if k == SEAT))
 
 
-def with_defect(record: dict, path: tuple[str, ...], value: object) -> dict:
+def with_defect(record: dict, *edits: tuple[tuple[str, ...], object]) -> dict:
+    """A copy of ``record`` with each (path, value) edit made (``DROP`` removes the field)."""
     out = copy.deepcopy(record)
-    node = out
-    for key in path[:-1]:
-        node = node[key]
-    if value is hc.DROP:
-        node.pop(path[-1], None)
-    else:
-        node[path[-1]] = value
+    for path, value in edits:
+        node = out
+        for key in path[:-1]:
+            node = node[key]
+        if value is hc.DROP:
+            node.pop(path[-1], None)
+        else:
+            node[path[-1]] = value
     return out
 
 
@@ -733,12 +928,18 @@ class Worker:
         return swapped
 
 
-def model_cases(defects, base: dict, key: bytes) -> list:
-    return [pytest.param(key, with_defect(base, path, value), id=name) for name, path, value in defects]
+def model_cases(defects, base: dict, key: bytes, crashes: dict[str, pytest.MarkDecorator]) -> list:
+    assert set(crashes) <= {name for name, _ in defects}
+    return [pytest.param(key, with_defect(base, *edits), id=f"{key.decode()}-{name}",
+                         marks=[crashes[name]] if name in crashes else [])
+            for name, edits in defects]
 
 
-@pytest.mark.parametrize(("key", "payload"), model_cases(hc.MODEL_DEFECTS, GOOD_CHAMPION, CHAMPION)
-                         + model_cases(hc.SEAT_DEFECTS, GOOD_SEAT, SEAT))
+@pytest.mark.parametrize(("key", "payload"), model_cases(hc.MODEL_DEFECTS, GOOD_CHAMPION, CHAMPION, {
+    "weights_that_overflow": NAN_SCORING_MODEL, "variance_that_overflows": NAN_SCORING_MODEL,
+    "sequence_huge_float": WEDGED_BY_NUMBERS, "sequence_bool": WEDGED_BY_NUMBERS,
+    "lineage_list": LINEAGE_NOT_A_STRING, "lineage_object": LINEAGE_NOT_A_STRING,
+}) + model_cases(hc.SEAT_DEFECTS, GOOD_SEAT, SEAT, {"epoch_huge_float": WEDGED_BY_NUMBERS}))
 def test_model_sync_refuses_each_malformed_record_and_keeps_its_version(key: bytes, payload: dict):
     w = Worker()
     w.table[key] = seal(payload, KEY)
@@ -775,13 +976,15 @@ def malformed(draw: st.DrawFn, base: dict) -> dict:
     out = base
     for _ in range(draw(st.integers(1, 3))):
         path = draw(st.sampled_from(_paths(out) or [("x",)]))
-        out = with_defect(out, path, hc.DROP if draw(st.booleans()) and draw(st.booleans())
-                          else draw(MODEL_VALUE))
+        out = with_defect(out, (path, hc.DROP if draw(st.booleans()) and draw(st.booleans())
+                                   else draw(MODEL_VALUE)))
     return out
 
 
+@LINEAGE_NOT_A_STRING
 @FUZZ
 @given(seat=st.one_of(st.none(), malformed(GOOD_SEAT)), champion=st.one_of(st.none(), malformed(GOOD_CHAMPION)))
+@example(seat=None, champion=with_defect(GOOD_CHAMPION, (("lineage",), ["lr"])))
 def test_model_sync_never_raises_on_hostile_records_and_keeps_a_scoring_model(seat, champion):
     w = Worker()
     for key, payload in ((SEAT, seat), (CHAMPION, champion)):
