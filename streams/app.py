@@ -26,11 +26,11 @@ from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.sinks.metrics import PipelineMetrics
 from flagstream.streams import topics as names
-from flagstream.streams.compat.internals import idempotent_producers, shared_table
+from flagstream.streams.compat.internals import idempotent_producers, read_row, shared_table
 from flagstream.streams.config import Settings
 from flagstream.streams.core import ScoringCore
 from flagstream.streams.model_sync import ModelSync
-from flagstream.streams.topics import durability
+from flagstream.streams.topics import durability, partition_for
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +155,13 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
                                         extra_topic_configs=durability(settings))
 
     accounts_table = tables.get("accounts")
-    accounts = Arena(
-        new_account_row,
-        loader=(lambda key: accounts_table.get(key.encode())) if accounts_table is not None else None,
-    )
+    n = settings.partitions
+
+    def load_account(key: str) -> bytes | None:
+        """An account's stored row, from the partition the account lives on."""
+        return read_row(accounts_table, partition_for(key, n), key.encode())
+
+    accounts = Arena(new_account_row, loader=load_account if accounts_table is not None else None)
     merchants = MerchantState(
         Arena(new_merchant_row, loader=lambda key: merchant_table.get(key.encode()))
     )

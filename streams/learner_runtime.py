@@ -32,7 +32,9 @@ from flagstream.scoring.learner import Learner
 from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.snapshots import SnapshotStore, seal
 from flagstream.streams.app import Pipeline
+from flagstream.streams.compat.internals import read_row
 from flagstream.streams.delivery import deliver
+from flagstream.streams.topics import partition_for
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,8 @@ class LearnerRuntime:
 
     def lookup(self, transaction_id: str) -> dict | None:
         """The decision recorded for a transaction (the feedback join), or None."""
-        stored = self.decisions.get(transaction_id.encode())
+        home = partition_for(transaction_id, self.p.settings.partitions)  # scores are keyed by it
+        stored = read_row(self.decisions, home, transaction_id.encode())
         if stored is None:
             return None
         decision = loads(stored)

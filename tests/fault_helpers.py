@@ -111,6 +111,8 @@ class Accounting:
     valid_dead_lettered: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     conflicting_repeats: list[str] = field(default_factory=list)
+    #: (first, repeat) decisions of a few conflicting repeats, to show what differed.
+    conflict_examples: list[tuple[dict, dict]] = field(default_factory=list)
 
     def line(self, fault: str) -> str:
         return (f"[{fault}] records in {self.valid_in + self.hostile_in:,} (valid {self.valid_in:,}, "
@@ -145,6 +147,7 @@ def account(settings: Settings, stream: MixedStream) -> Accounting:
     letters = asyncio.run(_read_all(settings, TRANSACTIONS_DLQ))
     acc = Accounting(len(stream.valid_ids), stream.hostile)
     first: dict[str, tuple] = {}
+    first_records: dict[str, dict] = {}
     for r in scores:
         d = loads(r.value)
         tx = d["transaction_id"]
@@ -153,8 +156,11 @@ def account(settings: Settings, stream: MixedStream) -> Accounting:
             acc.repeated += 1
             if first[tx] != seen:
                 acc.conflicting_repeats.append(tx)
+                if len(acc.conflict_examples) < 3:
+                    acc.conflict_examples.append((first_records[tx], d))
         else:
             first[tx] = seen
+            first_records[tx] = {**d, "_partition": r.partition, "_offset": r.offset}
     acc.decided = len(first)
     acc.lost = sorted(stream.valid_ids - set(first))
     sources: dict[tuple, str] = {}

@@ -2,9 +2,10 @@
 
 ``scripts/kafka.sh cluster start`` runs three combined broker+controller nodes on
 loopback (one quorum of three voters; replication factor 3, ``min.insync.replicas``
-2). A worker scores a mixed stream on it while the broker leading the most of the
-test's partitions is SIGKILLed, production goes on against the two survivors, and the
-broker is started again mid-stream. Afterwards every valid transaction has a decision,
+2). A worker scores a mixed stream on it; mid-stream the broker coordinating the
+worker's consumer group (it also leads some of the test's partitions) is SIGKILLed,
+production and scoring go on against the two survivors, and the broker is started
+again (the stream may have ended by then). Afterwards every valid transaction has a decision,
 every invalid record one dead letter, repeats only for the same transaction id, and
 every topic the pipeline created has three replicas back in sync. The accounting is
 printed (``pytest -s``); ``make faults`` runs the long variant (``FAULTS_LONG=1``).
@@ -85,6 +86,15 @@ async def _min_isr(settings: Settings, names: list[str]) -> dict[str, str]:
                 assert error == 0, f"describe_configs {name}: error {error}"
                 out[name] = {e[0]: e[1] for e in entries}.get("min.insync.replicas")
         return out
+    finally:
+        await admin.close()
+
+
+async def _coordinator(settings: Settings, group: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker)
+    await admin.start()
+    try:
+        return await admin.find_coordinator(group)
     finally:
         await admin.close()
 
@@ -212,19 +222,21 @@ def test_a_broker_sigkilled_mid_stream_loses_nothing(kafka_cluster, tmp_path):
         mark(f"producing {total:,} records at {RATE:,}/s")
 
         # Kill mid-stream, once a fifth is produced and decisions are coming out (the first
-        # batch compiles the kernels): the broker leading most of the test's partitions.
+        # batch compiles the kernels): the worker's group coordinator, which also leads
+        # some of the test's partitions.
         wait_for("a fifth of the stream on transactions",
                  lambda: (end_total(settings, TRANSACTIONS) or 0) >= total // 5, 120, worker_died)
         wait_for("decisions coming out", lambda: (end_total(settings, SCORES) or 0) >= 1_000,
                  120, worker_died)
         before = asyncio.run(_topics(settings))
-        victim = leaders(before).most_common(1)[0][0]
+        victim = asyncio.run(_coordinator(settings, f"{settings.topic_prefix}{settings.app_id}"))
+        assert victim in leaders(before), (victim, dict(leaders(before)))
         at_kill_tx = end_total(settings, TRANSACTIONS) or 0
         at_kill_scores = end_total(settings, SCORES) or 0
         killed = cluster("kill", str(victim), timeout_s=60)
         assert killed.returncode == 0, killed.stderr
         assert at_kill_tx < total, "the stream was all produced before the kill: not mid-stream"
-        mark(f"SIGKILLed broker {victim} (leaders before: {dict(leaders(before))}; "
+        mark(f"SIGKILLed broker {victim}, the group coordinator (leaders before: {dict(leaders(before))}; "
              f"transactions {at_kill_tx:,}, scores {at_kill_scores:,})")
 
         # The survivors take over: leadership moves, production and decisions go on.

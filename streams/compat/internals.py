@@ -95,6 +95,18 @@ def on_replicated(table: Any, note: Callable[[Iterable[bytes]], None]) -> None:
     table.apply_changelog_batch = replicate_and_note
 
 
+def read_row(table: Any, partition: int, key: bytes) -> bytes | None:
+    """The value stored under ``key`` in ``partition`` of a RocksDB-backed table.
+
+    ``table.get(key)`` looks in the partition of whatever event Faust holds as current
+    (``RocksDBStore._get``); a batch spans partitions, so the hot path names the
+    partition itself: the one its key lives on.
+    """
+    store = table.data
+    raw = store._db_for_partition(partition).get(store._encode_key(key))
+    return None if raw is None else store._decode_value(raw)
+
+
 def can_write_rows(table: Any, app: Any) -> bool:
     """True when :func:`stage_rows` applies: a RocksDB-backed table, no transactions."""
     store = table.data
