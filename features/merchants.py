@@ -12,6 +12,7 @@ adds it (:meth:`MerchantState.apply`), and scorers read features from a replicat
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,11 @@ from flagstream.features.layout import (
     MERCHANT_DELAY_DAYS,
     new_merchant_row,
 )
+
+#: Day numbers accepted in activity (epoch days; 100,000 is the year 2243).
+MAX_DAY = 100_000
+#: The most transactions one merchant can be credited with in one record.
+MAX_DAILY = 1e9
 
 
 @dataclass
@@ -48,13 +54,33 @@ class MerchantActivity:
         }
 
     @classmethod
-    def from_wire(cls, obj: dict) -> MerchantActivity:
-        return cls(
-            list(obj["m"]),
-            np.asarray(obj["d"], np.int64),
-            np.asarray(obj["n"], np.float64),
-            np.asarray(obj["f"], np.float64),
-        )
+    def from_wire(cls, obj: object) -> MerchantActivity:
+        """Activity from :meth:`to_wire` output, every field checked (``ValueError`` otherwise).
+
+        >>> MerchantActivity.from_wire({"m": ["m-1"], "d": [17622], "n": [2], "f": [0]}).counts.tolist()
+        [2.0]
+        >>> MerchantActivity.from_wire({"m": ["m-1"], "d": [1, 2], "n": [1, 1], "f": [0, 0]})
+        Traceback (most recent call last):
+        ...
+        ValueError: merchant activity: every column needs one value per merchant
+        """
+        if not isinstance(obj, dict):
+            raise ValueError("merchant activity must be a JSON object")
+        merchants, days, counts, frauds = (obj.get(k) for k in ("m", "d", "n", "f"))
+        if not (isinstance(merchants, list) and isinstance(days, list) and isinstance(counts, list)
+                and isinstance(frauds, list)) or len({len(merchants), len(days), len(counts),
+                                                       len(frauds)}) != 1:
+            raise ValueError("merchant activity: every column needs one value per merchant")
+        if not all(isinstance(m, str) and 0 < len(m) <= 128 for m in merchants):
+            raise ValueError("merchant activity: merchant ids must be short strings")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < MAX_DAY for d in days):
+            raise ValueError("merchant activity: days must be whole day numbers")
+        for column in (counts, frauds):
+            if not all(isinstance(x, int | float) and not isinstance(x, bool)
+                       and math.isfinite(x) and 0 <= x <= MAX_DAILY for x in column):
+                raise ValueError("merchant activity: counts must be finite and not negative")
+        return cls(list(merchants), np.asarray(days, np.int64), np.asarray(counts, np.float64),
+                   np.asarray(frauds, np.float64))
 
 
 class MerchantState:
@@ -64,7 +90,7 @@ class MerchantState:
     """
 
     def __init__(self, arena: Arena | None = None, delay_days: int = MERCHANT_DELAY_DAYS) -> None:
-        self.arena = arena or Arena(new_merchant_row)
+        self.arena = arena if arena is not None else Arena(new_merchant_row)
         self.delay_days = delay_days
 
     def fill_features(self, merchant_ids: Sequence[str], ts_ms: np.ndarray, out: np.ndarray) -> None:
@@ -76,6 +102,7 @@ class MerchantState:
         """Add activity; returns the row indices it touched."""
         idx = self.arena.indices(activity.merchant_ids)
         update_merchants(self.arena.rows, idx, activity.days, activity.counts, activity.frauds)
+        self.arena.touch(idx)  # changed rows are written to the replicated table
         return idx
 
 

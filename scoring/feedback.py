@@ -9,10 +9,16 @@ from __future__ import annotations
 import math
 from typing import TypeGuard
 
+from flagstream.codec import deeper_than
 from flagstream.errors import InvalidRecord
 
 #: The longest transaction id accepted (the same limit as the transaction schema).
 MAX_ID_LENGTH = 128
+#: The largest feature value a recorded decision may carry (counts, amounts, seconds and
+#: ratios are all far below it; a model fed more could overflow its statistics).
+MAX_FEATURE = 1e12
+#: The deepest nesting a recorded decision may have (it is stored and re-encoded).
+MAX_DECISION_NESTING = 8
 FEEDBACK_LABELS = {"fraud": 1, "legit": 0}
 FEEDBACK_SOURCES = {"review", "chargeback", "auto"}
 
@@ -23,10 +29,10 @@ def check_feedback(obj: dict) -> tuple[str, int]:
     if not isinstance(tx, str) or not tx or len(tx) > MAX_ID_LENGTH:
         raise InvalidRecord("invalid_field", "feedback needs a transaction_id string")
     label = obj.get("label")
-    if label not in FEEDBACK_LABELS:
+    if not isinstance(label, str) or label not in FEEDBACK_LABELS:
         raise InvalidRecord("invalid_label", "label must be 'fraud' or 'legit'")
     source = obj.get("source", "review")
-    if source not in FEEDBACK_SOURCES:
+    if not isinstance(source, str) or source not in FEEDBACK_SOURCES:
         raise InvalidRecord("invalid_source", f"source must be one of {sorted(FEEDBACK_SOURCES)}")
     return tx, FEEDBACK_LABELS[label]
 
@@ -52,9 +58,15 @@ def check_decision(obj: object, n_features: int) -> dict:
         raise InvalidRecord("invalid_decision", "recorded decision is not a JSON object")
     features = obj.get("features")
     if (not isinstance(features, list) or len(features) != n_features
-            or not all(_finite(x) for x in features)):
+            or not all(_finite(x) and abs(x) <= MAX_FEATURE for x in features)):
         raise InvalidRecord("invalid_decision",
                             f"recorded decision: features must be {n_features} finite numbers")
+    if deeper_than(obj, MAX_DECISION_NESTING):
+        raise InvalidRecord("invalid_decision", "recorded decision: nested too deep")
+    shadow = obj.get("shadow", {})
+    if not isinstance(shadow, dict) or not all(
+            isinstance(k, str) and _finite(v) and 0.0 <= v <= 1.0 for k, v in shadow.items()):
+        raise InvalidRecord("invalid_decision", "recorded decision: shadow must map names to scores")
     score = obj.get("score")
     if not _finite(score) or not 0.0 <= score <= 1.0:
         raise InvalidRecord("invalid_decision", "recorded decision: score must be in [0, 1]")

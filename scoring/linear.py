@@ -211,6 +211,10 @@ class LinearChampion:
             raise ValueError("model state: scaler counts must be whole numbers")
         weights = _inputs(_mapping(state, "weights"), "weights")
         intercept = _number(state.get("intercept"), "intercept")
+        if max(map(abs, (*means.values(), *weights.values(), intercept)), default=0.0) > MAX_STATISTIC:
+            raise ValueError("model state: a mean, weight or intercept is out of range")
+        if max(variances.values(), default=0.0) > MAX_STATISTIC**2:
+            raise ValueError("model state: a variance is out of range")
         n_learned = _number(state.get("n_learned"), "n_learned", low=0.0)
         iterations = _number(state.get("optimizer_iterations"), "optimizer_iterations", low=0.0)
         model = cls(**params)
@@ -222,7 +226,14 @@ class LinearChampion:
         set_weights(model.classifier, weights)
         model.classifier.intercept = intercept
         model.classifier.optimizer.n_iterations = int(iterations)
+        probe = np.stack([np.zeros(N_FEATURES), np.full(N_FEATURES, MAX_STATISTIC)])
+        if not np.all(np.isfinite(model.score_batch(probe))):
+            raise ValueError("model state: the model does not score finite probabilities")
         return model
+
+
+#: The largest mean, weight or intercept a loaded model may have (learned ones stay far below).
+MAX_STATISTIC = 1e12
 
 
 def _mapping(parent: dict[str, Any], key: str) -> dict[str, Any]:

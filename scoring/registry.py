@@ -112,6 +112,39 @@ def seat_as_record(seat: Mapping[str, Any]) -> dict[str, Any]:
             "state": seat["state"], "epoch": seat["epoch"], "seat": seat["id"]}
 
 
+def check_followable(seat: Mapping | None, champion: Mapping | None) -> None:
+    """Raise ``ValueError`` unless the fields a worker follows are of the right kind.
+
+    Sequences and epochs are whole numbers in range (a float or a bool would be taken
+    for a huge or a tiny one and wedge every worker on it); ids and lineages are the
+    strings the learner writes.
+
+    >>> check_followable(None, {"version": "lr-000003", "sequence": 3, "lineage": "lr", "state": {}})
+    >>> check_followable(None, {"version": "lr-000003", "sequence": 1e300, "state": {}})
+    Traceback (most recent call last):
+    ...
+    ValueError: champion record: sequence must be a whole number
+    """
+    for what, record, numbers, strings in (
+        ("seat", seat, ("epoch", "sequence"), ("id", "version")),
+        ("champion", champion, ("sequence",), ("version",)),
+    ):
+        if record is None:
+            continue
+        for name in numbers:
+            value = record.get(name, 0) if name == "epoch" else record.get(name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
+                raise ValueError(f"{what} record: {name} must be a whole number")
+        for name in strings:
+            if not isinstance(record.get(name), str):
+                raise ValueError(f"{what} record: {name} must be a string")
+        lineage = record.get("lineage", parse_version(record["version"])[0])
+        if not isinstance(lineage, str) or not LINEAGE.fullmatch(lineage):
+            raise ValueError(f"{what} record: lineage must be a name")
+        if not isinstance(record.get("state"), dict):
+            raise ValueError(f"{what} record: state must be an object")
+
+
 def choose_champion(seat: Mapping | None, champion: Mapping | None) -> dict | None:
     """What every worker scores with: the champion record if it follows the seat, else the seat's."""
     if seat is None:

@@ -22,7 +22,9 @@
 #
 #   start      start the nodes not running (idempotent); waits until every node answers a
 #              metadata request listing all three brokers
-#   stop [N]   clean shutdown (SIGTERM, SIGKILL after 60 s) of every node, or of node N
+#   stop [N]   SIGTERM every node, SIGKILL what is left after 20 s (a node in controlled
+#              shutdown can wait forever once the other voters are gone); or stop node N
+#              alone (SIGTERM, SIGKILL after 60 s: the quorum is still there)
 #   kill N     SIGKILL node N: no controlled shutdown, no flush
 #   restart N  stop node N if it runs, start it, wait until it is back in the cluster
 #   servers    print the bootstrap list, host:port,host:port,host:port
@@ -355,21 +357,20 @@ cluster_start() {
 }
 
 stop_nodes() {
-  # SIGTERM the given nodes together (a quorum shutting down one by one would leave the
-  # last voter waiting for the others), then SIGKILL what is left after 60 s.
-  local n pid pids=()
+  # stop_nodes SECONDS N...: SIGTERM the nodes together, SIGKILL what is left after SECONDS.
+  local wait_s=$1 n pid pids=(); shift
   for n in "$@"; do
     if pid=$(node_pid "$n"); then kill "$pid"; pids+=("$pid"); fi
   done
   [ ${#pids[@]} -eq 0 ] && { log "nodes $*: not running"; for n in "$@"; do rm -f "$(node_dir "$n")/broker.pid"; done; return 0; }
-  for _ in $(seq 1 120); do
+  for _ in $(seq 1 $((wait_s * 2))); do
     local any=0
     for pid in "${pids[@]}"; do alive "$pid" && any=1; done
     [ $any -eq 0 ] && break
     sleep 0.5
   done
   for pid in "${pids[@]}"; do
-    if alive "$pid"; then log "forcing stop of pid $pid"; kill -9 "$pid" 2>/dev/null || true; fi
+    if alive "$pid"; then log "pid $pid still shutting down after ${wait_s} s: SIGKILL"; kill -9 "$pid" 2>/dev/null || true; fi
   done
   for n in "$@"; do rm -f "$(node_dir "$n")/broker.pid"; done
   log "stopped nodes $*"
@@ -387,7 +388,7 @@ cluster_kill() {
 
 cluster_restart() {
   local n=$1
-  node_pid "$n" >/dev/null && stop_nodes "$n"
+  node_pid "$n" >/dev/null && stop_nodes 60 "$n"
   fetch
   fetch_cluster_logging
   configure_node "$n"
@@ -417,13 +418,13 @@ cluster() {
   local all; all=$(seq 1 $CLUSTER_NODES)
   case "${1:-}" in
     start) cluster_start ;;
-    stop) if [ -n "${2:-}" ]; then node_arg "$2"; stop_nodes "$2"; else stop_nodes $all; fi ;;
+    stop) if [ -n "${2:-}" ]; then node_arg "$2"; stop_nodes 60 "$2"; else stop_nodes 20 $all; fi ;;
     kill) node_arg "${2:-}"; cluster_kill "$2" ;;
     restart) node_arg "${2:-}"; cluster_restart "$2" ;;
     status) cluster_status ;;
     servers) cluster_servers ;;
     logs) node_arg "${2:-}"; cat "$(node_dir "$2")/broker.log" ;;
-    reset) stop_nodes $all; rm -rf "$CLUSTER_DIR"; log "removed $CLUSTER_DIR" ;;
+    reset) stop_nodes 20 $all; rm -rf "$CLUSTER_DIR"; log "removed $CLUSTER_DIR" ;;
     *) echo "usage: $0 cluster start|stop [N]|status|servers|kill N|restart N|logs N|reset" >&2; exit 2 ;;
   esac
 }

@@ -11,8 +11,8 @@ Card-number-like digit runs are masked in the original, the detail and the key.
 >>> import base64; base64.b64decode(rec["original_b64"])
 b'{"pan": "****MASKED****"}'
 >>> big = dead_letter(b"x" * 5_000_000, "too_large", "record is 5000000 bytes", "tx", 0, 8)
->>> len(big["original"]), big["original_length"], big["original_truncated"]
-(16384, 5000000, True)
+>>> len(big["original"]), len(big["original_b64"]), big["original_length"], big["original_truncated"]
+(4096, 21848, 5000000, True)
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ import time
 
 from flagstream.cards import mask_bytes, mask_text
 
-#: Bytes of the original record kept in a dead letter.
+#: Bytes of the original record kept in a dead letter (base64), and of them, how many are
+#: also shown as text (escaped control bytes take six characters each in JSON).
 MAX_ORIGINAL = 16_384
+MAX_ORIGINAL_TEXT = 4_096
 #: Characters of the detail sentence kept.
 MAX_DETAIL = 500
 
@@ -33,17 +35,17 @@ def dead_letter(
     original: bytes | None, reason: str, detail: str, topic: str, partition: int, offset: int
 ) -> dict:
     """A JSON-ready dead letter (see the module docstring for its bounds)."""
-    raw = mask_bytes(original) if original else b""
-    kept = raw[:MAX_ORIGINAL]
+    original = original or b""
+    kept = mask_bytes(original[:MAX_ORIGINAL])  # cut first: a cut can never leave a card number
     return {
         "reason": reason,
         "detail": mask_text(detail[:MAX_DETAIL]),
         "source": {"topic": topic, "partition": partition, "offset": offset},
-        "original": kept.decode("utf-8", errors="replace"),
+        "original": mask_text(kept[:MAX_ORIGINAL_TEXT].decode("utf-8", errors="replace")),
         "original_b64": base64.b64encode(kept).decode(),
-        "original_length": len(original) if original else 0,
-        "original_truncated": len(raw) > MAX_ORIGINAL,
-        "original_sha256": hashlib.sha256(raw).hexdigest(),
+        "original_length": len(original),
+        "original_truncated": len(original) > MAX_ORIGINAL,
+        "original_sha256": hashlib.sha256(mask_bytes(original)).hexdigest(),
         "rejected_at_ms": int(time.time() * 1000),
     }
 

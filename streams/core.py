@@ -19,6 +19,7 @@ all run exactly the same code.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,8 +45,11 @@ from flagstream.scoring.policy import DecisionPolicy, FixedThreshold
 from flagstream.scoring.reasons import explain
 from flagstream.streams.schema import validate_transactions
 
-#: Context fields copied from a transaction onto its decision (never card numbers).
+#: Context fields copied from a transaction onto its decision, only when they have the shape
+#: of a code or a short name (a letter first, at most 32 characters, never 5 digits in a row):
+#: whatever a producer puts there, no card number or blob reaches a decision.
 CONTEXT_FIELDS = ("currency", "channel", "country")
+CONTEXT_SHAPE = re.compile(r"[A-Za-z](?![^\n]*\d{5})[A-Za-z0-9 _.-]{0,31}")
 
 
 @njit(cache=True)
@@ -157,10 +161,11 @@ class ScoringCore:
         max_record_bytes: int = 16_384,
         max_nesting: int = 8,
     ) -> None:
-        self.handle = handle or ModelHandle(LinearChampion())
-        self.policy = policy or FixedThreshold()
-        self.accounts = accounts or Arena(new_account_row)
-        self.merchants = merchants or MerchantState()
+        # (``is None``, not ``or``: an empty arena is falsy, and the one given has the loader)
+        self.handle = handle if handle is not None else ModelHandle(LinearChampion())
+        self.policy = policy if policy is not None else FixedThreshold()
+        self.accounts = accounts if accounts is not None else Arena(new_account_row)
+        self.merchants = merchants if merchants is not None else MerchantState()
         self.max_record_bytes = max_record_bytes
         self.max_nesting = max_nesting
 
@@ -259,8 +264,9 @@ class ScoringCore:
         for decision, i in zip(decisions, rows, strict=True):
             record = recs[i]
             for name in CONTEXT_FIELDS:
-                if name in record:
-                    decision[name] = record[name]
+                value = record.get(name)
+                if isinstance(value, str) and CONTEXT_SHAPE.fullmatch(value):
+                    decision[name] = value
         outcome.indices.extend([batch.indices[i] for i in rows])
         outcome.decisions.extend(decisions)
         flagged_rows = np.flatnonzero(flags)

@@ -122,7 +122,7 @@ def _activity(value: bytes | None) -> MerchantActivity | None:
     """A merchant-activity record, or None (logged) when it cannot be read."""
     try:
         return MerchantActivity.from_wire(loads(value or b""))
-    except (JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (JSONDecodeError, ValueError) as exc:
         log.error("skipping an unreadable merchant-activity record: %s", type(exc).__name__)
         return None
 

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping
 
 from flagstream.scoring.handle import ModelHandle, model_from_state, parse_version
-from flagstream.scoring.registry import CHAMPION, SEAT, choose_champion
+from flagstream.scoring.registry import CHAMPION, SEAT, check_followable, choose_champion
 from flagstream.scoring.snapshots import IntegrityError, unseal
 from flagstream.sinks.metrics import PipelineMetrics
 
@@ -94,8 +94,9 @@ class ModelSync:
             self.metrics.lifecycle.refused.labels(source="unloadable").inc()
 
     def _sync(self) -> bool:
-        seat = self.read(SEAT)
-        chosen = choose_champion(seat, self.read(CHAMPION))
+        seat, champion = self.read(SEAT), self.read(CHAMPION)
+        check_followable(seat, champion)
+        chosen = choose_champion(seat, champion)
         if chosen is None:
             return False
         h = self.handle

@@ -127,6 +127,16 @@ def end_total(settings: Settings, topic: str) -> int | None:
         return None
 
 
+def until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    """Poll until ``condition()`` or the timeout; returns whether it came true."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def wait_for(what: str, condition: Callable[[], bool], timeout_s: float,
              failed: Callable[[], str | None] = lambda: None) -> float:
     """Poll until ``condition()``; returns the seconds it took."""
@@ -143,7 +153,8 @@ def worker_log_summary(worker: WorkerProcess, show: int = 6) -> str:
     """How many warnings and errors the worker logged in this run, and the first few kinds."""
     lines = worker.run_log().decode(errors="replace").splitlines()
     noted = [ln for ln in lines if any(w in ln for w in ("WARN", "ERROR", "CRITICAL", "crashed",
-                                                          "Restarting", "Traceback"))]
+                                                          "Restarting", "Traceback",
+                                                          "Signal received"))]
     kinds = Counter(re.sub(r"\d+", "N", ln.split("]", 2)[-1].strip())[:110] for ln in noted)
     return (f"[worker log] {len(lines):,} lines, {len(noted):,} warnings/errors"
             + "".join(f"\n  {n:4d} x {kind}" for kind, n in kinds.most_common(show)))
@@ -266,7 +277,9 @@ def test_a_broker_sigkilled_mid_stream_loses_nothing(kafka_cluster, tmp_path):
         assert not producer.errors, f"the producer failed: {producer.errors}"  # type: ignore[attr-defined]
         mark("producer done")
 
-        acc = wait_until_accounted(settings, stream, 300)
+        # Decisions for every valid record on scores (or the worker gone: then say so at once).
+        until(lambda: worker_died() is not None or (end_total(settings, SCORES) or 0) >= VALID, 300)
+        acc = wait_until_accounted(settings, stream, 10 if worker_died() else 120)
         mark("accounted")
         print("\n" + acc.line("three brokers, one killed"))
         print(worker_log_summary(worker))

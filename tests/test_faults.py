@@ -31,7 +31,7 @@ def check(acc, stream: MixedStream, fault: str) -> None:
     print("\n" + acc.line(fault))
     assert acc.lost == [], f"{len(acc.lost)} valid transactions never decided, e.g. {acc.lost[:5]}"
     assert acc.dead_lettered == stream.hostile
-    assert acc.conflicting_repeats == [], f"a repeated decision differs from the first: {acc.conflict_examples}"
+    assert acc.conflicting_repeats == [], f"repeats differ from the first: {acc.conflict_examples}"
     assert acc.valid_dead_lettered == []
 
 

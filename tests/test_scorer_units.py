@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 import numpy as np
 import pytest
 
 from flagstream.codec import dumps, loads
 from flagstream.streams.agents import build_app
+from flagstream.streams.compat.internals import stage_rows
 from flagstream.streams.config import Settings
 from flagstream.streams.core import partitions_for
 from flagstream.streams.delivery import Outbox
@@ -140,3 +142,30 @@ def test_a_record_that_makes_processing_fail_is_isolated_and_leaves_no_trace(sco
     for account in accounts:
         assert np.array_equal(scorer.core.accounts.row(account), reference.core.accounts.row(account))
     asyncio.run(reference.stop())
+
+
+def test_a_restarted_worker_reads_account_rows_back_from_its_table(tmp_path):
+    """Rows written by one pipeline are read by the next one on the same data directory,
+    from the partition each account lives on (whatever event Faust holds as current)."""
+    settings = Settings(data_dir=str(tmp_path), partitions=4, faust_chunks=False)
+    first = build_app(settings, "scorer")
+    for name in ("scores", "review"):
+        first.scorer.partition_counts[first.scorer.names[name]] = 4
+    accounts = home_accounts(1, 2) + home_accounts(3, 1)
+    rows = {}
+    for partition, account in ((1, accounts[0]), (1, accounts[1]), (3, accounts[2])):
+        recs = PartitionRecords(partition, "transactions", [tx(len(rows), account, 42.0)], [None],
+                                [len(rows)], [0.0])
+        _, _, changed = first.scorer.stage(recs, Outbox(None, first.scorer.partition_counts))
+        for key, row in changed.items():
+            staged = stage_rows(first.tables["accounts"], partition, {key.encode(): row},
+                                Outbox(None, {}))
+            staged.apply({})
+            rows[key] = row
+    asyncio.run(first.stop())
+    restarted = tmp_path.parent / "restarted"  # (this process still holds the first one's locks)
+    shutil.copytree(tmp_path, restarted)
+    second = build_app(settings.with_(data_dir=str(restarted)), "scorer")
+    for account in accounts:
+        assert second.core.accounts.row(account).tobytes() == rows[account]
+    asyncio.run(second.stop())

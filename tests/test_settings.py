@@ -41,7 +41,7 @@ def test_secrets_never_show_in_str_repr_format_logs_or_config(caplog):
     with caplog.at_level(logging.INFO):
         logging.getLogger("probe").info("settings %s %r", s, s.review_token)
         logging.getLogger("probe").info(f"token {s.review_token} {s.sasl_password!s}")
-    shown = [str(s), repr(s), f"{s.sasl_password:>10}", "%s" % s.model_hmac_key, caplog.text,
+    shown = [str(s), repr(s), f"{s.sasl_password:>10}", f"{s.model_hmac_key}", caplog.text,
              str(s.describe())]
     assert not [t for t in shown if any(x in t for x in secrets)]
     assert s.sasl_password.reveal() == "hunter2" and isinstance(s.sasl_password, Secret)

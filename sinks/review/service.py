@@ -27,9 +27,12 @@ from datetime import UTC, datetime
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from flagstream.cards import mask_text
-from flagstream.codec import dumps
+from flagstream.codec import deeper_than, dumps
 from flagstream.sinks.review.history import RecentHistory, fraud_entry, transaction_entry
 from flagstream.sinks.review.queue import ReviewItem, ReviewQueue
+
+#: The deepest nesting a flag may have (the scorer writes at most 3 levels).
+MAX_FLAG_NESTING = 8
 
 #: Sends one feedback record: (key, value) → awaited until the broker has it.
 Publisher = Callable[[bytes, bytes], Awaitable[None]]
@@ -119,9 +122,12 @@ class ReviewService:
 
     def ingest(self, record: object, partition: int | None = None) -> ReviewItem | None:
         """Queue a flagged record and remember it in the card's history."""
-        if not isinstance(record, dict) or not isinstance(record.get("transaction_id"), str):
+        if not is_flag(record):
             self.metrics.ingested.labels(outcome="invalid").inc()
             return None
+        assert isinstance(record, dict)
+        if not valid_reasons(record.get("reasons")):
+            record = {**record, "reasons": []}
         if self.queue.is_decided(record["transaction_id"]):
             self.metrics.ingested.labels(outcome="decided").inc()
             return None
@@ -211,3 +217,26 @@ class ReviewService:
             self.accounts.add(account, {**transaction_entry(record), "label": label})
         if label == "fraud" and merchant:
             self.merchants.add(merchant, fraud_entry(record, feedback))
+
+
+def is_flag(record: object) -> bool:
+    """Whether a record from the ``review`` topic can be queued: a flat-enough object with
+    a transaction id, string account and merchant ids (when present) and a score in [0, 1].
+
+    >>> is_flag({"transaction_id": "t-1", "score": 0.9}), is_flag({"transaction_id": "t-1", "score": "x"})
+    (True, False)
+    """
+    if not isinstance(record, dict) or deeper_than(record, MAX_FLAG_NESTING):
+        return False
+    tx, score = record.get("transaction_id"), record.get("score")
+    if not isinstance(tx, str) or not 0 < len(tx) <= 128:
+        return False
+    if not isinstance(score, int | float) or isinstance(score, bool) or not 0.0 <= score <= 1.0:
+        return False  # (NaN fails the comparison too)
+    return all(isinstance(record.get(k, ""), str) for k in ("account_id", "merchant_id"))
+
+
+def valid_reasons(reasons: object) -> bool:
+    """Reasons as the scorer writes them: a list of objects with a ``text`` string."""
+    return isinstance(reasons, list) and all(
+        isinstance(r, dict) and isinstance(r.get("text", ""), str) for r in reasons)
