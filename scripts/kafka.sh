@@ -330,7 +330,7 @@ wait_nodes() {
       metadata_brokers "$(node_port "$n")" $CLUSTER_NODES >/dev/null || left+=("$n")
     done
     if [ ${#left[@]} -eq 0 ]; then
-      local joined="$*"; log "ready: $(cluster_servers) (nodes ${joined// /,} see $CLUSTER_NODES brokers)"
+      local joined="$*"; log "ready: $(cluster_servers) (answering with all $CLUSTER_NODES brokers: node ${joined// /, })"
       return 0
     fi
     pending=("${left[@]}")
