@@ -15,6 +15,9 @@ writes each changed row once.
 ['c-1', 'c-2']
 >>> float(Arena(new_account_row, loader=lambda k: arena.row_bytes("c-1")).row("x")[TOTAL_COUNT])
 3.0
+>>> hostile = Arena(new_account_row, loader=lambda k: b"not a row")
+>>> float(hostile.row("x")[TOTAL_COUNT]), hostile.refused
+(0.0, 1)
 
 A failed step leaves no trace: rows changed inside :meth:`Arena.undo_on_error` get their
 earlier values back when the block raises.
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeGuard
 
 import numpy as np
 
@@ -49,6 +53,8 @@ class Arena:
         self.new_row = new_row
         self.loader = loader
         self.capacity = capacity
+        #: Stored rows refused because they were not a row of this arena.
+        self.refused = 0
         self._template = new_row()
         self.reset()
 
@@ -72,7 +78,7 @@ class Arena:
             grown = np.tile(self._template, (len(self.rows), 1))
             self.rows = np.concatenate([self.rows, grown])
         stored = self.loader(key) if self.loader is not None else None
-        if stored is not None:
+        if self._fits(stored):
             self.rows[i] = np.frombuffer(stored, dtype=np.float64)
         self.index[key] = i
         self.keys.append(key)
@@ -119,10 +125,26 @@ class Arena:
 
     def put(self, key: str, data: bytes) -> None:
         """Replace a key's row with stored bytes (e.g. a replicated table update)."""
+        if not self._fits(data):
+            self.refused += 1
+            return
         i = self.index.get(key)
         if i is None:
             i = self._add(key)
         self.rows[i] = np.frombuffer(data, dtype=np.float64)
+
+    def _fits(self, stored: bytes | None) -> TypeGuard[bytes]:
+        """Whether stored bytes are a row of this arena (a replicated row can be hostile).
+
+        A row of the wrong size is never adopted: the key keeps a fresh row and
+        ``refused`` counts it.
+        """
+        if stored is None:
+            return False
+        if len(stored) != self._template.nbytes:
+            self.refused += 1
+            return False
+        return True
 
     def touch(self, indices: Iterable[int]) -> None:
         self._touched.update(int(i) for i in indices)
