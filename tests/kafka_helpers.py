@@ -42,6 +42,19 @@ async def produce(
     return len(futures)
 
 
+async def committed_offsets(settings: Settings, group: str, topic: str = "transactions") -> dict[int, int]:
+    """The group's committed offset on each partition of ``topic`` (0 where none)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        name = settings.topic(topic)
+        return {p: (await consumer.committed(TopicPartition(name, p))) or 0
+                for p in range(settings.partitions)}
+    finally:
+        await consumer.stop()
+
+
 def produce_json(settings: Settings, topic: str, objects: Iterable[dict], key_field: str | None):
     pairs = [((o[key_field].encode() if key_field else None), dumps(o)) for o in objects]
     return asyncio.run(produce(settings, topic, pairs))

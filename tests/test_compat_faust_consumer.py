@@ -16,9 +16,8 @@ from types import SimpleNamespace
 
 import faust
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
-from kafka_helpers import read_topic
+from kafka_helpers import committed_offsets, read_topic
 
 from flagstream.codec import dumps
 from flagstream.perf.bench.measure import read_decisions
@@ -145,17 +144,6 @@ async def preload(settings, records) -> None:
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-
-
-async def committed_offsets(settings, group: str) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=group,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        name = settings.topic("transactions")
-        return {p: (await consumer.committed(TopicPartition(name, p))) or 0 for p in range(4)}
-    finally:
-        await consumer.stop()
 
 
 def decided(settings, expect: int, timeout_s: float = 120.0) -> list[str]:

@@ -15,9 +15,8 @@ import threading
 import time
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from fault_helpers import MixedStream, account, produce_slowly, valid_records, wait_until_accounted
-from kafka_helpers import ROOT, WorkerProcess, free_port
+from kafka_helpers import ROOT, WorkerProcess, committed_offsets, free_port
 
 from flagstream.codec import dumps
 
@@ -63,18 +62,6 @@ def wait_for_log(worker: WorkerProcess, marker: bytes, timeout_s: float = 120.0)
         time.sleep(0.05)
 
 
-async def committed(settings, group: str) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=group,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        name = settings.topic("transactions")
-        return {p: (await consumer.committed(TopicPartition(name, p))) or 0
-                for p in range(settings.partitions)}
-    finally:
-        await consumer.stop()
-
-
 @pytest.mark.integration
 def test_poison_between_valid_records_is_dead_lettered_and_the_partition_moves_on(
         settings, worker_factory):
@@ -98,7 +85,7 @@ def test_poison_between_valid_records_is_dead_lettered_and_the_partition_moves_o
     assert acc.dead_letter_reasons == {"too_deep": 6, "too_large": 6}
     group = f"{settings.topic_prefix}{settings.app_id}-scorer"
     deadline = time.monotonic() + 60
-    while sum(asyncio.run(committed(settings, group)).values()) < len(records):
+    while sum(asyncio.run(committed_offsets(settings, group)).values()) < len(records):
         assert time.monotonic() < deadline, "the committed offset never passed the poison records"
         time.sleep(0.5)
     log = worker.run_log()

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from kafka_helpers import free_port, produce, produce_json, read_json, read_topic
+from model_helpers import wait_until
 
 from flagstream.cli import main as cli_main
 from flagstream.codec import dumps, loads
@@ -68,17 +69,6 @@ def submit(settings, lineage: str, state: dict) -> None:
             await client.submit(lineage, state, "trained offline", "test")
 
     asyncio.run(go())
-
-
-def wait_until(fn: Callable, timeout_s: float, what: str, worker=None):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out: {what}\n{worker.log_tail(60) if worker else ''}")
-        time.sleep(0.3)
 
 
 def newest(view: RegistryView, lineage: str) -> dict | None:
