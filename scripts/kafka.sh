@@ -73,6 +73,19 @@ java_run() {
     -cp "$DIST/libs/*" "$@"
 }
 
+# A broker's log4j2 configuration: everything at INFO into one file.
+write_log_config() {  # <data dir> <log file>
+  cat > "$1/log4j2.properties" <<PROPS
+rootLogger.level=INFO
+rootLogger.appenderRef.file.ref=FILE
+appender.file.type=File
+appender.file.name=FILE
+appender.file.fileName=$2
+appender.file.layout.type=PatternLayout
+appender.file.layout.pattern=[%d] %p %m (%c)%n
+PROPS
+}
+
 configure() {
   mkdir -p "$DATA/logs"
   cat > "$DATA/server.properties" <<PROPS
@@ -97,15 +110,7 @@ auto.create.topics.enable=true
 log.retention.hours=168
 log.segment.bytes=268435456
 PROPS
-  cat > "$DATA/log4j2.properties" <<PROPS
-rootLogger.level=INFO
-rootLogger.appenderRef.file.ref=FILE
-appender.file.type=File
-appender.file.name=FILE
-appender.file.fileName=$LOGFILE
-appender.file.layout.type=PatternLayout
-appender.file.layout.pattern=[%d] %p %m (%c)%n
-PROPS
+  write_log_config "$DATA" "$LOGFILE"
   if [ ! -f "$DATA/logs/meta.properties" ]; then
     local cluster_id
     cluster_id=$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
@@ -291,15 +296,7 @@ num.io.threads=4
 log.retention.hours=168
 log.segment.bytes=268435456
 PROPS
-  cat > "$DATA/log4j2.properties" <<PROPS
-rootLogger.level=INFO
-rootLogger.appenderRef.file.ref=FILE
-appender.file.type=File
-appender.file.name=FILE
-appender.file.fileName=$LOGFILE
-appender.file.layout.type=PatternLayout
-appender.file.layout.pattern=[%d] %p %m (%c)%n
-PROPS
+  write_log_config "$DATA" "$LOGFILE"
   if [ ! -f "$DATA/logs/meta.properties" ]; then
     java_run kafka.tools.StorageTool format -t "$(cluster_id)" \
       -c "$DATA/server.properties" >>"$LOGFILE" 2>&1 \

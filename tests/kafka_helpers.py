@@ -158,6 +158,13 @@ class WorkerProcess:
             )
         return self
 
+    def wait_for_log(self, marker: bytes, timeout_s: float = 120.0) -> None:
+        """Until this run's log holds ``marker`` (fails after ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        while marker not in self.run_log():
+            assert time.monotonic() < deadline, f"{marker!r} not logged in {timeout_s}s"
+            time.sleep(0.05)
+
     def run_log(self) -> bytes:
         """What this run (since the last ``start``) wrote to the log."""
         with open(self.log_path, "rb") as fh:

@@ -55,13 +55,6 @@ def joined(thread: threading.Thread, timeout_s: float = 300) -> None:
     assert not thread.errors, f"the producer failed: {thread.errors}"  # type: ignore[attr-defined]
 
 
-def wait_for_log(worker: WorkerProcess, marker: bytes, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while marker not in worker.run_log():
-        assert time.monotonic() < deadline, f"{marker!r} not logged in {timeout_s}s"
-        time.sleep(0.05)
-
-
 @pytest.mark.integration
 def test_poison_between_valid_records_is_dead_lettered_and_the_partition_moves_on(
         settings, worker_factory):
@@ -99,13 +92,13 @@ def test_sigkills_during_a_mixed_stream_lose_nothing(settings, worker_factory):
     worker = worker_factory(role="scorer")
     producer = produce_in_background(settings, stream)
     for kill in range(3):
-        wait_for_log(worker, b"generation id")  # consuming again
+        worker.wait_for_log(b"generation id")  # consuming again
         time.sleep(1.5)
         worker.kill()
         worker.proc = None
         if kill == 1:  # killed again while recovering, before it has its partitions
             w = WorkerProcess(worker.settings, worker.log_path, "scorer").launch()
-            wait_for_log(w, b"Starting...", 60)
+            w.wait_for_log(b"Starting...", 60)
             w.kill()
         worker.start(timeout_s=120)
     joined(producer)
@@ -138,9 +131,9 @@ def test_two_scorers_one_killed_its_partitions_move_and_come_back(settings, work
     producer = produce_in_background(settings, stream)
     time.sleep(3)
     second.kill()  # its partitions move to the first after the session timeout
-    wait_for_log(first, b"generation id 3")
+    first.wait_for_log(b"generation id 3")
     second.start(timeout_s=120)  # and back when it returns
-    wait_for_log(first, b"generation id 4")
+    first.wait_for_log(b"generation id 4")
     joined(producer)
     acc = wait_until_accounted(settings, stream, 300)
     check(acc, stream, "two scorers, one SIGKILLed and back")

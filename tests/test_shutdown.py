@@ -25,13 +25,6 @@ def terminate(worker: WorkerProcess) -> float:
     return time.monotonic() - started
 
 
-def wait_for_log(worker: WorkerProcess, marker: bytes, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while marker not in worker.run_log():
-        assert time.monotonic() < deadline, f"{marker!r} not logged in {timeout_s}s"
-        time.sleep(0.05)
-
-
 @pytest.mark.integration
 def test_a_healthy_worker_stops_on_sigterm(worker_factory):
     worker = worker_factory(role="all", shutdown_deadline_s=DEADLINE_S)
@@ -48,7 +41,7 @@ def test_a_worker_stops_within_the_deadline_mid_rebalance(worker_factory, settin
     joining = threading.Thread(target=second.start, kwargs={"timeout_s": 120})
     joining.start()
     try:
-        wait_for_log(first, b"because it is rebalancing")  # the group is rebalancing now
+        first.wait_for_log(b"because it is rebalancing")  # the group is rebalancing now
         took = terminate(first)
         assert took < DEADLINE_S + SLACK_S, first.log_tail(40)
     finally:
