@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -95,6 +96,27 @@ async def produce_slowly(settings: Settings, records: list[tuple[bytes | None, b
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
+
+
+def produce_in_background(settings, stream: MixedStream, rate: float = 5_000) -> threading.Thread:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(produce_slowly(settings, stream.records, rate))
+        except BaseException as exc:  # reported by the join below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def joined(thread: threading.Thread, timeout_s: float = 300) -> None:
+    thread.join(timeout_s)
+    assert not thread.is_alive(), "the producer did not finish"
+    assert not thread.errors, f"the producer failed: {thread.errors}"  # type: ignore[attr-defined]
 
 
 @dataclass

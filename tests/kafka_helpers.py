@@ -113,8 +113,13 @@ def read_json(
 class WorkerProcess:
     """A real ``flagstream worker`` subprocess with its own port, data dir and log."""
 
-    def __init__(self, settings: Settings, log_path: Path, role: str = "all", extra_env=None):
+    #: The command that runs a worker (a test may run another entry point, e.g. a fault injector).
+    PROGRAM = ("-m", "flagstream.cli")
+
+    def __init__(self, settings: Settings, log_path: Path, role: str = "all", extra_env=None,
+                 program: tuple[str, ...] = PROGRAM):
         self.settings = settings
+        self.program = program
         self.log_path = log_path
         self.role = role
         self.extra_env = extra_env or {}
@@ -153,7 +158,7 @@ class WorkerProcess:
         self.log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "flagstream.cli", "worker", "--role", self.role],
+                [sys.executable, *self.program, "worker", "--role", self.role],
                 cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
             )
         return self

@@ -11,11 +11,18 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import threading
 import time
 
 import pytest
-from fault_helpers import MixedStream, account, produce_slowly, valid_records, wait_until_accounted
+from fault_helpers import (
+    MixedStream,
+    account,
+    joined,
+    produce_in_background,
+    produce_slowly,
+    valid_records,
+    wait_until_accounted,
+)
 from kafka_helpers import ROOT, WorkerProcess, committed_offsets, free_port
 
 from flagstream.codec import dumps
@@ -32,27 +39,6 @@ def check(acc, stream: MixedStream, fault: str) -> None:
     assert acc.dead_lettered == stream.hostile
     assert acc.conflicting_repeats == [], f"repeats differ from the first: {acc.conflict_examples}"
     assert acc.valid_dead_lettered == []
-
-
-def produce_in_background(settings, stream: MixedStream, rate: float = RATE) -> threading.Thread:
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            asyncio.run(produce_slowly(settings, stream.records, rate))
-        except BaseException as exc:  # reported by the join below
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.errors = errors  # type: ignore[attr-defined]
-    thread.start()
-    return thread
-
-
-def joined(thread: threading.Thread, timeout_s: float = 300) -> None:
-    thread.join(timeout_s)
-    assert not thread.is_alive(), "the producer did not finish"
-    assert not thread.errors, f"the producer failed: {thread.errors}"  # type: ignore[attr-defined]
 
 
 @pytest.mark.integration

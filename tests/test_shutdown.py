@@ -9,6 +9,8 @@ import threading
 import time
 
 import pytest
+from crash_loop_worker import FAULT
+from fault_helpers import MixedStream, joined, produce_in_background, valid_records, wait_until_accounted
 from kafka_helpers import ROOT, WorkerProcess, free_port
 
 DEADLINE_S = 8.0
@@ -64,3 +66,34 @@ def test_a_worker_stops_within_the_deadline_when_the_broker_is_gone(worker_facto
     finally:
         subprocess.run(["bash", script, "start"], env=env, check=True, capture_output=True,
                        timeout=300)
+
+
+@pytest.mark.integration
+def test_a_worker_in_a_crash_loop_stops_within_the_deadline_and_loses_nothing(settings, tmp_path):
+    """The scorer agent fails on every step and Faust keeps restarting it; SIGTERM still ends
+    the process within the deadline, and a healthy worker afterwards decides every record."""
+    records = [(a.encode(), v) for a, v in valid_records(1_000, accounts=50)]
+    stream = MixedStream(records, {f"v-{i}" for i in range(len(records))}, hostile=0)
+    s = settings.with_(shutdown_deadline_s=DEADLINE_S)
+    crashing = WorkerProcess(s, tmp_path / "crashing.log", "scorer",
+                             program=(str(ROOT / "tests" / "crash_loop_worker.py"),))
+    healthy = WorkerProcess(s, tmp_path / "healthy.log", "scorer")
+    producer = produce_in_background(s, stream, rate=100)  # ~10 s: the loop keeps being fed
+    try:
+        crashing.start(timeout_s=120)
+        deadline = time.monotonic() + 60
+        while crashing.run_log().count(FAULT.encode()) < 3:  # failed, restarted, failed again...
+            assert time.monotonic() < deadline, crashing.log_tail(60)
+            time.sleep(0.2)
+        took = terminate(crashing)
+        print(f"crash loop: {crashing.run_log().count(FAULT.encode())} failures, "
+              f"stopped in {took:.1f}s, status {crashing.proc.returncode}")
+        assert took < DEADLINE_S + SLACK_S, crashing.log_tail(60)
+        joined(producer)
+        healthy.start(timeout_s=120)
+        acc = wait_until_accounted(s, stream, 120)
+        print(acc.line("after a crash loop"))
+        assert acc.lost == [], f"{len(acc.lost)} never decided after the crash loop"
+    finally:
+        crashing.stop()
+        healthy.stop()
