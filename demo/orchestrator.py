@@ -101,9 +101,12 @@ def summary_line(now: dict[str, float], before: dict[str, float], seconds: float
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     token = settings.review_token.reveal() or secrets.token_urlsafe(16)
+    run_id = time.strftime("%Y%m%d-%H%M%S")  # each run its own topics and state: no stale records
     env = {**os.environ, "FLAGSTREAM_REVIEW_TOKEN": token, "FLAGSTREAM_WEB_PORT": str(args.port),
-           "FLAGSTREAM_DATA_DIR": "var/demo/worker", "PYTHONUNBUFFERED": "1"}
-    logs = Path("var/demo/logs")
+           "FLAGSTREAM_TOPIC_PREFIX": f"{settings.topic_prefix}demo-{run_id}.",
+           "FLAGSTREAM_DATA_DIR": f"var/demo/{run_id}/worker",
+           "FLAGSTREAM_REVIEW_CAPACITY_PER_DAY": str(args.review_capacity), "PYTHONUNBUFFERED": "1"}
+    logs = Path(f"var/demo/{run_id}/logs")
     logs.mkdir(parents=True, exist_ok=True)
     flagstream = [sys.executable, "-m", "flagstream.cli"]
     if not args.stream.exists():

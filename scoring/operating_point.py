@@ -1,54 +1,65 @@
-"""The operating point: a threshold that follows a stated business target, from feedback.
+"""The operating point: a decision threshold that follows the business target and cannot run away.
 
-The target is either a required fraud recall (flag as little as possible while
-catching at least that share of fraud) or a daily review capacity (flag no more
-than people can review, highest scores first, which catches the most fraud that
-capacity allows). Both are estimated from delayed feedback over a sliding
-window of labelled ``(score, label)`` pairs: reviewers' labels on flagged
-transactions and chargebacks on missed frauds, so every known fraud is in the
-window whether the model caught it or not. Missed frauds arrive late (a
-chargeback takes weeks); ``maturity_s`` leaves out transactions too recent for
-their chargebacks to have arrived, so recall is not overstated.
+The target is stated the way a fraud team states it:
 
-:class:`OperatingPoint` has the same ``threshold``/``flags`` protocol as
-:class:`flagstream.scoring.policy.FixedThreshold`, so it can replace it in the scoring core;
-``observe`` feeds it labels and ``update`` moves the threshold toward the target
-by at most ``max_step`` at a time, reporting the recall at the threshold with a
-Wilson interval.
+* **false-discovery rate** (default): at most ``target_fdr`` of the alerts are
+  legitimate, while catching as much fraud as possible (the lowest threshold that
+  keeps the share), or
+* **recall**: catch at least ``target_recall`` of the fraud with as few alerts as
+  possible (the highest threshold that does);
+
+and in both the **review capacity** is a hard limit: flags per day never above
+``capacity_per_day``. The threshold never leaves ``[floor, ceiling]`` (only the
+capacity can push it above the ceiling, because people cannot review more).
+
+Estimates come from a :class:`~flagstream.scoring.score_tally.ScoreTally` of all
+scored traffic and its delayed labels (not from labels alone: below the threshold
+only frauds come back, which would make every lower threshold look free), in
+event time, so the backtest and the worker drive it identically.
+
+Every move needs evidence: ``min_labels`` and ``min_frauds`` in the window and
+``min_new_labels`` since the last move; it is at most ``max_step``; and it is
+decided on an interval, with a dead band between (hysteresis):
+
+* up when the false-discovery rate's lower bound at the threshold is above target,
+* down only while the upper bound at the new, lower threshold is within target.
+
+So a model that cannot separate the classes walks up to the ceiling and says
+``target_met = False``; it never flags everything. Capacity needs no labels: the
+threshold jumps to the lowest one whose flags per day fit, at once.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(7)
->>> op = OperatingPoint(target_recall=0.8, min_labels=50, initial_threshold=0.9, max_step=0.1)
->>> for s in rng.beta(5, 2, 200):   # frauds score high
-...     op.observe(s, "fraud")
->>> for s in rng.beta(2, 5, 800):   # legitimate ones low
-...     op.observe(s, "legit")
->>> est = op.update()
->>> est.move, round(op.threshold, 2), est.recall < 0.8   # recall at 0.9 was far too low
-('down', 0.8, True)
->>> for _ in range(10):
+>>> op = OperatingPoint(target_fdr=0.2, capacity_per_day=5_000, initial_threshold=0.9,
+...                     min_labels=50, min_frauds=10, min_new_labels=0, max_step=0.05)
+>>> for hour in range(48):
+...     frauds, legits = rng.beta(6, 2, 10), rng.beta(1, 12, 200)
+...     scores = np.concatenate([frauds, legits])
+...     flagged = op.flags(scores)
+...     op.observe_traffic(scores, flagged, at_s=hour * 3_600.0)
+...     for s, f, y in zip(scores, flagged, [1] * 10 + [0] * 200):
+...         if f or y:  # flagged ones are reviewed; missed frauds come back as chargebacks
+...             op.observe(s, y, flagged=bool(f), at=hour * 3_600.0)
 ...     est = op.update()
->>> round(op.threshold, 3), round(est.recall, 3), est.recall >= 0.8
-(0.602, 0.8, True)
+>>> 0.2 < op.threshold < 0.9, est.target_met, est.false_discovery_rate <= 0.2
+(True, True, True)
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
-#: Score bins used to count traffic for alarms per day (capacity targets).
-BINS = 1_000
+from flagstream.scoring.score_tally import BINS, Counts, ScoreTally, grid_index
+
 DAY_S = 86_400.0
 
 
-def wilson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+def wilson(successes: float, trials: float, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion.
 
     >>> [round(x, 3) for x in wilson(8, 10)]
@@ -59,28 +70,19 @@ def wilson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float
     if trials <= 0:
         return 0.0, 1.0
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = successes / trials
+    p = min(1.0, max(0.0, successes / trials))
     denom = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def recall_threshold(fraud_scores: np.ndarray, target: float) -> float | None:
-    """The highest threshold whose recall on ``fraud_scores`` is at least ``target``.
-
-    >>> recall_threshold(np.array([0.9, 0.8, 0.7, 0.2]), 0.75)
-    0.7
-    """
-    n = len(fraud_scores)
-    if n == 0:
-        return None
-    k = max(1, math.ceil(target * n - 1e-9))
-    return float(np.sort(fraud_scores)[::-1][min(k, n) - 1])
-
-
 def as_label(label: object) -> int:
-    """1 for fraud, 0 for legitimate: accepts 0/1, booleans and ``"fraud"``/``"legit"``."""
+    """1 for fraud, 0 for legitimate: accepts 0/1, booleans and ``"fraud"``/``"legit"``.
+
+    >>> as_label("fraud"), as_label(0), as_label(True)
+    (1, 0, 1)
+    """
     if isinstance(label, str):
         if label not in {"fraud", "legit"}:
             raise ValueError(f"unknown label {label!r}")
@@ -90,215 +92,228 @@ def as_label(label: object) -> int:
 
 @dataclass(frozen=True)
 class Estimate:
-    """What one :meth:`OperatingPoint.update` saw and did."""
+    """What one :meth:`OperatingPoint.update` saw and did (exported to metrics and pages).
+
+    ``target_met`` is None while there is not enough evidence to say.
+    """
 
     threshold: float
-    target_threshold: float | None
     move: str
+    reason: str
+    false_discovery_rate: float | None
+    fdr_low: float | None
+    fdr_high: float | None
     recall: float | None
     recall_low: float | None
     recall_high: float | None
-    precision: float | None
-    alarms_per_day: float | None
+    flags_per_day: float | None
+    capacity_threshold: float | None
     labels: int
     frauds: int
-    achievable: bool
+    target_met: bool | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class OperatingPoint:
-    """A decision threshold that follows a recall target or a daily review capacity.
+    """A decision threshold that follows a false-discovery or recall target within capacity.
 
     Parameters
     ----------
-    target_recall
-        Required share of fraud caught (``None`` with a capacity target only).
+    target_fdr, target_recall
+        The target: exactly one of them (``target_fdr`` wins when both are given).
     capacity_per_day
-        Transactions people can review per day; wins over ``target_recall`` when both are set.
-    window
-        How many recent labels the estimate uses.
-    min_labels, min_frauds
-        Below these counts the threshold holds still.
+        Flags people can review per day of event time: a hard limit (None: no limit).
+    floor, ceiling
+        The threshold's bounds.
     initial_threshold
-        The threshold until there is enough feedback.
-    max_step
-        The largest change one :meth:`update` makes.
-    confidence
-        Level of the Wilson interval on recall.
+        The threshold until there is evidence to move it.
+    window_s
+        Event seconds of traffic and labels the estimates use.
     maturity_s
-        Labels of transactions scored more recently than this are left out of the estimate.
+        Recall leaves out transactions younger than this (their chargebacks are not in yet).
     traffic_window_s
-        Span of scored traffic kept to estimate alarms per day.
-    slack
-        In capacity mode the threshold only comes down when alarms are this far below capacity.
-    seed
-        Seed of the bootstrap in :meth:`bootstrap`.
+        Event seconds of traffic used for flags per day.
+    min_labels, min_frauds, min_new_labels
+        Evidence a move needs: labels and frauds in the window, labels since the last move.
+    max_step
+        The largest move one :meth:`update` makes (capacity moves excepted).
+    confidence
+        Level of the intervals.
     """
 
     def __init__(
         self,
-        target_recall: float | None = 0.8,
+        target_fdr: float | None = 0.15,
+        target_recall: float | None = None,
         capacity_per_day: float | None = None,
-        window: int = 5_000,
-        min_labels: int = 200,
-        min_frauds: int = 20,
+        floor: float = 0.02,
+        ceiling: float = 0.98,
         initial_threshold: float = 0.5,
-        max_step: float = 0.02,
-        confidence: float = 0.95,
+        window_s: float = 14 * DAY_S,
         maturity_s: float = 0.0,
         traffic_window_s: float = DAY_S,
-        slack: float = 0.1,
-        seed: int = 0,
-        clock: Callable[[], float] = time.time,
+        min_labels: int = 200,
+        min_frauds: int = 20,
+        min_new_labels: int = 25,
+        max_step: float = 0.02,
+        confidence: float = 0.95,
+        bucket_s: float = 3_600.0,
     ) -> None:
-        if target_recall is None and capacity_per_day is None:
-            raise ValueError("state a target: target_recall or capacity_per_day")
-        if target_recall is not None and not 0.0 < target_recall <= 1.0:
-            raise ValueError("target_recall must be in (0, 1]")
-        self.target_recall = target_recall
+        if target_fdr is None and target_recall is None:
+            raise ValueError("state a target: target_fdr or target_recall")
+        for name, value in (("target_fdr", target_fdr), ("target_recall", target_recall)):
+            if value is not None and not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), not {value!r}")
+        if not 0.0 < floor < ceiling < 1.0:
+            raise ValueError(f"need 0 < floor < ceiling < 1, not {floor!r}, {ceiling!r}")
+        if capacity_per_day is not None and not capacity_per_day > 0:
+            raise ValueError("capacity_per_day must be positive (or None)")
+        if max_step <= 0:
+            raise ValueError("max_step must be positive")
+        self.target_fdr = target_fdr
+        self.target_recall = None if target_fdr is not None else target_recall
         self.capacity_per_day = capacity_per_day
-        self.window = window
-        self.min_labels = min_labels
-        self.min_frauds = min_frauds
-        self.initial_threshold = initial_threshold
-        self.max_step = max_step
-        self.confidence = confidence
+        self.floor, self.ceiling = grid_index(floor), grid_index(ceiling)
+        self.window_s = window_s
         self.maturity_s = maturity_s
         self.traffic_window_s = traffic_window_s
-        self.slack = slack
-        self.seed = seed
-        self.clock = clock
-        self.threshold = float(initial_threshold)
-        self._labels: deque[tuple[float, int, bool, float]] = deque(maxlen=window)
-        self._traffic: deque[tuple[float, np.ndarray]] = deque()
+        self.min_labels, self.min_frauds, self.min_new_labels = min_labels, min_frauds, min_new_labels
+        self.step = max(1, round(max_step * BINS))
+        self.confidence = confidence
+        self.tally = ScoreTally(bucket_s, keep_s=window_s + maturity_s + bucket_s)
+        self.index = min(self.ceiling, max(self.floor, grid_index(initial_threshold)))
+        self.labels_since_move = 0
+        self.last: Estimate | None = None
 
-    # --- the FixedThreshold protocol -------------------------------------------
+    @property
+    def threshold(self) -> float:
+        """The current threshold (a point of the grid ``i / BINS``)."""
+        return self.index / BINS
+
+    # --- the FixedThreshold protocol -------------------------------------------------------
     def flags(self, scores: np.ndarray) -> np.ndarray:
         """Flag every score at or above the current threshold."""
         return np.asarray(scores) >= self.threshold
 
-    # --- feedback in ---------------------------------------------------------------
+    # --- evidence in -------------------------------------------------------------------------
+    def observe_traffic(self, scores: np.ndarray, flagged: np.ndarray, at_s: float) -> None:
+        """Decisions made: their scores, whether each was flagged, their event time (seconds)."""
+        self.tally.add_traffic(np.asarray(scores, dtype=np.float64), flagged, float(at_s))
+
     def observe(self, score: float, label: object, flagged: bool | None = None,
                 at: float | None = None) -> None:
-        """Add one labelled transaction: its score at scoring time, its label, whether it was
-        flagged (default: at the current threshold) and when it was scored (epoch seconds)."""
-        score = float(score)
-        flag = score >= self.threshold if flagged is None else bool(flagged)
-        self._labels.append((score, as_label(label), flag, self.clock() if at is None else float(at)))
+        """One label: the transaction's score and flag at scoring time, and its event time."""
+        flag = float(score) >= self.threshold if flagged is None else bool(flagged)
+        at_s = self.tally.newest_s if at is None else float(at)
+        self.tally.add_label(float(score), bool(as_label(label)), flag, at_s)
+        self.labels_since_move += 1
 
-    def observe_traffic(self, scores: np.ndarray, at: float | None = None) -> None:
-        """Count scored traffic (labelled or not), for alarms per day in capacity mode."""
-        now = self.clock() if at is None else float(at)
-        counts = np.histogram(np.clip(scores, 0.0, 1.0), bins=BINS, range=(0.0, 1.0))[0]
-        self._traffic.append((now, counts))
-        while self._traffic and self._traffic[0][0] < now - self.traffic_window_s:
-            self._traffic.popleft()
+    # --- estimates ---------------------------------------------------------------------------
+    def counts(self) -> Counts:
+        """The window the false-discovery rate is estimated on."""
+        now = self.tally.newest_s
+        return self.tally.window(now - self.window_s, now)
 
-    # --- estimates -----------------------------------------------------------------
-    def labelled(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, labels)`` in the window, old enough for their chargebacks to be in."""
-        cutoff = self.clock() - self.maturity_s
-        rows = [(s, y) for s, y, _f, at in self._labels if at <= cutoff]
-        if not rows:
-            return np.empty(0), np.empty(0, np.int64)
-        arr = np.asarray(rows)
-        return arr[:, 0], arr[:, 1].astype(np.int64)
+    def mature_counts(self) -> Counts:
+        """The window recall is estimated on (old enough for its chargebacks)."""
+        end = self.tally.newest_s - self.maturity_s
+        return self.tally.window(end - self.window_s, end)
 
-    def recall_at(self, threshold: float) -> tuple[float | None, float | None, float | None]:
-        """Recall at ``threshold`` on the window with its Wilson interval."""
-        scores, labels = self.labelled()
-        frauds = scores[labels == 1]
-        if len(frauds) == 0:
-            return None, None, None
-        caught = int((frauds >= threshold).sum())
-        low, high = wilson(caught, len(frauds), self.confidence)
-        return caught / len(frauds), low, high
+    def flags_per_day(self) -> np.ndarray | None:
+        """Flags per day of event time at every grid point, from recent traffic."""
+        now = self.tally.newest_s
+        span = self.tally.span_s(now - self.traffic_window_s, now)
+        if span < min(self.traffic_window_s, self.tally.bucket_s):
+            return None  # not enough traffic seen to state a rate
+        return self.tally.window(now - self.traffic_window_s, now).curve()[0] * DAY_S / span
 
-    def _rates(self) -> np.ndarray | None:
-        """Flags per day at each bin edge ``i / BINS`` (the last entry is at 1.0)."""
-        span = self._traffic[-1][0] - self._traffic[0][0] if len(self._traffic) > 1 else 0.0
-        if span <= 0:
-            return None
-        counts = np.sum([c for _, c in list(self._traffic)[1:]], axis=0)
-        at_or_above = np.append(np.cumsum(counts[::-1])[::-1], 0)
-        return at_or_above * DAY_S / span
-
-    def alarms_per_day(self, threshold: float) -> float | None:
-        """Expected flags per day at ``threshold`` from the scored traffic seen.
-
-        The rate is the traffic after the first counted batch over the time since it, so
-        it needs two batches at different times (None before).
-        """
-        rates = self._rates()
-        if rates is None:
-            return None
-        return float(rates[min(int(math.ceil(threshold * BINS - 1e-9)), BINS)])
-
-    def capacity_threshold(self) -> float | None:
-        """The lowest threshold whose alarms per day fit the review capacity."""
-        rates = self._rates()
+    def capacity_index(self, rates: np.ndarray | None) -> int | None:
+        """The lowest grid point whose flags per day (``rates``) fit the capacity."""
         if self.capacity_per_day is None or rates is None:
             return None
-        return float(np.flatnonzero(rates <= self.capacity_per_day)[0]) / BINS
+        return int(np.flatnonzero(rates <= self.capacity_per_day)[0])
 
-    def bootstrap(self, n: int = 200) -> tuple[float, float] | None:
-        """A 90% bootstrap interval of the recall-target threshold (deterministic per ``seed``)."""
-        scores, labels = self.labelled()
-        frauds = scores[labels == 1]
-        if self.target_recall is None or len(frauds) == 0:
-            return None
-        rng = np.random.default_rng(self.seed)
-        draws = [recall_threshold(rng.choice(frauds, len(frauds)), self.target_recall) for _ in range(n)]
-        low, high = np.quantile(np.asarray(draws, dtype=float), (0.05, 0.95))
-        return float(low), float(high)
+    def _fdr_at(self, curve: tuple[np.ndarray, np.ndarray, np.ndarray],
+                i: int) -> tuple[float | None, float | None, float | None]:
+        traffic, frauds, evidence = curve
+        if traffic[i] <= 0:
+            return None, None, None
+        fdr = max(0.0, 1.0 - float(frauds[i] / traffic[i]))
+        low, high = wilson(fdr * evidence[i], evidence[i], self.confidence)
+        return fdr, low, high
 
-    # --- the control step ----------------------------------------------------------
+    # --- the control step --------------------------------------------------------------------
     def update(self) -> Estimate:
-        """Move the threshold toward the target (at most ``max_step``) and say why."""
-        scores, labels = self.labelled()
-        n_frauds = int(labels.sum())
-        target, achievable = None, True
-        if self.target_recall is not None:
-            target = recall_threshold(scores[labels == 1], self.target_recall)
-        capacity_t = self.capacity_threshold()
-        if capacity_t is not None:
-            achievable = target is None or capacity_t <= target
-            target = capacity_t if target is None else max(target, capacity_t)
-        move = "hold"
-        enough = len(scores) >= self.min_labels and (
-            self.target_recall is None or n_frauds >= self.min_frauds
-        )
-        if enough and target is not None:
-            move = self._direction(scores, labels, target, capacity_t)
-            if move == "down":
-                self.threshold = max(target, self.threshold - self.max_step)
-            elif move == "up":
-                self.threshold = min(target, self.threshold + self.max_step)
-        recall, low, high = self.recall_at(self.threshold)
-        flagged = labels[scores >= self.threshold]
-        precision = float(flagged.mean()) if len(flagged) else None
-        return Estimate(self.threshold, target, move, recall, low, high, precision,
-                        self.alarms_per_day(self.threshold), len(scores), n_frauds, achievable)
+        """Move the threshold (or not) on the evidence, and say what was seen and why."""
+        counts = self.counts()
+        curve, mature = counts.curve(), self.mature_counts().curve()
+        rates = self.flags_per_day()
+        i, move, reason = self.index, "hold", "not enough labels"
+        enough = (counts.labels() >= self.min_labels and counts.frauds() >= self.min_frauds
+                  and self.labels_since_move >= self.min_new_labels)
+        if enough and self.target_fdr is not None:
+            i, move, reason = self._follow_fdr(curve, self.target_fdr)
+        elif enough and self.target_recall is not None:
+            i, move, reason = self._follow_recall(mature[1], self.target_recall)
+        cap = self.capacity_index(rates)
+        if cap is not None and i < cap:
+            i, move, reason = cap, "up", "review capacity"
+        elif i < self.floor or (i > self.ceiling and (cap is None or cap <= self.ceiling)):
+            i = min(self.ceiling, max(self.floor, i))
+        if i != self.index:
+            self.index, self.labels_since_move = i, 0
+        self.last = self._estimate(move, reason, counts, curve, mature[1], rates, cap, enough)
+        return self.last
 
-    def _direction(self, scores: np.ndarray, labels: np.ndarray, target: float,
-                   capacity_t: float | None) -> str:
-        t = self.threshold
-        if capacity_t is not None:
-            alarms = self.alarms_per_day(t) or 0.0
-            if alarms > self.capacity_per_day:  # type: ignore[operator]
-                return "up" if target > t else "hold"
-        if self.target_recall is not None:
-            recall, low, _ = self.recall_at(t)
-            if recall is not None and recall < self.target_recall:
-                return "down" if target < t else "hold"
-            comfortable = low is not None and low > self.target_recall
-            saves = bool(((scores >= t) & (scores < target) & (labels == 0)).any())
-            if comfortable and target > t and saves:
-                return "up"
-            return "hold"
-        alarms = self.alarms_per_day(t) or 0.0
-        if alarms < self.capacity_per_day * (1 - self.slack) and target < t:  # type: ignore[operator]
-            return "down"
-        return "hold"
+    def _follow_fdr(self, curve: tuple[np.ndarray, np.ndarray, np.ndarray],
+                    target: float) -> tuple[int, str, str]:
+        i = self.index
+        _, low, _ = self._fdr_at(curve, i)
+        if low is not None and low > target:
+            return min(self.ceiling, i + self.step), "up", "false alarms above target"
+        # the lowest point within target, walked toward one bounded step at a time
+        for j in range(max(self.floor, i - self.step), i):
+            _, _, high = self._fdr_at(curve, j)
+            if high is not None and high <= target:
+                return j, "down", "within target with room to catch more"
+        return i, "hold", "at target"
+
+    def _follow_recall(self, frauds: np.ndarray, target: float) -> tuple[int, str, str]:
+        i, total = self.index, frauds[0]
+        if total <= 0:
+            return i, "hold", "no frauds known"
+        low, high = wilson(frauds[i], total, self.confidence)
+        if high < target:
+            return max(self.floor, i - self.step), "down", "recall below target"
+        above = np.flatnonzero(frauds >= target * total)
+        best = int(above[-1]) if above.size else 0
+        if low > target and best > i:
+            return min(best, i + self.step, self.ceiling), "up", "recall above target: fewer alarms"
+        return i, "hold", "at target"
+
+    def _estimate(self, move: str, reason: str, counts: Counts,
+                  curve: tuple[np.ndarray, np.ndarray, np.ndarray], mature_frauds: np.ndarray,
+                  rates: np.ndarray | None, cap: int | None, enough: bool) -> Estimate:
+        i = self.index
+        fdr, fdr_low, fdr_high = self._fdr_at(curve, i)
+        recall = recall_low = recall_high = None
+        if mature_frauds[0] > 0:
+            recall = min(1.0, float(mature_frauds[i] / mature_frauds[0]))
+            recall_low, recall_high = wilson(mature_frauds[i], mature_frauds[0], self.confidence)
+        per_day = None if rates is None else float(rates[i])
+        within_capacity = self.capacity_per_day is None or per_day is None or (
+            per_day <= self.capacity_per_day)
+        met: bool | None = None
+        if enough or self.last is not None and self.last.target_met is not None:
+            if self.target_fdr is not None:
+                met = fdr is not None and fdr <= self.target_fdr and within_capacity
+            else:
+                met = recall is not None and recall >= float(self.target_recall or 0) and within_capacity
+        return Estimate(self.threshold, move, reason, fdr, fdr_low, fdr_high, recall, recall_low,
+                        recall_high, per_day, None if cap is None else cap / BINS, counts.labels(),
+                        counts.frauds(), met)
 
 
 class ThreeWayPolicy:

@@ -15,7 +15,8 @@ import numpy as np
 class DecisionPolicy(Protocol):
     """Anything with a current ``threshold`` can decide."""
 
-    threshold: float
+    @property
+    def threshold(self) -> float: ...
 
     def flags(self, scores: np.ndarray) -> np.ndarray: ...
 

@@ -116,7 +116,7 @@ PROPS
     cluster_id=$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
     java_run kafka.tools.StorageTool format -t "$cluster_id" \
       -c "$DATA/server.properties" >>"$LOGFILE" 2>&1 \
-      || { tail -50 "$LOGFILE" >&2; log "storage format failed"; return 1; }
+      || { tail -n 50 "$LOGFILE" >&2; log "storage format failed"; return 1; }
   fi
 }
 
@@ -170,10 +170,10 @@ start() {
   echo $! > "$PIDFILE"
   for _ in $(seq 1 "${KAFKA_START_TIMEOUT_S:-180}"); do
     if ready; then log "ready on 127.0.0.1:$KAFKA_PORT"; return 0; fi
-    if ! running; then tail -60 "$LOGFILE" "$DATA/stdout.log" >&2 || true; log "broker exited"; return 1; fi
+    if ! running; then tail -n 60 "$LOGFILE" "$DATA/stdout.log" >&2 || true; log "broker exited"; return 1; fi
     sleep 1
   done
-  tail -60 "$LOGFILE" >&2 || true
+  tail -n 60 "$LOGFILE" >&2 || true
   log "broker did not answer a metadata request within ${KAFKA_START_TIMEOUT_S:-180} s"
   return 1
 }
@@ -300,7 +300,7 @@ PROPS
   if [ ! -f "$DATA/logs/meta.properties" ]; then
     java_run kafka.tools.StorageTool format -t "$(cluster_id)" \
       -c "$DATA/server.properties" >>"$LOGFILE" 2>&1 \
-      || { tail -50 "$LOGFILE" >&2; log "node $n: storage format failed"; return 1; }
+      || { tail -n 50 "$LOGFILE" >&2; log "node $n: storage format failed"; return 1; }
   fi
 }
 
@@ -320,7 +320,7 @@ wait_nodes() {
     left=()
     for n in "${pending[@]}"; do
       if ! node_pid "$n" >/dev/null; then
-        tail -60 "$(node_dir "$n")/broker.log" "$(node_dir "$n")/stdout.log" >&2 || true
+        tail -n 60 "$(node_dir "$n")/broker.log" "$(node_dir "$n")/stdout.log" >&2 || true
         log "node $n exited"
         return 1
       fi
@@ -333,7 +333,7 @@ wait_nodes() {
     pending=("${left[@]}")
     sleep 1
   done
-  for n in "${pending[@]}"; do tail -30 "$(node_dir "$n")/broker.log" >&2 || true; done
+  for n in "${pending[@]}"; do tail -n 30 "$(node_dir "$n")/broker.log" >&2 || true; done
   log "nodes ${pending[*]} did not list $CLUSTER_NODES brokers within ${KAFKA_START_TIMEOUT_S:-180} s"
   return 1
 }

@@ -76,10 +76,56 @@ class PipelineMetrics:
         )
         #: Versions, the gate, rollbacks and snapshots.
         self.lifecycle = LifecycleMetrics(r)
+        #: What the operating point estimates (the business metric, live).
+        self.operating_point = OperatingPointMetrics(r)
 
     def render(self) -> bytes:
         """The metrics in Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class OperatingPointMetrics:
+    """The operating point's estimates: false-alarm share, recall, flags per day, target met.
+
+    >>> from prometheus_client import CollectorRegistry, generate_latest
+    >>> registry = CollectorRegistry()
+    >>> OperatingPointMetrics(registry).show({"false_discovery_rate": 0.12, "target_met": True,
+    ...                                       "recall": None, "move": "down"})
+    >>> text = generate_latest(registry)
+    >>> b"flagstream_false_discovery_rate 0.12" in text, b"flagstream_target_met 1.0" in text
+    (True, True)
+    """
+
+    #: Estimate field → (metric name, help).
+    GAUGES = {
+        "false_discovery_rate": ("flagstream_false_discovery_rate",
+                                 "Estimated share of flags that are legitimate, at the threshold"),
+        "fdr_low": ("flagstream_false_discovery_rate_low", "Lower bound of its interval"),
+        "fdr_high": ("flagstream_false_discovery_rate_high", "Upper bound of its interval"),
+        "recall": ("flagstream_recall", "Estimated share of fraud flagged (mature labels)"),
+        "recall_low": ("flagstream_recall_low", "Lower bound of its interval"),
+        "recall_high": ("flagstream_recall_high", "Upper bound of its interval"),
+        "flags_per_day": ("flagstream_flags_per_day", "Flags per day of event time at the threshold"),
+        "capacity_threshold": ("flagstream_capacity_threshold",
+                               "Lowest threshold within the review capacity"),
+        "labels": ("flagstream_operating_point_labels", "Labels in the operating point's window"),
+        "target_met": ("flagstream_target_met",
+                       "1 when the operating point meets its target, 0 when not, NaN unknown"),
+    }
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.gauges = {field: Gauge(name, text, registry=registry)
+                       for field, (name, text) in self.GAUGES.items()}
+        self.moves = Counter("flagstream_threshold_moves", "Threshold moves", ["move", "reason"],
+                             registry=registry)
+
+    def show(self, estimate: dict) -> None:
+        """Export one estimate (``Estimate.as_dict()``); None is exported as NaN."""
+        for field, gauge in self.gauges.items():
+            value = estimate.get(field)
+            gauge.set(float("nan") if value is None else float(value))
+        if estimate.get("move", "hold") != "hold":
+            self.moves.labels(move=estimate["move"], reason=estimate.get("reason", "")).inc()
 
 
 class LifecycleMetrics:

@@ -23,7 +23,6 @@ from flagstream.features.layout import new_account_row, new_merchant_row
 from flagstream.features.merchants import MerchantState
 from flagstream.scoring.handle import ModelHandle
 from flagstream.scoring.linear import LinearChampion
-from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.sinks.metrics import PipelineMetrics
 from flagstream.streams import topics as names
 from flagstream.streams.compat.internals import idempotent_producers, read_row, shared_table
@@ -165,11 +164,7 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
     merchants = MerchantState(
         Arena(new_merchant_row, loader=lambda key: merchant_table.get(key.encode()))
     )
-    policy = OperatingPoint(
-        target_recall=None if settings.review_capacity_per_day > 0 else settings.target_recall,
-        capacity_per_day=settings.review_capacity_per_day or None,
-        initial_threshold=settings.threshold,
-    )
+    policy = settings.operating_point()
     core = ScoringCore(
         handle, policy, accounts, merchants,
         settings.max_record_bytes, settings.max_nesting,

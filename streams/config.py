@@ -27,6 +27,7 @@ from typing import Any
 from flagstream.errors import ConfigurationError
 from flagstream.scoring.challengers import DEFAULT_CHALLENGERS
 from flagstream.scoring.gate import GateConfig
+from flagstream.scoring.operating_point import OperatingPoint
 
 PREFIX = "FLAGSTREAM_"
 #: Variables with the prefix that are not settings (read by ``scripts/kafka.sh``).
@@ -128,10 +129,19 @@ class Settings:
     # --- decisions -------------------------------------------------------------------------
     #: Decision threshold used until the operating point has feedback to follow.
     threshold: float = 0.5
-    #: The operating point: the fraud recall to hold (the threshold follows it), or,
-    #: when review_capacity_per_day > 0, the number of flags reviewers can work a day.
+    #: The operating point's target: at most this share of flags legitimate (false-discovery
+    #: rate), catching as much fraud as possible; 0 to follow target_recall instead.
+    target_false_discovery_rate: float = 0.15
+    #: With target_false_discovery_rate 0: the share of fraud to catch, with fewest flags.
     target_recall: float = 0.8
-    review_capacity_per_day: float = 0.0
+    #: Flags people can review per day of event time: a hard limit (0: no limit).
+    review_capacity_per_day: float = 1_000.0
+    #: The threshold never goes below the floor nor above the ceiling (only the review
+    #: capacity can push it above the ceiling).
+    threshold_floor: float = 0.02
+    threshold_ceiling: float = 0.98
+    #: Recall counts transactions at least this old (event seconds): chargebacks take time.
+    label_maturity_s: float = 7 * 86_400.0
 
     # --- learning and the model lifecycle ----------------------------------------------------
     #: How long feature vectors are kept for joining feedback, seconds (event time).
@@ -184,6 +194,34 @@ class Settings:
             )
         if self.shutdown_deadline_s <= 0:
             raise ConfigurationError("FLAGSTREAM_SHUTDOWN_DEADLINE_S must be positive")
+        self._check_operating_point()
+
+    def _check_operating_point(self) -> None:
+        if not 0.0 <= self.target_false_discovery_rate < 1.0:
+            raise ConfigurationError("FLAGSTREAM_TARGET_FALSE_DISCOVERY_RATE must be in [0, 1)")
+        if not self.target_false_discovery_rate and not 0.0 < self.target_recall < 1.0:
+            raise ConfigurationError(
+                "FLAGSTREAM_TARGET_RECALL must be in (0, 1) when FLAGSTREAM_TARGET_FALSE_DISCOVERY_RATE is 0")
+        if self.review_capacity_per_day < 0:
+            raise ConfigurationError("FLAGSTREAM_REVIEW_CAPACITY_PER_DAY must be positive (0: no limit)")
+        if not 0.0 < self.threshold_floor < self.threshold_ceiling < 1.0:
+            raise ConfigurationError(
+                "need 0 < FLAGSTREAM_THRESHOLD_FLOOR < FLAGSTREAM_THRESHOLD_CEILING < 1")
+
+    def operating_point(self) -> OperatingPoint:
+        """The decision policy's operating point, as the worker and the backtest both run it.
+
+        >>> op = Settings(threshold=0.5).operating_point()
+        >>> op.threshold, op.target_fdr, op.capacity_per_day
+        (0.5, 0.15, 1000.0)
+        """
+        fdr = self.target_false_discovery_rate or None
+        return OperatingPoint(
+            target_fdr=fdr, target_recall=None if fdr else self.target_recall,
+            capacity_per_day=self.review_capacity_per_day or None,
+            floor=self.threshold_floor, ceiling=self.threshold_ceiling,
+            initial_threshold=self.threshold, maturity_s=self.label_maturity_s,
+        )
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed."""

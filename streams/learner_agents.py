@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from flagstream.codec import JSONDecodeError, dumps, loads
 from flagstream.features.merchants import MerchantActivity
 from flagstream.scoring.challengers import parse_decision
@@ -57,6 +59,7 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
                 usable = [(k, v) for k, v in zip(group.keys, parsed, strict=True)
                           if isinstance(v, dict) and k]
                 rt.learner.shadow.annotate([v for _, v in usable])
+                count_traffic(p, [v for _, v in usable])
                 with current_event(group.events[-1]):
                     for key, v in usable:
                         decisions[key[:256]] = dumps(v)
@@ -166,13 +169,25 @@ async def _learn_partition(p: Pipeline, rt: LearnerRuntime, partition: int,
     return pending
 
 
+def count_traffic(p: Pipeline, decisions: list[dict]) -> None:
+    """Every decision made (flagged or not) counts for the operating point's estimates."""
+    policy = p.core.policy
+    if not decisions or not isinstance(policy, OperatingPoint):
+        return
+    scores = np.array([d["score"] for d in decisions], dtype=np.float64)
+    flagged = np.array([d.get("decision") != "approve" for d in decisions])
+    policy.observe_traffic(scores, flagged, float(np.median([d["event_time_ms"] for d in decisions])) / 1000)
+
+
 def follow_operating_point(p: Pipeline, labelled: list) -> None:
-    """Feed delayed labels to the operating point so the threshold follows its target."""
+    """Feed delayed labels to the operating point, in the event time of the transactions they
+    label, so the threshold follows its target; export what it estimates."""
     policy = p.core.policy
     if not labelled or not isinstance(policy, OperatingPoint):
         return
     for decision, label, _feedback in labelled:
-        scored_at = decision.get("scored_at_ms", 0) / 1000 or None
-        policy.observe(decision["score"], label, decision.get("decision") != "approve", at=scored_at)
-    policy.update()
+        policy.observe(decision["score"], label, decision.get("decision") != "approve",
+                       at=decision["event_time_ms"] / 1000)
+    estimate = policy.update()
     p.metrics.threshold.set(policy.threshold)
+    p.metrics.operating_point.show(estimate.as_dict())

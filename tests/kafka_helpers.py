@@ -110,6 +110,11 @@ def read_json(
     return [loads(r.value) for r in records]
 
 
+#: Worker settings that flag every decision (an untrained model scores about 0.01): the
+#: lowest threshold the operating point allows.
+FLAG_EVERYTHING = {"threshold": 0.005, "threshold_floor": 0.005}
+
+
 class WorkerProcess:
     """A real ``flagstream worker`` subprocess with its own port, data dir and log."""
 

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 
 import pytest
-from kafka_helpers import read_json
+from kafka_helpers import FLAG_EVERYTHING, read_json
 
 from flagstream.codec import dumps, loads
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 def test_kcat_transaction_is_scored_and_review_is_plain_json(settings, worker_factory):
     kcat = shutil.which("kcat")
     assert kcat, "kcat is installed by `make install` (Debian package kcat)"
-    worker_factory(threshold=0.0)  # flag everything so the record reaches `review`
+    worker_factory(**FLAG_EVERYTHING)  # flag everything so the record reaches `review`
     record = {
         "transaction_id": "kcat-1",
         "account_id": "c-kcat",

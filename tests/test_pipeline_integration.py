@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from kafka_helpers import produce, produce_json, read_json, read_topic
+from kafka_helpers import FLAG_EVERYTHING, produce, produce_json, read_json, read_topic
 from model_helpers import (
     decided,
     in_process,
@@ -188,7 +188,7 @@ def test_feedback_is_learned_and_the_learned_model_scores_new_transactions(
 
 
 def test_review_topic_is_plain_json_readable_by_other_clients(settings, worker_factory):
-    worker_factory(threshold=0.0)  # flag everything
+    worker_factory(**FLAG_EVERYTHING)  # flag everything
     produce_json(settings, "transactions", [transaction(i, 50.0) for i in range(10)], "account_id")
     records = asyncio.run(read_topic(settings, "review", 10))
     assert len(records) == 10

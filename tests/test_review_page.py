@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Callable
 
 import pytest
-from kafka_helpers import ROOT, produce_json, read_json
+from kafka_helpers import FLAG_EVERYTHING, ROOT, produce_json, read_json
 
 pytestmark = pytest.mark.integration
 
@@ -116,7 +116,7 @@ def test_reviewer_labels_a_flagged_transaction_in_the_browser(settings, worker_f
     from playwright.sync_api import expect, sync_playwright
 
     started = time.monotonic()
-    worker = worker_factory(threshold=0.0)  # flag everything
+    worker = worker_factory(**FLAG_EVERYTHING)  # flag everything
     api = Api(worker.url, settings.review_token.reveal())
 
     # --- unauthenticated: 401, for the page and the API ------------------------------
@@ -237,7 +237,7 @@ def test_reviewer_labels_a_flagged_transaction_in_the_browser(settings, worker_f
 
 def test_the_queue_is_rebuilt_from_kafka_after_a_restart(settings, worker_factory):
     """Pending flags come back after a restart; decided ones do not (their labels are on feedback)."""
-    first = worker_factory(threshold=0.0)
+    first = worker_factory(**FLAG_EVERYTHING)
     api = Api(first.url, settings.review_token.reveal(), reviewer="Ana")
     produce_json(settings, "transactions",
                  [transaction(f"t-r{i}", f"c-{i}", "m-1", 20.0 + i, i) for i in range(6)], "account_id")
@@ -248,7 +248,7 @@ def test_the_queue_is_rebuilt_from_kafka_after_a_restart(settings, worker_factor
         assert api.call(f"/review/api/items/{item['id']}/decision", {"label": "legit"})[0] == 200
     first.stop()
 
-    second = worker_factory(threshold=0.0)
+    second = worker_factory(**FLAG_EVERYTHING)
     api = Api(second.url, settings.review_token.reveal(), reviewer="Ana")
     rebuilt = wait_until(lambda: (lambda got: got if len(got) >= 4 else None)(api.items()),
                          what="the rebuilt queue")

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 
 import pytest
-from kafka_helpers import produce, read_topic
+from kafka_helpers import FLAG_EVERYTHING, produce, read_topic
 
 from flagstream.codec import dumps, loads
 from flagstream.features.layout import DAY_MS
@@ -145,7 +145,7 @@ async def test_chargebacks_for_unflagged_frauds_only_after_the_event_time_delay(
 
 @integration
 async def test_feedback_from_replay_and_reviewers_reaches_the_worker(settings, worker_factory, tmp_path):
-    worker = worker_factory(threshold=0.0)  # every decision is flagged for review
+    worker = worker_factory(**FLAG_EVERYTHING)  # every decision is flagged for review
     sim = simulate(SimulationConfig(customers=50, terminals=100, days=3, radius=20.0))
     write_stream(sim, tmp_path / "s.jsonl", progress=False)
     records = load_stream(tmp_path / "s.jsonl")

@@ -1,0 +1,179 @@
+"""Scored traffic and its labels, counted by score bin and event-time bucket.
+
+The operating point needs, for every candidate threshold, how many transactions
+score at or above it and how many of those are fraud. Labels alone cannot say:
+people review only what was flagged, and below the threshold only frauds come
+back (as chargebacks), so a window of labels makes every lower threshold look
+free. :class:`ScoreTally` therefore counts *all* scored traffic (flagged or
+not) beside the labels, per score bin, per bucket of event time. A window of it
+is a :class:`Counts`: from those the frauds at or above a threshold are
+
+* flagged transactions × the fraud share reviewers found in their score bin, plus
+* unflagged transactions that came back as frauds (chargebacks).
+
+Memory is fixed by the window: ``6 × BINS`` integers per bucket.
+
+>>> import numpy as np
+>>> tally = ScoreTally(bucket_s=3_600)
+>>> tally.add_traffic(np.array([0.1, 0.6, 0.9]), np.array([False, True, True]), at_s=100.0)
+>>> tally.add_label(0.9, fraud=True, flagged=True, at_s=100.0)
+>>> tally.add_label(0.6, fraud=False, flagged=True, at_s=100.0)
+>>> counts = tally.window(0.0, 3_600.0)
+>>> [round(x, 2) for x in (counts.at_or_above(0.5), counts.frauds_at_or_above(0.5))]
+[2.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Score bins: thresholds live on the grid ``i / BINS``.
+BINS = 200
+FLAGGED, UNFLAGGED, REVIEWED_FRAUD, REVIEWED_LEGIT, MISSED_FRAUD, MISSED_LEGIT = range(6)
+
+
+def score_bins(scores: np.ndarray) -> np.ndarray:
+    """Bin index of each score: bin ``i`` holds scores in ``[i/BINS, (i+1)/BINS)``.
+
+    >>> score_bins(np.array([0.0, 0.004, 0.005, 0.999, 1.0])).tolist()
+    [0, 0, 1, 199, 199]
+    """
+    clipped = np.clip(np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0), 0.0, 1.0)
+    return np.minimum((clipped * BINS).astype(np.int64), BINS - 1)
+
+
+def grid_index(threshold: float) -> int:
+    """The grid point at or just above ``threshold`` (``score >= i/BINS`` ⇔ ``bin >= i``).
+
+    >>> grid_index(0.5), grid_index(0.5024), grid_index(1.0), grid_index(-1.0)
+    (100, 101, 200, 0)
+    """
+    return int(min(BINS, max(0, math.ceil(float(threshold) * BINS - 1e-9))))
+
+
+@dataclass(frozen=True)
+class Counts:
+    """A window of the tally: ``rows[kind, bin]`` counts.
+
+    >>> c = Counts(np.zeros((6, BINS), np.int64))
+    >>> c.at_or_above(0.5), c.false_discovery_rate(0.5), c.recall(0.5)
+    (0.0, None, None)
+    """
+
+    rows: np.ndarray
+
+    def _from_top(self, per_bin: np.ndarray) -> np.ndarray:
+        """``out[i]`` = sum of ``per_bin`` over bins ``>= i`` (``out[BINS]`` = 0)."""
+        return np.append(np.cumsum(per_bin[::-1])[::-1], 0.0)
+
+    def traffic(self) -> np.ndarray:
+        return (self.rows[FLAGGED] + self.rows[UNFLAGGED]).astype(np.float64)
+
+    def frauds_per_bin(self) -> np.ndarray:
+        """Estimated frauds per bin: flagged × reviewed share (shrunk to the pooled share
+        with a weight of one label, so a bin nobody reviewed gets the pooled share), plus
+        the unflagged ones that came back as frauds."""
+        r = self.rows
+        fraud, legit = r[REVIEWED_FRAUD].astype(np.float64), r[REVIEWED_LEGIT].astype(np.float64)
+        reviewed = fraud + legit
+        pooled = fraud.sum() / reviewed.sum() if reviewed.sum() else 0.0
+        share = (fraud + pooled) / (reviewed + 1.0)
+        return r[FLAGGED] * share + r[MISSED_FRAUD]
+
+    def curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """At every grid point: transactions, estimated frauds, and evidence (reviewed
+        labels plus unflagged transactions, whose fraud count is exact once mature)."""
+        r = self.rows
+        evidence = (r[REVIEWED_FRAUD] + r[REVIEWED_LEGIT] + r[UNFLAGGED]).astype(np.float64)
+        return (self._from_top(self.traffic()), self._from_top(self.frauds_per_bin()),
+                self._from_top(evidence))
+
+    def at_or_above(self, threshold: float) -> float:
+        return float(self._from_top(self.traffic())[grid_index(threshold)])
+
+    def frauds_at_or_above(self, threshold: float) -> float:
+        return float(self._from_top(self.frauds_per_bin())[grid_index(threshold)])
+
+    def false_discovery_rate(self, threshold: float) -> float | None:
+        """Estimated share of flags that are legitimate at ``threshold`` (None: no flags)."""
+        n = self.at_or_above(threshold)
+        return None if n <= 0 else max(0.0, 1.0 - self.frauds_at_or_above(threshold) / n)
+
+    def recall(self, threshold: float) -> float | None:
+        """Estimated share of frauds at or above ``threshold`` (None: no frauds known)."""
+        total = float(self.frauds_per_bin().sum())
+        return None if total <= 0 else min(1.0, self.frauds_at_or_above(threshold) / total)
+
+    def labels(self) -> int:
+        r = self.rows
+        return int(r[REVIEWED_FRAUD].sum() + r[REVIEWED_LEGIT].sum() + r[MISSED_FRAUD].sum()
+                   + r[MISSED_LEGIT].sum())
+
+    def frauds(self) -> int:
+        return int(self.rows[REVIEWED_FRAUD].sum() + self.rows[MISSED_FRAUD].sum())
+
+
+class ScoreTally:
+    """Counts per ``(event-time bucket, kind, score bin)``; old buckets are dropped.
+
+    Event time, not wall time: labels arrive days after the transaction (a chargeback)
+    and are counted in the bucket of the transaction they label, so a window's traffic
+    and its labels describe the same transactions.
+    """
+
+    def __init__(self, bucket_s: float = 3_600.0, keep_s: float = 30 * 86_400.0) -> None:
+        if bucket_s <= 0 or keep_s <= 0:
+            raise ValueError("bucket_s and keep_s must be positive")
+        self.bucket_s = float(bucket_s)
+        self.keep_s = float(keep_s)
+        self.buckets: dict[int, np.ndarray] = {}
+        self.newest_s = -math.inf
+        self.oldest_s = math.inf
+
+    def _bucket(self, at_s: float) -> np.ndarray:
+        key = int(at_s // self.bucket_s)
+        rows = self.buckets.get(key)
+        if rows is None:
+            rows = self.buckets[key] = np.zeros((6, BINS), np.int64)
+        return rows
+
+    def add_traffic(self, scores: np.ndarray, flagged: np.ndarray, at_s: float) -> None:
+        """Count a batch of decisions scored at event time ``at_s``."""
+        if len(scores) == 0 or not math.isfinite(at_s) or at_s < self.newest_s - self.keep_s:
+            return
+        bins, flagged = score_bins(scores), np.asarray(flagged, dtype=bool)
+        rows = self._bucket(at_s)
+        rows[FLAGGED] += np.bincount(bins[flagged], minlength=BINS)
+        rows[UNFLAGGED] += np.bincount(bins[~flagged], minlength=BINS)
+        self.oldest_s = min(self.oldest_s, at_s)
+        if at_s > self.newest_s:
+            self.newest_s = at_s
+            self._forget()
+
+    def add_label(self, score: float, fraud: bool, flagged: bool, at_s: float) -> None:
+        """Count one label of a transaction scored at event time ``at_s``."""
+        if not math.isfinite(at_s) or at_s < self.newest_s - self.keep_s:
+            return  # too old to matter (or nonsense): the window has moved on
+        kind = (REVIEWED_FRAUD if fraud else REVIEWED_LEGIT) if flagged else (
+            MISSED_FRAUD if fraud else MISSED_LEGIT)
+        self._bucket(at_s)[kind, score_bins(np.array([score]))[0]] += 1
+
+    def _forget(self) -> None:
+        cutoff = int((self.newest_s - self.keep_s) // self.bucket_s)
+        for key in [k for k in self.buckets if k < cutoff]:
+            del self.buckets[key]
+        self.oldest_s = max(self.oldest_s, cutoff * self.bucket_s)
+
+    def window(self, start_s: float, end_s: float) -> Counts:
+        """Counts of transactions scored in ``[start_s, end_s]`` (whole buckets)."""
+        lo, hi = start_s // self.bucket_s, end_s // self.bucket_s
+        inside = [counts for key, counts in self.buckets.items() if lo <= key <= hi]
+        return Counts(np.sum(inside, axis=0) if inside else np.zeros((6, BINS), np.int64))
+
+    def span_s(self, start_s: float, end_s: float) -> float:
+        """Event seconds of traffic seen in the buckets :meth:`window` sums for these bounds."""
+        start = (start_s // self.bucket_s) * self.bucket_s
+        return max(0.0, min(end_s, self.newest_s) - max(start, self.oldest_s))
