@@ -116,6 +116,7 @@ def teach(stream: Stream, worker, n: int, flip: bool = False) -> list[dict]:
 def cli(settings, monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
     monkeypatch.setenv("FLAGSTREAM_BROKER", settings.broker)
     monkeypatch.setenv("FLAGSTREAM_TOPIC_PREFIX", settings.topic_prefix)
+    monkeypatch.setenv("FLAGSTREAM_DATA_DIR", settings.data_dir)  # the learner's key file is there
     capsys.readouterr()
     code = cli_main(["models", *argv])
     out = capsys.readouterr()

@@ -7,12 +7,23 @@ hold them, and checks the model in use, the scores, the log line and the counter
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import stat
 
 import numpy as np
 import pytest
+from kafka_helpers import produce, produce_json, read_json
+from model_helpers import (
+    decided,
+    in_process,
+    labelled_metric,
+    publish_champion,
+    serving_version,
+    train_offline,
+    wait_until,
+)
 
 from flagstream.codec import dumps, loads
 from flagstream.errors import ConfigurationError
@@ -224,3 +235,41 @@ def test_the_cli_signs_with_the_workers_key_and_will_not_run_without_one(tmp_pat
         RegistryClient(settings)
     pipeline(tmp_path, "learner")
     assert RegistryClient(settings).key == learner_key(tmp_path)
+
+
+# --- on the real broker ------------------------------------------------------------------------
+def transaction(i: int) -> dict:
+    return {"transaction_id": f"s-{i:05d}", "account_id": f"c-{i % 20}", "merchant_id": f"m-{i % 7}",
+            "amount": 900.0 if i % 5 == 0 else 15.0 + i % 9, "currency": "USD",
+            "timestamp": f"2018-04-02T{(i // 60) % 24:02d}:{i % 60:02d}:00Z"}
+
+
+@pytest.mark.integration
+def test_a_forged_champion_produced_to_a_running_worker_changes_no_decision(
+    settings, worker_factory, monkeypatch
+):
+    monkeypatch.delenv("FLAGSTREAM_MODEL_HMAC_KEY", raising=False)  # the default: no key set
+    monkeypatch.delenv("FLAGSTREAM_ALLOW_UNSIGNED_MODELS", raising=False)
+    history = [{**transaction(50_000 + i), "account_id": f"x-{i % 30}"} for i in range(600)]
+    good = train_offline(history, lambda d: d["amount"] > 500)
+    worker = worker_factory()  # the learner makes the key in the data directory
+    version = publish_champion(settings, good)  # signed with it, as the learner signs
+    wait_until(lambda: serving_version(worker) == version, 30, "the signed champion in use", worker)
+
+    forged = version_record("lr-000900", 900, FORGED_STATE, "champion", "forged", "attacker")
+    forged_seat = {"kind": "seat", "epoch": 99, "action": "promote"}  # fields missing
+    asyncio.run(produce(settings, "models", [(CHAMPION, seal(forged)), (SEAT, seal(forged_seat))]))
+    wait_until(lambda: labelled_metric(worker, "flagstream_model_records_refused_total").get(
+        frozenset({("source", "models_topic"), ("reason", "unsigned")}), 0) >= 2, 15,
+        "both forged records refused", worker)
+
+    txs = [transaction(i) for i in range(100)]
+    produce_json(settings, "transactions", txs, "account_id")
+    got = {d["transaction_id"]: d for d in read_json(settings, "scores", len(txs))}
+    want = in_process([txs], [good], [settings.threshold])  # the good model, uninterrupted
+    assert {t: decided(d) for t, d in got.items()} == {t: decided(d) for t, d in want.items()}
+    assert {d["model_version"] for d in got.values()} == {version}
+    assert {t for t, d in got.items() if d["decision"] == "review"} == {
+        t["transaction_id"] for t in txs if t["amount"] > 500}  # still flagged
+    assert serving_version(worker) == version
+    assert worker.run_log().count(b"refusing models[champion]") == 1, "one line per refused version"
