@@ -173,9 +173,8 @@ class LearnerRuntime:
                                      champion.get("seat", ""))
                 log.info("learner starts from the published champion %s", learner.handle.version)
             learner.timeline.append([learner.handle.version, 0])
-        floor = max((parse_version(k[len(reg.VERSION_PREFIX):].decode())[1]
-                     for k in self._keys(reg.VERSION_PREFIX)), default=0)
-        for key in (reg.SEAT, reg.CHAMPION):
+        floor = 0  # only verified records count: a forged key must not move the sequence
+        for key in (*self._keys(reg.VERSION_PREFIX), reg.SEAT, reg.CHAMPION):
             record = self.p.models.read(key)
             floor = max(floor, record["sequence"] if record else 0)
         learner.next_sequence = max(learner.next_sequence, floor + 1)

@@ -112,10 +112,13 @@ class ModelSync:
         except IntegrityError as exc:
             self.refuse("models_topic", exc.reason, str(exc))
             payload = None
+        except Exception as exc:  # e.g. nesting too deep to re-encode: hostile, never raised
+            self.refuse("models_topic", "unreadable", f"{what}: {type(exc).__name__}: {exc}")
+            payload = None
         else:
             try:
                 check_record(key, payload)
-            except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            except Exception as exc:  # every check failure, and anything a hostile state provokes
                 self.refuse("models_topic", "malformed", f"{what}: {exc}")
                 payload = None
         self._verified[key] = (raw, payload)

@@ -179,6 +179,9 @@ def test_a_seat_with_missing_fields_never_raises_in_the_learners_sync(tmp_path):
             assert runtime.sync() == []
             assert p.models.sync() in (True, False)
         assert refused(p, reason) == 1
+    deep = b'{"format":"flagstream-sealed/1","sha256":"0","payload":{"a":' + b"[" * 400 + b"]" * 400 + b"}}"
+    table[SEAT] = deep  # too deep to re-encode for the checksum
+    assert runtime.sync() == [] and refused(p, "unreadable") == 1
     table[SEAT] = seal(good_seat, key)
     runtime.sync()
     assert runtime.learner.handle.epoch == good_seat["epoch"]
@@ -193,11 +196,14 @@ def test_a_forged_learner_snapshot_with_a_higher_sequence_is_refused_on_restart(
     runtime.store.save(good, 5)
     forged = {**good, "snapshot_seq": 10**6, "offsets": {"0": 10**12, "1": 10**12}}
     table[LEARNER] = seal(forged)  # on the topic: unsigned
+    table[b"version:zz-999999"] = seal({**FORGED, "version": "zz-999999", "sequence": 999_999})
+    table[b"version:\xff"] = b"junk"
     runtime.store.directory.joinpath("learner-000999999999.json").write_bytes(seal(forged))
     restarted = LearnerRuntime(p, lambda *_: None)
     assert restarted.restore()
     assert restarted.learner.offsets == {0: 41, 1: 17} and restarted.snapshot_seq == 5
-    assert refused(p, "unsigned") == 2  # the file and the record on the topic
+    assert restarted.learner.next_sequence < 1_000  # forged version keys do not count
+    assert refused(p, "unsigned") == 3  # the file, the snapshot and the version on the topic
 
 
 def test_a_signed_snapshot_that_cannot_be_restored_falls_back_to_the_last_good_one(tmp_path):
