@@ -25,6 +25,7 @@ from model_helpers import (
     wait_until,
 )
 
+from flagstream.cli import main as cli_main
 from flagstream.codec import dumps, loads
 from flagstream.errors import ConfigurationError
 from flagstream.features.layout import N_FEATURES
@@ -235,10 +236,14 @@ def test_running_unsigned_needs_the_opt_in_and_says_so_at_every_start(tmp_path, 
                            "FLAGSTREAM_MODEL_HMAC_KEY": "k"})
 
 
-def test_the_cli_signs_with_the_workers_key_and_will_not_run_without_one(tmp_path):
+def test_the_cli_signs_with_the_workers_key_and_will_not_run_without_one(
+    tmp_path, monkeypatch, capsys
+):
     settings = Settings(data_dir=str(tmp_path / "data"))
-    with pytest.raises(Exception, match="no model signing key"):
-        RegistryClient(settings)
+    monkeypatch.delenv("FLAGSTREAM_MODEL_HMAC_KEY", raising=False)
+    monkeypatch.setenv("FLAGSTREAM_DATA_DIR", settings.data_dir)
+    assert cli_main(["models", "rollback", "--reason", "r"]) == 2
+    assert "no model signing key: set FLAGSTREAM_MODEL_HMAC_KEY" in capsys.readouterr().err
     pipeline(tmp_path, "learner")
     assert RegistryClient(settings).key == learner_key(tmp_path)
 
