@@ -107,6 +107,13 @@ class RegistryClient:
     async def write(self, records: Iterable[tuple[bytes, dict | None]]) -> None:
         """Seal and send records (None: a tombstone), in order, and wait for the broker."""
         assert self._producer is not None, "use RegistryClient as an async context manager"
+        records = list(records)
+        for key, payload in records:  # nothing the workers would refuse
+            if payload is not None:
+                try:
+                    check_record(key, payload)
+                except ValueError as exc:
+                    raise RegistryError(f"not written: {exc}") from None
         for key, payload in records:
             value = None if payload is None else seal(payload, self.key)
             await self._producer.send_and_wait(self.topic, value, key=key, partition=PARTITION)
