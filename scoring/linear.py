@@ -192,6 +192,8 @@ class LinearChampion:
         if not isinstance(state, dict) or state.get("kind") != cls.kind:
             kind = state.get("kind") if isinstance(state, dict) else None
             raise ValueError(f"not a {cls.kind} model state: {kind!r}")
+        if set(state) - STATE_KEYS:
+            raise ValueError(f"model state: unknown fields {sorted(set(state) - STATE_KEYS)!r:.200}")
         params = _mapping(state, "params")
         if set(params) - {"learning_rate", "l2", "fraud_weight", "prior", "seed"}:
             raise ValueError("model state: unknown parameters")
@@ -203,6 +205,8 @@ class LinearChampion:
         if not isinstance(params.get("seed", 0), int) or isinstance(params.get("seed"), bool):
             raise ValueError("model state: params.seed must be an integer")
         scaler = _mapping(state, "scaler")
+        if set(scaler) != {"counts", "means", "vars"}:
+            raise ValueError("model state: scaler must hold exactly counts, means and vars")
         counts, means, variances = (_inputs(_mapping(scaler, k), f"scaler.{k}")
                                     for k in ("counts", "means", "vars"))
         if any(v < 0 for v in (*counts.values(), *variances.values())):
@@ -234,6 +238,9 @@ class LinearChampion:
 
 #: The largest mean, weight or intercept a loaded model may have (learned ones stay far below).
 MAX_STATISTIC = 1e12
+#: The fields of a model state (:meth:`LinearChampion.to_state`); any other is refused.
+STATE_KEYS = frozenset({"kind", "params", "n_learned", "scaler", "weights", "intercept",
+                        "optimizer_iterations", "intercept_iterations"})
 
 
 def _mapping(parent: dict[str, Any], key: str) -> dict[str, Any]:

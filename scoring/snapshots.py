@@ -27,6 +27,7 @@ import hmac
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,15 @@ FORMAT = "flagstream-sealed/1"
 
 
 class IntegrityError(FlagstreamError, ValueError):
-    """A sealed record is unreadable, unsealed, corrupt, or fails its signature check."""
+    """A sealed record is unreadable, unsealed, corrupt, or fails its signature check.
+
+    ``reason`` is a short metric label: ``unreadable``, ``not_sealed``, ``corrupt``,
+    ``unsigned`` or ``bad_signature``.
+    """
+
+    def __init__(self, message: str, reason: str = "corrupt") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def canonical(payload: Any) -> bytes:
@@ -70,26 +79,42 @@ def unseal(data: bytes | bytearray | memoryview | None, key: bytes | None = None
     is accepted on its checksum alone (there is nothing to verify the signature with).
     """
     if data is None:
-        raise IntegrityError(f"{what}: empty")
+        raise IntegrityError(f"{what}: empty", "unreadable")
     try:
         envelope = loads(data)
     except Exception as exc:  # orjson raises its own JSONDecodeError subclass
-        raise IntegrityError(f"{what}: not valid JSON ({exc})") from None
+        raise IntegrityError(f"{what}: not valid JSON ({exc})", "unreadable") from None
     if not isinstance(envelope, dict) or envelope.get("format") != FORMAT:
-        raise IntegrityError(f"{what}: not a sealed record (expected format {FORMAT!r})")
+        raise IntegrityError(f"{what}: not a sealed record (expected format {FORMAT!r})",
+                             "not_sealed")
     payload = envelope.get("payload")
     if not isinstance(payload, dict):
-        raise IntegrityError(f"{what}: sealed payload is not a JSON object")
+        raise IntegrityError(f"{what}: sealed payload is not a JSON object", "not_sealed")
     digest, mac = _digests(canonical(payload), key)
     if not hmac.compare_digest(str(envelope.get("sha256", "")), digest):
         raise IntegrityError(f"{what}: checksum mismatch (content corrupt or altered)")
     if key is not None:
         given = envelope.get("hmac")
         if not given:
-            raise IntegrityError(f"{what}: unsigned, but a signing key is configured")
+            raise IntegrityError(f"{what}: unsigned, but a signing key is configured", "unsigned")
         if not hmac.compare_digest(str(given), mac or ""):
-            raise IntegrityError(f"{what}: HMAC mismatch (signed with another key, or tampered with)")
+            raise IntegrityError(f"{what}: HMAC mismatch (signed with another key, or tampered with)",
+                                 "bad_signature")
     return payload
+
+
+def refusal_reason(message: str) -> str:
+    """The metric label for a refusal message (see :class:`IntegrityError`).
+
+    >>> refusal_reason("s.json: HMAC mismatch (signed with another key, or tampered with)")
+    'bad_signature'
+    """
+    for words, reason in (("unsigned", "unsigned"), ("HMAC mismatch", "bad_signature"),
+                          ("checksum mismatch", "corrupt"), ("not a sealed", "not_sealed"),
+                          ("not valid JSON", "unreadable"), ("empty", "unreadable")):
+        if words in message:
+            return reason
+    return "malformed"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -163,12 +188,18 @@ class SnapshotStore:
             old.unlink(missing_ok=True)
         return path
 
-    def load(self) -> tuple[dict, Path] | None:
-        """The newest snapshot that passes its checks, or None. Refused files are logged."""
+    def load(self, check: Callable[[dict], object] | None = None) -> tuple[dict, Path] | None:
+        """The newest snapshot that passes its checks, or None. Refused files are logged.
+
+        ``check`` (optional) validates a payload's content; a ``ValueError`` refuses it.
+        """
         for path in self.paths():
             try:
-                return unseal(path.read_bytes(), self.key, what=str(path)), path
-            except (OSError, IntegrityError) as exc:
+                payload = unseal(path.read_bytes(), self.key, what=str(path))
+                if check is not None:
+                    check(payload)
+                return payload, path
+            except (OSError, ValueError) as exc:  # IntegrityError is a ValueError
                 log.error("refusing snapshot %s: %s; trying an older one", path, exc)
                 self.refused.append((path, str(exc)))
         return None

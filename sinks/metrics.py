@@ -151,7 +151,8 @@ class LifecycleMetrics:
                              registry=r)
         self.refused = Counter(
             "flagstream_model_records_refused",
-            "Model records or snapshots refused by the integrity check", ["source"], registry=r,
+            "Model records or snapshots refused (unsigned, bad signature, corrupt, malformed)",
+            ["source", "reason"], registry=r,
         )
         self.promotions = Counter(
             "flagstream_model_promotions", "Champion promotions applied", ["by"], registry=r

@@ -23,6 +23,7 @@ from flagstream.features.layout import new_account_row, new_merchant_row
 from flagstream.features.merchants import MerchantState
 from flagstream.scoring.handle import ModelHandle
 from flagstream.scoring.linear import LinearChampion
+from flagstream.scoring.model_key import ModelKey
 from flagstream.sinks.metrics import PipelineMetrics
 from flagstream.streams import topics as names
 from flagstream.streams.compat.internals import idempotent_producers, read_row, shared_table
@@ -169,8 +170,27 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
         handle, policy, accounts, merchants,
         settings.max_record_bytes, settings.max_nesting,
     )
-    models = ModelSync(models_table, handle, metrics, settings.hmac_key())
+    models = ModelSync(models_table, handle, metrics, model_key(settings, role))
     return Pipeline(settings, role, app, metrics, handle, core, models, topic_map, tables)
+
+
+def model_key(settings: Settings, role: str) -> ModelKey:
+    """The key model records are signed and verified with; said in the log at every start.
+
+    A learner makes the key file on its first start; a bad key file stops the worker
+    here, with the reason, rather than on the first record.
+    """
+    key = settings.model_key(create=role in {"all", "learner"})
+    if key.unsigned:
+        log.error("UNSIGNED MODELS: FLAGSTREAM_ALLOW_UNSIGNED_MODELS is on, so model records and "
+                  "learner snapshots are neither signed nor verified; anyone who can write to the "
+                  "models topic can replace the model")
+    elif key.pending:
+        log.warning("no model signing key yet (%s): model records are not followed until the "
+                    "learner creates it; on another host set FLAGSTREAM_MODEL_HMAC_KEY", key.source)
+    else:
+        log.info("model records are signed and verified (key: %s)", key.source)
+    return key
 
 
 def _credentials(settings: Settings) -> Any:

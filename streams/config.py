@@ -27,6 +27,7 @@ from typing import Any
 from flagstream.errors import ConfigurationError
 from flagstream.scoring.challengers import DEFAULT_CHALLENGERS
 from flagstream.scoring.gate import GateConfig
+from flagstream.scoring.model_key import KEY_FILE, ModelKey
 from flagstream.scoring.operating_point import OperatingPoint
 
 PREFIX = "FLAGSTREAM_"
@@ -160,8 +161,12 @@ class Settings:
     model_publish_interval_s: float = 1.0
     #: Version records kept per lineage on the ``models`` topic.
     model_keep_versions: int = 200
-    #: HMAC key that signs model records and snapshots (empty: SHA-256 checksums only).
+    #: HMAC key that signs model records and snapshots (empty: the key file the learner
+    #: generates in ``data_dir``; set it on every host when roles do not share a disk).
     model_hmac_key: Secret = field(default_factory=Secret)
+    #: Run with unsigned model records and snapshots (SHA-256 checksums only): anyone who
+    #: can write to the ``models`` topic can then replace the model. Logged at every start.
+    allow_unsigned_models: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -194,6 +199,9 @@ class Settings:
             )
         if self.shutdown_deadline_s <= 0:
             raise ConfigurationError("FLAGSTREAM_SHUTDOWN_DEADLINE_S must be positive")
+        if self.allow_unsigned_models and self.model_hmac_key:
+            raise ConfigurationError("FLAGSTREAM_ALLOW_UNSIGNED_MODELS and FLAGSTREAM_MODEL_HMAC_KEY "
+                                     "are both set: choose one")
         self._check_operating_point()
 
     def _check_operating_point(self) -> None:
@@ -243,6 +251,11 @@ class Settings:
     def hmac_key(self) -> bytes | None:
         """The model-signing key as bytes, or None when none is configured."""
         return self.model_hmac_key.reveal().encode() or None
+
+    def model_key(self, create: bool = False) -> ModelKey:
+        """The model-signing key: configured, else the data directory's key file (made by the
+        learner, ``create=True``), else nothing when unsigned models are allowed."""
+        return ModelKey(self.hmac_key(), self.data_path / KEY_FILE, create, self.allow_unsigned_models)
 
     def describe(self) -> list[tuple[str, str]]:
         """Every setting as ``(FLAGSTREAM_NAME, shown value)``; secrets show ``***`` or ``(unset)``.

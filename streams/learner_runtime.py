@@ -30,7 +30,8 @@ from flagstream.scoring.gate import Gate, compare_on, rollback_candidates
 from flagstream.scoring.handle import ModelHandle, model_from_state, parse_version
 from flagstream.scoring.learner import Learner
 from flagstream.scoring.linear import LinearChampion
-from flagstream.scoring.snapshots import SnapshotStore, seal
+from flagstream.scoring.record_checks import check_learner_snapshot
+from flagstream.scoring.snapshots import SnapshotStore, refusal_reason, seal
 from flagstream.streams.app import Pipeline
 from flagstream.streams.compat.internals import read_row
 from flagstream.streams.delivery import deliver
@@ -49,7 +50,7 @@ class LearnerRuntime:
         self.p = p
         self.register_agents = register_agents
         s = p.settings
-        self.key = s.hmac_key()
+        self.key = p.models.key  # the learner made it at start (None only when unsigned is allowed)
         self.metrics = p.metrics.lifecycle
         self.decisions = p.tables["decisions"]
         self.gate = Gate(s.gate())
@@ -143,13 +144,19 @@ class LearnerRuntime:
         """
         learner = self.learner
         found = []
-        local = self.store.load()
-        self.metrics.refused.labels(source="snapshot_file").inc(len(self.store.refused))
+        local = self.store.load(check=self.check_snapshot)
+        for _, why in self.store.refused:
+            self.metrics.refused.labels(source="snapshot_file", reason=refusal_reason(why)).inc()
         if local is not None:
-            found.append((local[0].get("snapshot_seq", 0), 1, local[0], str(local[1])))
-        remote = self.p.models.read(reg.LEARNER)
+            found.append((local[0]["snapshot_seq"], 1, local[0], str(local[1])))
+        remote = self.p.models.read(reg.LEARNER)  # signature checked there, content here
         if remote is not None:
-            found.append((remote.get("snapshot_seq", 0), 0, remote, "the models topic"))
+            try:
+                self.check_snapshot(remote)
+            except ValueError as exc:
+                self.p.models.refuse("snapshot_topic", "malformed", f"models[learner]: {exc}")
+            else:
+                found.append((remote["snapshot_seq"], 0, remote, "the models topic"))
         if found:
             seq, _, payload, where = max(found, key=lambda f: (f[0], f[1]))
             learner.restore(payload)
@@ -166,14 +173,25 @@ class LearnerRuntime:
                                      champion.get("seat", ""))
                 log.info("learner starts from the published champion %s", learner.handle.version)
             learner.timeline.append([learner.handle.version, 0])
-        floor = max((parse_version(k[len(reg.VERSION_PREFIX):].decode())[1]
-                     for k in self._keys(reg.VERSION_PREFIX)), default=0)
-        for key in (reg.SEAT, reg.CHAMPION):
+        floor = 0  # only verified records count: a forged key must not move the sequence
+        for key in (*self._keys(reg.VERSION_PREFIX), reg.SEAT, reg.CHAMPION):
             record = self.p.models.read(key)
             floor = max(floor, record["sequence"] if record else 0)
         learner.next_sequence = max(learner.next_sequence, floor + 1)
         self.publish_handle()
         return bool(found)
+
+    def check_snapshot(self, payload: dict) -> None:
+        """Raise ``ValueError`` unless ``payload`` is a learner snapshot this learner can resume
+        from: every field checked, then restored into a scratch learner."""
+        check_learner_snapshot(payload)
+        s = self.p.settings
+        scratch = Learner(ModelHandle(LinearChampion()), self.lookup, shadow=ShadowSet([]),
+                          gate=Gate(s.gate()), publish_each_batch=False)
+        try:
+            scratch.restore(payload)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"learner snapshot cannot be restored: {type(exc).__name__}: {exc}") from None
 
     # --- what changes the champion -------------------------------------------------------
     def publish_handle(self) -> None:
@@ -192,7 +210,7 @@ class LearnerRuntime:
             if self._bad_seat != seat.get("id"):
                 self._bad_seat = seat.get("id")
                 log.error("cannot follow seat change to %s: %s", seat.get("version"), exc)
-                self.metrics.refused.labels(source="unloadable").inc()
+                self.metrics.refused.labels(source="unloadable", reason="unloadable").inc()
             return
         if changed:
             counter = self.metrics.promotions if seat["action"] == "promote" else self.metrics.rollbacks

@@ -5,8 +5,12 @@ record says who is champion; the champion record carries that lineage's newest
 version (see :mod:`flagstream.scoring.registry`). A worker swaps when the seat changes (a
 promotion or a rollback, even to an older version) or when the champion record
 under the same seat is newer than what it holds: within one batch, no restart.
-A record that fails its integrity check is refused, logged and counted once, and
-the worker keeps scoring with the version it has.
+
+Every record must be signed with the model key (:mod:`flagstream.scoring.model_key`)
+and every field must pass :func:`flagstream.scoring.record_checks.check_record`. A
+record that does not is refused with one log line and one count per refused value
+(``flagstream_model_records_refused_total{source, reason}``), and the worker keeps
+scoring with the version it has: nothing here raises on the scoring path.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from flagstream.errors import ConfigurationError
 from flagstream.scoring.handle import ModelHandle, model_from_state, parse_version
+from flagstream.scoring.model_key import ModelKey
+from flagstream.scoring.record_checks import check_record
 from flagstream.scoring.registry import CHAMPION, SEAT, check_followable, choose_champion
 from flagstream.scoring.snapshots import IntegrityError, unseal
 from flagstream.sinks.metrics import PipelineMetrics
@@ -34,7 +41,8 @@ class ModelSync:
     metrics
         The worker's metrics (swaps, refusals and the version in use).
     key
-        The HMAC key records must be signed with (None: checksums only).
+        The model key records must be signed with (bytes: that key; None: unsigned
+        records allowed, checksums only).
 
     Examples
     --------
@@ -43,34 +51,76 @@ class ModelSync:
     >>> from flagstream.scoring.snapshots import seal
     >>> record = version_record("lr-000003", 3, LinearChampion().to_state(), "champion", "", "test")
     >>> table = {CHAMPION: seal(record, b"k"), b"junk": b"not sealed"}
-    >>> sync = ModelSync(table, ModelHandle(LinearChampion()), PipelineMetrics(), b"k")
+    >>> sync = ModelSync(table, ModelHandle(LinearChampion()), PipelineMetrics(), ModelKey(b"k"))
     >>> sync.sync(), sync.handle.version, sync.read(b"junk")
     (True, 'lr-000003', None)
+    >>> table[CHAMPION] = seal({**record, "sequence": 4, "version": "lr-000004"})  # no signature
+    >>> sync.sync(), sync.handle.version
+    (False, 'lr-000003')
     """
 
     def __init__(self, table: Mapping[bytes, bytes], handle: ModelHandle, metrics: PipelineMetrics,
-                 key: bytes | None) -> None:
+                 key: ModelKey | bytes | None) -> None:
         self.table = table
         self.handle = handle
         self.metrics = metrics
-        self.key = key
+        if not isinstance(key, ModelKey):
+            key = ModelKey(key) if key else ModelKey(unsigned=True)
+        self.keys = key
         self._verified: dict[bytes, tuple[bytes, dict | None]] = {}
         self._unloadable: tuple | None = None
+        self._waiting_logged = False
+
+    @property
+    def key(self) -> bytes | None:
+        """The key records are verified with now (None: unsigned allowed, or not available yet)."""
+        try:
+            return self.keys.get()
+        except ConfigurationError:  # a bad key file: reported at start, refused here
+            return None
+
+    def refuse(self, source: str, reason: str, message: str) -> None:
+        """Log one refusal and count it (the caller makes sure it is once per refused value)."""
+        log.error("refusing %s; keeping the previous good version", message)
+        self.metrics.lifecycle.refused.labels(source=source, reason=reason).inc()
 
     def read(self, key: bytes) -> dict | None:
-        """A verified record from the models table; None if absent or refused (logged once)."""
+        """A verified, checked record from the models table; None if absent or refused.
+
+        Each refused value is logged and counted once (it is remembered by its bytes).
+        While the model key does not exist yet (a scorer started before the learner),
+        records are not read, and read again once it does.
+        """
         raw = self.table.get(key)
         if raw is None:
             return None
         hit = self._verified.get(key)
         if hit is not None and hit[0] == raw:
             return hit[1]
+        what = f"models[{key.decode(errors='replace')[:80]}]"
+        signing = self.key
+        if signing is None and not self.keys.unsigned:
+            if not self._waiting_logged:
+                self._waiting_logged = True
+                log.warning("not following the models topic yet: no model signing key (%s); the "
+                            "learner creates it at its first start, or set "
+                            "FLAGSTREAM_MODEL_HMAC_KEY", self.keys.source)
+            return None
+        payload: dict | None
         try:
-            payload = unseal(raw, self.key, what=f"models[{key.decode(errors='replace')}]")
+            payload = unseal(raw, signing, what=what)
         except IntegrityError as exc:
-            log.error("refusing %s; keeping the previous good version", exc)
-            self.metrics.lifecycle.refused.labels(source="models_topic").inc()
+            self.refuse("models_topic", exc.reason, str(exc))
             payload = None
+        except Exception as exc:  # e.g. nesting too deep to re-encode: hostile, never raised
+            self.refuse("models_topic", "unreadable", f"{what}: {type(exc).__name__}: {exc}")
+            payload = None
+        else:
+            try:
+                check_record(key, payload)
+            except Exception as exc:  # every check failure, and anything a hostile state provokes
+                self.refuse("models_topic", "malformed", f"{what}: {exc}")
+                payload = None
         self._verified[key] = (raw, payload)
         return payload
 
@@ -91,7 +141,7 @@ class ModelSync:
         if self._unloadable != key:
             self._unloadable = key
             log.error("%s; keeping %s", message, self.handle.version)
-            self.metrics.lifecycle.refused.labels(source="unloadable").inc()
+            self.metrics.lifecycle.refused.labels(source="unloadable", reason="unloadable").inc()
 
     def _sync(self) -> bool:
         seat, champion = self.read(SEAT), self.read(CHAMPION)

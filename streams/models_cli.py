@@ -24,6 +24,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from flagstream.errors import ConfigurationError
 from flagstream.scoring.registry import RegistryError
 from flagstream.streams.config import Settings
 from flagstream.streams.registry_client import RegistryClient
@@ -86,7 +87,7 @@ def _by() -> str:
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     out = sys.stdout
-    async with RegistryClient(settings, settings.hmac_key()) as client:
+    async with RegistryClient(settings) as client:  # signs with the workers' model key
         if args.action == "list":
             view = await client.read()
             rows = view.rows(every=args.all)
@@ -122,6 +123,6 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"broker": args.broker} if args.broker else {}
     try:
         return asyncio.run(_run(args, Settings.from_env(**overrides)))
-    except RegistryError as exc:
+    except (RegistryError, ConfigurationError) as exc:
         print(f"flagstream models: {exc}", file=sys.stderr)
         return 2

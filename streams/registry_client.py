@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from flagstream.scoring.handle import model_from_state
+from flagstream.scoring.record_checks import check_record
 from flagstream.scoring.registry import (
     LINEAGE,
     PARTITION,
@@ -32,11 +33,21 @@ from flagstream.streams.topics import MODELS
 class RegistryClient:
     """Reads the registry topic to its end and writes sealed records (``flagstream models``).
 
-    Use as ``async with RegistryClient(settings) as client: ...``.
+    Use as ``async with RegistryClient(settings) as client: ...``. Records are signed
+    and verified with ``key``, by default the workers' model key
+    (:meth:`flagstream.streams.config.Settings.model_key`: configured, or the key file
+    in the data directory); without one it refuses to start, naming both places.
     """
 
     def __init__(self, settings: Settings, key: bytes | None = None) -> None:
         self.settings = settings
+        if key is None:
+            model_key = settings.model_key()
+            key = model_key.get()
+            if key is None and not model_key.unsigned:
+                raise RegistryError(
+                    f"no model signing key: set FLAGSTREAM_MODEL_HMAC_KEY to the workers' key, or "
+                    f"run where the learner's data directory is ({model_key.source} is missing)")
         self.key = key
         self.topic = settings.topic(MODELS)
         self._producer: AIOKafkaProducer | None = None
@@ -82,13 +93,27 @@ class RegistryClient:
                             raw.pop(r.key, None)
                         else:
                             raw[r.key] = r.value
-            return RegistryView(raw, self.key)
+            view = RegistryView(raw, self.key)
+            for key, record in list(view.records.items()):
+                try:
+                    check_record(key, record)
+                except ValueError as exc:
+                    del view.records[key]
+                    view.refused[key] = str(exc)
+            return view
         finally:
             await consumer.stop()
 
     async def write(self, records: Iterable[tuple[bytes, dict | None]]) -> None:
         """Seal and send records (None: a tombstone), in order, and wait for the broker."""
         assert self._producer is not None, "use RegistryClient as an async context manager"
+        records = list(records)
+        for key, payload in records:  # nothing the workers would refuse
+            if payload is not None:
+                try:
+                    check_record(key, payload)
+                except ValueError as exc:
+                    raise RegistryError(f"not written: {exc}") from None
         for key, payload in records:
             value = None if payload is None else seal(payload, self.key)
             await self._producer.send_and_wait(self.topic, value, key=key, partition=PARTITION)

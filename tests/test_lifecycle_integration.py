@@ -19,6 +19,7 @@ from flagstream.scoring.handle import ModelHandle, parse_version
 from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.registry import CHAMPION, PARTITION, RegistryView
 from flagstream.scoring.snapshots import seal
+from flagstream.streams.config import Secret
 from flagstream.streams.core import ScoringCore
 from flagstream.streams.registry_client import RegistryClient
 
@@ -116,6 +117,7 @@ def teach(stream: Stream, worker, n: int, flip: bool = False) -> list[dict]:
 def cli(settings, monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
     monkeypatch.setenv("FLAGSTREAM_BROKER", settings.broker)
     monkeypatch.setenv("FLAGSTREAM_TOPIC_PREFIX", settings.topic_prefix)
+    monkeypatch.setenv("FLAGSTREAM_DATA_DIR", settings.data_dir)  # the learner's key file is there
     capsys.readouterr()
     code = cli_main(["models", *argv])
     out = capsys.readouterr()
@@ -146,6 +148,7 @@ def test_promote_and_rollback_change_new_decisions_within_seconds(
     lifecycle_env(monkeypatch, challengers="lr-fast:learning_rate=0.3")
     # workers and the CLI sign and verify
     monkeypatch.setenv("FLAGSTREAM_MODEL_HMAC_KEY", "registry-test-key")
+    settings = settings.with_(model_hmac_key=Secret("registry-test-key"))  # for the test's own reads
     worker = worker_factory()
     stream = Stream(settings)
     teach(stream, worker, 200)
@@ -286,6 +289,9 @@ def test_learner_killed_mid_learning_resumes_with_identical_weights(
 def test_two_scorers_hot_swap_without_restart_or_gap(settings, worker_factory, tmp_path,
                                                      monkeypatch):
     lifecycle_env(monkeypatch)
+    # data directories of their own, as on separate hosts: the model key is configured
+    monkeypatch.setenv("FLAGSTREAM_MODEL_HMAC_KEY", "hot-swap-test-key")
+    settings = settings.with_(model_hmac_key=Secret("hot-swap-test-key"))
     learner, *scorers = start_together(
         worker_factory, ("learner", {}), *[("scorer", {"data_dir": str(tmp_path / f"scorer{k}")})
                                            for k in range(2)])

@@ -21,6 +21,7 @@ from flagstream.scoring.registry import (
     version_record,
 )
 from flagstream.scoring.snapshots import seal
+from flagstream.streams.config import Secret
 from flagstream.streams.models_cli import format_rows
 from flagstream.streams.registry_client import RegistryClient
 from flagstream.streams.topics import create_topics
@@ -106,6 +107,8 @@ def test_prune_keeps_the_newest_per_lineage_and_protected_ones():
 
 @pytest.mark.integration
 def test_client_writes_and_reads_the_registry_on_the_broker(settings):
+    settings = settings.with_(model_hmac_key=Secret("registry-key"))  # no learner has made one
+
     async def scenario() -> None:
         await create_topics(settings)
         async with RegistryClient(settings) as client:

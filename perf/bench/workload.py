@@ -185,9 +185,9 @@ async def publish_champion(settings: Settings, state: dict) -> None:
     producer = _producer(settings, 0)
     await start_client(producer)
     try:
+        key = settings.model_key(create=True).get()  # the learner's key, made here if first
         await producer.send_and_wait(
-            settings.topic(MODELS), seal(champion_record(state), settings.hmac_key()), key=CHAMPION,
-            partition=0,
+            settings.topic(MODELS), seal(champion_record(state), key), key=CHAMPION, partition=0,
         )
     finally:
         await producer.stop()
