@@ -26,6 +26,9 @@
 #   KAFKA_SASL_USER      the client user created        (default flagstream)
 #   KAFKA_SASL_PASSWORD  its password                   (default flagstream-secret)
 #   KAFKA_SASL_DATA_DIR                                 (default $FLAGSTREAM_CACHE/kafka-sasl-$KAFKA_SASL_PORT)
+#   KAFKA_TLS_KEYSTORE   a PEM file with the broker's private key (PKCS#8, unencrypted) and
+#                        its certificate chain; when set, a second listener speaks SASL_SSL
+#                        (SCRAM-SHA-512 over TLS) on KAFKA_SASL_TLS_PORT (default KAFKA_SASL_PORT+2)
 #
 # Cluster mode: three KRaft nodes on loopback for the fault tests, each a combined
 # broker+controller in its own JVM with its own data dir and log; one controller
@@ -135,16 +138,29 @@ PROPS
 
 listener_properties() {
   if [ "$MODE" = sasl ]; then
+    local jaas tls="" tls_map=""
+    jaas="org.apache.kafka.common.security.scram.ScramLoginModule required username=\"admin\" password=\"$(sasl_admin_password)\";"
+    if [ -n "$TLS_KEYSTORE" ]; then
+      tls=",SASL_TLS://127.0.0.1:$TLS_PORT"
+      tls_map=",SASL_TLS:SASL_SSL"
+    fi
     cat <<PROPS
-listeners=SASL://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=SASL://127.0.0.1:$KAFKA_PORT
+listeners=SASL://127.0.0.1:$KAFKA_PORT$tls,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=SASL://127.0.0.1:$KAFKA_PORT$tls
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=SASL:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=SASL:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT$tls_map
 inter.broker.listener.name=SASL
 sasl.enabled.mechanisms=SCRAM-SHA-512
 sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
-listener.name.sasl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$(sasl_admin_password)";
+listener.name.sasl.scram-sha-512.sasl.jaas.config=$jaas
 PROPS
+    if [ -n "$TLS_KEYSTORE" ]; then
+      cat <<PROPS
+listener.name.sasl_tls.scram-sha-512.sasl.jaas.config=$jaas
+listener.name.sasl_tls.ssl.keystore.type=PEM
+listener.name.sasl_tls.ssl.keystore.location=$TLS_KEYSTORE
+PROPS
+    fi
   else
     cat <<PROPS
 listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
@@ -188,6 +204,8 @@ PY
 SASL_PORT=${KAFKA_SASL_PORT:-19094}
 SASL_USER=${KAFKA_SASL_USER:-flagstream}
 SASL_PASSWORD=${KAFKA_SASL_PASSWORD:-flagstream-secret}
+TLS_KEYSTORE=${KAFKA_TLS_KEYSTORE:-}
+TLS_PORT=${KAFKA_SASL_TLS_PORT:-$((SASL_PORT + 2))}
 
 use_sasl() {
   MODE=sasl
@@ -523,7 +541,7 @@ case "${1:-}" in
     case "${2:-}" in
       start) start ;;
       stop) stop ;;
-      status) if running && ready; then echo "running on 127.0.0.1:$KAFKA_PORT (SASL_PLAINTEXT, SCRAM-SHA-512)"; else echo "stopped"; exit 1; fi ;;
+      status) if running && ready; then echo "running on 127.0.0.1:$KAFKA_PORT (SASL_PLAINTEXT, SCRAM-SHA-512)${TLS_KEYSTORE:+ and 127.0.0.1:$TLS_PORT (SASL_SSL)}"; else echo "stopped"; exit 1; fi ;;
       logs) cat "$LOGFILE" ;;
       reset) stop; rm -rf "$DATA"; log "removed $DATA" ;;
       *) echo "usage: $0 sasl start|stop|status|logs|reset" >&2; exit 2 ;;
