@@ -102,7 +102,7 @@ def check(s: Settings) -> None:
                 f"{_var(name)} is set but FLAGSTREAM_SECURITY_PROTOCOL={protocol} does not use TLS "
                 "(SSL or SASL_SSL)"
             )
-        if not os.path.isfile(path):
+        if not (os.path.isfile(path) and os.access(path, os.R_OK)):
             raise ConfigurationError(f"{_var(name)}={path!r} is not a readable file")
     if s.ssl_keyfile and not s.ssl_certfile:
         raise ConfigurationError("FLAGSTREAM_SSL_KEYFILE is set without FLAGSTREAM_SSL_CERTFILE")
@@ -111,6 +111,8 @@ def check(s: Settings) -> None:
 def client_options(s: Settings) -> dict[str, Any]:
     """Keyword arguments for every aiokafka client (producer, consumer, admin, connection)."""
     protocol = s.security_protocol
+    if protocol not in PROTOCOLS:  # Settings refuses it; this guards a copy made around it
+        raise ConfigurationError(f"FLAGSTREAM_SECURITY_PROTOCOL={protocol!r} is not one of {PROTOCOLS}")
     options: dict[str, Any] = {"security_protocol": protocol}
     if protocol in SASL_PROTOCOLS:
         options["sasl_mechanism"] = s.sasl_mechanism
@@ -118,8 +120,6 @@ def client_options(s: Settings) -> dict[str, Any]:
         options["sasl_plain_password"] = s.sasl_password.reveal()
     if protocol in TLS_PROTOCOLS:
         options["ssl_context"] = ssl_context(s)
-    if (protocol in TLS_PROTOCOLS) != ("ssl_context" in options) or protocol not in PROTOCOLS:
-        raise ConfigurationError(f"FLAGSTREAM_SECURITY_PROTOCOL={protocol!r}: no client options for it")
     return options
 
 
