@@ -63,6 +63,12 @@ async def check_access(settings: Settings, timeout_s: float = 15.0) -> None:
                 f"the certificate of Kafka at {server} is not trusted by "
                 f"FLAGSTREAM_SSL_CAFILE={settings.ssl_cafile or '(system CAs)'}: {exc.verify_message}"
             ) from None
+        except ssl.SSLError as exc:  # no TLS on that port, or our client certificate refused
+            raise KafkaAccessDenied(
+                f"the TLS handshake with Kafka at {server} failed (FLAGSTREAM_SECURITY_PROTOCOL="
+                f"{settings.security_protocol}, FLAGSTREAM_SSL_CERTFILE="
+                f"{settings.ssl_certfile or '(none)'}): {exc.reason or exc}"
+            ) from None
         except (TimeoutError, OSError, KafkaError) as exc:
             log.warning("Kafka at %s did not answer the access check: %r", server, exc)
             continue

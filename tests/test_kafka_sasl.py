@@ -152,3 +152,4 @@ def test_a_broker_certificate_not_signed_by_the_trusted_ca_stops_the_command(sas
         assert done.returncode == 2, done.stderr[-2000:]
         assert "is not trusted by FLAGSTREAM_SSL_CAFILE" in done.stderr, done.stderr[-2000:]
         assert elapsed < 60, f"took {elapsed:.1f}s"
+
