@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from flagstream.streams.config import Settings
+from flagstream.streams.kafka_access import require_access
 
 STREAM = Path("var/demo/stream.jsonl.gz")
 
@@ -100,6 +101,7 @@ def summary_line(now: dict[str, float], before: dict[str, float], seconds: float
 
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
+    require_access(settings)  # the worker, replay and reviewers check again; fail before starting them
     token = settings.review_token.reveal() or secrets.token_urlsafe(16)
     run_id = time.strftime("%Y%m%d-%H%M%S")  # each run its own topics and state: no stale records
     env = {**os.environ, "FLAGSTREAM_REVIEW_TOKEN": token, "FLAGSTREAM_WEB_PORT": str(args.port),

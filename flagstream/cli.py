@@ -18,6 +18,8 @@ import logging
 import sys
 from types import ModuleType
 
+from flagstream.errors import ConfigurationError
+
 #: subcommand → (module with ``add_arguments(parser)`` and ``run(args)``, one-line help)
 COMMANDS = {
     "worker": ("flagstream.streams.worker", "run a scoring/learning worker (Faust)"),
@@ -65,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
-    return int(args.command_module.run(args) or 0)
+    try:
+        return int(args.command_module.run(args) or 0)
+    except ConfigurationError as exc:  # a setting that cannot work, or a broker refusing it
+        print(f"flagstream {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,6 +14,22 @@
 #   KAFKA_DATA_DIR    broker state and log file        (default $FLAGSTREAM_CACHE/kafka-data-$KAFKA_PORT)
 #   KAFKA_HEAP        JVM heap                         (default 512m)
 #
+# SASL mode: another single node whose only client listener is SASL_PLAINTEXT with
+# SCRAM-SHA-512 (no anonymous door: the broker reaches itself through it as user
+# "admin"). The users are created when the storage is formatted (kafka-storage
+# --add-scram); `sasl reset` forgets them. Readiness is an ApiVersions round trip, the
+# one request a SASL listener answers before a login.
+#
+#   scripts/kafka.sh sasl start | stop | status | logs | reset
+#
+#   KAFKA_SASL_PORT      its client listener            (default 19094; controller +1)
+#   KAFKA_SASL_USER      the client user created        (default flagstream)
+#   KAFKA_SASL_PASSWORD  its password                   (default flagstream-secret)
+#   KAFKA_SASL_DATA_DIR                                 (default $FLAGSTREAM_CACHE/kafka-sasl-$KAFKA_SASL_PORT)
+#   KAFKA_TLS_KEYSTORE   a PEM file with the broker's private key (PKCS#8, unencrypted) and
+#                        its certificate chain; when set, a second listener speaks SASL_SSL
+#                        (SCRAM-SHA-512 over TLS) on KAFKA_SASL_TLS_PORT (default KAFKA_SASL_PORT+2)
+#
 # Cluster mode: three KRaft nodes on loopback for the fault tests, each a combined
 # broker+controller in its own JVM with its own data dir and log; one controller
 # quorum of three voters, one cluster id; replication factor 3, min.insync.replicas 2.
@@ -51,6 +67,7 @@ LOGFILE="$DATA/broker.log"
 HEAP=${KAFKA_HEAP:-512m}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
+MODE=plain
 log() { printf '[kafka.sh] %s\n' "$*" >&2; }
 
 fetch() {
@@ -92,11 +109,7 @@ configure() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
+$(listener_properties)
 log.dirs=$DATA/logs
 num.partitions=4
 offsets.topic.replication.factor=1
@@ -114,15 +127,103 @@ PROPS
   if [ ! -f "$DATA/logs/meta.properties" ]; then
     local cluster_id
     cluster_id=$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+    local users=()
+    [ "$MODE" = sasl ] && users=(--add-scram "SCRAM-SHA-512=[name=admin,password=$(sasl_admin_password)]"
+                                 --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]")
     java_run kafka.tools.StorageTool format -t "$cluster_id" \
-      -c "$DATA/server.properties" >>"$LOGFILE" 2>&1 \
+      -c "$DATA/server.properties" "${users[@]}" >>"$LOGFILE" 2>&1 \
       || { tail -n 50 "$LOGFILE" >&2; log "storage format failed"; return 1; }
   fi
 }
 
+listener_properties() {
+  if [ "$MODE" = sasl ]; then
+    local jaas tls="" tls_map=""
+    jaas="org.apache.kafka.common.security.scram.ScramLoginModule required username=\"admin\" password=\"$(sasl_admin_password)\";"
+    if [ -n "$TLS_KEYSTORE" ]; then
+      tls=",SASL_TLS://127.0.0.1:$TLS_PORT"
+      tls_map=",SASL_TLS:SASL_SSL"
+    fi
+    cat <<PROPS
+listeners=SASL://127.0.0.1:$KAFKA_PORT$tls,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=SASL://127.0.0.1:$KAFKA_PORT$tls
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=SASL:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT$tls_map
+inter.broker.listener.name=SASL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl.scram-sha-512.sasl.jaas.config=$jaas
+PROPS
+    if [ -n "$TLS_KEYSTORE" ]; then
+      cat <<PROPS
+listener.name.sasl_tls.scram-sha-512.sasl.jaas.config=$jaas
+listener.name.sasl_tls.ssl.keystore.type=PEM
+listener.name.sasl_tls.ssl.keystore.location=$TLS_KEYSTORE
+PROPS
+    fi
+  else
+    cat <<PROPS
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+PROPS
+  fi
+}
+
 ready() {
-  # A real metadata round trip through the client listener, not a port probe.
-  metadata_brokers "$KAFKA_PORT" 1 >/dev/null
+  # A real round trip through the client listener, not a port probe: metadata on the
+  # plain listener, ApiVersions on the SASL one (the only request allowed before a login).
+  if [ "$MODE" = sasl ]; then api_versions "$KAFKA_PORT"; else metadata_brokers "$KAFKA_PORT" 1 >/dev/null; fi
+}
+
+api_versions() {
+  python3 - "$1" <<'PY'
+import socket, struct, sys
+client = b"ready"
+body = struct.pack(">hhih", 18, 0, 9, len(client)) + client  # ApiVersions v0, correlation id 9
+try:
+    with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2) as s:
+        s.sendall(struct.pack(">i", len(body)) + body)
+        head = b""
+        while len(head) < 10:
+            chunk = s.recv(10 - len(head))
+            if not chunk:
+                sys.exit(1)
+            head += chunk
+        _size, corr, error = struct.unpack(">iih", head)
+        sys.exit(0 if corr == 9 and error == 0 else 1)
+except (OSError, struct.error):
+    sys.exit(1)
+PY
+}
+
+# --- SASL mode ---------------------------------------------------------------------------
+
+SASL_PORT=${KAFKA_SASL_PORT:-19094}
+SASL_USER=${KAFKA_SASL_USER:-flagstream}
+SASL_PASSWORD=${KAFKA_SASL_PASSWORD:-flagstream-secret}
+TLS_KEYSTORE=${KAFKA_TLS_KEYSTORE:-}
+TLS_PORT=${KAFKA_SASL_TLS_PORT:-$((SASL_PORT + 2))}
+
+use_sasl() {
+  MODE=sasl
+  KAFKA_PORT=$SASL_PORT
+  KAFKA_CONTROLLER_PORT=$((SASL_PORT + 1))
+  DATA=${KAFKA_SASL_DATA_DIR:-$CACHE/kafka-sasl-$SASL_PORT}
+  PIDFILE="$DATA/broker.pid"
+  LOGFILE="$DATA/broker.log"
+}
+
+sasl_admin_password() {
+  # The broker's own SCRAM password: made once per data dir, kept owner-only.
+  local file="$DATA/admin.password"
+  if [ ! -s "$file" ]; then
+    mkdir -p "$DATA"
+    (umask 077; python3 -c 'import secrets;print(secrets.token_urlsafe(24))' >"$file")
+  fi
+  cat "$file"
 }
 
 metadata_brokers() {
@@ -435,5 +536,15 @@ case "${1:-}" in
   fetch) fetch ;;
   reset) stop; rm -rf "$DATA"; log "removed $DATA" ;;
   cluster) shift; cluster "$@" ;;
-  *) echo "usage: $0 start|stop|restart|status|logs|fetch|reset | cluster start|stop [N]|status|servers|kill N|restart N|logs N|reset" >&2; exit 2 ;;
+  sasl)
+    use_sasl
+    case "${2:-}" in
+      start) start ;;
+      stop) stop ;;
+      status) if running && ready; then echo "running on 127.0.0.1:$KAFKA_PORT (SASL_PLAINTEXT, SCRAM-SHA-512)${TLS_KEYSTORE:+ and 127.0.0.1:$TLS_PORT (SASL_SSL)}"; else echo "stopped"; exit 1; fi ;;
+      logs) cat "$LOGFILE" ;;
+      reset) stop; rm -rf "$DATA"; log "removed $DATA" ;;
+      *) echo "usage: $0 sasl start|stop|status|logs|reset" >&2; exit 2 ;;
+    esac ;;
+  *) echo "usage: $0 start|stop|restart|status|logs|fetch|reset | sasl start|stop|status|logs|reset | cluster start|stop [N]|status|servers|kill N|restart N|logs N|reset" >&2; exit 2 ;;
 esac

@@ -39,6 +39,7 @@ from flagstream.errors import InvalidRecord
 from flagstream.extras import progress_bar
 from flagstream.simulation.simulator import MalformedLineError, read_stream
 from flagstream.streams.config import Settings
+from flagstream.streams.kafka_access import require_access
 from flagstream.streams.schema import parse_timestamp_ms
 from flagstream.streams.topics import TRANSACTIONS, create_topics, partition_for
 
@@ -341,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
     """Replay ``args.file``; print a summary; exit 1 when a malformed line stopped it."""
     try:
         settings = Settings.from_env(**({"broker": args.broker} if args.broker else {}))
+        require_access(settings)
         start_ms = parse_bound(args.start) if args.start else None
         end_ms = parse_bound(args.end, end=True) if args.end else None
         Pacer(args.rate, args.speedup)

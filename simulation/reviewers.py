@@ -40,6 +40,7 @@ from flagstream.errors import InvalidRecord
 from flagstream.features.layout import DAY_MS
 from flagstream.simulation.simulator import read_stream
 from flagstream.streams.config import Settings
+from flagstream.streams.kafka_access import require_access
 from flagstream.streams.schema import parse_timestamp_ms
 from flagstream.streams.topics import FEEDBACK, REVIEW, SCORES, create_topics
 
@@ -444,6 +445,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the truth, answer until SIGINT/SIGTERM or ``--duration``, print the counts."""
     try:
         settings = Settings.from_env(**({"broker": args.broker} if args.broker else {}))
+        require_access(settings)
         names = {f.name for f in fields(ReviewerConfig)}
         config = ReviewerConfig(**{k: v for k, v in vars(args).items() if k in names})
         truth = Truth.load(args.file)

@@ -29,6 +29,7 @@ from flagstream.streams import topics as names
 from flagstream.streams.compat.internals import idempotent_producers, read_row, shared_table
 from flagstream.streams.config import Settings
 from flagstream.streams.core import ScoringCore
+from flagstream.streams.kafka_security import faust_credentials
 from flagstream.streams.model_sync import ModelSync
 from flagstream.streams.topics import durability, partition_for
 
@@ -103,7 +104,7 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,
-        broker_credentials=_credentials(settings),
+        broker_credentials=faust_credentials(settings),
         producer_linger_ms=5,
         producer_max_batch_size=1_048_576,
         consumer_max_fetch_size=8 * 1_048_576,
@@ -192,16 +193,3 @@ def model_key(settings: Settings, role: str) -> ModelKey:
         log.info("model records are signed and verified (key: %s)", key.source)
     return key
 
-
-def _credentials(settings: Settings) -> Any:
-    """Faust credentials from the pass-through Kafka security settings."""
-    if settings.sasl_mechanism:
-        return faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=settings.sasl_password.reveal(),
-            mechanism=settings.sasl_mechanism,
-            ssl_context=settings.kafka_security().get("ssl_context"),
-        )
-    if settings.security_protocol == "SSL":
-        return faust.SSLCredentials(settings.kafka_security()["ssl_context"])
-    return None

@@ -29,6 +29,7 @@ from flagstream.scoring.challengers import DEFAULT_CHALLENGERS
 from flagstream.scoring.gate import GateConfig
 from flagstream.scoring.model_key import KEY_FILE, ModelKey
 from flagstream.scoring.operating_point import OperatingPoint
+from flagstream.streams import kafka_security
 
 PREFIX = "FLAGSTREAM_"
 #: Variables with the prefix that are not settings (read by ``scripts/kafka.sh``).
@@ -96,7 +97,8 @@ class Settings:
     #: duplicate or reorder a record when they retry.
     producer_idempotence: bool = True
     #: Kafka security, applied to every client: ``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT``
-    #: or ``SASL_SSL``; SASL mechanism ``PLAIN`` or ``SCRAM-SHA-256``/``-512``.
+    #: or ``SASL_SSL``; SASL mechanism ``PLAIN`` or ``SCRAM-SHA-256``/``-512``. Any case;
+    #: contradictions are refused at start (:mod:`flagstream.streams.kafka_security`).
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""
     sasl_username: str = ""
@@ -104,6 +106,9 @@ class Settings:
     ssl_cafile: str = ""
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
+    #: Accept SASL ``PLAIN`` over ``SASL_PLAINTEXT`` (the password crosses the network in
+    #: the clear; logged at WARNING). Off: that combination is a configuration error.
+    sasl_plain_cleartext: bool = False
 
     # --- the worker ------------------------------------------------------------------------
     #: Where Faust keeps its RocksDB tables and the learner its snapshots.
@@ -202,6 +207,9 @@ class Settings:
         if self.allow_unsigned_models and self.model_hmac_key:
             raise ConfigurationError("FLAGSTREAM_ALLOW_UNSIGNED_MODELS and FLAGSTREAM_MODEL_HMAC_KEY "
                                      "are both set: choose one")
+        object.__setattr__(self, "security_protocol", kafka_security.normalise(self.security_protocol))
+        object.__setattr__(self, "sasl_mechanism", kafka_security.normalise(self.sasl_mechanism))
+        kafka_security.check(self)
         self._check_operating_point()
 
     def _check_operating_point(self) -> None:
@@ -284,21 +292,8 @@ class Settings:
         return {"acks": "all", "enable_idempotence": self.producer_idempotence}
 
     def kafka_security(self) -> dict[str, Any]:
-        """Keyword arguments for aiokafka clients (SASL/SSL passed through)."""
-        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
-        if self.sasl_mechanism:
-            kwargs["sasl_mechanism"] = self.sasl_mechanism
-            kwargs["sasl_plain_username"] = self.sasl_username
-            kwargs["sasl_plain_password"] = self.sasl_password.reveal()
-        if self.security_protocol in {"SSL", "SASL_SSL"}:
-            from aiokafka.helpers import create_ssl_context
-
-            kwargs["ssl_context"] = create_ssl_context(
-                cafile=self.ssl_cafile or None,
-                certfile=self.ssl_certfile or None,
-                keyfile=self.ssl_keyfile or None,
-            )
-        return kwargs
+        """Security keyword arguments for every aiokafka client (:func:`kafka_security.client_options`)."""
+        return kafka_security.client_options(self)
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:

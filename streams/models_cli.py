@@ -27,6 +27,7 @@ from pathlib import Path
 from flagstream.errors import ConfigurationError
 from flagstream.scoring.registry import RegistryError
 from flagstream.streams.config import Settings
+from flagstream.streams.kafka_access import require_access
 from flagstream.streams.registry_client import RegistryClient
 
 COLUMNS = ("VERSION", "STATUS", "LABELS", "GATE N", "LOSS", "SINCE", "REASON")
@@ -122,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
     """Carry out one ``models`` command; 2 on a registry error (message on stderr)."""
     overrides = {"broker": args.broker} if args.broker else {}
     try:
-        return asyncio.run(_run(args, Settings.from_env(**overrides)))
+        settings = Settings.from_env(**overrides)
+        require_access(settings)
+        return asyncio.run(_run(args, settings))
     except (RegistryError, ConfigurationError) as exc:
         print(f"flagstream models: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from flagstream.streams.app import ROLES
 from flagstream.streams.compat import check_versions
 from flagstream.streams.compat.internals import DeadlineWorker
 from flagstream.streams.config import Settings
+from flagstream.streams.kafka_access import require_access
 from flagstream.streams.topics import create_topics
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     """Create topics and run the worker until interrupted (SIGTERM/SIGINT: within the deadline)."""
     check_versions()  # before anything touches Faust's internals
     settings = settings_from(args)
+    require_access(settings)  # a refused login ends the worker here, not in endless retries
     warm_up()  # compile the Numba kernels before the first batch, not during it
     asyncio.run(create_topics(settings))
     pipeline = build_app(settings, args.role)

@@ -32,7 +32,7 @@ async def produce(
     settings: Settings, topic: str, records: Iterable[tuple[bytes | None, bytes]]
 ) -> int:
     """Send (key, value) pairs to a topic and wait for every acknowledgement."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.broker, linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker, linger_ms=5, **settings.kafka_security())
     await producer.start()
     try:
         futures = [await producer.send(settings.topic(topic), v, key=k) for k, v in records]
@@ -45,7 +45,7 @@ async def produce(
 async def committed_offsets(settings: Settings, group: str, topic: str = "transactions") -> dict[int, int]:
     """The group's committed offset on each partition of ``topic`` (0 where none)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=group,
-                                enable_auto_commit=False)
+                                enable_auto_commit=False, **settings.kafka_security())
     await consumer.start()
     try:
         name = settings.topic(topic)
@@ -73,7 +73,8 @@ async def read_topic(
     more seconds to catch extras, or the timeout passed. Returns aiokafka records."""
     name = settings.topic(topic)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.broker, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=settings.broker, enable_auto_commit=False, auto_offset_reset="earliest",
+        **settings.kafka_security(),
     )
     await consumer.start()
     try:

@@ -38,6 +38,7 @@ from flagstream.extras import require
 from flagstream.perf.bench import contenders as cont
 from flagstream.perf.bench import measure, workload
 from flagstream.streams.config import Settings
+from flagstream.streams.kafka_access import check_access
 from flagstream.streams.topics import SCORES, TRANSACTIONS
 
 REFERENCE = "aiokafka_ceiling"
@@ -127,8 +128,9 @@ async def run_contender(
 ) -> tuple[dict, dict[str, measure.Decision]]:
     """Run one contender through the drain and every rate; its figures and decisions."""
     contender = cont.CONTENDERS[name]
-    settings = Settings(broker=opts.broker, topic_prefix=f"{prefix}{name}.", partitions=opts.partitions,
-                        data_dir=str(work / name), web_port=free_port(), threshold=opts.threshold)
+    settings = Settings.from_env(broker=opts.broker, topic_prefix=f"{prefix}{name}.",
+                                 partitions=opts.partitions, data_dir=str(work / name),
+                                 web_port=free_port(), threshold=opts.threshold)
     await workload.create_bench_topics(settings)
     await workload.publish_champion(settings, champion_state(model_path))
     preload_s = await workload.preload(settings, TRANSACTIONS, wl.preload)
@@ -241,6 +243,7 @@ async def compare(opts: Options) -> dict:
     out_dir = Path(opts.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     setup: dict = {"broker_start_s": round(start_broker(opts), 3)}
+    await check_access(Settings.from_env(broker=opts.broker))
     t0 = time.perf_counter()
     need = opts.train + opts.events + sum(int(r * opts.rate_seconds) for r in opts.rates)
     path = workload.ensure_stream(opts.stream, out_dir, need)

@@ -50,6 +50,7 @@ from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.reasons import explain
 from flagstream.sinks.dead_letter import dead_letter, headers
 from flagstream.streams.config import Settings
+from flagstream.streams.kafka_security import faust_credentials
 from flagstream.streams.schema import check_transaction
 from flagstream.streams.topics import REVIEW, SCORES, TRANSACTIONS, TRANSACTIONS_DLQ
 
@@ -125,7 +126,7 @@ def build_app(settings: Settings, model_path: str | None) -> faust.App:
         f"{settings.topic_prefix}{settings.app_id}-naive",
         broker=[f"kafka://{b}" for b in settings.broker.split(",")],
         store="memory://", topic_partitions=settings.partitions, topic_disable_leader=True,
-        web_enabled=False, logging_config=None,
+        web_enabled=False, logging_config=None, broker_credentials=faust_credentials(settings),
     )
 
     def raw_topic(name: str) -> faust.TopicT:

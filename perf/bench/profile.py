@@ -56,10 +56,9 @@ CATEGORIES = {
 async def _prepare(args: argparse.Namespace) -> tuple[Settings, int]:
     wl = workload.load_workload(workload.ensure_stream(args.stream, Path(args.out_dir), args.events),
                                 args.train, args.events, (), 1.0, 4)
-    settings = Settings(topic_prefix=f"prof{uuid.uuid4().hex[:8]}.", partitions=4,
-                        data_dir=tempfile.mkdtemp(prefix="flagstream-prof-"), web_port=free_port(),
-                        threshold=args.threshold,
-                        broker=Settings.from_env().broker)
+    settings = Settings.from_env(topic_prefix=f"prof{uuid.uuid4().hex[:8]}.", partitions=4,
+                                 data_dir=tempfile.mkdtemp(prefix="flagstream-prof-"),
+                                 web_port=free_port(), threshold=args.threshold)
     await workload.create_bench_topics(settings)
     if args.model:
         state = workload.train_champion(wl.train, wl.labels, 0.05, 20.0)
