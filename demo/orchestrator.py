@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -22,9 +21,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from flagstream.sinks.review.credentials import REVIEWERS_FILE, ReviewerTokens
 from flagstream.streams.config import Settings
 
 STREAM = Path("var/demo/stream.jsonl.gz")
+DATA_DIR = Path("var/demo/worker")
+#: The name the person watching the demo reviews under.
+DEMO_REVIEWER = "you"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,10 +102,12 @@ def summary_line(now: dict[str, float], before: dict[str, float], seconds: float
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    token = settings.review_token.reveal() or secrets.token_urlsafe(16)
-    env = {**os.environ, "FLAGSTREAM_REVIEW_TOKEN": token, "FLAGSTREAM_WEB_PORT": str(args.port),
-           "FLAGSTREAM_DATA_DIR": "var/demo/worker", "PYTHONUNBUFFERED": "1"}
+    settings = Settings.from_env(data_dir=str(DATA_DIR))
+    # the person at the console reviews as DEMO_REVIEWER: a fresh token each run, shown
+    # here only (the worker keeps its hash; the simulated reviewers answer on Kafka)
+    token = ReviewerTokens(settings.data_path / REVIEWERS_FILE).add(DEMO_REVIEWER)
+    env = {**os.environ, "FLAGSTREAM_WEB_PORT": str(args.port),
+           "FLAGSTREAM_DATA_DIR": str(DATA_DIR), "PYTHONUNBUFFERED": "1"}
     logs = Path("var/demo/logs")
     logs.mkdir(parents=True, exist_ok=True)
     flagstream = [sys.executable, "-m", "flagstream.cli"]
@@ -134,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
                         "--capacity-per-day", str(args.review_capacity),
                         "--chargeback-delay-days", str(args.chargeback_delay_days)])
     print(f"\nbroker      {settings.broker}")
-    print(f"review page {base}/review   token: {token}")
+    print(f"review page {base}/review   sign in as {DEMO_REVIEWER!r} with the token {token}")
+    print(f"            (more reviewers: FLAGSTREAM_DATA_DIR={DATA_DIR} "
+          "flagstream review-tokens add NAME)")
     print(f"metrics     {base}/metrics")
     print(f"logs        {logs}/\n(Ctrl-C stops everything)\n")
     stop = {"now": False}
