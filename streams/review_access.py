@@ -14,14 +14,12 @@ then (its hash is stored like any other).
 >>> settings = Settings(data_dir=tempfile.mkdtemp())
 >>> added, listed = io.StringIO(), io.StringIO()
 >>> with contextlib.redirect_stdout(added):
-...     run(argparse.Namespace(action="add", name="Ana Ruiz"), settings)
-0
+...     status = run(argparse.Namespace(action="add", name="Ana Ruiz"), settings)
 >>> with contextlib.redirect_stdout(listed):
-...     run(argparse.Namespace(action="list", name=None), settings)
-0
+...     _ = run(argparse.Namespace(action="list", name=None), settings)
 >>> token = added.getvalue().split()[-1]
->>> reviewer_tokens(settings).match(token).reviewer, listed.getvalue()
-('Ana Ruiz', 'Ana Ruiz\n')
+>>> status, reviewer_tokens(settings).match(token).reviewer, listed.getvalue().splitlines()
+(0, 'Ana Ruiz', ['Ana Ruiz'])
 """
 
 from __future__ import annotations
