@@ -9,6 +9,7 @@ worker: tests/test_review_page.py.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -274,21 +275,26 @@ def test_a_configured_token_is_the_admins_and_nothing_is_made(tmp_path, capsys):
     assert not (settings.data_path / REVIEWERS_FILE).exists()
 
 
-def test_review_tokens_command_prints_a_token_once_and_keeps_its_hash(tmp_path):
+def test_review_tokens_command_prints_a_token_once_and_keeps_its_hash(tmp_path, capsys):
+    from flagstream.streams.review_access import run
+
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "FLAGSTREAM_DATA_DIR": str(tmp_path)}
-
-    def flagstream(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "flagstream", "review-tokens", *argv], env=env,
-                              capture_output=True, text=True, timeout=60)
-
-    added = flagstream("add", "Ana Ruiz")
+    added = subprocess.run([sys.executable, "-m", "flagstream", "review-tokens", "add", "Ana Ruiz"],
+                           env=env, capture_output=True, text=True, timeout=120)
     assert added.returncode == 0, added.stderr
     token = added.stdout.split()[-1]
     stored = tmp_path / REVIEWERS_FILE
     assert token not in stored.read_text() and token not in added.stderr
     assert ReviewerTokens(stored).match(token).reviewer == "Ana Ruiz"
-    assert flagstream("list").stdout == "Ana Ruiz\n"
-    assert flagstream("add", "bad\nname").returncode == 2
-    assert flagstream("remove", "Ana Ruiz").returncode == 0
-    assert ReviewerTokens(stored).match(token) is None and flagstream("list").stdout == ""
-    assert flagstream("remove", "Ana Ruiz").returncode == 1
+
+    settings = Settings(data_dir=str(tmp_path))
+
+    def flagstream(action: str, name: str | None = None) -> tuple[int, str]:
+        status = run(argparse.Namespace(action=action, name=name), settings)
+        return status, capsys.readouterr().out
+
+    assert flagstream("list") == (0, "Ana Ruiz\n")
+    assert flagstream("add", "bad\nname")[0] == 2 and flagstream("add")[0] == 2
+    assert flagstream("remove", "Ana Ruiz")[0] == 0
+    assert ReviewerTokens(stored).match(token) is None and flagstream("list") == (0, "")
+    assert flagstream("remove", "Ana Ruiz")[0] == 1
