@@ -117,8 +117,11 @@ async def test_a_reviewers_token_cannot_act_as_another_reviewer(page):
     assert (await page.sign_in(ANA, reviewer="ben")).status == 303
     csrf = await page.csrf()
     assert (await (await client.get("/review/api/session")).json())["reviewer"] == "ana"
-    ok = await client.post(f"/review/api/items/{page.item(0)}/decision", json={"label": "legit"},
-                           headers={"X-CSRF-Token": csrf, "X-Reviewer": "ben"})
+    url = f"/review/api/items/{page.item(0)}/decision"
+    as_ben = await client.post(url, json={"label": "legit"},
+                               headers={"X-CSRF-Token": csrf, "X-Reviewer": "ben"})
+    assert as_ben.status == 403 and len(page.sent) == 1
+    ok = await client.post(url, json={"label": "legit"}, headers={"X-CSRF-Token": csrf})
     assert ok.status == 200 and page.sent[-1][1]["reviewer"] == "ana"
 
 

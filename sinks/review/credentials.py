@@ -157,10 +157,14 @@ class ReviewerTokens:
 
     def remove(self, reviewer: str) -> bool:
         """Withdraw ``reviewer``'s token (their sessions end too); False if they had none."""
-        self._refresh()
-        if reviewer not in self._stored:
+        try:
+            name = reviewer_name(reviewer)
+        except BadReviewerName:
             return False
-        self._write({name: d for name, d in self._stored.items() if name != reviewer})
+        self._refresh()
+        if name not in self._stored:
+            return False
+        self._write({other: d for other, d in self._stored.items() if other != name})
         return True
 
     def _write(self, stored: dict[str, str]) -> None:

@@ -155,27 +155,30 @@ class ReviewRoutes:
     def caller(self, request: web.Request) -> Caller | web.Response:
         """The caller, or the refusal to send (401, 403 or 429).
 
-        An explicit Authorization header wins over a cookie (and must be right).
+        An explicit Authorization header wins over a cookie (and must be right). The
+        reviewer is the credential's; an ``X-Reviewer`` header naming anyone else is refused.
         """
         header = request.headers.get("Authorization")
         if header is None:
             session = self.auth.session(request.cookies.get(SESSION_COOKIE))
             if session is None:
                 return _error(401, "sign in at /review/login or send a bearer token")
-            return Caller(session, session.reviewer)
-        throttled = self.throttled(request)
-        if throttled is not None:
-            return throttled
-        credential = self.auth.bearer(header)
-        if credential is None:
-            self.wrong_token(request, "bearer token")
-            return _error(401, "wrong bearer token")
+            who = Caller(session, session.reviewer)
+        else:
+            throttled = self.throttled(request)
+            if throttled is not None:
+                return throttled
+            credential = self.auth.bearer(header)
+            if credential is None:
+                self.wrong_token(request, "bearer token")
+                return _error(401, "wrong bearer token")
+            who = Caller(None, credential.reviewer)
         claimed = request.headers.get("X-Reviewer")
-        if claimed is not None and claimed.strip() != credential.reviewer:
-            log.warning("refused a request with an X-Reviewer header that is not the token's "
+        if claimed is not None and claimed.strip() != who.reviewer:
+            log.warning("refused a request whose X-Reviewer header is not its credential's "
                         "reviewer, from %s", request.remote)
-            return _error(403, "the reviewer is the token's owner; X-Reviewer cannot change it")
-        return Caller(None, credential.reviewer)
+            return _error(403, "the reviewer is the credential's owner; X-Reviewer cannot change it")
+        return who
 
     def throttled(self, request: web.Request) -> web.Response | None:
         """429 when the caller's address sent too many wrong tokens lately, else None."""
