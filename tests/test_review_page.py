@@ -289,12 +289,13 @@ def test_only_flagstreams_routes_answer_and_the_first_token_is_printed_not_logge
     assert [line.strip() for line in output.splitlines() if token in line] == [token]
     api = Api(worker.url, token)
 
-    # --- state worth stealing: an account row and a recorded decision the learner has joined
+    # --- state worth stealing: an account row and the decision the learner recorded -------
     produce_json(settings, "transactions", [transaction(TARGET, "c-7", "m-1", 75.0, 1)], "account_id")
+    wait_until(lambda: worker.metric("flagstream_decisions_recorded_total") >= 1,
+               what="the learner to record the decision")
     [item] = wait_until(api.items, what="the flag in the queue")
     status, body = api.call(f"/review/api/items/{item['id']}/decision", {"label": "fraud"})
     assert status == 200 and body["feedback"]["reviewer"] == "admin"
-    wait_until(lambda: labelled_total(worker) >= 1, what="the learner to join the label to its decision")
 
     # --- Faust's own views: not there, with or without a token --------------------------
     for template in FAUST_VIEWS:
