@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -22,10 +21,15 @@ import time
 import urllib.request
 from pathlib import Path
 
+from flagstream.sinks.review.credentials import REVIEWERS_FILE, ReviewerTokens
 from flagstream.streams.config import Settings
 from flagstream.streams.kafka_access import require_access
 
 STREAM = Path("var/demo/stream.jsonl.gz")
+#: Each run keeps its worker state and logs in DEMO_DIR/<run id>/.
+DEMO_DIR = Path("var/demo")
+#: The name the person watching the demo reviews under.
+DEMO_REVIEWER = "you"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,15 +104,18 @@ def summary_line(now: dict[str, float], before: dict[str, float], seconds: float
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    require_access(settings)  # the worker, replay and reviewers check again; fail before starting them
-    token = settings.review_token.reveal() or secrets.token_urlsafe(16)
     run_id = time.strftime("%Y%m%d-%H%M%S")  # each run its own topics and state: no stale records
-    env = {**os.environ, "FLAGSTREAM_REVIEW_TOKEN": token, "FLAGSTREAM_WEB_PORT": str(args.port),
+    data_dir = DEMO_DIR / run_id / "worker"
+    settings = Settings.from_env(data_dir=str(data_dir))
+    require_access(settings)  # the worker, replay and reviewers check again; fail before starting them
+    # the person at the console reviews as DEMO_REVIEWER: a fresh token each run, shown
+    # here only (the worker keeps its hash; the simulated reviewers answer on Kafka)
+    token = ReviewerTokens(settings.data_path / REVIEWERS_FILE).add(DEMO_REVIEWER)
+    env = {**os.environ, "FLAGSTREAM_WEB_PORT": str(args.port),
            "FLAGSTREAM_TOPIC_PREFIX": f"{settings.topic_prefix}demo-{run_id}.",
-           "FLAGSTREAM_DATA_DIR": f"var/demo/{run_id}/worker",
+           "FLAGSTREAM_DATA_DIR": str(data_dir),
            "FLAGSTREAM_REVIEW_CAPACITY_PER_DAY": str(args.review_capacity), "PYTHONUNBUFFERED": "1"}
-    logs = Path(f"var/demo/{run_id}/logs")
+    logs = DEMO_DIR / run_id / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     flagstream = [sys.executable, "-m", "flagstream.cli"]
     if not args.stream.exists():
@@ -139,7 +146,9 @@ def run(args: argparse.Namespace) -> int:
                         "--capacity-per-day", str(args.review_capacity),
                         "--chargeback-delay-days", str(args.chargeback_delay_days)])
     print(f"\nbroker      {settings.broker}")
-    print(f"review page {base}/review   token: {token}")
+    print(f"review page {base}/review   sign in as {DEMO_REVIEWER!r} with the token {token}")
+    print(f"            (more reviewers: FLAGSTREAM_DATA_DIR={data_dir} "
+          "flagstream review-tokens add NAME)")
     print(f"metrics     {base}/metrics")
     print(f"logs        {logs}/\n(Ctrl-C stops everything)\n")
     stop = {"now": False}

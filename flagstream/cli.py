@@ -25,6 +25,8 @@ COMMANDS = {
     "worker": ("flagstream.streams.worker", "run a scoring/learning worker (Faust)"),
     "config": ("flagstream.streams.settings_cli", "print the effective settings (secrets masked)"),
     "models": ("flagstream.streams.models_cli", "list, show, promote and roll back model versions"),
+    "review-tokens": ("flagstream.streams.review_access",
+                      "add, remove and list reviewers' own review page tokens"),
     "simulate": ("flagstream.simulation.simulator", "generate a recorded transaction stream"),
     "replay": ("flagstream.simulation.replay", "produce a recorded stream to the transactions topic"),
     "reviewers": ("flagstream.simulation.reviewers",

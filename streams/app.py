@@ -26,7 +26,12 @@ from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.model_key import ModelKey
 from flagstream.sinks.metrics import PipelineMetrics
 from flagstream.streams import topics as names
-from flagstream.streams.compat.internals import idempotent_producers, read_row, shared_table
+from flagstream.streams.compat.internals import (
+    idempotent_producers,
+    no_builtin_web_views,
+    read_row,
+    shared_table,
+)
 from flagstream.streams.config import Settings
 from flagstream.streams.core import ScoringCore
 from flagstream.streams.kafka_security import faust_credentials
@@ -101,6 +106,13 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
         topic_partitions=settings.partitions,
         topic_disable_leader=True,
         web_enabled=True,
+        # Faust's own views read tables (account rows, decisions) and show the cluster
+        # to anyone who reaches the port: all off (and see no_builtin_web_views).
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,
@@ -118,6 +130,7 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         logging_config=None,
     )
+    no_builtin_web_views(app)
     if settings.producer_idempotence:
         idempotent_producers()
     metrics = PipelineMetrics()

@@ -34,6 +34,8 @@ from flagstream.streams import kafka_security
 PREFIX = "FLAGSTREAM_"
 #: Variables with the prefix that are not settings (read by ``scripts/kafka.sh``).
 NOT_SETTINGS = frozenset({"FLAGSTREAM_CACHE"})
+#: The shortest review token accepted from configuration.
+MIN_TOKEN_LENGTH = 16
 
 
 class Secret:
@@ -116,8 +118,16 @@ class Settings:
     #: Web server (metrics, review page); bound to localhost unless configured.
     web_host: str = "127.0.0.1"
     web_port: int = 6066
-    #: Token for the review page and its API.
+    #: A reviewer token given by configuration: it is the reviewer ``admin``'s (scripts, a
+    #: first sign-in); give every person their own (``flagstream review-tokens add NAME``).
+    #: At least 16 characters. Unset while no reviewer has a token, the worker makes one
+    #: for ``admin`` at its first start and prints it once on the console (never logged).
     review_token: Secret = field(default_factory=Secret)
+    #: A review session ends this long after sign-in however busy it is (idle: after 8 h).
+    review_session_lifetime_s: float = 12 * 3_600
+    #: Mark the review page's cookies ``Secure`` although the worker speaks plain HTTP: set
+    #: it behind a proxy that terminates TLS (browsers then send them over HTTPS only).
+    web_secure_cookies: bool = False
     #: Largest accepted transaction record, bytes.
     max_record_bytes: int = 16_384
     #: Deepest accepted JSON nesting.
@@ -210,6 +220,11 @@ class Settings:
         object.__setattr__(self, "security_protocol", kafka_security.normalise(self.security_protocol))
         object.__setattr__(self, "sasl_mechanism", kafka_security.normalise(self.sasl_mechanism))
         kafka_security.check(self)
+        if self.review_token and len(self.review_token.reveal()) < MIN_TOKEN_LENGTH:
+            raise ConfigurationError(f"FLAGSTREAM_REVIEW_TOKEN must be at least {MIN_TOKEN_LENGTH} "
+                                     "characters (or unset: reviewers get their own tokens)")
+        if self.review_session_lifetime_s <= 0:
+            raise ConfigurationError("FLAGSTREAM_REVIEW_SESSION_LIFETIME_S must be positive")
         self._check_operating_point()
 
     def _check_operating_point(self) -> None:

@@ -10,7 +10,8 @@ learner group:
   rebuilt from Kafka: the flags of the last 7 days that have no label on the
   ``feedback`` topic yet (:mod:`flagstream.streams.review_restore`); partitions it
   loses are dropped from the queue;
-- :class:`flagstream.sinks.review.ReviewRoutes` answer under ``/review``;
+- :class:`flagstream.sinks.review.ReviewRoutes` answer under ``/review``, to reviewers
+  with their own tokens (:mod:`flagstream.streams.review_access`);
 - a reviewer's label goes to ``feedback`` (key: transaction id) and the item leaves
   the queue for everyone; the learner agent learns from it.
 """
@@ -27,6 +28,7 @@ from flagstream.codec import loads
 from flagstream.sinks.review import ReviewAuth, ReviewQueue, ReviewRoutes, ReviewService
 from flagstream.sinks.review.views import Route
 from flagstream.streams.app import Pipeline
+from flagstream.streams.review_access import ensure_a_reviewer, reviewer_tokens
 from flagstream.streams.review_restore import LOOKBACK_S, rebuild
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,9 @@ class ReviewRuntime:
         self.lookback_s = lookback_s
         self.review_topic = p.topics["review"].get_topic_name()
         self.feedback_topic = p.topics["feedback"].get_topic_name()
-        self.auth = ReviewAuth.from_setting(p.settings.review_token.reveal())
+        tokens = reviewer_tokens(p.settings)
+        ensure_a_reviewer(tokens)
+        self.auth = ReviewAuth(tokens, lifetime_seconds=p.settings.review_session_lifetime_s)
         self.service = ReviewService(
             self.publish, p.metrics.registry,
             ReviewQueue(max_items=max_items, claim_seconds=claim_seconds),
@@ -71,7 +75,8 @@ class ReviewRuntime:
                 self.ingest(event.message.value, event.message.partition)
 
         app.on_partitions_assigned.connect(self.on_assigned)
-        serve_on_faust(app, ReviewRoutes(self.service, self.auth).routes())
+        routes = ReviewRoutes(self.service, self.auth, secure_cookies=self.p.settings.web_secure_cookies)
+        serve_on_faust(app, routes.routes())
         _ = review_queue
 
     def ingest(self, value: bytes | None, partition: int) -> None:

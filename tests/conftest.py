@@ -36,7 +36,7 @@ def settings(kafka_broker, tmp_path) -> Settings:
         partitions=4,
         data_dir=str(tmp_path / "data"),
         web_port=free_port(),
-        review_token=Secret("test-token"),
+        review_token=Secret("test-review-token-0001"),
         threshold=0.5,
     )
 

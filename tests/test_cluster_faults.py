@@ -194,7 +194,7 @@ def test_a_broker_sigkilled_mid_stream_loses_nothing(kafka_cluster, tmp_path):
         producer_idempotence=True,
         data_dir=str(tmp_path / "data"),
         web_port=free_port(),
-        review_token=Secret("test-token"),
+        review_token=Secret("test-review-token-0001"),
         threshold=0.5,
     )
     stream = MixedStream.build(VALID, HOSTILE)

@@ -8,7 +8,7 @@ from dataclasses import fields
 import yaml
 from kafka_helpers import ROOT
 
-from flagstream.streams.config import Settings
+from flagstream.streams.config import Secret, Settings
 
 
 def compose() -> dict:
@@ -39,3 +39,18 @@ def test_the_image_copies_every_folder_the_package_is_built_from():
                        ["package-dir"].values())
     copied = {m.group(1) for m in re.finditer(r"^COPY (\S+) \1$", (ROOT / "Dockerfile").read_text(), re.M)}
     assert package_dirs <= copied, f"Dockerfile misses {sorted(package_dirs - copied)}"
+
+
+def test_compose_supplies_no_secret_of_its_own():
+    """A default token in a compose file is a token everyone who read the file knows.
+
+    A secret may only be passed through from the operator's environment, with no default.
+    """
+    secrets = {f"FLAGSTREAM_{f.name.upper()}" for f in fields(Settings)
+               if isinstance(getattr(Settings(), f.name), Secret)}
+    for name, service in compose()["services"].items():
+        environment = service.get("environment") or {}
+        for variable in secrets & set(environment):
+            value = str(environment[variable])
+            assert value in {f"${{{variable}}}", f"${{{variable}:-}}", f"${{{variable}-}}"}, (
+                f"{name} gives {variable} a value of its own: {value!r}")

@@ -1,9 +1,12 @@
 """The review page end to end: a real worker, a real broker and real headless Chromium.
 
-A reviewer signs in with the token, sees a freshly flagged transaction appear in the
-queue without reloading, opens it (which reserves it), labels it fraud; the label is
-on the feedback topic and the learner learns from it. Unauthenticated requests get
-401, forged writes get 403, and a second reviewer cannot take a reserved item (409).
+A reviewer signs in with their own token, sees a freshly flagged transaction appear
+in the queue without reloading, opens it (which reserves it), labels it fraud; the
+label is on the feedback topic and the learner learns from it. Unauthenticated
+requests get 401, forged writes get 403, and a second reviewer cannot take a reserved
+item (409). On the same port nothing but flagstream's routes answer (Faust's table,
+router and statistics views are off), a worker that has no reviewer prints a first
+token once on its console and never logs it, and wrong bearer tokens are throttled.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from collections.abc import Callable
 
 import pytest
 from kafka_helpers import FLAG_EVERYTHING, ROOT, produce_json, read_json
+
+from flagstream.sinks.review.credentials import REVIEWERS_FILE, ReviewerTokens
+from flagstream.streams.config import Secret
 
 pytestmark = pytest.mark.integration
 
@@ -58,13 +64,13 @@ def produce_off_loop(settings, records: list[dict]) -> None:
 
 
 class Api:
-    """The review API with the bearer token, as a script or a second reviewer would call it."""
+    """The review API with a reviewer's token, as a script or a second reviewer would call it."""
 
-    def __init__(self, url: str, token: str | None, reviewer: str = "seed") -> None:
-        self.url, self.token, self.reviewer = url, token, reviewer
+    def __init__(self, url: str, token: str | None) -> None:
+        self.url, self.token = url, token
 
     def call(self, path: str, body: dict | None = None) -> tuple[int, dict]:
-        headers = {"X-Reviewer": self.reviewer, "Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         data = None if body is None else json.dumps(body).encode()
@@ -116,8 +122,10 @@ def test_reviewer_labels_a_flagged_transaction_in_the_browser(settings, worker_f
     from playwright.sync_api import expect, sync_playwright
 
     started = time.monotonic()
+    operator = ReviewerTokens(settings.data_path / REVIEWERS_FILE)  # `flagstream review-tokens add`
+    ana_token, ben_token = operator.add("Ana Ruiz"), operator.add("Ben")
     worker = worker_factory(**FLAG_EVERYTHING)  # flag everything
-    api = Api(worker.url, settings.review_token.reveal())
+    api = Api(worker.url, settings.review_token.reveal())  # the configured token: reviewer admin
 
     # --- unauthenticated: 401, for the page and the API ------------------------------
     for path in ("/review/", "/review/api/queue"):
@@ -152,11 +160,10 @@ def test_reviewer_labels_a_flagged_transaction_in_the_browser(settings, worker_f
             response = page.goto(worker.url + "/review/")
             assert response is not None
             page.wait_for_url("**/review/login")
-            page.fill("#reviewer", "Ana Ruiz")
             page.fill("#token", "not-the-token")
             page.click("#sign-in")
             expect(page.locator("#login-error")).to_contain_text("Wrong token")
-            page.fill("#token", settings.review_token.reveal())
+            page.fill("#token", ana_token)  # her token says who she is
             page.click("#sign-in")
             page.wait_for_url("**/review/")
             expect(page.locator("#who")).to_have_text("Ana Ruiz")
@@ -184,7 +191,7 @@ def test_reviewer_labels_a_flagged_transaction_in_the_browser(settings, worker_f
             target_id = row.get_attribute("data-id")
 
             # --- a second reviewer cannot take it meanwhile ----------------------------
-            ben = Api(worker.url, settings.review_token.reveal(), reviewer="Ben")
+            ben = Api(worker.url, ben_token)
             status, body = ben.call(f"/review/api/items/{target_id}/claim", {})
             assert status == 409 and body["claimed_by"] == "Ana Ruiz"
             assert ben.call(f"/review/api/items/{target_id}/decision", {"label": "legit"})[0] == 409
@@ -238,7 +245,7 @@ def test_reviewer_labels_a_flagged_transaction_in_the_browser(settings, worker_f
 def test_the_queue_is_rebuilt_from_kafka_after_a_restart(settings, worker_factory):
     """Pending flags come back after a restart; decided ones do not (their labels are on feedback)."""
     first = worker_factory(**FLAG_EVERYTHING)
-    api = Api(first.url, settings.review_token.reveal(), reviewer="Ana")
+    api = Api(first.url, settings.review_token.reveal())
     produce_json(settings, "transactions",
                  [transaction(f"t-r{i}", f"c-{i}", "m-1", 20.0 + i, i) for i in range(6)], "account_id")
     items = wait_until(lambda: (lambda got: got if len(got) == 6 else None)(api.items()),
@@ -249,9 +256,65 @@ def test_the_queue_is_rebuilt_from_kafka_after_a_restart(settings, worker_factor
     first.stop()
 
     second = worker_factory(**FLAG_EVERYTHING)
-    api = Api(second.url, settings.review_token.reveal(), reviewer="Ana")
+    api = Api(second.url, settings.review_token.reveal())
     rebuilt = wait_until(lambda: (lambda got: got if len(got) >= 4 else None)(api.items()),
                          what="the rebuilt queue")
     time.sleep(1.0)  # anything that should not be there would have arrived by now
     assert {i["transaction_id"] for i in api.items()} == {f"t-r{i}" for i in range(6)} - decided
     assert len(rebuilt) == 4
+
+
+#: Where Faust (0.15.3) mounts its own views: tables, routing, statistics, graph, index.
+FAUST_VIEWS = ("/", "/table/", "/table/accounts/", "/table/accounts/{account}/",
+               "/table/decisions/", "/table/decisions/{transaction}/", "/router/",
+               "/router/accounts/{account}/", "/stats/", "/assignment/", "/graph/", "/performance/")
+
+
+def get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_only_flagstreams_routes_answer_and_the_first_token_is_printed_not_logged(settings, worker_factory):
+    worker = worker_factory(**FLAG_EVERYTHING, review_token=Secret(""))  # no token configured, none made
+
+    # --- a first token for "admin": on the console once, on a line of its own, never logged
+    output = worker.run_log().decode()
+    token = output.split("Sign in at /review/login with it:")[1].split()[0]
+    assert output.count(token) == 1
+    assert [line.strip() for line in output.splitlines() if token in line] == [token]
+    api = Api(worker.url, token)
+
+    # --- state worth stealing: an account row and the decision the learner recorded -------
+    produce_json(settings, "transactions", [transaction(TARGET, "c-7", "m-1", 75.0, 1)], "account_id")
+    wait_until(lambda: worker.metric("flagstream_decisions_recorded_total") >= 1,
+               what="the learner to record the decision")
+    [item] = wait_until(api.items, what="the flag in the queue")
+    status, body = api.call(f"/review/api/items/{item['id']}/decision", {"label": "fraud"})
+    assert status == 200 and body["feedback"]["reviewer"] == "admin"
+
+    # --- Faust's own views: not there, with or without a token --------------------------
+    for template in FAUST_VIEWS:
+        path = template.format(account="c-7", transaction=TARGET)
+        for credential in (None, token):
+            status, body = get(worker.url + path, credential)
+            assert status in {401, 404}, f"{path} answered {status}: {body[:200]!r}"
+            assert b"c-7" not in body and TARGET.encode() not in body and b"accounts" not in body
+    assert get(worker.url + "/healthz")[0] == 200 and "flagstream_events_in_total" in worker.metrics()
+
+    # --- wrong bearer tokens: throttled per address, then even the right one is refused ---
+    wrong = [Api(worker.url, f"guess-{i}").call("/review/api/queue")[0] for i in range(10)]
+    assert wrong == [401] * 10
+    assert Api(worker.url, "guess-x").call("/review/api/queue")[0] == 429
+    assert api.call("/review/api/queue")[0] == 429
+
+    # --- a restart with the same data: the token is not printed again, and still works ----
+    worker.stop()
+    again = worker_factory(**FLAG_EVERYTHING, review_token=Secret(""))
+    assert token.encode() not in again.run_log() and b"Sign in at /review/login" not in again.run_log()
+    assert Api(again.url, token).call("/review/api/session") == (
+        200, {"reviewer": "admin", "csrf_token": None, "claim_seconds": 120.0})

@@ -35,9 +35,10 @@ def test_a_wrong_variable_is_an_error_that_names_it(env, named):
 
 
 def test_secrets_never_show_in_str_repr_format_logs_or_config(caplog):
-    s = Settings.from_env({"FLAGSTREAM_SASL_PASSWORD": "hunter2", "FLAGSTREAM_REVIEW_TOKEN": "tok3n",
+    s = Settings.from_env({"FLAGSTREAM_SASL_PASSWORD": "hunter2",
+                           "FLAGSTREAM_REVIEW_TOKEN": "tok3n-tok3n-tok3n",
                            "FLAGSTREAM_MODEL_HMAC_KEY": "k3y"})
-    secrets = ("hunter2", "tok3n", "k3y")
+    secrets = ("hunter2", "tok3n-tok3n-tok3n", "k3y")
     with caplog.at_level(logging.INFO):
         logging.getLogger("probe").info("settings %s %r", s, s.review_token)
         logging.getLogger("probe").info(f"token {s.review_token} {s.sasl_password!s}")

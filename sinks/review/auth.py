@@ -1,32 +1,44 @@
-"""Who may use the review page: one shared token, reviewer sessions, CSRF tokens.
+"""Who may use the review page: per-reviewer tokens, reviewer sessions, CSRF tokens, throttling.
 
-A reviewer signs in with the token and a name and gets a server-side session (an
-HttpOnly, SameSite=Strict cookie holds only its random id) with its own CSRF
-token, which every write must echo. Scripts may instead send
-``Authorization: Bearer <token>`` (no cookie, so no CSRF risk). Repeated wrong
-tokens from one address are refused for a while.
+Every reviewer has their own token (:mod:`.credentials`); the token says who is
+acting, nothing the caller sends can change that. A reviewer signs in with their
+token and gets a server-side session (an HttpOnly, SameSite=Strict cookie holds only
+its random id) with its own CSRF token, which every write must echo. A session ends
+after ``idle_seconds`` unused, after ``lifetime_seconds`` whatever happens, and when
+the reviewer's token is withdrawn or replaced. Scripts may instead send
+``Authorization: Bearer <token>`` (no cookie, so no CSRF risk).
 
->>> auth = ReviewAuth("s3cret", clock=lambda: 0.0)
->>> auth.login("wrong", "ana") is None, auth.login("s3cret", "ana").reviewer
+Wrong tokens are throttled per client address, the same way on the sign-in form and
+in a bearer header: after ``max_failures`` wrong tokens within ``failure_window``
+seconds the address is refused every token, right or wrong, until the oldest of
+those failures is ``failure_window`` old.
+
+>>> now = [0.0]
+>>> tokens = ReviewerTokens(None)
+>>> ana = tokens.add("ana")
+>>> auth = ReviewAuth(tokens, lifetime_seconds=3_600, clock=lambda: now[0])
+>>> auth.login("wrong") is None, auth.login(ana).reviewer
 (True, 'ana')
->>> s = auth.login("s3cret", "ben")
+>>> s = auth.login(ana)
 >>> auth.session(s.session_id) is s, auth.csrf_ok(s, s.csrf), auth.csrf_ok(s, "forged")
 (True, True, False)
->>> auth.bearer_ok("Bearer s3cret"), auth.bearer_ok("Bearer nope"), auth.bearer_ok(None)
-(True, False, False)
+>>> auth.bearer(f"Bearer {ana}").reviewer, auth.bearer("Bearer nope"), auth.bearer(None)
+('ana', None, None)
+>>> now[0] = 3_601.0  # past the absolute lifetime, however busy the session was
+>>> auth.session(s.session_id) is None
+True
 """
 
 from __future__ import annotations
 
 import hmac
-import logging
 import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-log = logging.getLogger(__name__)
+from flagstream.sinks.review.credentials import Credential, ReviewerTokens
 
 SESSION_COOKIE = "flagstream_review"
 LOGIN_COOKIE = "flagstream_review_login"
@@ -37,21 +49,27 @@ class Session:
     """A signed-in reviewer."""
 
     session_id: str
-    reviewer: str
+    credential: Credential
     csrf: str
     created: float
     last_seen: float
 
+    @property
+    def reviewer(self) -> str:
+        return self.credential.reviewer
+
 
 class ReviewAuth:
-    """Token check, sessions with idle expiry, CSRF check and a failed-login throttle.
+    """Token check, sessions with idle and absolute expiry, CSRF check and a wrong-token throttle.
 
     Parameters
     ----------
-    token
-        The shared review token; must not be empty (see :meth:`from_setting`).
+    tokens
+        The reviewers and their token digests.
     idle_seconds
         A session unused this long is gone.
+    lifetime_seconds
+        A session this old is gone, however recently it was used.
     max_sessions
         The most sessions held (oldest dropped first).
     max_failures, failure_window
@@ -60,17 +78,19 @@ class ReviewAuth:
 
     def __init__(
         self,
-        token: str,
+        tokens: ReviewerTokens,
         idle_seconds: float = 8 * 3_600,
+        lifetime_seconds: float = 12 * 3_600,
         max_sessions: int = 1_000,
         max_failures: int = 10,
         failure_window: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not token:
-            raise ValueError("the review token must not be empty")
-        self._token = token.encode()
+        if idle_seconds <= 0 or lifetime_seconds <= 0:
+            raise ValueError("session timeouts must be positive")
+        self.tokens = tokens
         self.idle_seconds = idle_seconds
+        self.lifetime_seconds = lifetime_seconds
         self.max_sessions = max_sessions
         self.max_failures = max_failures
         self.failure_window = failure_window
@@ -78,35 +98,24 @@ class ReviewAuth:
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._failures: dict[str, deque[float]] = {}
 
-    @classmethod
-    def from_setting(cls, token: str, **kwargs) -> ReviewAuth:
-        """Use the configured token, or generate one and log it once."""
-        if not token:
-            token = secrets.token_urlsafe(24)
-            log.warning(
-                "FLAGSTREAM_REVIEW_TOKEN is not set; the review page token for this run is %s", token
-            )
-        return cls(token, **kwargs)
+    def identify(self, token: object) -> Credential | None:
+        """Whose token this is (None for a wrong one)."""
+        return self.tokens.match(token)
 
-    def token_ok(self, candidate: object) -> bool:
-        """Constant-time comparison with the review token."""
-        if not isinstance(candidate, str) or not candidate:
-            return False
-        return hmac.compare_digest(candidate.encode(), self._token)
-
-    def bearer_ok(self, header: str | None) -> bool:
-        """Is ``header`` an ``Authorization: Bearer <token>`` with the right token?"""
+    def bearer(self, header: str | None) -> Credential | None:
+        """The credential in an ``Authorization: Bearer <token>`` header, or None."""
         if not header:
-            return False
+            return None
         scheme, _, value = header.partition(" ")
-        return scheme.lower() == "bearer" and self.token_ok(value.strip())
+        return self.identify(value.strip()) if scheme.lower() == "bearer" else None
 
-    def login(self, token: object, reviewer: str) -> Session | None:
-        """A new session for ``reviewer`` if the token is right."""
-        if not self.token_ok(token):
+    def login(self, token: object) -> Session | None:
+        """A new session for the reviewer whose token this is, or None."""
+        credential = self.identify(token)
+        if credential is None:
             return None
         now = self.clock()
-        session = Session(secrets.token_urlsafe(32), reviewer, secrets.token_urlsafe(32), now, now)
+        session = Session(secrets.token_urlsafe(32), credential, secrets.token_urlsafe(32), now, now)
         self._sessions[session.session_id] = session
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
@@ -120,7 +129,9 @@ class ReviewAuth:
         if session is None:
             return None
         now = self.clock()
-        if now - session.last_seen > self.idle_seconds:
+        if (now - session.last_seen > self.idle_seconds
+                or now - session.created > self.lifetime_seconds
+                or not self.tokens.holds(session.credential)):
             del self._sessions[session_id]
             return None
         session.last_seen = now
@@ -139,13 +150,19 @@ class ReviewAuth:
 
     def throttled(self, address: str) -> bool:
         """Has ``address`` sent too many wrong tokens lately?"""
+        return self.retry_after(address) > 0
+
+    def retry_after(self, address: str) -> float:
+        """Seconds until ``address`` may try a token again (0: now)."""
         failures = self._failures.get(address)
         if not failures:
-            return False
-        cutoff = self.clock() - self.failure_window
-        while failures and failures[0] < cutoff:
+            return 0.0
+        now = self.clock()
+        while failures and failures[0] < now - self.failure_window:
             failures.popleft()
-        return len(failures) >= self.max_failures
+        if len(failures) < self.max_failures:
+            return 0.0
+        return max(0.0, failures[0] + self.failure_window - now)
 
     def failed(self, address: str) -> None:
         """Count a wrong token from ``address``."""

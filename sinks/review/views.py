@@ -5,11 +5,13 @@
 them on Faust's web server (:mod:`flagstream.streams.review_page`), tests serve
 :meth:`ReviewRoutes.application` directly.
 
-``/review/login`` signs a reviewer in; ``/review/`` is the page; ``/review/api/*`` is
-the JSON API the page polls. Every route but the login form and the static files
-needs a session cookie or ``Authorization: Bearer <token>`` (401 otherwise); every
-write made with a session cookie needs the session's CSRF token in an
-``X-CSRF-Token`` header or a ``csrf_token`` form field (403 otherwise).
+``/review/login`` signs a reviewer in with their own token; ``/review/`` is the page;
+``/review/api/*`` is the JSON API the page polls. Every route but the login form and
+the static files needs a session cookie or ``Authorization: Bearer <token>`` (401
+otherwise); the reviewer is the one the token belongs to (an ``X-Reviewer`` header
+naming anyone else is refused, 403). Every write made with a session cookie needs the
+session's CSRF token in an ``X-CSRF-Token`` header or a ``csrf_token`` form field (403
+otherwise). Too many wrong tokens from one address, in the form or a header: 429.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from aiohttp import web
 from flagstream.codec import dumps
 from flagstream.sinks.review.auth import LOGIN_COOKIE, SESSION_COOKIE, ReviewAuth, Session
 from flagstream.sinks.review.queue import SORTS, ClaimConflict, NotQueued
-from flagstream.sinks.review.service import InvalidDecision, ReviewService, clean_reviewer
+from flagstream.sinks.review.service import InvalidDecision, ReviewService
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ def _redirect(location: str) -> web.Response:
 
 
 class Caller:
-    """Who is calling: a signed-in reviewer (``session``) or a script with the bearer token."""
+    """Who is calling: a signed-in reviewer (``session``) or a script with a reviewer's token."""
 
     def __init__(self, session: Session | None, reviewer: str) -> None:
         self.session = session
@@ -103,20 +105,27 @@ class ReviewRoutes:
         The review queue and the labels it publishes.
     auth
         Tokens, sessions, CSRF and throttling.
+    secure_cookies
+        Mark cookies ``Secure`` (sent over HTTPS only) even when the request came in
+        over plain HTTP: behind a proxy that terminates TLS. Requests that arrive over
+        TLS always get ``Secure`` cookies.
 
     Examples
     --------
     >>> from prometheus_client import CollectorRegistry
+    >>> from flagstream.sinks.review.credentials import ReviewerTokens
     >>> from flagstream.sinks.review.queue import ReviewQueue
     >>> async def publish(key, value): pass
-    >>> routes = ReviewRoutes(ReviewService(publish, CollectorRegistry(), ReviewQueue()), ReviewAuth("t"))
+    >>> service = ReviewService(publish, CollectorRegistry(), ReviewQueue())
+    >>> routes = ReviewRoutes(service, ReviewAuth(ReviewerTokens(None)))
     >>> sorted({r.path for r in routes.routes()})[:3]
     ['/review', '/review/', '/review/api/items/{item_id}']
     """
 
-    def __init__(self, service: ReviewService, auth: ReviewAuth) -> None:
+    def __init__(self, service: ReviewService, auth: ReviewAuth, secure_cookies: bool = False) -> None:
         self.service = service
         self.auth = auth
+        self.secure_cookies = secure_cookies
         self.static = _static_files()
 
     def routes(self) -> list[Route]:
@@ -143,19 +152,57 @@ class ReviewRoutes:
         return app
 
     # --- who is calling ------------------------------------------------------------------------
-    def caller(self, request: web.Request) -> Caller | None:
-        """An explicit Authorization header wins over a cookie (and must be right)."""
-        auth = self.auth
+    def caller(self, request: web.Request) -> Caller | web.Response:
+        """The caller, or the refusal to send (401, 403 or 429).
+
+        An explicit Authorization header wins over a cookie (and must be right). The
+        reviewer is the credential's; an ``X-Reviewer`` header naming anyone else is refused.
+        """
         header = request.headers.get("Authorization")
-        if header is not None:
-            if not auth.bearer_ok(header):
-                return None
-            try:
-                return Caller(None, clean_reviewer(request.headers.get("X-Reviewer") or "api"))
-            except InvalidDecision:
-                return Caller(None, "api")
-        session = auth.session(request.cookies.get(SESSION_COOKIE))
-        return Caller(session, session.reviewer) if session is not None else None
+        if header is None:
+            session = self.auth.session(request.cookies.get(SESSION_COOKIE))
+            if session is None:
+                return _error(401, "sign in at /review/login or send a bearer token")
+            who = Caller(session, session.reviewer)
+        else:
+            throttled = self.throttled(request)
+            if throttled is not None:
+                return throttled
+            credential = self.auth.bearer(header)
+            if credential is None:
+                self.wrong_token(request, "bearer token")
+                return _error(401, "wrong bearer token")
+            who = Caller(None, credential.reviewer)
+        claimed = request.headers.get("X-Reviewer")
+        if claimed is not None and claimed.strip() != who.reviewer:
+            log.warning("refused a request whose X-Reviewer header is not its credential's "
+                        "reviewer, from %s", request.remote)
+            return _error(403, "the reviewer is the credential's owner; X-Reviewer cannot change it")
+        return who
+
+    def throttled(self, request: web.Request) -> web.Response | None:
+        """429 when the caller's address sent too many wrong tokens lately, else None."""
+        wait = self.auth.retry_after(request.remote or "?")
+        if wait <= 0:
+            return None
+        response = _error(429, "too many wrong tokens from this address; try again later",
+                          retry_after=round(wait))
+        response.headers["Retry-After"] = str(max(1, round(wait)))
+        return response
+
+    def wrong_token(self, request: web.Request, what: str) -> None:
+        address = request.remote or "?"
+        self.auth.failed(address)
+        if self.auth.throttled(address):
+            log.warning("too many wrong review tokens from %s; refusing its tokens for a while",
+                        address)
+        else:
+            log.info("wrong review %s from %s", what, address)
+
+    def set_cookie(self, request: web.Request, response: web.Response, name: str, value: str,
+                   path: str, max_age: int) -> None:
+        response.set_cookie(name, value, max_age=max_age, path=path, httponly=True,
+                            samesite="Strict", secure=self.secure_cookies or request.secure or None)
 
     async def read_form(self, request: web.Request) -> dict[str, Any]:
         if request.content_length is not None and request.content_length > MAX_BODY:
@@ -168,8 +215,8 @@ class ReviewRoutes:
     async def writer(self, request: web.Request) -> tuple[Caller | None, dict, web.Response | None]:
         """Authenticate a write, read its body, check its CSRF token."""
         who = self.caller(request)
-        if who is None:
-            return None, {}, _error(401, "sign in at /review/login or send a bearer token")
+        if isinstance(who, web.Response):
+            return None, {}, who
         try:
             form = await self.read_form(request)
         except web.HTTPRequestEntityTooLarge:
@@ -183,17 +230,13 @@ class ReviewRoutes:
                 return who, form, _error(403, "missing or wrong CSRF token")
         return who, form, None
 
-    def login_page(
-        self, request: web.Request, status: int = 200, error: str = "", reviewer: str = ""
-    ) -> web.Response:
+    def login_page(self, request: web.Request, status: int = 200, error: str = "") -> web.Response:
         nonce = secrets.token_urlsafe(24)
-        values = {"csrf": nonce, "error": error, "reviewer": reviewer,
-                  "error_class": "error" if error else "error hidden"}
+        values = {"csrf": nonce, "error": error, "error_class": "error" if error else "error hidden"}
         page = re.sub(r"\{\{(\w+)\}\}", lambda m: html.escape(values[m.group(1)], quote=True),
                       self.static["login.html"][0].decode())
         response = _respond(page.encode(), "text/html", status)
-        response.set_cookie(LOGIN_COOKIE, nonce, max_age=900, path="/review/login", httponly=True,
-                            samesite="Strict", secure=request.secure or None)
+        self.set_cookie(request, response, LOGIN_COOKIE, nonce, "/review/login", 900)
         return response
 
     # --- pages -----------------------------------------------------------------------------------
@@ -201,8 +244,11 @@ class ReviewRoutes:
         return _redirect("/review/")
 
     async def page(self, request: web.Request) -> web.Response:
-        if self.caller(request) is None:
-            return _respond(self.static["unauthorized.html"][0], "text/html", 401)
+        who = self.caller(request)
+        if isinstance(who, web.Response):
+            if who.status == 401:
+                return _respond(self.static["unauthorized.html"][0], "text/html", 401)
+            return who
         return _respond(self.static["review.html"][0], "text/html")
 
     async def login_form(self, request: web.Request) -> web.Response:
@@ -222,20 +268,14 @@ class ReviewRoutes:
         if not cookie or not nonce or not hmac.compare_digest(cookie.encode(), nonce.encode()):
             return self.login_page(request, 403,
                                    "The form expired or did not come from this page; try again.")
-        name = str(form.get("reviewer", ""))
-        try:
-            reviewer = clean_reviewer(name)
-        except InvalidDecision:
-            return self.login_page(request, 400, "Enter your name.", name)
-        session = auth.login(str(form.get("token", "")), reviewer)
+        session = auth.login(str(form.get("token", "")).strip())
         if session is None:
-            auth.failed(address)
-            log.warning("review sign-in with a wrong token from %s", address)
-            return self.login_page(request, 401, "Wrong token.", reviewer)
-        log.info("reviewer %r signed in from %s", reviewer, address)
+            self.wrong_token(request, "sign-in token")
+            return self.login_page(request, 401, "Wrong token.")
+        log.info("reviewer %r signed in from %s", session.reviewer, address)
         response = _redirect("/review/")
-        response.set_cookie(SESSION_COOKIE, session.session_id, path="/review", httponly=True,
-                            samesite="Strict", secure=request.secure or None)
+        self.set_cookie(request, response, SESSION_COOKIE, session.session_id, "/review",
+                        int(auth.lifetime_seconds))
         response.del_cookie(LOGIN_COOKIE, path="/review/login")
         return response
 
@@ -258,8 +298,8 @@ class ReviewRoutes:
     # --- the JSON API ------------------------------------------------------------------------------
     async def session(self, request: web.Request) -> web.Response:
         who = self.caller(request)
-        if who is None:
-            return _error(401, "not signed in")
+        if isinstance(who, web.Response):
+            return who
         return _json({
             "reviewer": who.reviewer,
             "csrf_token": who.session.csrf if who.session else None,
@@ -269,8 +309,8 @@ class ReviewRoutes:
     async def queue(self, request: web.Request) -> web.Response:
         service = self.service
         who = self.caller(request)
-        if who is None:
-            return _error(401, "not signed in")
+        if isinstance(who, web.Response):
+            return who
         try:
             offset = max(0, int(request.query.get("offset", 0)))
             limit = min(200, max(1, int(request.query.get("limit", 50))))
@@ -291,8 +331,9 @@ class ReviewRoutes:
         })
 
     async def item(self, request: web.Request, item_id: str) -> web.Response:
-        if self.caller(request) is None:
-            return _error(401, "not signed in")
+        who = self.caller(request)
+        if isinstance(who, web.Response):
+            return who
         detail = self.service.detail(item_id)
         if detail is None:
             return _error(404, "this item is no longer in the queue")

@@ -83,6 +83,20 @@ def idempotent_producers() -> None:
     driver.Producer._settings_extra = settings_extra  # type: ignore[method-assign]
 
 
+def no_builtin_web_views(app: faust.App) -> None:
+    """Serve none of Faust's own web views: only the routes flagstream registers answer.
+
+    Faust (0.15.3) mounts its blueprints (``/table``, ``/router``, ``/stats``,
+    ``/graph``, ``/performance``, an index at ``/``) when the web server starts; the
+    ``web_*_enabled`` settings turn off all but the index. An empty set of blueprints
+    leaves nothing of Faust's to answer, whatever those settings or ``APP_WEB_*``
+    environment variables say.
+    """
+    from faust.web.base import BlueprintManager
+
+    app.web.blueprints = BlueprintManager()
+
+
 def on_replicated(table: Any, note: Callable[[Iterable[bytes]], None]) -> None:
     """Call ``note(keys)`` with the keys of every changelog batch ``table`` replicates."""
     replicate = table.apply_changelog_batch
