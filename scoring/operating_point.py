@@ -14,7 +14,8 @@ their chargebacks to have arrived, so recall is not overstated.
 :class:`flagstream.scoring.policy.FixedThreshold`, so it can replace it in the scoring core;
 ``observe`` feeds it labels and ``update`` moves the threshold toward the target
 by at most ``max_step`` at a time, reporting the recall at the threshold with a
-Wilson interval.
+Wilson interval. Whatever the labels say, the threshold stays within ``[floor, ceiling]``:
+feedback can tune it, never turn flagging off or flag everything.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(7)
@@ -132,6 +133,13 @@ class OperatingPoint:
         In capacity mode the threshold only comes down when alarms are this far below capacity.
     seed
         Seed of the bootstrap in :meth:`bootstrap`.
+    floor, ceiling
+        The lowest and highest threshold feedback can move it to (an ``initial_threshold``
+        the operator set outside them is kept, and never moved further out).
+
+    >>> op = OperatingPoint(min_labels=1, min_frauds=1, max_step=1.0, floor=0.05)
+    >>> op.observe(0.001, "fraud"); round(op.update().threshold, 3)
+    0.05
     """
 
     def __init__(
@@ -149,9 +157,13 @@ class OperatingPoint:
         slack: float = 0.1,
         seed: int = 0,
         clock: Callable[[], float] = time.time,
+        floor: float = 0.05,
+        ceiling: float = 0.95,
     ) -> None:
         if target_recall is None and capacity_per_day is None:
             raise ValueError("state a target: target_recall or capacity_per_day")
+        if not 0.0 <= floor <= ceiling <= 1.0:
+            raise ValueError("need 0 <= floor <= ceiling <= 1")
         if target_recall is not None and not 0.0 < target_recall <= 1.0:
             raise ValueError("target_recall must be in (0, 1]")
         self.target_recall = target_recall
@@ -167,6 +179,8 @@ class OperatingPoint:
         self.slack = slack
         self.seed = seed
         self.clock = clock
+        self.floor = floor
+        self.ceiling = ceiling
         self.threshold = float(initial_threshold)
         self._labels: deque[tuple[float, int, bool, float]] = deque(maxlen=window)
         self._traffic: deque[tuple[float, np.ndarray]] = deque()
@@ -269,10 +283,11 @@ class OperatingPoint:
         )
         if enough and target is not None:
             move = self._direction(scores, labels, target, capacity_t)
+            t = self.threshold  # never moved past the floor or the ceiling (nor further out)
             if move == "down":
-                self.threshold = max(target, self.threshold - self.max_step)
+                self.threshold = max(target, t - self.max_step, min(self.floor, t))
             elif move == "up":
-                self.threshold = min(target, self.threshold + self.max_step)
+                self.threshold = min(target, t + self.max_step, max(self.ceiling, t))
         recall, low, high = self.recall_at(self.threshold)
         flagged = labels[scores >= self.threshold]
         precision = float(flagged.mean()) if len(flagged) else None

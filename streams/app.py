@@ -153,6 +153,10 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
         tables["decisions"] = app.Table("decisions", partitions=settings.partitions,
                                         key_type=bytes, value_type=bytes,
                                         extra_topic_configs=durability(settings))
+        # each transaction's effective label (flagstream.scoring.label_ledger), keyed like decisions
+        tables["labels"] = app.Table("labels", partitions=settings.partitions,
+                                     key_type=bytes, value_type=bytes,
+                                     extra_topic_configs=durability(settings))
 
     accounts_table = tables.get("accounts")
     n = settings.partitions
@@ -169,6 +173,8 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
         target_recall=None if settings.review_capacity_per_day > 0 else settings.target_recall,
         capacity_per_day=settings.review_capacity_per_day or None,
         initial_threshold=settings.threshold,
+        floor=settings.threshold_floor,
+        ceiling=settings.threshold_ceiling,
     )
     core = ScoringCore(
         handle, policy, accounts, merchants,

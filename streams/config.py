@@ -132,10 +132,17 @@ class Settings:
     #: when review_capacity_per_day > 0, the number of flags reviewers can work a day.
     target_recall: float = 0.8
     review_capacity_per_day: float = 0.0
+    #: The lowest and highest threshold feedback can move the operating point to.
+    threshold_floor: float = 0.05
+    threshold_ceiling: float = 0.95
 
     # --- learning and the model lifecycle ----------------------------------------------------
     #: How long feature vectors are kept for joining feedback, seconds (event time).
     feature_retention_s: float = 35 * 86_400
+    #: Labels learned per clock hour from one (source, reviewer), and from one source
+    #: (review, chargeback, auto); past either, a label goes to feedback.dlq as rate_limited.
+    feedback_labels_per_reviewer_hour: int = 10_000
+    feedback_labels_per_source_hour: int = 50_000
     #: The champion model's learning rate.
     learning_rate: float = 0.005
     #: Shadow challengers: ``name:param=value,...;name:...`` (empty: none).

@@ -25,7 +25,7 @@ from flagstream.scoring.challengers import parse_decision
 from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.sinks.dead_letter import dead_letter, headers
 from flagstream.streams.app import Pipeline
-from flagstream.streams.compat.internals import current_event
+from flagstream.streams.compat.internals import current_event, kafka_producer
 from flagstream.streams.delivery import deliver, send_activity
 from flagstream.streams.faust_batches import PartitionRecords, ack_all, by_partition, records_by_partition
 from flagstream.streams.learner_runtime import LearnerRuntime, recovery_done
@@ -80,6 +80,7 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
                     pending += await _learn_partition(p, rt, partition, group, names, labelled)
                 pending += await rt.send(rt.due())
                 await deliver(pending)
+                await rt.labels.write(kafka_producer(p.app))  # effective labels, before the ack
                 await rt.persist()
                 ack_all(events)
             for _decision, label, feedback in labelled:
@@ -163,6 +164,8 @@ async def _learn_partition(p: Pipeline, rt: LearnerRuntime, partition: int,
     if len(outcome.activity):
         pending.extend(await send_activity(p, outcome.activity))
     labelled.extend(outcome.labelled)
+    metrics.feedback_ignored.inc(outcome.repeats)
+    metrics.feedback_replaced.inc(outcome.replaced)
     return pending
 
 
