@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from test_review_queue import sign_in, web_client  # noqa: F401 (the review page's fixture)
 
 from flagstream.codec import dumps
 from flagstream.features.layout import N_FEATURES
@@ -208,3 +209,17 @@ def test_hourly_budget_keeps_no_entries_for_refused_names():
     for k in range(1_000):
         budget.take("review", f"name-{k}", NOW_MS)
     assert len(budget.counts) == 11  # the source and the ten names it admitted
+
+
+async def test_the_review_page_labels_with_the_signed_in_reviewer_only(web_client):  # noqa: F811
+    client, svc, sent = web_client
+    csrf = await sign_in(client, "ana")
+    item = svc.queue.page(0, 1)[1][0]
+    forged = {"label": "fraud", "reviewer": "mallory", "source": "chargeback",
+              "transaction_id": "t-somebody-else"}
+    resp = await client.post(f"/review/api/items/{item.item_id}/decision", json=forged,
+                             headers={"X-CSRF-Token": csrf})
+    assert resp.status == 200
+    key, label = sent[0]
+    assert key == item.transaction_id.encode() and label["transaction_id"] == item.transaction_id
+    assert (label["reviewer"], label["source"]) == ("ana", "review")

@@ -110,7 +110,8 @@ def test_capacity_target_flags_no_more_than_people_can_review():
 def test_capacity_wins_over_an_unaffordable_recall_target():
     now = [0.0]
     op = OperatingPoint(target_recall=0.99, capacity_per_day=100, min_labels=10, min_frauds=5,
-                        initial_threshold=0.5, max_step=1.0, clock=lambda: now[0])
+                        initial_threshold=0.5, max_step=1.0, clock=lambda: now[0],
+                        ceiling=1.0)  # capacity needs a threshold above the default ceiling
     feed(op, np.linspace(0.05, 0.95, 50), np.linspace(0.0, 0.5, 50))
     for hour in range(3):
         now[0] = hour * 3_600.0
@@ -170,7 +171,7 @@ scores = st.floats(0.0, 1.0, allow_nan=False)
 )
 def test_recall_at_the_chosen_threshold_meets_the_target_when_achievable(frauds, legits, target, start):
     op = OperatingPoint(target_recall=target, min_labels=10, min_frauds=10, initial_threshold=start,
-                        max_step=1.0)
+                        max_step=1.0, floor=0.0, ceiling=1.0)
     feed(op, frauds, legits)
     est = op.update()
     fr = np.asarray(frauds)
