@@ -5,6 +5,10 @@ label leakage). Unknown, expired and malformed feedback is rejected with a reaso
 The champion and every shadow challenger learn each label; the gate (if any) scores
 it against what each of them said before the label was known.
 
+With a :class:`flagstream.scoring.label_ledger.LabelLedger` (the worker always has one)
+only a transaction's effective label is learned: repeats are counted and skipped;
+conflicting, unflagged and over-budget labels are rejected with their reason.
+
 Learning is idempotent by feedback offset: the learner remembers, per partition, the
 last offset it has learned, and skips anything at or below it. A snapshot holds the
 models *and* those offsets, so a learner restored from one and fed the same feedback

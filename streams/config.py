@@ -191,6 +191,9 @@ class Settings:
             )
         if self.shutdown_deadline_s <= 0:
             raise ConfigurationError("FLAGSTREAM_SHUTDOWN_DEADLINE_S must be positive")
+        if not 0.0 <= self.threshold_floor <= self.threshold_ceiling <= 1.0:
+            raise ConfigurationError("FLAGSTREAM_THRESHOLD_FLOOR must be at most "
+                                     "FLAGSTREAM_THRESHOLD_CEILING, both in [0, 1]")
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed."""

@@ -6,7 +6,8 @@ and the challengers, runs the gate and the drift watch, and publishes versions t
 the registry on the compacted ``models`` topic (:mod:`flagstream.scoring.registry`).
 
 A feedback batch is acknowledged only after (1) its outputs (dead letters, merchant
-activity, model records) are delivered and (2) a snapshot of the models and the
+activity, model records) are delivered, (2) the effective labels it admitted are in the
+``labels`` table's changelog (:mod:`flagstream.streams.label_table`) and (3) a snapshot of the models and the
 feedback offsets they cover is on disk (atomic, sealed). A learner killed at any
 moment restarts from its newest valid snapshot (local file, else the copy on the
 ``models`` topic) and skips the feedback at offsets that snapshot already covers.
@@ -25,7 +26,7 @@ from flagstream.scoring.challengers import parse_decision
 from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.sinks.dead_letter import dead_letter, headers
 from flagstream.streams.app import Pipeline
-from flagstream.streams.compat.internals import current_event, kafka_producer
+from flagstream.streams.compat.internals import current_event
 from flagstream.streams.delivery import deliver, send_activity
 from flagstream.streams.faust_batches import PartitionRecords, ack_all, by_partition, records_by_partition
 from flagstream.streams.learner_runtime import LearnerRuntime, recovery_done
@@ -80,7 +81,6 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
                     pending += await _learn_partition(p, rt, partition, group, names, labelled)
                 pending += await rt.send(rt.due())
                 await deliver(pending)
-                await rt.labels.write(kafka_producer(p.app))  # effective labels, before the ack
                 await rt.persist()
                 ack_all(events)
             for _decision, label, feedback in labelled:

@@ -33,7 +33,7 @@ from flagstream.scoring.learner import Learner
 from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.snapshots import SnapshotStore, seal
 from flagstream.streams.app import Pipeline
-from flagstream.streams.compat.internals import read_row
+from flagstream.streams.compat.internals import kafka_producer, read_row
 from flagstream.streams.config import Settings
 from flagstream.streams.delivery import deliver
 from flagstream.streams.label_table import LabelTable
@@ -318,7 +318,9 @@ class LearnerRuntime:
 
     # --- durability --------------------------------------------------------------------------
     async def persist(self) -> None:
-        """Snapshot after a batch's outputs are delivered: to the topic (when published), then disk."""
+        """Snapshot after a batch's outputs are delivered: the effective labels it admitted
+        (changelog acknowledged), then the models to the topic (when published), then disk."""
+        await self.labels.write(kafka_producer(self.p.app))
         self.snapshot_seq += 1
         payload = {"kind": "learner", "snapshot_seq": self.snapshot_seq,
                    "saved_at_ms": int(time.time() * 1000), **self.learner.to_state()}
