@@ -103,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
     token = settings.review_token.reveal() or secrets.token_urlsafe(16)
     env = {**os.environ, "FLAGSTREAM_REVIEW_TOKEN": token, "FLAGSTREAM_WEB_PORT": str(args.port),
            "FLAGSTREAM_DATA_DIR": "var/demo/worker", "PYTHONUNBUFFERED": "1"}
+    # the replay runs --speedup event hours per hour, and so the simulated reviewers' labels:
+    # their hourly budgets scale with it (unless set)
+    for budget in ("feedback_labels_per_reviewer_hour", "feedback_labels_per_source_hour"):
+        per_hour = getattr(settings, budget) * max(args.speedup, 1.0)
+        env.setdefault(f"FLAGSTREAM_{budget.upper()}", str(int(per_hour)))
     logs = Path("var/demo/logs")
     logs.mkdir(parents=True, exist_ok=True)
     flagstream = [sys.executable, "-m", "flagstream.cli"]
