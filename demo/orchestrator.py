@@ -115,6 +115,11 @@ def run(args: argparse.Namespace) -> int:
            "FLAGSTREAM_TOPIC_PREFIX": f"{settings.topic_prefix}demo-{run_id}.",
            "FLAGSTREAM_DATA_DIR": str(data_dir),
            "FLAGSTREAM_REVIEW_CAPACITY_PER_DAY": str(args.review_capacity), "PYTHONUNBUFFERED": "1"}
+    # the replay runs --speedup event hours per hour, and so the simulated reviewers' labels:
+    # their hourly budgets scale with it (unless set)
+    for budget in ("feedback_labels_per_reviewer_hour", "feedback_labels_per_source_hour"):
+        per_hour = getattr(settings, budget) * max(args.speedup, 1.0)
+        env.setdefault(f"FLAGSTREAM_{budget.upper()}", str(int(per_hour)))
     logs = DEMO_DIR / run_id / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     flagstream = [sys.executable, "-m", "flagstream.cli"]

@@ -21,6 +21,8 @@ MAX_FEATURE = 1e12
 MAX_DECISION_NESTING = 8
 FEEDBACK_LABELS = {"fraud": 1, "legit": 0}
 FEEDBACK_SOURCES = {"review", "chargeback", "auto"}
+#: The longest reviewer name accepted (the review page writes at most 64 characters).
+MAX_REVIEWER = 64
 
 
 def check_feedback(obj: dict) -> tuple[str, int]:
@@ -35,6 +37,21 @@ def check_feedback(obj: dict) -> tuple[str, int]:
     if not isinstance(source, str) or source not in FEEDBACK_SOURCES:
         raise InvalidRecord("invalid_source", f"source must be one of {sorted(FEEDBACK_SOURCES)}")
     return tx, FEEDBACK_LABELS[label]
+
+
+def feedback_identity(obj: dict) -> tuple[str, str]:
+    """Who says a label: ``(source, reviewer)`` of a record :func:`check_feedback` accepted.
+
+    The reviewer is a name of at most :data:`MAX_REVIEWER` characters ("" when absent).
+
+    >>> feedback_identity({"transaction_id": "t-1", "label": "fraud", "reviewer": "ana"})
+    ('review', 'ana')
+    """
+    reviewer = obj.get("reviewer")
+    reviewer = "" if reviewer is None else reviewer
+    if not isinstance(reviewer, str) or len(reviewer) > MAX_REVIEWER:
+        raise InvalidRecord("invalid_field", f"reviewer must be a string of at most {MAX_REVIEWER}")
+    return obj.get("source", "review"), reviewer
 
 
 def check_decision(obj: object, n_features: int) -> dict:

@@ -5,6 +5,10 @@ label leakage). Unknown, expired and malformed feedback is rejected with a reaso
 The champion and every shadow challenger learn each label; the gate (if any) scores
 it against what each of them said before the label was known.
 
+With a :class:`flagstream.scoring.label_ledger.LabelLedger` (the worker always has one)
+only a transaction's effective label is learned: repeats are counted and skipped;
+conflicting, unflagged and over-budget labels are rejected with their reason.
+
 Learning is idempotent by feedback offset: the learner remembers, per partition, the
 last offset it has learned, and skips anything at or below it. A snapshot holds the
 models *and* those offsets, so a learner restored from one and fed the same feedback
@@ -41,9 +45,10 @@ from flagstream.errors import InvalidRecord, Rejection
 from flagstream.features.layout import DAY_MS, N_FEATURES
 from flagstream.features.merchants import MerchantActivity
 from flagstream.scoring.challengers import Challenger, ShadowSet
-from flagstream.scoring.feedback import check_decision, check_feedback
+from flagstream.scoring.feedback import check_decision, check_feedback, feedback_identity
 from flagstream.scoring.gate import Gate
 from flagstream.scoring.handle import ModelHandle, format_version, model_from_state
+from flagstream.scoring.label_ledger import LabelLedger
 from flagstream.scoring.registry import CHAMPION, entry, version_key, version_record
 
 #: Looks up the decision recorded for a transaction id (None when unknown).
@@ -61,6 +66,10 @@ class LearnOutcome:
     activity: MerchantActivity = field(default_factory=MerchantActivity)
     labelled: list[tuple[dict, int, dict]] = field(default_factory=list)
     replayed: int = 0
+    #: labels the ledger ignored as repeats of a transaction's effective label
+    repeats: int = 0
+    #: labels learned as replacements of a less trusted effective label
+    replaced: int = 0
 
 
 class Learner:
@@ -83,6 +92,10 @@ class Learner:
     publish_each_batch
         Give the champion a new version after every batch that learned something
         (the backtest's way). The worker publishes on its own schedule instead.
+    ledger
+        Judges each label (one effective label per transaction, trust order, hourly
+        budgets: :mod:`flagstream.scoring.label_ledger`). The worker always has one;
+        without it (a backtest, whose labels it makes itself) every valid label is learned.
     """
 
     def __init__(
@@ -94,6 +107,7 @@ class Learner:
         shadow: ShadowSet | None = None,
         gate: Gate | None = None,
         publish_each_batch: bool = True,
+        ledger: LabelLedger | None = None,
     ) -> None:
         self.handle = handle
         self.lookup = lookup
@@ -102,6 +116,7 @@ class Learner:
         self.shadow = shadow if shadow is not None else ShadowSet()
         self.gate = gate
         self.publish_each_batch = publish_each_batch
+        self.ledger = ledger
         self.offsets: dict[int, int] = {}
         self.dirty = False
         self.labels_since_publish = 0
@@ -165,6 +180,20 @@ class Learner:
                     Rejection(index, "expired_transaction", "scored longer ago than retention")
                 )
                 continue
+            verdict = "learn"
+            if self.ledger is not None:
+                at = None if offsets is None or partition is None else (partition, offsets[index])
+                try:
+                    source, reviewer = feedback_identity(feedback)
+                    verdict = self.ledger.admit(transaction_id, label, source, reviewer, decision,
+                                                now, at)
+                except InvalidRecord as exc:
+                    out.rejections.append(Rejection(index, exc.reason, str(exc)))
+                    continue
+                if verdict == "repeat":
+                    out.repeats += 1
+                    continue
+                out.replaced += verdict == "replace"
             features = np.asarray(decision["features"], np.float64)
             self.handle.model.learn_one(features, label)
             self.shadow.learn_one(features, label)
@@ -173,7 +202,7 @@ class Learner:
             out.learned += 1
             out.frauds += label
             out.labelled.append((decision, label, feedback))
-            if label:
+            if label and verdict != "relearn":  # a relearned label's activity was delivered
                 merchants.append(decision["merchant_id"])
                 days.append(decision["event_time_ms"] // DAY_MS)
         if offsets is not None and partition is not None and len(offsets):

@@ -63,6 +63,15 @@ class PipelineMetrics:
             "flagstream_feedback_labels", "Labels learned from feedback", ["label", "source"],
             registry=r,
         )
+        self.feedback_ignored = Counter(
+            "flagstream_feedback_ignored",
+            "Labels not learned although valid: repeats of a transaction's effective label",
+            registry=r,
+        )
+        self.feedback_replaced = Counter(
+            "flagstream_feedback_replaced",
+            "Labels learned in place of a less trusted effective label", registry=r,
+        )
         self.model_updates = Counter(
             "flagstream_model_updates", "Model versions published by the learner", registry=r
         )

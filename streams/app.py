@@ -167,6 +167,10 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
         tables["decisions"] = app.Table("decisions", partitions=settings.partitions,
                                         key_type=bytes, value_type=bytes,
                                         extra_topic_configs=durability(settings))
+        # each transaction's effective label (flagstream.scoring.label_ledger), keyed like decisions
+        tables["labels"] = app.Table("labels", partitions=settings.partitions,
+                                     key_type=bytes, value_type=bytes,
+                                     extra_topic_configs=durability(settings))
 
     accounts_table = tables.get("accounts")
     n = settings.partitions

@@ -162,6 +162,10 @@ class Settings:
     # --- learning and the model lifecycle ----------------------------------------------------
     #: How long feature vectors are kept for joining feedback, seconds (event time).
     feature_retention_s: float = 35 * 86_400
+    #: Labels learned per clock hour from one (source, reviewer), and from one source
+    #: (review, chargeback, auto); past either, a label goes to feedback.dlq as rate_limited.
+    feedback_labels_per_reviewer_hour: int = 10_000
+    feedback_labels_per_source_hour: int = 50_000
     #: The champion model's learning rate.
     learning_rate: float = 0.005
     #: Shadow challengers: ``name:param=value,...;name:...`` (empty: none).

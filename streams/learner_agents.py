@@ -6,7 +6,8 @@ and the challengers, runs the gate and the drift watch, and publishes versions t
 the registry on the compacted ``models`` topic (:mod:`flagstream.scoring.registry`).
 
 A feedback batch is acknowledged only after (1) its outputs (dead letters, merchant
-activity, model records) are delivered and (2) a snapshot of the models and the
+activity, model records) are delivered, (2) the effective labels it admitted are in the
+``labels`` table's changelog (:mod:`flagstream.streams.label_table`) and (3) a snapshot of the models and the
 feedback offsets they cover is on disk (atomic, sealed). A learner killed at any
 moment restarts from its newest valid snapshot (local file, else the copy on the
 ``models`` topic) and skips the feedback at offsets that snapshot already covers.
@@ -166,6 +167,8 @@ async def _learn_partition(p: Pipeline, rt: LearnerRuntime, partition: int,
     if len(outcome.activity):
         pending.extend(await send_activity(p, outcome.activity))
     labelled.extend(outcome.labelled)
+    metrics.feedback_ignored.inc(outcome.repeats)
+    metrics.feedback_replaced.inc(outcome.replaced)
     return pending
 
 

@@ -28,13 +28,16 @@ from flagstream.scoring import registry as reg
 from flagstream.scoring.challengers import ShadowSet, challengers_from_spec
 from flagstream.scoring.gate import Gate, compare_on, rollback_candidates
 from flagstream.scoring.handle import ModelHandle, model_from_state, parse_version
+from flagstream.scoring.label_ledger import HourlyBudget, LabelLedger, LabelMemory
 from flagstream.scoring.learner import Learner
 from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.record_checks import check_learner_snapshot
 from flagstream.scoring.snapshots import SnapshotStore, refusal_reason, seal
 from flagstream.streams.app import Pipeline
-from flagstream.streams.compat.internals import read_row
+from flagstream.streams.compat.internals import kafka_producer, read_row
+from flagstream.streams.config import Settings
 from flagstream.streams.delivery import deliver
+from flagstream.streams.label_table import LabelTable
 from flagstream.streams.topics import partition_for
 
 log = logging.getLogger(__name__)
@@ -56,8 +59,12 @@ class LearnerRuntime:
         self.gate = Gate(s.gate())
         base = LinearChampion(learning_rate=s.learning_rate)
         shadow = ShadowSet(challengers_from_spec(s.challengers, base))
+        #: each transaction's effective label, written before a feedback batch is acked
+        self.labels = LabelTable(p.tables["labels"], s.partitions)
+        ledger = label_ledger(s, self.labels)
         self.learner = Learner(ModelHandle(base), self.lookup, int(s.feature_retention_s * 1000),
-                               shadow=shadow, gate=self.gate, publish_each_batch=False)
+                               shadow=shadow, gate=self.gate, publish_each_batch=False,
+                               ledger=ledger)
         self.store = SnapshotStore(s.data_path / p.role / "models", self.key)
         self.interval = s.model_publish_interval_s
         self.keep = s.model_keep_versions
@@ -329,7 +336,9 @@ class LearnerRuntime:
 
     # --- durability --------------------------------------------------------------------------
     async def persist(self) -> None:
-        """Snapshot after a batch's outputs are delivered: to the topic (when published), then disk."""
+        """Snapshot after a batch's outputs are delivered: the effective labels it admitted
+        (changelog acknowledged), then the models to the topic (when published), then disk."""
+        await self.labels.write(kafka_producer(self.p.app))
         self.snapshot_seq += 1
         payload = {"kind": "learner", "snapshot_seq": self.snapshot_seq,
                    "saved_at_ms": int(time.time() * 1000), **self.learner.to_state()}
@@ -354,6 +363,12 @@ class LearnerRuntime:
         while len(self.written) > 256:
             self.written.popitem(last=False)
         return pending
+
+
+def label_ledger(settings: Settings, memory: LabelMemory) -> LabelLedger:
+    """The worker's label ledger: ``memory`` and the hourly budgets of ``settings``."""
+    return LabelLedger(memory, HourlyBudget(settings.feedback_labels_per_reviewer_hour,
+                                            settings.feedback_labels_per_source_hour))
 
 
 def recovery_done(app: Any) -> asyncio.Event:

@@ -39,9 +39,13 @@ def txn(i: int) -> dict:
 
 
 def labels_for(txs: list[dict], flip: bool = False) -> list[dict]:
-    return [{"transaction_id": t["transaction_id"],
-             "label": "fraud" if (t["amount"] > 500) != flip else "legit", "source": "review"}
-            for t in txs]
+    """Labels from the sources that may label approved transactions (chargeback, auto)."""
+    out = []
+    for t in txs:
+        fraud = (t["amount"] > 500) != flip
+        out.append({"transaction_id": t["transaction_id"], "label": "fraud" if fraud else "legit",
+                    "source": "chargeback" if fraud else "auto"})
+    return out
 
 
 def train_offline(start: int, n: int, flip: bool) -> dict:
@@ -245,11 +249,16 @@ def test_learner_killed_mid_learning_resumes_with_identical_weights(
                                ("scorer", {"partitions": 1}))  # the learner is killed, not the scorer
     stream = Stream(s1)
     txs = teach(stream, worker, 300)
-    rounds = [labels_for(txs[k::3]) for k in range(3)] * 3  # 900 labels, each tx three times
+    later = stream.send(600)
+    wait_until(lambda: worker.metric("flagstream_decisions_recorded_total") >= 900, 30,
+               "decisions recorded by the learner", worker)
+    # six rounds of 100 new labels, each with 50 copies of labels learned before (repeats)
+    rounds = [labels_for(later[100 * k:100 * (k + 1)]) + labels_for(txs[50 * k:50 * (k + 1)])
+              for k in range(6)]
     wait_until(lambda: worker.metric("flagstream_feedback_labels_total") >= 300, 30, "round 0")
 
     def more() -> None:
-        for r in rounds[3:]:
+        for r in rounds:
             produce_json(s1, "feedback", r, "transaction_id")
             time.sleep(0.25)
 
@@ -264,7 +273,7 @@ def test_learner_killed_mid_learning_resumes_with_identical_weights(
     newest_file = snapshots[-1]  # a torn or tampered newest snapshot: refused, an older one used
     newest_file.write_bytes(newest_file.read_bytes()[:-40])
     worker.start()
-    total = 300 + sum(len(r) for r in rounds[3:])
+    total = 300 + len(later)  # effective labels: one per transaction
     view = wait_until(lambda: (v := registry(s1)).champion
                       and v.champion["labels"] >= total and newest(v, "lr-fast")["labels"] >= total
                       and v, 120, "all feedback learned after the restart", worker)
@@ -273,13 +282,17 @@ def test_learner_killed_mid_learning_resumes_with_identical_weights(
     assert worker.metric("flagstream_model_records_refused_total") >= 1
     assert at_kill < total
 
-    scored = read_json(s1, "scores", len(txs))
+    scored = read_json(s1, "scores", len(txs) + len(later))
     features = {d["transaction_id"]: d["features"] for d in scored}
-    assert len(scored) == len(features) == len(txs)
-    feedback = asyncio.run(read_topic(s1, "feedback", total))
+    assert len(scored) == len(features) == len(txs) + len(later)
+    feedback = asyncio.run(read_topic(s1, "feedback", 300 + sum(len(r) for r in rounds)))
     champion, fast = LinearChampion(learning_rate=s1.learning_rate), LinearChampion(learning_rate=0.2)
-    for record in feedback:  # the run that was never interrupted: every label once, in order
+    learned: set[str] = set()
+    for record in feedback:  # the run that was never interrupted: each first label, in order
         fb = loads(record.value)
+        if fb["transaction_id"] in learned:
+            continue
+        learned.add(fb["transaction_id"])
         for model in (champion, fast):
             model.learn_one(features[fb["transaction_id"]], int(fb["label"] == "fraud"))
     assert view.champion["state"] == champion.to_state()

@@ -136,30 +136,33 @@ def test_feedback_is_learned_and_the_learned_model_scores_new_transactions(
     # feedback joins the decision the learner recorded: wait for those, not for a while
     wait_until(lambda: worker.metric("flagstream_decisions_recorded_total") >= len(first), 30,
                "decisions recorded by the learner", worker)
-    reviews = [
+    # nothing was flagged: the labels that may come are chargebacks (fraud) and auto (legit)
+    labels = [
         {"transaction_id": t["transaction_id"], "label": "fraud" if t["amount"] > 500 else "legit",
-         "source": "review", "reviewer": "test"}
+         "source": "chargeback" if t["amount"] > 500 else "auto"}
         for t in first
     ]
-    chargebacks = [{"transaction_id": t["transaction_id"], "label": "fraud", "source": "chargeback"}
-                   for t in first[:100] if t["amount"] > 500]
-    produce_json(settings, "feedback", [*reviews, *chargebacks], "transaction_id")
+    repeats = [fb for fb in labels[:100] if fb["label"] == "fraud"]  # sent twice: learned once
+    produce_json(settings, "feedback", [*labels, *repeats], "transaction_id")
     bad = [
         {"transaction_id": "never-scored", "label": "fraud", "source": "review"},
         {"transaction_id": "t-00001", "label": "maybe"},
+        {"transaction_id": "t-00002", "label": "fraud", "source": "review"},  # never flagged
     ]
     produce_json(settings, "feedback", bad, "transaction_id")
-    total = len(reviews) + len(chargebacks)
+    total = len(labels)
     wait_until(lambda: worker.metric("flagstream_feedback_labels_total") >= total, 60,
                "every label learned", worker)
-    frauds = sum(fb["label"] == "fraud" for fb in reviews)
+    frauds = sum(fb["label"] == "fraud" for fb in labels)
     assert labelled_metric(worker, "flagstream_feedback_labels_total") == {
-        frozenset({("label", "fraud"), ("source", "review")}): frauds,
-        frozenset({("label", "legit"), ("source", "review")}): len(reviews) - frauds,
-        frozenset({("label", "fraud"), ("source", "chargeback")}): len(chargebacks),
+        frozenset({("label", "fraud"), ("source", "chargeback")}): frauds,
+        frozenset({("label", "legit"), ("source", "auto")}): len(labels) - frauds,
     }
-    letters = read_json(settings, "feedback.dlq", 2)
-    assert sorted(x["reason"] for x in letters) == ["invalid_label", "unknown_transaction"]
+    wait_until(lambda: worker.metric("flagstream_feedback_ignored_total") == len(repeats), 30,
+               "every repeat counted", worker)
+    letters = read_json(settings, "feedback.dlq", 3)
+    assert sorted(x["reason"] for x in letters) == ["invalid_label", "not_flagged",
+                                                    "unknown_transaction"]
 
     # every label is in the newest published champion, and the scorer swapped to it
     champion = wait_until(lambda: (c := registry(settings).champion) and c["labels"] == total and c,
