@@ -42,8 +42,10 @@ from flagstream.scoring.challengers import ShadowSet, challengers_from_spec
 from flagstream.scoring.handle import ModelHandle
 from flagstream.scoring.learner import Learner
 from flagstream.scoring.linear import LinearChampion
+from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.scoring.policy import FixedThreshold
 from flagstream.simulation.simulator import MalformedLineError, StreamReader, read_stream
+from flagstream.streams.config import Settings
 from flagstream.streams.core import ScoringCore
 from flagstream.streams.schema import parse_timestamp_ms
 
@@ -61,7 +63,12 @@ class BacktestConfig:
     review_delay_hours, chargeback_delay_days : label delays, in event time.
     review_capacity_per_day : flags reviewed per event day (None: all of them).
     test_start, test_end : the test window, ``YYYY-MM-DD``, both days included.
-    threshold : the :class:`FixedThreshold` operating point.
+    policy : ``"live"`` (default): the worker's decision policy, an operating point built
+        from :class:`~flagstream.streams.config.Settings` exactly as the worker builds it,
+        fed the same delayed labels; ``"fixed:T"``: a constant threshold T (to compare
+        with the published benchmark).
+    threshold : the live policy's starting threshold.
+    target_false_discovery_rate : the live policy's target.
     on_error : ``"skip"`` bad lines (reported) or ``"raise"`` on the first.
     protocol : ``"reference"`` or ``"all"`` (see
         :func:`flagstream.evaluation.detection_metrics.evaluate_window`).
@@ -77,7 +84,9 @@ class BacktestConfig:
     review_capacity_per_day: int | None = None
     test_start: str = "2018-08-08"
     test_end: str = "2018-08-14"
+    policy: str = "live"
     threshold: float = 0.5
+    target_false_discovery_rate: float = 0.15
     on_error: str = "skip"
     protocol: str = "reference"
     learning_rate: float = 0.005
@@ -102,6 +111,23 @@ class BacktestConfig:
             raise ValueError("delays must be >= 0")
         if date.fromisoformat(self.test_end) < date.fromisoformat(self.test_start):
             raise ValueError("test_end is before test_start")
+        self.decision_policy()  # a policy it cannot build is a bad option, said now
+
+    def decision_policy(self) -> FixedThreshold | OperatingPoint:
+        """The policy this run decides with (a new one each call)."""
+        if self.policy == "live":
+            capacity = self.review_capacity_per_day or Settings().review_capacity_per_day
+            return Settings(threshold=self.threshold, review_capacity_per_day=capacity,
+                            target_false_discovery_rate=self.target_false_discovery_rate,
+                            ).operating_point()
+        kind, _, value = self.policy.partition(":")
+        try:
+            threshold = float(value)
+        except ValueError:
+            threshold = float("nan")
+        if kind != "fixed" or not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"policy must be 'live' or 'fixed:T' with T in [0, 1], not {self.policy!r}")
+        return FixedThreshold(threshold)
 
     @property
     def window_ms(self) -> tuple[int, int]:
@@ -234,7 +260,11 @@ class Backtest:
         self.config = cfg = config or BacktestConfig()
         model = LinearChampion(cfg.learning_rate, cfg.l2, cfg.fraud_weight, cfg.prior, cfg.seed)
         self.handle = ModelHandle(model)
-        self.core = ScoringCore(self.handle, FixedThreshold(cfg.threshold))
+        self.policy = cfg.decision_policy()
+        self.core = ScoringCore(self.handle, self.policy)
+        #: (event time ms, threshold) after each step: the live policy's path.
+        self.thresholds: list[tuple[int, float]] = []
+        self.estimate: dict[str, Any] | None = None
         self.decisions: dict[str, dict] = {}
         self.now_ms = 0
         retention = int(max(35 * DAY_MS, (cfg.chargeback_delay_days + 1) * DAY_MS))
@@ -269,6 +299,8 @@ class Backtest:
         ]
         outcome = self.learner.learn(values)
         self.core.merchants.apply(outcome.activity)
+        if isinstance(self.policy, OperatingPoint) and outcome.labelled:
+            self.estimate = self.policy.observe_labelled(outcome.labelled).as_dict()
         for t in ids:
             self.decisions.pop(t, None)
         for source in sources:
@@ -314,9 +346,13 @@ class Backtest:
             self.malformed.append((line, why))
         if not outcome.decisions:
             return
+        if isinstance(self.policy, OperatingPoint):  # as the worker's learner counts them
+            self.policy.observe_decisions(outcome.decisions)
+        self.thresholds.append((int(stream.ts_ms[lo]), float(self.policy.threshold)))
         pos = lo + np.asarray(outcome.indices, dtype=np.int64)
         is_review = np.fromiter((d["decision"] == "review" for d in outcome.decisions), bool, len(pos))
         scores[pos], flagged[pos] = outcome.scores, is_review
+        self.decided_at[pos] = [d["threshold"] for d in outcome.decisions]
         if self.shadow.annotate(outcome.decisions, outcome.features):
             for name in self.shadow.names():
                 column = self.shadow_scores.setdefault(name, np.full(len(scores), np.nan))
@@ -334,6 +370,7 @@ class Backtest:
         stream = load_stream(source, end_ms, cfg.on_error)
         loaded, n = time.perf_counter(), len(stream.payloads)
         scores, flagged = np.full(n, np.nan), np.zeros(n, dtype=bool)
+        self.decided_at = np.full(n, np.nan)  # the threshold each event was decided with
         with progress_bar(n, "tx", cfg.progress) as bar:
             for lo in range(0, n, cfg.batch_size):
                 hi = min(lo + cfg.batch_size, n)
@@ -348,21 +385,27 @@ class Backtest:
             """The test-window metrics of one score column, on the scored events."""
             return metrics.evaluate_window(
                 stream.ts_ms[ok], stream.is_fraud[ok], column[ok], flags[ok], stream.cards[ok],
-                stream.scenario[ok], start_ms, end_ms, cfg.threshold, cfg.protocol,
+                stream.scenario[ok], start_ms, end_ms, float(self.policy.threshold), cfg.protocol,
             )
 
         m, daily, precision, recall = evaluate(scores, flagged)
         m["challengers"] = {
             name: {
                 k: v
-                for k, v in evaluate(column, column >= cfg.threshold)[0].items()
+                for k, v in evaluate(column, column >= self.decided_at)[0].items()
                 if k in ("auc", "average_precision", "card_precision_at_100", "recall",
                          "false_discovery_rate", "flags_per_day")
             }
             for name, column in self.shadow_scores.items()
         }  # fmt: skip
         bad = sorted(stream.malformed + self.malformed)
+        in_test = [t for at, t in self.thresholds if start_ms <= at < end_ms] or [self.policy.threshold]
         m.update(
+            policy=cfg.policy,
+            threshold_min=min(in_test),
+            threshold_max=max(in_test),
+            operating_point=self.estimate,
+            target_met=None if self.estimate is None else self.estimate["target_met"],
             test_window=[cfg.test_start, cfg.test_end],
             malformed_lines=len(bad),
             rejected_by_core=len(self.malformed),
@@ -401,7 +444,9 @@ OPTIONS: tuple[tuple[str, Any, str], ...] = (
     ("review_capacity_per_day", int, "flags reviewed a day, the rest wait (default: all)"),
     ("test_start", str, "first test day, YYYY-MM-DD"),
     ("test_end", str, "last test day (inclusive), YYYY-MM-DD"),
-    ("threshold", float, "flag scores at or above this"),
+    ("policy", str, "live (the worker's operating point) or fixed:T (constant threshold T)"),
+    ("threshold", float, "the live policy's starting threshold"),
+    ("target_false_discovery_rate", float, "the live policy's target share of legitimate flags"),
     ("on_error", ("skip", "raise"), "bad lines: report and skip, or stop with status 1"),
     ("protocol", ("reference", "all"), "reference: drop known-compromised cards from ranking"),
     ("learning_rate", float, "model SGD step"),

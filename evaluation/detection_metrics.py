@@ -224,7 +224,17 @@ def operating_point(
 false_discovery_rate=0.5, flags_per_day=1.0)
     """
     y, s = _check(labels, scores)
-    flags = s >= threshold
+    return flagging_outcome(y, s >= threshold, n_days, threshold)
+
+
+def flagging_outcome(labels: np.ndarray, flags: np.ndarray, n_days: float,
+                     threshold: float = float("nan")) -> OperatingPoint:
+    """What the flags that were raised caught and cost (a moving threshold too).
+
+    >>> flagging_outcome(np.array([1, 0, 1, 0]), np.array([True, True, False, False]), 2.0).recall
+    0.5
+    """
+    y, flags = np.asarray(labels).astype(bool), np.asarray(flags, dtype=bool)
     flagged = int(flags.sum())
     tp = int((flags & y).sum())
     positives = int(y.sum())
@@ -292,7 +302,7 @@ def evaluate_window(
         raise ValueError(f"protocol must be 'reference' or 'all', got {protocol!r}")
     ev = test & ~exclude
     cp, _, _ = card_precision_at_k(days[ev], cards[ev], s[ev], y[ev], k=100)
-    op = operating_point(y[test], s[test], threshold, (end_ms - start_ms) / DAY_MS)
+    op = flagging_outcome(y[test], f[test], (end_ms - start_ms) / DAY_MS, threshold)
     precision, recall, _ = precision_recall_curve(y[ev], s[ev])
     out: dict[str, Any] = {
         "auc": roc_auc(y[ev], s[ev]),

@@ -67,6 +67,7 @@ def wilson(successes: float, trials: float, confidence: float = 0.95) -> tuple[f
     >>> wilson(0, 0)
     (0.0, 1.0)
     """
+    successes, trials = float(successes), float(trials)
     if trials <= 0:
         return 0.0, 1.0
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
@@ -209,6 +210,23 @@ class OperatingPoint:
         at_s = self.tally.newest_s if at is None else float(at)
         self.tally.add_label(float(score), bool(as_label(label)), flag, at_s)
         self.labels_since_move += 1
+
+    def observe_decisions(self, decisions: list[dict]) -> None:
+        """Recorded decisions (``score``, ``decision``, ``event_time_ms``), as both drivers see
+        them: the worker's learner on ``scores``, the backtest as it scores."""
+        if not decisions:
+            return
+        scores = np.array([d["score"] for d in decisions], dtype=np.float64)
+        flagged = np.array([d.get("decision") != "approve" for d in decisions])
+        at_ms = float(np.median([d["event_time_ms"] for d in decisions]))
+        self.observe_traffic(scores, flagged, at_ms / 1000)
+
+    def observe_labelled(self, labelled: list[tuple[dict, int, Any]]) -> Estimate:
+        """Labels joined to their decisions (``Learner`` outcomes), then one :meth:`update`."""
+        for decision, label, _feedback in labelled:
+            self.observe(decision["score"], label, decision.get("decision") != "approve",
+                         at=decision["event_time_ms"] / 1000)
+        return self.update()
 
     # --- estimates ---------------------------------------------------------------------------
     def counts(self) -> Counts:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-
 from flagstream.codec import JSONDecodeError, dumps, loads
 from flagstream.features.merchants import MerchantActivity
 from flagstream.scoring.challengers import parse_decision
@@ -174,12 +172,8 @@ async def _learn_partition(p: Pipeline, rt: LearnerRuntime, partition: int,
 
 def count_traffic(p: Pipeline, decisions: list[dict]) -> None:
     """Every decision made (flagged or not) counts for the operating point's estimates."""
-    policy = p.core.policy
-    if not decisions or not isinstance(policy, OperatingPoint):
-        return
-    scores = np.array([d["score"] for d in decisions], dtype=np.float64)
-    flagged = np.array([d.get("decision") != "approve" for d in decisions])
-    policy.observe_traffic(scores, flagged, float(np.median([d["event_time_ms"] for d in decisions])) / 1000)
+    if isinstance(p.core.policy, OperatingPoint):
+        p.core.policy.observe_decisions(decisions)
 
 
 def follow_operating_point(p: Pipeline, labelled: list) -> None:
@@ -188,9 +182,6 @@ def follow_operating_point(p: Pipeline, labelled: list) -> None:
     policy = p.core.policy
     if not labelled or not isinstance(policy, OperatingPoint):
         return
-    for decision, label, _feedback in labelled:
-        policy.observe(decision["score"], label, decision.get("decision") != "approve",
-                       at=decision["event_time_ms"] / 1000)
-    estimate = policy.update()
+    estimate = policy.observe_labelled(labelled)
     p.metrics.threshold.set(policy.threshold)
     p.metrics.operating_point.show(estimate.as_dict())
