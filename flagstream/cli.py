@@ -18,6 +18,8 @@ import logging
 import sys
 from types import ModuleType
 
+from flagstream.cards import install_log_masking
+
 #: subcommand → (module with ``add_arguments(parser)`` and ``run(args)``, one-line help)
 COMMANDS = {
     "worker": ("flagstream.streams.worker", "run a scoring/learning worker (Faust)"),
@@ -60,6 +62,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    install_log_masking()  # before anything logs: no card number in any log line
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
