@@ -3,7 +3,8 @@
 The rule: a *card-number-like run* is 13 or more digits in a row, where up to three
 separator characters (space, tab, ``-``, ``.``, ``/``, ``_``, mixed) may stand between
 two digits, and a digit may also be written as a JSON escape (``\\u0034``) and a
-separator as one (``\\u0020``, ``\\u002d``, ``\\/`` ...). Digits are any Unicode
+separator as one (``\\u0020``, ``\\u002d``, ``\\/`` ...), with any number of backslashes
+(a repr doubles them). Digits are any Unicode
 decimal digits (a full-width ``４`` reads as a 4). Every such run is masked wherever
 flagstream writes text: dead letters (original, detail, key), review records, logs.
 Masking does not check Luhn: a false mask in a log costs nothing, a missed card costs a
@@ -23,13 +24,15 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
+import traceback
 from typing import Any
 
-_DIGIT = r"(?:\d|\\u003[0-9])"
-_SEPARATOR = r"(?:[ \t\u00a0./_-]|\\u00(?:20|09|2[dDeEfF]|5[fF])|\\[/t])"
+_DIGIT = r"(?:\d|\\+u003[0-9])"  # (escapes escaped again, as in a repr, count too)
+_SEPARATOR = r"(?:[ \t\u00a0./_-]|\\+u00(?:20|09|2[dDeEfF]|5[fF])|\\+[/t])"
 #: One card-number-like run: 13+ digits with at most three separators between two digits.
 RUN = re.compile(rf"(?:{_DIGIT}{_SEPARATOR}{{0,3}}){{12,}}{_DIGIT}")
-_ESCAPED_DIGIT = re.compile(r"\\u003([0-9])")
+_ESCAPED_DIGIT = re.compile(r"\\+u003([0-9])")
 _GROUP_BREAK = re.compile(_SEPARATOR + "+")
 _TIME_KEYS = ("_ms", "_s", "time", "timestamp", "_at")
 MASKED_BYTES = b"****MASKED****"
@@ -167,8 +170,13 @@ class MaskingFilter(logging.Filter):
         return True
 
 
+def _masked_excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    sys.stderr.write(mask_text("".join(traceback.format_exception(kind, value, tb))))
+
+
 def install_log_masking() -> None:
-    """Mask every log record this process makes from now on (see :class:`MaskingFilter`).
+    """Mask every log record this process makes from now on (see :class:`MaskingFilter`),
+    and the traceback of an exception that ends the process (written to stderr, the log).
     Called by the ``flagstream`` command before anything logs; calling it again does nothing.
 
     >>> before = logging.getLogRecordFactory()
@@ -176,7 +184,7 @@ def install_log_masking() -> None:
     >>> make = logging.getLogRecordFactory()
     >>> make("x", logging.INFO, "f.py", 1, "pan %s", ("4111111111111111",), None).getMessage()
     'pan ****1111'
-    >>> logging.setLogRecordFactory(before)
+    >>> logging.setLogRecordFactory(before); sys.excepthook = sys.__excepthook__
     """
     make = logging.getLogRecordFactory()
     if getattr(make, "masks_card_numbers", False):
@@ -190,3 +198,4 @@ def install_log_masking() -> None:
 
     masked_record.masks_card_numbers = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(masked_record)
+    sys.excepthook = _masked_excepthook
