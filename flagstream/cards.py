@@ -159,7 +159,7 @@ class MaskingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # arguments that do not fit the message: keep both, masked
             message = f"{record.msg} {record.args!r}"
-        record.msg, record.args = mask_text(message), None
+        record.msg, record.args = mask_text(message), ()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         record.exc_info = None  # (so no formatter renders the raw exception again)
