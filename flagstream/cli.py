@@ -18,6 +18,7 @@ import logging
 import sys
 from types import ModuleType
 
+from flagstream.cards import install_log_masking, mask_text
 from flagstream.errors import ConfigurationError
 
 #: subcommand → (module with ``add_arguments(parser)`` and ``run(args)``, one-line help)
@@ -64,6 +65,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    install_log_masking()  # before anything logs: no card number in any log line
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.command_module.run(args) or 0)
     except ConfigurationError as exc:  # a setting that cannot work, or a broker refusing it
-        print(f"flagstream {args.command}: {exc}", file=sys.stderr)
+        print(mask_text(f"flagstream {args.command}: {exc}"), file=sys.stderr)
         return 2
 
 

@@ -45,11 +45,16 @@ from flagstream.scoring.policy import DecisionPolicy, FixedThreshold
 from flagstream.scoring.reasons import explain
 from flagstream.streams.schema import validate_transactions
 
-#: Context fields copied from a transaction onto its decision, only when they have the shape
-#: of a code or a short name (a letter first, at most 32 characters, never 5 digits in a row):
-#: whatever a producer puts there, no card number or blob reaches a decision.
-CONTEXT_FIELDS = ("currency", "channel", "country")
-CONTEXT_SHAPE = re.compile(r"[A-Za-z](?![^\n]*\d{5})[A-Za-z0-9 _.-]{0,31}")
+#: Context fields copied from a transaction onto its decision, each only when it is a string
+#: of its allowed shape (a currency code, a country code, a channel token); a value of any
+#: other type or shape is dropped (the transaction is still scored): no card number, no
+#: blob, no markup reaches a decision or a reviewer through them.
+CONTEXT_SHAPES = {
+    "currency": re.compile(r"[A-Z]{3}"),
+    "channel": re.compile(r"[a-z_]{1,16}"),
+    "country": re.compile(r"[A-Z]{2}"),
+}
+CONTEXT_FIELDS = tuple(CONTEXT_SHAPES)
 
 
 @njit(cache=True)
@@ -263,9 +268,9 @@ class ScoringCore:
         ]
         for decision, i in zip(decisions, rows, strict=True):
             record = recs[i]
-            for name in CONTEXT_FIELDS:
+            for name, shape in CONTEXT_SHAPES.items():
                 value = record.get(name)
-                if isinstance(value, str) and CONTEXT_SHAPE.fullmatch(value):
+                if isinstance(value, str) and shape.fullmatch(value):
                     decision[name] = value
         outcome.indices.extend([batch.indices[i] for i in rows])
         outcome.decisions.extend(decisions)

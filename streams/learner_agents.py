@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import logging
 
+from flagstream.cards import card_numbers
 from flagstream.codec import JSONDecodeError, dumps, loads
 from flagstream.features.merchants import MerchantActivity
 from flagstream.scoring.challengers import parse_decision
 from flagstream.scoring.operating_point import OperatingPoint
-from flagstream.sinks.dead_letter import dead_letter, headers
+from flagstream.sinks.dead_letter import dead_letter, dead_letter_key, headers
 from flagstream.streams.app import Pipeline
 from flagstream.streams.compat.internals import current_event
 from flagstream.streams.delivery import deliver, send_activity
@@ -141,7 +142,8 @@ async def _learn_partition(p: Pipeline, rt: LearnerRuntime, partition: int,
             tx = loads(group.values[i] or b"").get("transaction_id")
         except Exception:  # malformed: let the learner reject it with a reason
             tx = None
-        if isinstance(tx, str) and partition_for(tx, s.partitions) != partition:
+        # (an id carrying a card number is never a key: the learner refuses it, masked)
+        if isinstance(tx, str) and partition_for(tx, s.partitions) != partition and not card_numbers(tx):
             home = partition_for(tx, s.partitions)
             pending.append(await producer.send(names["feedback"], tx.encode(), group.values[i],
                                                home, None, None))
@@ -158,7 +160,8 @@ async def _learn_partition(p: Pipeline, rt: LearnerRuntime, partition: int,
                              group.offsets[i])
         pending.append(
             await producer.send(
-                names["feedback_dlq"], group.keys[i], dumps(letter), None, None, headers(r.reason)
+                names["feedback_dlq"], dead_letter_key(group.keys[i]), dumps(letter), None, None,
+                headers(r.reason),
             )
         )
         metrics.dead_letters.labels(topic=names["feedback_dlq"], reason=r.reason).inc()

@@ -14,6 +14,15 @@ in exactly one of the two.
 (['t-1'], [12.5], [1522541276000])
 >>> [(r.index, r.reason) for r in batch.rejections]
 [(1, 'missing_field'), (2, 'invalid_json')]
+
+The ids and the timestamp text are copied onto decisions and used as record keys, so a
+record whose ids or timestamp carry a card number (:func:`flagstream.cards.card_numbers`:
+13–19 digits, Luhn-valid, with or without separators) is refused as
+``card_number_in_field``; its dead letter stores the original masked.
+
+>>> validate_transactions([b'{"transaction_id": "t-1", "account_id": "4111-1111-1111-1111",'
+...     b' "merchant_id": "m-1", "amount": 1, "timestamp": 1522540800000}']).rejections
+[Rejection(index=0, reason='card_number_in_field', detail='account_id carries a card number')]
 """
 
 from __future__ import annotations
@@ -25,10 +34,13 @@ from datetime import datetime
 
 import numpy as np
 
+from flagstream.cards import card_numbers, may_carry_card_number
 from flagstream.codec import decode_object
 from flagstream.errors import InvalidRecord, Rejection
 
 REQUIRED_STRINGS = ("transaction_id", "account_id", "merchant_id")
+#: What a decision copies from its transaction as text: none of it may carry a card number.
+ECHOED_TEXT = (*REQUIRED_STRINGS, "timestamp")
 MAX_ID_LENGTH = 128
 MAX_AMOUNT = 1e9
 #: Epoch-millisecond timestamps must fall in [2000-01-01, 2100-01-01).
@@ -80,7 +92,7 @@ def parse_timestamp_ms(value: object) -> int:
         try:
             moment = datetime.fromisoformat(value)
         except ValueError:
-            raise InvalidRecord("invalid_timestamp", f"unparseable timestamp {value[:40]!r}") from None
+            raise InvalidRecord("invalid_timestamp", "timestamp is not ISO-8601") from None
         if moment.tzinfo is None:
             raise InvalidRecord("invalid_timestamp", "timestamp has no UTC offset")
         millis = int(moment.timestamp() * 1000)
@@ -134,4 +146,26 @@ def validate_transactions(
         stamps.append(millis)
     batch.amounts = np.asarray(amounts, dtype=np.float64)
     batch.timestamps_ms = np.asarray(stamps, dtype=np.int64)
-    return batch
+    return refuse_card_numbers(batch)
+
+
+def refuse_card_numbers(batch: TransactionBatch) -> TransactionBatch:
+    """``batch`` without the records whose echoed text carries a card number (those become
+    ``card_number_in_field`` rejections). One scan of the whole batch's echoed text
+    finds whether any record needs a closer look (no regex for plain ASCII ids)."""
+    texts = [*batch.transaction_ids, *batch.account_ids, *batch.merchant_ids]
+    texts += [t for r in batch.records if isinstance(t := r["timestamp"], str)]
+    if not may_carry_card_number("\n".join(texts)):
+        return batch
+    keep = []
+    for k, record in enumerate(batch.records):
+        carrier = next((name for name in ECHOED_TEXT if isinstance(text := record[name], str)
+                        and may_carry_card_number(text) and card_numbers(text)), None)
+        if carrier is None:
+            keep.append(k)
+        else:
+            batch.rejections.append(Rejection(batch.indices[k], "card_number_in_field",
+                                              f"{carrier} carries a card number"))
+    if len(keep) == len(batch):
+        return batch
+    return batch.select(np.asarray(keep, dtype=np.int64))

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 
+from flagstream.cards import install_log_masking
 from flagstream.features.kernels import warm_up
 from flagstream.streams.agents import build_app
 from flagstream.streams.app import ROLES
@@ -46,6 +47,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def run(args: argparse.Namespace) -> int:
     """Create topics and run the worker until interrupted (SIGTERM/SIGINT: within the deadline)."""
+    install_log_masking()  # (again, for callers that skip the CLI): logs never carry a card number
     check_versions()  # before anything touches Faust's internals
     settings = settings_from(args)
     require_access(settings)  # a refused login ends the worker here, not in endless retries

@@ -62,12 +62,13 @@ def luhn_complete(prefix: str) -> str:
     return next(prefix + str(d) for d in range(10) if luhn_ok(prefix + str(d)))
 
 
-_DIGIT_RUN = re.compile(r"[0-9](?:[ -]?[0-9])*")
+_DIGIT_RUN = re.compile(r"[0-9](?:[ ./-]?[0-9])*")
 
 
 def card_numbers_in(text: str) -> list[str]:
-    """Luhn-valid card numbers in ``text``: 13–19 ASCII digits with single spaces or dashes
-    allowed between them, not touching another digit (what ``flagstream.cards`` masks).
+    """Luhn-valid card numbers in ``text``: 13–19 ASCII digits with single spaces, dashes,
+    dots or slashes allowed between them, not touching another digit (``flagstream.cards``
+    masks more: see ``tests/test_cards.py``).
 
     Inside a longer run such as ``4111 1111 1111 1111 0000``, every span of whole groups
     counts (``4111 1111 1111 1111`` is a card number a reader sees); a 20-digit run without
@@ -75,7 +76,7 @@ def card_numbers_in(text: str) -> list[str]:
     """
     found = []
     for match in _DIGIT_RUN.finditer(text):
-        groups = re.split(r"[ -]", match.group(0))
+        groups = re.split(r"[ ./-]", match.group(0))
         for first in range(len(groups)):
             digits = ""
             for group in groups[first:]:

@@ -109,7 +109,7 @@ def cases(corpus: Sequence[Case], crashes: dict[str, pytest.MarkDecorator] | Non
 # =============================================================================================
 # Known crashes (each marks exactly the tests and corpus cases that find it)
 # =============================================================================================
-PAN_ECHOED = known_crash(
+PAN_ECHOED = fixed(
     "card number re-emitted: streams/core.py ScoringCore._decide (lines ~240-263) copies "
     "transaction_id/account_id/merchant_id and the context fields currency/channel/country verbatim "
     "onto decisions (scores topic) and flags (review topic); minimal input: a valid transaction with "

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from flagstream.cards import mask_text
+from flagstream.cards import card_numbers, mask_text
 from flagstream.codec import deeper_than, dumps
 from flagstream.sinks.review.history import RecentHistory, fraud_entry, transaction_entry
 from flagstream.sinks.review.queue import ReviewItem, ReviewQueue
@@ -221,10 +221,13 @@ class ReviewService:
 
 def is_flag(record: object) -> bool:
     """Whether a record from the ``review`` topic can be queued: a flat-enough object with
-    a transaction id, string account and merchant ids (when present) and a score in [0, 1].
+    a transaction id, string account and merchant ids (when present), no card number in
+    any of them, and a score in [0, 1].
 
     >>> is_flag({"transaction_id": "t-1", "score": 0.9}), is_flag({"transaction_id": "t-1", "score": "x"})
     (True, False)
+    >>> is_flag({"transaction_id": "t-1", "account_id": "4111 1111 1111 1111", "score": 0.9})
+    False
     """
     if not isinstance(record, dict) or deeper_than(record, MAX_FLAG_NESTING):
         return False
@@ -233,7 +236,10 @@ def is_flag(record: object) -> bool:
         return False
     if not isinstance(score, int | float) or isinstance(score, bool) or not 0.0 <= score <= 1.0:
         return False  # (NaN fails the comparison too)
-    return all(isinstance(record.get(k, ""), str) for k in ("account_id", "merchant_id"))
+    ids = [tx, record.get("account_id", ""), record.get("merchant_id", "")]
+    # (ids are kept unmasked to join a label to its decision: one carrying a card number is
+    # no flag the scorer wrote, and is refused like the scorer refuses its transaction)
+    return all(isinstance(i, str) for i in ids) and not card_numbers("\n".join(ids))
 
 
 def valid_reasons(reasons: object) -> bool:
