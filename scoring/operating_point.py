@@ -198,6 +198,18 @@ class OperatingPoint:
         """Flag every score at or above the current threshold."""
         return np.asarray(scores) >= self.threshold
 
+    def follow(self, threshold: float) -> None:
+        """Decide with a threshold the learner's operating point published (scorers that do
+        not learn follow it rather than estimating their own)."""
+        self.index = grid_index(threshold)
+
+    def published(self, sequence: int, at_ms: int) -> dict[str, Any]:
+        """The record the learner publishes on ``models`` so every scorer decides alike."""
+        last = self.last
+        return {"kind": "operating-point", "threshold": self.threshold, "sequence": sequence,
+                "at_ms": at_ms, "reason": last.reason if last else "initial",
+                "target_met": last.target_met if last else None}
+
     # --- evidence in -------------------------------------------------------------------------
     def observe_traffic(self, scores: np.ndarray, flagged: np.ndarray, at_s: float) -> None:
         """Decisions made: their scores, whether each was flagged, their event time (seconds)."""

@@ -36,6 +36,7 @@ from flagstream.scoring.registry import (
     LINEAGE,
     MAX_HISTORY,
     MAX_STACK,
+    OPERATING_POINT,
     SEAT,
     STATUSES,
     VERSION_PREFIX,
@@ -112,6 +113,12 @@ CANDIDATE_FIELDS: dict[str, Check] = {
 }
 
 
+OPERATING_POINT_FIELDS: dict[str, Check] = {
+    "kind": lambda v: v == "operating-point", "threshold": lambda v: number(v) and 0.0 <= v <= 1.0,
+    "sequence": whole, "at_ms": whole, "reason": text, "target_met": optional(lambda v: isinstance(v, bool)),
+}
+
+
 def check_fields(what: str, record: Any, fields: Mapping[str, Check]) -> None:
     """Raise ``ValueError`` unless ``record`` has exactly ``fields``, each passing its check."""
     if not isinstance(record, dict):
@@ -156,6 +163,8 @@ def check_record(key: bytes, record: Any) -> None:
         check_fields(what, record, CANDIDATE_FIELDS)
         if key != CANDIDATE_PREFIX + record["lineage"].encode():
             raise ValueError(f"{what}: holds lineage {record['lineage']!r}")
+    elif key == OPERATING_POINT:
+        check_fields(what, record, OPERATING_POINT_FIELDS)
     elif key != LEARNER:
         raise ValueError(f"{what}: not a registry key")
 

@@ -50,6 +50,8 @@ from flagstream.scoring.handle import model_from_state, parse_version
 from flagstream.scoring.snapshots import IntegrityError, unseal
 
 SEAT, CHAMPION, LEARNER = b"seat", b"champion", b"learner"
+#: The learner's operating point: the threshold every scorer decides with.
+OPERATING_POINT = b"operating-point"
 VERSION_PREFIX, CANDIDATE_PREFIX = b"version:", b"candidate:"
 STATUSES = ("candidate", "shadow", "champion", "retired")
 #: Partition every registry record is written to (one total order).

@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 ROLES = ("all", "scorer", "learner")
 
 
+#: Roles whose process runs the learner (and owns the operating point).
+LEARNING_ROLES = frozenset({"all", "learner"})
+
+
 @dataclass
 class Pipeline:
     """Everything one worker process owns, wired together.
@@ -71,7 +75,7 @@ class Pipeline:
 
     @property
     def learns(self) -> bool:
-        return self.role in {"all", "learner"}
+        return self.role in LEARNING_ROLES
 
     def runtimes(self) -> list[Runtime]:
         """The runtime pieces attached, in the order they were started."""
@@ -188,7 +192,9 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
         handle, policy, accounts, merchants,
         settings.max_record_bytes, settings.max_nesting,
     )
-    models = ModelSync(models_table, handle, metrics, model_key(settings, role))
+    learns = role in LEARNING_ROLES  # the learner owns the operating point; scorers follow it
+    models = ModelSync(models_table, handle, metrics, model_key(settings, role),
+                       threshold_follower=None if learns else policy)
     return Pipeline(settings, role, app, metrics, handle, core, models, topic_map, tables)
 
 

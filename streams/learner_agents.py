@@ -90,6 +90,9 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
                     label="fraud" if label else "legit", source=feedback.get("source", "review")
                 ).inc()
             follow_operating_point(p, labelled)
+            if writes := rt.threshold_writes():  # every scorer decides with the same threshold
+                async with rt.lock:
+                    await deliver(await rt.send(writes))
 
     @app.timer(0.5)
     async def lifecycle() -> None:

@@ -31,6 +31,7 @@ from flagstream.scoring.handle import ModelHandle, model_from_state, parse_versi
 from flagstream.scoring.label_ledger import HourlyBudget, LabelLedger, LabelMemory
 from flagstream.scoring.learner import Learner
 from flagstream.scoring.linear import LinearChampion
+from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.scoring.record_checks import check_learner_snapshot
 from flagstream.scoring.snapshots import SnapshotStore, refusal_reason, seal
 from flagstream.streams.app import Pipeline
@@ -75,6 +76,8 @@ class LearnerRuntime:
         self.last_publish = 0.0
         self.publications = 0
         self.snapshot_due = False
+        #: (threshold, sequence) of the last operating-point record this learner published.
+        self.published_threshold = (float("nan"), 0)
         self.written: OrderedDict[bytes, dict] = OrderedDict()
 
     def lookup(self, transaction_id: str) -> dict | None:
@@ -105,7 +108,28 @@ class LearnerRuntime:
             if not self.ready:
                 if self.restore():
                     await self.catch_up()
+                self.resume_operating_point()
                 self.ready = True
+
+    def resume_operating_point(self) -> None:
+        """Start from the threshold this learner last published (its estimates start again
+        from the traffic and labels that arrive)."""
+        policy, record = self.p.core.policy, self.p.models.read(reg.OPERATING_POINT)
+        if isinstance(policy, OperatingPoint) and record is not None:
+            policy.follow(float(record["threshold"]))
+            self.published_threshold = (float(record["threshold"]), int(record["sequence"]))
+            log.info("operating point resumed at threshold %.3f", policy.threshold)
+
+    def threshold_writes(self) -> Writes:
+        """The operating point's record when its threshold changed since last published."""
+        policy = self.p.core.policy
+        if not isinstance(policy, OperatingPoint):
+            return []
+        threshold, sequence = self.published_threshold
+        if policy.threshold == threshold:
+            return []
+        self.published_threshold = (policy.threshold, sequence + 1)
+        return [(reg.OPERATING_POINT, policy.published(sequence + 1, int(time.time() * 1000)))]
 
     async def catch_up(self) -> int:
         """Learn again the feedback between the restored snapshot and the group's commit.

@@ -17,12 +17,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from flagstream.errors import ConfigurationError
 from flagstream.scoring.handle import ModelHandle, model_from_state, parse_version
 from flagstream.scoring.model_key import ModelKey
 from flagstream.scoring.record_checks import check_record
-from flagstream.scoring.registry import CHAMPION, SEAT, check_followable, choose_champion
+from flagstream.scoring.registry import (
+    CHAMPION,
+    OPERATING_POINT,
+    SEAT,
+    check_followable,
+    choose_champion,
+)
 from flagstream.scoring.snapshots import IntegrityError, unseal
 from flagstream.sinks.metrics import PipelineMetrics
 
@@ -60,8 +67,12 @@ class ModelSync:
     """
 
     def __init__(self, table: Mapping[bytes, bytes], handle: ModelHandle, metrics: PipelineMetrics,
-                 key: ModelKey | bytes | None) -> None:
+                 key: ModelKey | bytes | None, threshold_follower: Any = None) -> None:
         self.table = table
+        #: A scorer without the learner's operating point follows its published threshold
+        #: (anything with ``follow(threshold)``); None in the learner's own process.
+        self.threshold_follower = threshold_follower
+        self._followed: dict | None = None
         self.handle = handle
         self.metrics = metrics
         if not isinstance(key, ModelKey):
@@ -131,6 +142,7 @@ class ModelSync:
         counted once, and the worker keeps the version it has: it never raises.
         """
         try:
+            self._follow_threshold()
             return self._sync()
         except Exception as exc:  # hostile or corrupt registry records: refuse, keep scoring
             self._refuse(("malformed", type(exc).__name__, str(exc)[:200]),
@@ -142,6 +154,19 @@ class ModelSync:
             self._unloadable = key
             log.error("%s; keeping %s", message, self.handle.version)
             self.metrics.lifecycle.refused.labels(source="unloadable", reason="unloadable").inc()
+
+    def _follow_threshold(self) -> None:
+        """Decide with the threshold the learner published (a verified record), once per change."""
+        if self.threshold_follower is None:
+            return
+        record = self.read(OPERATING_POINT)
+        if record is None or record is self._followed:
+            return
+        self._followed = record
+        self.threshold_follower.follow(float(record["threshold"]))
+        self.metrics.threshold.set(float(record["threshold"]))
+        log.info("threshold now %.3f (the learner's operating point: %s)", record["threshold"],
+                 record["reason"])
 
     def _sync(self) -> bool:
         seat, champion = self.read(SEAT), self.read(CHAMPION)

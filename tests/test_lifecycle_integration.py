@@ -306,8 +306,8 @@ def test_two_scorers_hot_swap_without_restart_or_gap(settings, worker_factory, t
     monkeypatch.setenv("FLAGSTREAM_MODEL_HMAC_KEY", "hot-swap-test-key")
     settings = settings.with_(model_hmac_key=Secret("hot-swap-test-key"))
     learner, *scorers = start_together(
-        worker_factory, ("learner", {}), *[("scorer", {"data_dir": str(tmp_path / f"scorer{k}")})
-                                           for k in range(2)])
+        worker_factory, ("learner", {"threshold": 0.3}),  # the scorers start from 0.5
+        *[("scorer", {"data_dir": str(tmp_path / f"scorer{k}")}) for k in range(2)])
     pids = [w.proc.pid for w in scorers]
     stream = Stream(settings)
     sent: list[dict] = []
@@ -338,3 +338,10 @@ def test_two_scorers_hot_swap_without_restart_or_gap(settings, worker_factory, t
     assert sum(w.metric("flagstream_decisions_total") for w in scorers) == len(sent)
     assert learner.metric("flagstream_model_updates_total") >= 1
     assert PARTITION == 0
+    # the threshold travels on the models topic: every scorer decides with the learner's
+    learned = learner.metric("flagstream_threshold")
+    assert 0.0 < learned < 0.5
+    tail = stream.send(25)
+    decided = {d["transaction_id"]: d for d in read_json(settings, "scores", len(sent) + len(tail))}
+    assert {decided[t["transaction_id"]]["threshold"] for t in tail} == {learned}
+    assert all(w.metric("flagstream_threshold") == learned for w in scorers)

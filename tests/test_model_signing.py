@@ -31,7 +31,14 @@ from flagstream.errors import ConfigurationError
 from flagstream.features.layout import N_FEATURES
 from flagstream.scoring.linear import INPUT_NAMES, LinearChampion
 from flagstream.scoring.model_key import KEY_FILE, MIN_KEY_BYTES, create_key_file, read_key_file
-from flagstream.scoring.registry import CHAMPION, LEARNER, SEAT, seat_change, version_record
+from flagstream.scoring.registry import (
+    CHAMPION,
+    LEARNER,
+    OPERATING_POINT,
+    SEAT,
+    seat_change,
+    version_record,
+)
 from flagstream.scoring.snapshots import seal
 from flagstream.streams.app import create_pipeline
 from flagstream.streams.config import Secret, Settings
@@ -284,3 +291,25 @@ def test_a_forged_champion_produced_to_a_running_worker_changes_no_decision(
         t["transaction_id"] for t in txs if t["amount"] > 500}  # still flagged
     assert serving_version(worker) == version
     assert worker.run_log().count(b"refusing models[champion]") == 1, "one line per refused version"
+
+
+# --- the operating point's record -----------------------------------------------------------
+def test_a_scorer_decides_with_the_threshold_the_learner_signed_and_no_other(tmp_path):
+    learner, _ = pipeline(tmp_path, "learner")
+    key = learner_key(tmp_path)
+    scorer, table = pipeline(tmp_path, "scorer")
+    record = learner.core.policy.published(1, 0) | {"threshold": 0.3}
+    table[OPERATING_POINT] = seal(record, key)
+    scorer.models.sync()
+    assert scorer.core.policy.threshold == 0.3
+    table[OPERATING_POINT] = seal(record | {"threshold": 0.005}, b"someone else's key" * 2)
+    scorer.models.sync()
+    assert scorer.core.policy.threshold == 0.3 and refused(scorer, "bad_signature") == 1
+    table[OPERATING_POINT] = seal(record | {"threshold": "low"}, key)
+    scorer.models.sync()
+    assert scorer.core.policy.threshold == 0.3 and refused(scorer, "malformed") == 1
+    learner.core.policy.follow(0.7)  # the learner owns its operating point: it never follows
+    table.update({OPERATING_POINT: seal(record, key)})
+    learner.models.table = table
+    learner.models.sync()
+    assert learner.core.policy.threshold == 0.7
