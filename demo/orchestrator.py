@@ -21,6 +21,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from flagstream.codec import dumps
+from flagstream.demo import outcome as result
 from flagstream.sinks.review.credentials import REVIEWERS_FILE, ReviewerTokens
 from flagstream.streams.config import Settings
 from flagstream.streams.kafka_access import require_access
@@ -46,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=6066, help="review page and metrics port")
     parser.add_argument("--refresh", type=float, default=2.0, help="summary refresh, seconds")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (0: Ctrl-C)")
+    parser.add_argument("--json", action="store_true",
+                        help="headless: progress on stderr, one JSON object at the end (live "
+                             "figures beside a backtest of the same events with the same policy)")
 
 
 class Metrics:
@@ -104,6 +109,7 @@ def summary_line(now: dict[str, float], before: dict[str, float], seconds: float
 
 
 def run(args: argparse.Namespace) -> int:
+    out = sys.stderr if args.json else sys.stdout  # with --json, stdout is the JSON object
     run_id = time.strftime("%Y%m%d-%H%M%S")  # each run its own topics and state: no stale records
     data_dir = DEMO_DIR / run_id / "worker"
     settings = Settings.from_env(data_dir=str(data_dir))
@@ -114,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
     env = {**os.environ, "FLAGSTREAM_WEB_PORT": str(args.port),
            "FLAGSTREAM_TOPIC_PREFIX": f"{settings.topic_prefix}demo-{run_id}.",
            "FLAGSTREAM_DATA_DIR": str(data_dir),
-           "FLAGSTREAM_REVIEW_CAPACITY_PER_DAY": str(args.review_capacity), "PYTHONUNBUFFERED": "1"}
+           "FLAGSTREAM_REVIEW_CAPACITY_PER_DAY": str(args.review_capacity),
+           "FLAGSTREAM_LABEL_MATURITY_S": str(args.chargeback_delay_days * 86_400),
+           "PYTHONUNBUFFERED": "1"}
     # the replay runs --speedup event hours per hour, and so the simulated reviewers' labels:
     # their hourly budgets scale with it (unless set)
     for budget in ("feedback_labels_per_reviewer_hour", "feedback_labels_per_source_hour"):
@@ -124,11 +132,12 @@ def run(args: argparse.Namespace) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     flagstream = [sys.executable, "-m", "flagstream.cli"]
     if not args.stream.exists():
-        print(f"generating a {args.days}-day stream of {args.customers} cards → {args.stream}")
+        print(f"generating a {args.days}-day stream of {args.customers} cards → {args.stream}",
+              file=out)
         subprocess.run(
             [*flagstream, "simulate", "--customers", str(args.customers), "--terminals",
              str(args.terminals), "--days", str(args.days), "--out", str(args.stream)],
-            check=True, env=env,
+            check=True, env=env, stdout=out,
         )
     procs: list[tuple[str, subprocess.Popen]] = []
 
@@ -150,27 +159,53 @@ def run(args: argparse.Namespace) -> int:
                         "--speedup", str(args.speedup), "--review-delay", "7200",
                         "--capacity-per-day", str(args.review_capacity),
                         "--chargeback-delay-days", str(args.chargeback_delay_days)])
-    print(f"\nbroker      {settings.broker}")
-    print(f"review page {base}/review   sign in as {DEMO_REVIEWER!r} with the token {token}")
-    print(f"            (more reviewers: FLAGSTREAM_DATA_DIR={data_dir} "
-          "flagstream review-tokens add NAME)")
-    print(f"metrics     {base}/metrics")
-    print(f"logs        {logs}/\n(Ctrl-C stops everything)\n")
+    print(f"\nbroker      {settings.broker}\n"
+          f"review page {base}/review   sign in as {DEMO_REVIEWER!r} with the token {token}\n"
+          f"            (more reviewers: FLAGSTREAM_DATA_DIR={data_dir} "
+          "flagstream review-tokens add NAME)\n"
+          f"metrics     {base}/metrics\n"
+          f"logs        {logs}/\n(Ctrl-C stops everything)\n", file=out)
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     before, t0, started = metrics.read(), time.monotonic(), time.monotonic()
+    now = before
     while not stop["now"]:
         time.sleep(args.refresh)
         now, t1 = metrics.read(), time.monotonic()
-        print(summary_line(now, before, t1 - t0), flush=True)
+        print(summary_line(now, before, t1 - t0), file=out, flush=True)
         before, t0 = now, t1
         if args.duration and t1 - started > args.duration:
             break
         if procs[0][1].poll() is not None:
             print("the worker stopped; see its log", file=sys.stderr)
             return stop_all(procs, 1)
-    return stop_all(procs, 0)
+    status = stop_all(procs, 0)
+    if args.json and status == 0:
+        print(dumps(outcome(args, settings, env, now)).decode())
+    return status
+
+
+def outcome(args: argparse.Namespace, settings: Settings, env: dict[str, str],
+            last: dict[str, float]) -> dict:
+    """The run's JSON object: what it did, live, and a backtest of the same events."""
+    run_settings = Settings.from_env(topic_prefix=env["FLAGSTREAM_TOPIC_PREFIX"],
+                                     review_capacity_per_day=float(args.review_capacity))
+    capacity = float(args.review_capacity)
+    live, last_ms = result.live(run_settings, args.stream, capacity)
+    backtest = result.backtest(run_settings, args.stream, capacity, last_ms,
+                               review_delay_hours=2.0, chargeback_delay_days=args.chargeback_delay_days)
+    return {
+        "events": total(last, "flagstream_events_in_total"),
+        "flagged": total(last, "flagstream_flags_total"),
+        "review_capacity_per_day": capacity,
+        "target_false_discovery_rate": run_settings.target_false_discovery_rate,
+        "promotions": total(last, "flagstream_model_promotions_total"),
+        "rollbacks": total(last, "flagstream_model_rollbacks_total"),
+        "model_version": int(total(last, "flagstream_model_sequence")),
+        "live": live["all"], "live_second_half": live["second_half"],
+        "backtest": {"all": backtest["all"], "second_half": backtest["second_half"]},
+    }
 
 
 def stop_all(procs: list[tuple[str, subprocess.Popen]], status: int) -> int:
@@ -183,5 +218,5 @@ def stop_all(procs: list[tuple[str, subprocess.Popen]], status: int) -> int:
             except subprocess.TimeoutExpired:
                 print(f"{name} did not stop; killing it", file=sys.stderr)
                 proc.kill()
-    print("stopped")
+    print("stopped", file=sys.stderr)
     return status

@@ -332,6 +332,10 @@ class Backtest:
             if mask.any():
                 queue.append(_Chunk(ts[mask] + delay, ids[mask], y[mask], sources[mask]))
 
+    def decided_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """After :meth:`run`: event time, ground truth, flagged and threshold of every decision."""
+        return self.decided
+
     # --- the run ------------------------------------------------------------------
     def step(self, stream: Stream, lo: int, hi: int, scores: np.ndarray, flagged: np.ndarray) -> None:
         """Deliver due labels, then score events ``lo:hi`` and queue their labels."""
@@ -378,6 +382,7 @@ class Backtest:
                 bar.update(hi - lo)
         finished = time.perf_counter()
         ok = ~np.isnan(scores)
+        self.decided = (stream.ts_ms[ok], stream.is_fraud[ok], flagged[ok], self.decided_at[ok])
 
         def evaluate(
             column: np.ndarray, flags: np.ndarray
