@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     # here only (the worker keeps its hash; the simulated reviewers answer on Kafka)
     token = ReviewerTokens(settings.data_path / REVIEWERS_FILE).add(DEMO_REVIEWER)
     env = {**os.environ, "FLAGSTREAM_WEB_PORT": str(args.port),
-           "FLAGSTREAM_TOPIC_PREFIX": f"{settings.topic_prefix}demo-{run_id}.",
+           "FLAGSTREAM_TOPIC_PREFIX": (prefix := f"{settings.topic_prefix}demo-{run_id}."),
            "FLAGSTREAM_DATA_DIR": str(data_dir),
            "FLAGSTREAM_REVIEW_CAPACITY_PER_DAY": str(args.review_capacity),
            "FLAGSTREAM_LABEL_MATURITY_S": str(args.chargeback_delay_days * 86_400),
@@ -182,15 +182,12 @@ def run(args: argparse.Namespace) -> int:
             return stop_all(procs, 1)
     status = stop_all(procs, 0)
     if args.json and status == 0:
-        print(dumps(outcome(args, settings, env, now)).decode())
+        print(dumps(outcome(args, settings.with_(topic_prefix=prefix), now)).decode())
     return status
 
 
-def outcome(args: argparse.Namespace, settings: Settings, env: dict[str, str],
-            last: dict[str, float]) -> dict:
+def outcome(args: argparse.Namespace, run_settings: Settings, last: dict[str, float]) -> dict:
     """The run's JSON object: what it did, live, and a backtest of the same events."""
-    run_settings = Settings.from_env(topic_prefix=env["FLAGSTREAM_TOPIC_PREFIX"],
-                                     review_capacity_per_day=float(args.review_capacity))
     capacity = float(args.review_capacity)
     live, last_ms = result.live(run_settings, args.stream, capacity)
     backtest = result.backtest(run_settings, args.stream, capacity, last_ms,

@@ -18,7 +18,7 @@ the recent labels it never learned from, and the first that beats what the champ
 actually said by the margin becomes the rollback target. A shift in the fraud rate
 hurts every version alike and rolls nothing back.
 
->>> gate = Gate(GateConfig(min_labels=20, margin=0.05))
+>>> gate = Gate(GateConfig(min_labels=20, min_frauds=10, cooldown_labels=40, margin=0.05))
 >>> for i in range(40):
 ...     y = i % 2
 ...     gate.observe({"score": 0.5, "shadow": {"good": 0.9 if y else 0.1,
@@ -61,9 +61,16 @@ class GateConfig:
         ADWIN's confidence parameter for the champion's error stream.
     recent
         Labelled events kept in memory to check a rollback target against.
+    min_frauds
+        Fraud labels among them: a comparison of fraud models needs the rare class.
+    cooldown_labels
+        Labels since the champion last changed before the gate may change it again, so
+        it never goes back and forth on the same evidence.
     """
 
     min_labels: int = 200
+    min_frauds: int = 20
+    cooldown_labels: int = 2_000
     margin: float = 0.02
     metric: str = "logloss"
     drift_delta: float = 0.002
@@ -99,6 +106,7 @@ class Pairing:
     """A challenger and the champion on the same labels: count and summed losses."""
 
     n: int = 0
+    frauds: int = 0
     challenger: float = 0.0
     champion: float = 0.0
     verdict: str = "pending"
@@ -149,6 +157,7 @@ class Gate:
         for lineage, shadow_score in (decision.get("shadow") or {}).items():
             pair = self.pairs.setdefault(lineage, Pairing())
             pair.n += 1
+            pair.frauds += label
             pair.challenger += _loss(metric, label, shadow_score)
             pair.champion += champion_loss
         before = self._adwin.estimation
@@ -163,12 +172,15 @@ class Gate:
         cfg = self.config
         out: list[Verdict] = []
         best: tuple[float, str, str] | None = None
+        if self.seat_n < cfg.cooldown_labels:  # too soon after the last change: evidence first
+            return out
         for lineage in active:
             pair = self.pairs.get(lineage)
-            if pair is None or pair.n < cfg.min_labels:
+            if pair is None or pair.n < cfg.min_labels or pair.frauds < cfg.min_frauds:
                 continue
             mine, champ = pair.means()
-            summary = f"{cfg.metric} {mine:.4f} vs champion {champ:.4f} on {pair.n} labels"
+            summary = (f"{cfg.metric} {mine:.4f} vs champion {champ:.4f} on {pair.n} labels "
+                       f"({pair.frauds} frauds)")
             if mine <= champ * (1 - cfg.margin):
                 pair.verdict = "passing"
                 if best is None or mine < best[0]:

@@ -173,6 +173,9 @@ class Settings:
     #: The gate: labels a challenger needs, the relative margin it must win by, the loss.
     gate_min_labels: int = GateConfig.min_labels
     gate_margin: float = GateConfig.margin
+    #: Fraud labels a challenger needs, and labels since the last change before another.
+    gate_min_frauds: int = GateConfig.min_frauds
+    gate_cooldown_labels: int = GateConfig.cooldown_labels
     gate_metric: str = GateConfig.metric
     #: ADWIN's confidence parameter for the champion's error stream (rollback on drift).
     drift_delta: float = GateConfig.drift_delta
@@ -272,7 +275,8 @@ class Settings:
 
     def gate(self) -> GateConfig:
         """The gate and drift settings as the scoring side takes them."""
-        return GateConfig(min_labels=self.gate_min_labels, margin=self.gate_margin,
+        return GateConfig(min_labels=self.gate_min_labels, min_frauds=self.gate_min_frauds,
+                          cooldown_labels=self.gate_cooldown_labels, margin=self.gate_margin,
                           metric=self.gate_metric, drift_delta=self.drift_delta)
 
     def hmac_key(self) -> bytes | None:

@@ -143,6 +143,8 @@ def start_together(worker_factory, *specs: tuple[str, dict]) -> list:
 def lifecycle_env(monkeypatch, challengers: str = "", min_labels: int = 100_000) -> None:
     monkeypatch.setenv("FLAGSTREAM_CHALLENGERS", challengers)
     monkeypatch.setenv("FLAGSTREAM_GATE_MIN_LABELS", str(min_labels))
+    monkeypatch.setenv("FLAGSTREAM_GATE_COOLDOWN_LABELS", str(min(min_labels, 2_000)))
+    monkeypatch.setenv("FLAGSTREAM_GATE_MIN_FRAUDS", "1")
     monkeypatch.setenv("FLAGSTREAM_MODEL_PUBLISH_INTERVAL_S", "0.2")
 
 

@@ -121,7 +121,7 @@ def test_shadow_cutoff_scores_only_the_suspicious_rows():
 
 
 def test_gate_refuses_once_and_promotes_the_better_model():
-    gate = Gate(GateConfig(min_labels=30, margin=0.05))
+    gate = Gate(GateConfig(min_labels=30, min_frauds=5, cooldown_labels=30, margin=0.05))
     for i in range(60):
         y = int(i % 4 == 0)
         gate.observe({"score": 0.3, "shadow": {"good": 0.8 if y else 0.05,
@@ -137,6 +137,32 @@ def test_gate_refuses_once_and_promotes_the_better_model():
     restored = Gate(gate.config)
     restored.restore(loads(dumps(gate.to_state())))
     assert restored.report() == gate.report()
+
+
+def test_the_gate_does_not_flap_it_waits_for_evidence_after_every_change():
+    gate = Gate(GateConfig(min_labels=50, min_frauds=10, cooldown_labels=500, margin=0.02))
+
+    promotions = []
+    for i in range(3_000):  # both beat the champion, each by a little more in turn
+        y = int(i % 10 == 0)
+        lead = "a" if (i // 100) % 2 == 0 else "b"
+        shadow = {name: (0.9 if y else 0.05) if name == lead else (0.85 if y else 0.07)
+                  for name in ("a", "b")}
+        gate.observe({"score": 0.3, "shadow": shadow}, y)
+        for v in gate.verdicts(["a", "b"]):
+            if v.action == "promote":
+                promotions.append((i, v.lineage))
+                assert "frauds" in v.reason and "labels" in v.reason  # the evidence travels
+                gate.reset_seat(keep_drift=True)  # what the learner does on a seat change
+    gaps = [b - a for (a, _), (b, _) in zip(promotions, promotions[1:], strict=False)]
+    assert len(promotions) >= 2 and all(g >= 500 for g in gaps), promotions
+    assert len(promotions) <= 3_000 // 500, "a change per 500 labels at most, not per 100"
+
+    few_frauds = Gate(GateConfig(min_labels=50, min_frauds=10, cooldown_labels=0))
+    for i in range(400):  # plenty of labels, 4 frauds: no verdict either way
+        y = int(i % 100 == 0)
+        few_frauds.observe({"score": 0.3, "shadow": {"a": 0.9 if y else 0.05}}, y)
+    assert few_frauds.verdicts(["a"]) == []
 
 
 def test_drift_finds_the_version_before_a_bad_one_and_checks_it_does_better():
