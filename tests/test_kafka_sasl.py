@@ -87,7 +87,7 @@ def sasl_settings(sasl_password, tmp_path) -> Settings:
         {}, broker=f"127.0.0.1:{SASL_PORT}", security_protocol="sasl_plaintext",
         sasl_mechanism="scram-sha-512", sasl_username=USER, sasl_password=Secret(sasl_password),
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.", partitions=2, data_dir=str(tmp_path / "data"),
-        web_port=free_port(), review_token=Secret("test-token"),
+        web_port=free_port(), review_token=Secret("test-review-token-0001"),
     )
 
 
