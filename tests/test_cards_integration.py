@@ -11,7 +11,7 @@ import hostile_corpus as hc
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from kafka_helpers import produce, read_topic
+from kafka_helpers import FLAG_EVERYTHING, produce, read_topic
 from test_cards import PLACES, VALID, assert_no_card_number
 
 from flagstream.codec import dumps, loads
@@ -104,7 +104,7 @@ def test_no_card_number_reaches_any_topic_or_the_log(settings, worker_factory):
     producers write, ``transactions`` and ``feedback``) and its log hold no card number."""
     pairs, numbers = hostile_transactions()
     decided = sum(not validate_transactions([v]).rejections for _, v in pairs)
-    worker = worker_factory(threshold=0.0)
+    worker = worker_factory(**FLAG_EVERYTHING)
     asyncio.run(produce(settings, "transactions", pairs))
     feedback = hostile_feedback(numbers)
     asyncio.run(produce(settings, "feedback", feedback))
