@@ -115,11 +115,13 @@ class BacktestConfig:
 
     def decision_policy(self) -> FixedThreshold | OperatingPoint:
         """The policy this run decides with (a new one each call)."""
-        if self.policy == "live":
-            capacity = self.review_capacity_per_day or Settings().review_capacity_per_day
-            return Settings(threshold=self.threshold, review_capacity_per_day=capacity,
-                            target_false_discovery_rate=self.target_false_discovery_rate,
-                            ).operating_point()
+        if self.policy == "live":  # the operator's settings, as the worker reads them
+            base = Settings.from_env()
+            return base.with_(
+                threshold=self.threshold,
+                review_capacity_per_day=self.review_capacity_per_day or base.review_capacity_per_day,
+                target_false_discovery_rate=self.target_false_discovery_rate,
+            ).operating_point()
         kind, _, value = self.policy.partition(":")
         try:
             threshold = float(value)

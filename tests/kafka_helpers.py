@@ -70,7 +70,9 @@ async def read_topic(
 ) -> list:
     """Read a topic from the beginning until ``expect`` records (or, with
     ``distinct_keys``, records with ``expect`` distinct keys) arrived, then ``settle_s``
-    more seconds to catch extras, or the timeout passed. Returns aiokafka records."""
+    more seconds to catch extras, or until nothing new arrived for ``timeout_s``: a
+    pipeline that keeps deciding on a loaded machine is waited for, one that stopped
+    (a loss, a stall) is not. Returns aiokafka records."""
     name = settings.topic(topic)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.broker, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -91,6 +93,8 @@ async def read_topic(
         settle_until = None
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
+            if batch:
+                deadline = max(deadline, time.monotonic() + timeout_s)
             for recs in batch.values():
                 records.extend(recs)
                 if distinct_keys:

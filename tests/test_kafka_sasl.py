@@ -135,7 +135,8 @@ def _tls(settings: Settings, **changes) -> Settings:
 
 def test_sasl_over_tls_with_the_ca_made_here(sasl_broker, sasl_settings, tmp_path):
     _, ca = sasl_broker
-    tls = _tls(sasl_settings, ssl_cafile=str(ca))
+    # no learner ran here: the CLI signs with a configured key
+    tls = _tls(sasl_settings, ssl_cafile=str(ca), model_hmac_key=Secret("tls-test-model-signing-key"))
     asyncio.run(create_topics(tls))  # the admin client, over TLS
     records = [{"transaction_id": f"tx{i}", "n": i} for i in range(20)]
     produce_json(tls, "transactions", records, "transaction_id")
