@@ -54,7 +54,13 @@ from typing import Any
 
 import numpy as np
 
-from flagstream.scoring.score_tally import BINS, Counts, ScoreTally, grid_index
+from flagstream.scoring.score_tally import (
+    BINS,
+    Counts,
+    ScoreTally,
+    grid_index,
+    population_stability,
+)
 
 DAY_S = 86_400.0
 
@@ -112,6 +118,7 @@ class Estimate:
     labels: int
     frauds: int
     target_met: bool | None
+    score_psi: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -259,6 +266,16 @@ class OperatingPoint:
             return None  # not enough traffic seen to state a rate
         return self.tally.window(now - self.traffic_window_s, now).curve()[0] * DAY_S / span
 
+    def score_shift(self) -> float | None:
+        """Population stability index of the last ``traffic_window_s`` of scores against the
+        rest of the window before it: the model's own health, with no labels needed."""
+        now, recent = self.tally.newest_s, self.traffic_window_s
+        if self.tally.span_s(now - self.window_s, now) < 2 * recent:
+            return None
+        current = self.tally.window(now - recent, now).traffic()
+        reference = self.tally.window(now - self.window_s, now - recent - self.tally.bucket_s).traffic()
+        return population_stability(reference, current)
+
     def capacity_index(self, rates: np.ndarray | None) -> int | None:
         """The lowest grid point whose flags per day (``rates``) fit the capacity."""
         if self.capacity_per_day is None or rates is None:
@@ -343,7 +360,7 @@ class OperatingPoint:
                 met = recall is not None and recall >= float(self.target_recall or 0) and within_capacity
         return Estimate(self.threshold, move, reason, fdr, fdr_low, fdr_high, recall, recall_low,
                         recall_high, per_day, None if cap is None else cap / BINS, counts.labels(),
-                        counts.frauds(), met)
+                        counts.frauds(), met, self.score_shift())
 
 
 class ThreeWayPolicy:

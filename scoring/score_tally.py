@@ -116,6 +116,22 @@ class Counts:
         return int(self.rows[REVIEWED_FRAUD].sum() + self.rows[MISSED_FRAUD].sum())
 
 
+def population_stability(reference: np.ndarray, current: np.ndarray, groups: int = 10) -> float | None:
+    """Population stability index of two score histograms (same bins), over ``groups``
+    equal-width score groups; None when either is empty. Above 0.2 is a marked shift.
+
+    >>> ref = np.ones(BINS)
+    >>> population_stability(ref, ref), round(population_stability(ref, np.arange(BINS) * 1.0), 3)
+    (0.0, 0.47)
+    """
+    ref = np.add.reduceat(np.asarray(reference, dtype=np.float64), np.arange(0, BINS, BINS // groups))
+    cur = np.add.reduceat(np.asarray(current, dtype=np.float64), np.arange(0, BINS, BINS // groups))
+    if ref.sum() <= 0 or cur.sum() <= 0:
+        return None
+    p, q = (ref + 0.5) / (ref.sum() + 0.5 * groups), (cur + 0.5) / (cur.sum() + 0.5 * groups)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
 class ScoreTally:
     """Counts per ``(event-time bucket, kind, score bin)``; old buckets are dropped.
 

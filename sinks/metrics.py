@@ -120,6 +120,9 @@ class OperatingPointMetrics:
         "labels": ("flagstream_operating_point_labels", "Labels in the operating point's window"),
         "target_met": ("flagstream_target_met",
                        "1 when the operating point meets its target, 0 when not, NaN unknown"),
+        "score_psi": ("flagstream_score_psi",
+                      "Population stability of the last day's scores against the window before "
+                      "(above 0.2: the score distribution shifted)"),
     }
 
     def __init__(self, registry: CollectorRegistry) -> None:

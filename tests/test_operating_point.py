@@ -190,3 +190,17 @@ def test_three_way_policy_tracks_automation_and_overturns():
     policy.record(0.99, "legit")   # auto-decline overturned
     policy.record(0.5, "legit")    # reviewed by a person: not automatic
     assert policy.overturn_rate() == pytest.approx(2 / 3)
+
+
+def test_the_score_shift_is_watched_without_labels():
+    op = OperatingPoint(target_fdr=0.15, window_s=14 * 24 * HOUR, traffic_window_s=24 * HOUR)
+    rng = np.random.default_rng(6)
+    shifts = []
+    for h in range(24 * 14):
+        scores = rng.beta(1, 20, 300) if h < 24 * 13 else rng.beta(2, 5, 300)  # the last day moves
+        op.observe_traffic(scores, op.flags(scores), h * HOUR)
+        shifts.append(op.update().score_psi)
+    assert shifts[0] is None, "not enough history to compare"
+    steady = [s for s in shifts[24 * 3:24 * 13] if s is not None]
+    assert steady and max(steady) < 0.1
+    assert shifts[-1] > 0.2, "the last day's scores shifted"
