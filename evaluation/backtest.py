@@ -38,7 +38,10 @@ from flagstream.errors import InvalidRecord
 from flagstream.evaluation import detection_metrics as metrics
 from flagstream.extras import MissingExtra, progress_bar, require
 from flagstream.features.layout import DAY_MS, HOUR_MS
+from flagstream.scoring import registry as reg
 from flagstream.scoring.challengers import ShadowSet, challengers_from_spec
+from flagstream.scoring.champion_lifecycle import ChampionLifecycle, apply_writes
+from flagstream.scoring.gate import Gate
 from flagstream.scoring.handle import ModelHandle
 from flagstream.scoring.learner import Learner
 from flagstream.scoring.linear import LinearChampion
@@ -76,6 +79,9 @@ class BacktestConfig:
         defaults (0.005, 0, 10, 0.01) scored best on the reference stream's test week.
     auto_legit_fraction : learn only this random share of ``auto`` legit labels (speed).
     seed : seed of that subsample.
+    challengers : shadow challengers (``name:param=value;...``); None: the live policy runs
+        the worker's (``FLAGSTREAM_CHALLENGERS``) with its gate and drift watch, a fixed
+        policy none.
     """
 
     batch_size: int = 2_000
@@ -95,7 +101,7 @@ class BacktestConfig:
     prior: float = 0.01
     auto_legit_fraction: float = 1.0
     seed: int = 0
-    challengers: str = ""
+    challengers: str | None = None
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -113,15 +119,19 @@ class BacktestConfig:
             raise ValueError("test_end is before test_start")
         self.decision_policy()  # a policy it cannot build is a bad option, said now
 
+    def settings(self) -> Settings:
+        """The operator's settings, as the worker reads them, with this run's policy options."""
+        base = Settings.from_env()
+        return base.with_(
+            threshold=self.threshold,
+            review_capacity_per_day=self.review_capacity_per_day or base.review_capacity_per_day,
+            target_false_discovery_rate=self.target_false_discovery_rate,
+        )
+
     def decision_policy(self) -> FixedThreshold | OperatingPoint:
         """The policy this run decides with (a new one each call)."""
-        if self.policy == "live":  # the operator's settings, as the worker reads them
-            base = Settings.from_env()
-            return base.with_(
-                threshold=self.threshold,
-                review_capacity_per_day=self.review_capacity_per_day or base.review_capacity_per_day,
-                target_false_discovery_rate=self.target_false_discovery_rate,
-            ).operating_point()
+        if self.policy == "live":
+            return self.settings().operating_point()
         kind, _, value = self.policy.partition(":")
         try:
             threshold = float(value)
@@ -270,11 +280,22 @@ class Backtest:
         self.decisions: dict[str, dict] = {}
         self.now_ms = 0
         retention = int(max(35 * DAY_MS, (cfg.chargeback_delay_days + 1) * DAY_MS))
-        self.shadow = ShadowSet(challengers_from_spec(cfg.challengers, model))
+        live = cfg.policy == "live"
+        settings = cfg.settings() if live else None
+        spec = cfg.challengers if cfg.challengers is not None else (settings.challengers if settings else "")
+        self.shadow = ShadowSet(challengers_from_spec(spec, model))
         self.shadow_scores: dict[str, np.ndarray] = {}
+        # the live policy changes champions as the worker does: gate, drift watch, registry
+        gate = Gate(settings.gate()) if settings is not None else None
         self.learner = Learner(
-            self.handle, self.decisions.get, retention, lambda: self.now_ms, shadow=self.shadow
+            self.handle, self.decisions.get, retention, lambda: self.now_ms, shadow=self.shadow,
+            gate=gate, publish_each_batch=gate is None,
         )
+        self.registry: dict[bytes, dict] = {}
+        self.keep_versions = settings.model_keep_versions if settings is not None else 0
+        self.lifecycle = None if gate is None else ChampionLifecycle(
+            self.learner, self.registry.get, self.registry.__setitem__,
+            operating_point=self.policy if isinstance(self.policy, OperatingPoint) else None)
         self.review_queue: deque[_Chunk] = deque()
         self.later_queue: deque[_Chunk] = deque()
         self.reviewed_per_day: dict[int, int] = {}
@@ -303,12 +324,26 @@ class Backtest:
         self.core.merchants.apply(outcome.activity)
         if isinstance(self.policy, OperatingPoint) and outcome.labelled:
             self.estimate = self.policy.observe_labelled(outcome.labelled).as_dict()
+        self.change_champion()
         for t in ids:
             self.decisions.pop(t, None)
         for source in sources:
             self.labels_by_source[source] = self.labels_by_source.get(source, 0) + 1
         self.labels_learned += outcome.learned
         return len(values)
+
+    def change_champion(self) -> None:
+        """The gate and the drift watch, then a publication: the worker's learner's cycle."""
+        life = self.lifecycle
+        if life is None:
+            return
+        writes = life.verdicts() + life.drift()[0]
+        if self.learner.dirty or any(c.dirty for c in self.shadow):
+            writes += self.learner.publication()
+        apply_writes(self.registry, writes)
+        versions = [r for k, r in self.registry.items() if k.startswith(reg.VERSION_PREFIX)]
+        if len(versions) > 4 * max(self.keep_versions, 1) * (len(self.shadow) + 2):
+            apply_writes(self.registry, [(k, None) for k in life.prunable(versions, self.keep_versions)])
 
     def schedule(self, ts: np.ndarray, ids: np.ndarray, y: np.ndarray, flagged: np.ndarray) -> None:
         """Queue the true labels of one batch's decisions for their reveal times."""
@@ -387,28 +422,40 @@ class Backtest:
         self.decided = (stream.ts_ms[ok], stream.is_fraud[ok], flagged[ok], self.decided_at[ok])
 
         def evaluate(
-            column: np.ndarray, flags: np.ndarray
+            column: np.ndarray, flags: np.ndarray, rows: np.ndarray = ok
         ) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray, np.ndarray]:
             """The test-window metrics of one score column, on the scored events."""
             return metrics.evaluate_window(
-                stream.ts_ms[ok], stream.is_fraud[ok], column[ok], flags[ok], stream.cards[ok],
-                stream.scenario[ok], start_ms, end_ms, float(self.policy.threshold), cfg.protocol,
+                stream.ts_ms[rows], stream.is_fraud[rows], column[rows], flags[rows],
+                stream.cards[rows], stream.scenario[rows], start_ms, end_ms,
+                float(self.policy.threshold), cfg.protocol,
             )
 
         m, daily, precision, recall = evaluate(scores, flagged)
-        m["challengers"] = {
-            name: {
-                k: v
-                for k, v in evaluate(column, column >= self.decided_at)[0].items()
+        m["challengers"] = {}
+        for name, column in self.shadow_scores.items():
+            # a lineage is scored in shadow only while it is a challenger (the gate may
+            # promote it, or demote the champion into one): its figures cover those events
+            rows = ok & ~np.isnan(column)
+            try:
+                figures = evaluate(column, column >= self.decided_at, rows)[0]
+            except ValueError:  # no test events, or one class only, while in shadow
+                continue
+            m["challengers"][name] = {
+                k: v for k, v in figures.items()
                 if k in ("auc", "average_precision", "card_precision_at_100", "recall",
-                         "false_discovery_rate", "flags_per_day")
-            }
-            for name, column in self.shadow_scores.items()
-        }  # fmt: skip
+                         "false_discovery_rate", "flags_per_day", "n_events")
+            }  # fmt: skip
         bad = sorted(stream.malformed + self.malformed)
         in_test = [t for at, t in self.thresholds if start_ms <= at < end_ms] or [self.policy.threshold]
+        changes = self.lifecycle.changes if self.lifecycle is not None else []
         m.update(
             policy=cfg.policy,
+            promotions=sum(c["action"] == "promote" for c in changes),
+            rollbacks=sum(c["action"] == "rollback" for c in changes),
+            gate_refusals=self.lifecycle.refusals if self.lifecycle is not None else 0,
+            champion_changes=changes,
+            model_version=self.handle.version,
             threshold_min=min(in_test),
             threshold_max=max(in_test),
             operating_point=self.estimate,

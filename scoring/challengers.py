@@ -47,8 +47,12 @@ from flagstream.scoring.feedback import check_decision
 from flagstream.scoring.handle import format_version, model_from_state
 from flagstream.scoring.linear import LinearChampion
 
-#: Used when ``FLAGSTREAM_CHALLENGERS`` is not set.
-DEFAULT_CHALLENGERS = "lr-fast:learning_rate=0.2;lr-weighted:fraud_weight=5.0"
+#: Used when ``FLAGSTREAM_CHALLENGERS`` is not set: none. Variants of the champion with
+#: another calibration (a faster rate, a heavier fraud weight) won the gate on the demo
+#: stream and then flagged worse: measure a challenger in a backtest before running it.
+DEFAULT_CHALLENGERS = ""
+#: Two linear variants, a spec for trying the gate (``FLAGSTREAM_CHALLENGERS``).
+EXAMPLE_CHALLENGERS = "lr-fast:learning_rate=0.2;lr-weighted:fraud_weight=5.0"
 
 
 @dataclass

@@ -3,8 +3,9 @@
 Every label is scored against what each model said *before* it was known: the
 champion's ``score`` recorded on the decision by the scorer, and each challenger's
 shadow score recorded when the learner stored that decision. The gate metric is the
-mean log-loss (``FLAGSTREAM_GATE_METRIC=brier`` for the Brier score) over the labels
-both models scored, counted since the challenger entered shadow under the current
+class-balanced mean log-loss (``FLAGSTREAM_GATE_METRIC=brier`` for the Brier score: the
+mean over frauds and the mean over legitimate labels, averaged) over the labels both
+models scored, counted since the challenger entered shadow under the current
 champion. A challenger is promoted when it has at least ``min_labels`` such labels and
 its loss is at most ``(1 - margin)`` times the champion's on the same labels; one that
 has enough labels and does not pass is *refused* (logged and counted once, re-checked
@@ -110,10 +111,30 @@ class Pairing:
     challenger: float = 0.0
     champion: float = 0.0
     verdict: str = "pending"
+    #: the part of each sum that came from fraud labels
+    fraud_challenger: float = 0.0
+    fraud_champion: float = 0.0
 
     def means(self) -> tuple[float, float]:
-        n = max(self.n, 1)
-        return self.challenger / n, self.champion / n
+        """Class-balanced mean losses (challenger, champion): see :func:`balanced_mean`."""
+        return (balanced_mean(self.challenger, self.fraud_challenger, self.n, self.frauds),
+                balanced_mean(self.champion, self.fraud_champion, self.n, self.frauds))
+
+
+def balanced_mean(total: float, fraud_total: float, n: int, frauds: int) -> float:
+    """The mean loss over frauds and the mean over legitimate labels, averaged.
+
+    Frauds are rare: a plain mean is decided by the legitimate labels, and a model that
+    is merely surer about them would win while it catches less fraud. With one class
+    only, the plain mean.
+
+    >>> balanced_mean(total=3.0, fraud_total=2.0, n=11, frauds=1)   # (2/1 + 1/10) / 2
+    1.05
+    """
+    legits = n - frauds
+    if frauds <= 0 or legits <= 0:
+        return total / max(n, 1)
+    return (fraud_total / frauds + (total - fraud_total) / legits) / 2
 
 
 @dataclass(frozen=True)
@@ -158,8 +179,12 @@ class Gate:
             pair = self.pairs.setdefault(lineage, Pairing())
             pair.n += 1
             pair.frauds += label
-            pair.challenger += _loss(metric, label, shadow_score)
+            mine = _loss(metric, label, shadow_score)
+            pair.challenger += mine
             pair.champion += champion_loss
+            if label:
+                pair.fraud_challenger += mine
+                pair.fraud_champion += champion_loss
         before = self._adwin.estimation
         self._adwin.update(abs(label - score))
         if self._adwin.drift_detected and self._adwin.estimation > before:
@@ -277,4 +302,8 @@ def compare_on(window: Sequence[Labelled], model: Any, metric: str) -> tuple[flo
     labels = np.asarray([w[1] for w in window])
     recorded = np.asarray([w[2] for w in window])
     mine = losses(metric, labels, model.score_batch(features))
-    return float(mine.mean()), float(losses(metric, labels, recorded).mean())
+    theirs = losses(metric, labels, recorded)
+    n, frauds = len(labels), int(labels.sum())
+    fraud = labels == 1
+    return (balanced_mean(float(mine.sum()), float(mine[fraud].sum()), n, frauds),
+            balanced_mean(float(theirs.sum()), float(theirs[fraud].sum()), n, frauds))

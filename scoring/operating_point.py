@@ -217,6 +217,13 @@ class OperatingPoint:
                 "at_ms": at_ms, "reason": last.reason if last else "initial",
                 "target_met": last.target_met if last else None}
 
+    def new_model(self) -> None:
+        """The champion changed (another lineage): its scores mean something else, so the
+        estimates start again from what it scores; the threshold holds until they are due,
+        and the capacity limit returns with an hour of its traffic."""
+        self.tally.restart()
+        self.labels_since_move = 0
+
     # --- evidence in -------------------------------------------------------------------------
     def observe_traffic(self, scores: np.ndarray, flagged: np.ndarray, at_s: float) -> None:
         """Decisions made: their scores, whether each was flagged, their event time (seconds)."""

@@ -148,6 +148,14 @@ class ScoreTally:
         self.buckets: dict[int, np.ndarray] = {}
         self.newest_s = -math.inf
         self.oldest_s = math.inf
+        #: nothing scored before this counts (see :meth:`restart`)
+        self.since_s = -math.inf
+
+    def restart(self) -> None:
+        """Forget everything counted: from now on only transactions scored at or after the
+        newest event time seen count (their scores come from another model)."""
+        self.buckets.clear()
+        self.since_s, self.oldest_s = self.newest_s, math.inf
 
     def _bucket(self, at_s: float) -> np.ndarray:
         key = int(at_s // self.bucket_s)
@@ -158,7 +166,8 @@ class ScoreTally:
 
     def add_traffic(self, scores: np.ndarray, flagged: np.ndarray, at_s: float) -> None:
         """Count a batch of decisions scored at event time ``at_s``."""
-        if len(scores) == 0 or not math.isfinite(at_s) or at_s < self.newest_s - self.keep_s:
+        if (len(scores) == 0 or not math.isfinite(at_s) or at_s < self.newest_s - self.keep_s
+                or at_s < self.since_s):
             return
         bins, flagged = score_bins(scores), np.asarray(flagged, dtype=bool)
         rows = self._bucket(at_s)
@@ -171,8 +180,8 @@ class ScoreTally:
 
     def add_label(self, score: float, fraud: bool, flagged: bool, at_s: float) -> None:
         """Count one label of a transaction scored at event time ``at_s``."""
-        if not math.isfinite(at_s) or at_s < self.newest_s - self.keep_s:
-            return  # too old to matter (or nonsense): the window has moved on
+        if not math.isfinite(at_s) or at_s < max(self.newest_s - self.keep_s, self.since_s):
+            return  # too old to matter, scored by an earlier model (or nonsense)
         kind = (REVIEWED_FRAUD if fraud else REVIEWED_LEGIT) if flagged else (
             MISSED_FRAUD if fraud else MISSED_LEGIT)
         self._bucket(at_s)[kind, score_bins(np.array([score]))[0]] += 1

@@ -23,10 +23,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from flagstream.codec import loads
-from flagstream.features.layout import N_FEATURES
 from flagstream.scoring import registry as reg
 from flagstream.scoring.challengers import ShadowSet, challengers_from_spec
-from flagstream.scoring.gate import Gate, compare_on, rollback_candidates
+from flagstream.scoring.champion_lifecycle import ChampionLifecycle
+from flagstream.scoring.gate import Gate
 from flagstream.scoring.handle import ModelHandle, model_from_state, parse_version
 from flagstream.scoring.label_ledger import HourlyBudget, LabelLedger, LabelMemory
 from flagstream.scoring.learner import Learner
@@ -79,6 +79,9 @@ class LearnerRuntime:
         #: (threshold, sequence) of the last operating-point record this learner published.
         self.published_threshold = (float("nan"), 0)
         self.written: OrderedDict[bytes, dict] = OrderedDict()
+        self.lifecycle = ChampionLifecycle(self.learner, self.get, self.written.__setitem__,
+                                           on_seat=self._seat_changed, on_refusal=self._refused,
+                                           operating_point=operating_point(p))
 
     def lookup(self, transaction_id: str) -> dict | None:
         """The decision recorded for a transaction (the feedback join), or None."""
@@ -234,7 +237,7 @@ class LearnerRuntime:
             p.metrics.model_version.set(h.sequence)
 
     def _apply_seat(self, seat: dict, by: str) -> None:
-        old = self.learner.handle.version
+        lineage = self.learner.handle.name
         try:
             changed = self.learner.adopt_seat(seat)
         except (KeyError, TypeError, ValueError) as exc:  # refuse, once, what cannot be loaded
@@ -244,11 +247,19 @@ class LearnerRuntime:
                 self.metrics.refused.labels(source="unloadable", reason="unloadable").inc()
             return
         if changed:
-            counter = self.metrics.promotions if seat["action"] == "promote" else self.metrics.rollbacks
-            counter.labels(by=by).inc()
-            log.warning("champion %s → %s (%s by %s: %s)", old, seat["version"], seat["action"],
-                        seat["by"], seat["reason"])
-            self.publish_handle()
+            self.lifecycle.adopted(seat, by, lineage)
+
+    def _seat_changed(self, seat: dict, by: str) -> None:
+        """The learner adopted a new seat: count it, say it, hand the champion to the scorer."""
+        counter = self.metrics.promotions if seat["action"] == "promote" else self.metrics.rollbacks
+        counter.labels(by=by).inc()
+        log.warning("champion %s → %s (%s by %s: %s)", seat.get("from"), seat["version"],
+                    seat["action"], seat["by"], seat["reason"])
+        self.publish_handle()
+
+    def _refused(self, record: dict, reason: str) -> None:
+        self.metrics.gate_refusals.inc()
+        log.warning("challenger %s: %s", record["version"], reason)
 
     def sync(self) -> Writes:
         """Follow seat changes made elsewhere (the CLI); shadow newly submitted candidates."""
@@ -274,54 +285,19 @@ class LearnerRuntime:
             writes.append((key, None))
         return writes
 
-    def _seat_writes(self, target: dict, action: str, reason: str, by: str) -> Writes:
-        h = self.learner.handle
-        current = {"version": h.version} if h.sequence else None
-        writes: Writes = list(reg.seat_change(self.get, target, action, reason, by, current))
-        seat = writes[-2][1]
-        assert seat is not None, "seat_change writes the new seat second to last"
-        self._apply_seat(seat, by)
-        return writes
-
     def verdicts(self) -> Writes:
         """Apply the gate: refusals are logged and counted; a winner is promoted."""
-        writes: Writes = []
-        for v in self.gate.verdicts(self.learner.shadow.names()):
-            challenger = self.learner.shadow.get(v.lineage)
-            if challenger is None:
-                continue
-            reason = v.reason if v.action == "refuse" else "promoted by the gate"
-            record = self.learner.publish_challenger(challenger, reason)  # with the gate's numbers
-            writes.append((reg.version_key(record["version"]), record))
-            self.written[reg.version_key(record["version"])] = record
-            if v.action == "refuse":
-                self.metrics.gate_refusals.inc()
-                log.warning("challenger %s: %s", record["version"], v.reason)
-            else:
-                writes += self._seat_writes(record, "promote", v.reason, "gate")
-        return writes
+        return self.lifecycle.verdicts()
 
     def drift(self) -> Writes:
         """After ADWIN saw the champion's error rise: roll back if an earlier version does better."""
-        width = self.gate.take_alarm()
-        if not width:
-            return []
-        self.metrics.drift_alarms.inc()
-        cfg = self.gate.config
-        window = [w for w in self.gate.window(width) if len(w[0]) == N_FEATURES]
-        tried = []
-        for version, fair in rollback_candidates(self.learner.timeline, window):
-            target = self.get(reg.version_key(version))
-            if target is None:
-                continue
-            mine, champ = compare_on(fair, model_from_state(target["state"]), cfg.metric)
-            summary = f"{version} {cfg.metric} {mine:.4f} vs champion {champ:.4f} on {len(fair)} labels"
-            if mine <= champ * (1 - cfg.margin):
-                return self._seat_writes(target, "rollback", f"drift (ADWIN): {summary}", "drift")
-            tried.append(summary)
-        log.warning("champion error rose (%d labels) but no earlier version does better: %s",
-                    width, "; ".join(tried) or "no candidates")
-        return []
+        writes, tried = self.lifecycle.drift()
+        if writes or tried:
+            self.metrics.drift_alarms.inc()
+        if tried:
+            log.warning("champion error rose but no earlier version does better: %s",
+                        "; ".join(tried))
+        return writes
 
     def due(self) -> Writes:
         """Gate, drift watch, then a publication if one is due."""
@@ -345,10 +321,7 @@ class LearnerRuntime:
 
     def prunable(self) -> list[bytes]:
         versions = [r for r in (self.p.models.read(k) for k in self._keys(reg.VERSION_PREFIX)) if r]
-        seat = self.get(reg.SEAT)
-        protect = {t[0] for t in self.learner.timeline[-50:]} | set(seat["stack"] if seat else [])
-        protect |= {c.version for c in self.learner.shadow if c.version}
-        return reg.prune(versions, self.keep, protect)
+        return self.lifecycle.prunable(versions, self.keep)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def register(self) -> None:
@@ -387,6 +360,11 @@ class LearnerRuntime:
         while len(self.written) > 256:
             self.written.popitem(last=False)
         return pending
+
+
+def operating_point(p: Pipeline) -> OperatingPoint | None:
+    """The operating point the pipeline decides with, if its policy is one."""
+    return p.core.policy if isinstance(p.core.policy, OperatingPoint) else None
 
 
 def label_ledger(settings: Settings, memory: LabelMemory) -> LabelLedger:

@@ -49,7 +49,7 @@ from flagstream.errors import InvalidRecord
 from flagstream.features.layout import N_FEATURES
 from flagstream.features.merchants import MerchantActivity, MerchantState
 from flagstream.scoring.challengers import (
-    DEFAULT_CHALLENGERS,
+    EXAMPLE_CHALLENGERS,
     ShadowSet,
     challengers_from_spec,
     parse_decision,
@@ -498,7 +498,7 @@ GOOD_DECISION = loads(hc.decision())
 LEARN = b'{"transaction_id":"t-000001","label":"fraud","source":"review"}'
 
 
-def new_learner(lookup: Callable[[str], object], challengers: str = DEFAULT_CHALLENGERS) -> Learner:
+def new_learner(lookup: Callable[[str], object], challengers: str = EXAMPLE_CHALLENGERS) -> Learner:
     """A learner as the worker builds one: champion, shadow challengers and the gate."""
     shadow = ShadowSet(challengers_from_spec(challengers, LinearChampion()))
     return Learner(ModelHandle(LinearChampion()), lookup, clock_ms=lambda: NOW_MS,  # type: ignore[arg-type]
@@ -520,7 +520,7 @@ def scores_finitely(model) -> bool:
     return bool(np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1)))
 
 
-def recorded(values: dict[bytes, bytes | None], challengers: str = DEFAULT_CHALLENGERS) -> dict[bytes, bytes]:
+def recorded(values: dict[bytes, bytes | None], challengers: str = EXAMPLE_CHALLENGERS) -> dict[bytes, bytes]:
     """The ``decisions`` table as the ``record-decisions`` agent fills it from ``scores``:
     values ``parse_decision`` accepts, shadow-scored, re-encoded, under their record key."""
     parsed = [(k, parse_decision(v)) for k, v in values.items()]
@@ -558,7 +558,7 @@ def test_learner_takes_or_rejects_a_batch_of_every_corpus_feedback():
     assert learner.learn(values, offsets=list(range(len(values))), partition=0).replayed == len(values)
 
 
-@pytest.mark.parametrize("challengers", [DEFAULT_CHALLENGERS, ""], ids=["challengers", "no_challengers"])
+@pytest.mark.parametrize("challengers", [EXAMPLE_CHALLENGERS, ""], ids=["challengers", "no_challengers"])
 @pytest.mark.parametrize("group", cases(hc.DECISIONS, {"shadow_garbage": SHADOW_GARBAGE}))
 def test_learner_rejects_or_learns_each_corpus_recorded_decision(group: tuple[Case, ...], challengers: str):
     """The lookup hands back whatever the ``scores`` topic held, decoded (or not decodable)."""
@@ -570,7 +570,7 @@ def test_learner_rejects_or_learns_each_corpus_recorded_decision(group: tuple[Ca
 @pytest.mark.parametrize(("case", "challengers"), [
     pytest.param(c, spec, id=f"{c.name}-{name}",
                  marks=[SHADOW_GARBAGE] if (c.name, name) == ("shadow_garbage", "no_challengers") else [])
-    for c in hc.DECISIONS for name, spec in (("challengers", DEFAULT_CHALLENGERS), ("no_challengers", ""))
+    for c in hc.DECISIONS for name, spec in (("challengers", EXAMPLE_CHALLENGERS), ("no_challengers", ""))
 ])
 def test_learner_joins_each_corpus_decision_the_way_the_worker_records_it(case: Case, challengers: str):
     table = recorded({b"t-000001": case.value}, challengers)
@@ -617,7 +617,7 @@ def test_learner_takes_or_rejects_hostile_feedback(feedback):
 @FUZZ
 @given(feedback=st.lists(GOOD_FEEDBACK, max_size=6),
        decisions=st.dictionaries(st.sampled_from(DECISION_IDS), DECISION_VALUE, max_size=4),
-       challengers=st.sampled_from([DEFAULT_CHALLENGERS, ""]))
+       challengers=st.sampled_from([EXAMPLE_CHALLENGERS, ""]))
 def test_learner_rejects_or_learns_hostile_recorded_decisions(feedback, decisions, challengers):
     learner = new_learner({k: decoded(v) for k, v in decisions.items()}.get, challengers)
     check_learned(learner.learn(feedback), len(feedback))
@@ -637,7 +637,7 @@ def test_learner_joins_hostile_decisions_the_way_the_worker_records_them(feedbac
 # Recorded decisions: parse_decision then ShadowSet.annotate
 # =============================================================================================
 def annotate_all(values: Sequence[bytes | None]) -> None:
-    shadow = ShadowSet(challengers_from_spec(DEFAULT_CHALLENGERS, LinearChampion()))
+    shadow = ShadowSet(challengers_from_spec(EXAMPLE_CHALLENGERS, LinearChampion()))
     parsed = [parse_decision(v) for v in values]
     for raw, p in zip(values, parsed, strict=True):
         assert isinstance(p, dict) or p is raw, "kept as it came unless it can be shadow-scored"
