@@ -117,17 +117,22 @@ def run(args: argparse.Namespace) -> int:
     # the person at the console reviews as DEMO_REVIEWER: a fresh token each run, shown
     # here only (the worker keeps its hash; the simulated reviewers answer on Kafka)
     token = ReviewerTokens(settings.data_path / REVIEWERS_FILE).add(DEMO_REVIEWER)
-    env = {**os.environ, "FLAGSTREAM_WEB_PORT": str(args.port),
-           "FLAGSTREAM_TOPIC_PREFIX": (prefix := f"{settings.topic_prefix}demo-{run_id}."),
-           "FLAGSTREAM_DATA_DIR": str(data_dir),
-           "FLAGSTREAM_REVIEW_CAPACITY_PER_DAY": str(args.review_capacity),
-           "FLAGSTREAM_LABEL_MATURITY_S": str(args.chargeback_delay_days * 86_400),
-           "PYTHONUNBUFFERED": "1"}
+    prefix = f"{settings.topic_prefix}demo-{run_id}."
     # the replay runs --speedup event hours per hour, and so the simulated reviewers' labels:
     # their hourly budgets scale with it (unless set)
-    for budget in ("feedback_labels_per_reviewer_hour", "feedback_labels_per_source_hour"):
-        per_hour = getattr(settings, budget) * max(args.speedup, 1.0)
-        env.setdefault(f"FLAGSTREAM_{budget.upper()}", str(int(per_hour)))
+    budgets = {name: int(getattr(settings, name) * max(args.speedup, 1.0))
+               for name in ("feedback_labels_per_reviewer_hour", "feedback_labels_per_source_hour")
+               if f"FLAGSTREAM_{name.upper()}" not in os.environ}
+    # what the worker runs with: the backtest of the same events is given the same
+    run_settings = settings.with_(topic_prefix=prefix,
+                                  review_capacity_per_day=float(args.review_capacity),
+                                  label_maturity_s=args.chargeback_delay_days * 86_400, **budgets)
+    env = {**os.environ, "FLAGSTREAM_WEB_PORT": str(args.port),
+           "FLAGSTREAM_TOPIC_PREFIX": prefix, "FLAGSTREAM_DATA_DIR": str(data_dir),
+           "FLAGSTREAM_REVIEW_CAPACITY_PER_DAY": str(args.review_capacity),
+           "FLAGSTREAM_LABEL_MATURITY_S": str(run_settings.label_maturity_s),
+           "PYTHONUNBUFFERED": "1"}
+    env.update({f"FLAGSTREAM_{name.upper()}": str(value) for name, value in budgets.items()})
     logs = DEMO_DIR / run_id / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     flagstream = [sys.executable, "-m", "flagstream.cli"]
@@ -182,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
             return stop_all(procs, 1)
     status = stop_all(procs, 0)
     if args.json and status == 0:
-        print(dumps(outcome(args, settings.with_(topic_prefix=prefix), now)).decode())
+        print(dumps(outcome(args, run_settings, now)).decode())
     return status
 
 

@@ -116,7 +116,7 @@ def backtest(settings: Settings, stream: Path, capacity: float, last_ms: int,
         review_delay_hours=review_delay_hours, chargeback_delay_days=chargeback_delay_days,
         test_start=first, test_end=last, protocol="all",
     )
-    run = Backtest(config)
+    run = Backtest(config, settings)  # the worker's settings, not this process's environment
     run.run(str(stream))
     ts, labels, flagged, thresholds = run.decided_arrays()
     upto = ts <= last_ms

@@ -119,19 +119,20 @@ class BacktestConfig:
             raise ValueError("test_end is before test_start")
         self.decision_policy()  # a policy it cannot build is a bad option, said now
 
-    def settings(self) -> Settings:
-        """The operator's settings, as the worker reads them, with this run's policy options."""
-        base = Settings.from_env()
+    def settings(self, base: Settings | None = None) -> Settings:
+        """The operator's settings (``base``, or as the worker reads them from the
+        environment), with this run's policy options."""
+        base = base if base is not None else Settings.from_env()
         return base.with_(
             threshold=self.threshold,
             review_capacity_per_day=self.review_capacity_per_day or base.review_capacity_per_day,
             target_false_discovery_rate=self.target_false_discovery_rate,
         )
 
-    def decision_policy(self) -> FixedThreshold | OperatingPoint:
+    def decision_policy(self, base: Settings | None = None) -> FixedThreshold | OperatingPoint:
         """The policy this run decides with (a new one each call)."""
         if self.policy == "live":
-            return self.settings().operating_point()
+            return self.settings(base).operating_point()
         kind, _, value = self.policy.partition(":")
         try:
             threshold = float(value)
@@ -266,13 +267,17 @@ class BacktestResult:
 
 
 class Backtest:
-    """One backtest run; ``core``, ``learner`` and ``now_ms`` are open for instrumentation."""
+    """One backtest run; ``core``, ``learner`` and ``now_ms`` are open for instrumentation.
 
-    def __init__(self, config: BacktestConfig | None = None) -> None:
+    ``settings``: the worker settings the live policy is built from (default: read from the
+    environment, as the worker reads them).
+    """
+
+    def __init__(self, config: BacktestConfig | None = None, settings: Settings | None = None) -> None:
         self.config = cfg = config or BacktestConfig()
         model = LinearChampion(cfg.learning_rate, cfg.l2, cfg.fraud_weight, cfg.prior, cfg.seed)
         self.handle = ModelHandle(model)
-        self.policy = cfg.decision_policy()
+        self.policy = cfg.decision_policy(settings)
         self.core = ScoringCore(self.handle, self.policy)
         #: (event time ms, threshold) after each step: the live policy's path.
         self.thresholds: list[tuple[int, float]] = []
@@ -281,7 +286,7 @@ class Backtest:
         self.now_ms = 0
         retention = int(max(35 * DAY_MS, (cfg.chargeback_delay_days + 1) * DAY_MS))
         live = cfg.policy == "live"
-        settings = cfg.settings() if live else None
+        settings = cfg.settings(settings) if live else None
         spec = cfg.challengers if cfg.challengers is not None else (settings.challengers if settings else "")
         self.shadow = ShadowSet(challengers_from_spec(spec, model))
         self.shadow_scores: dict[str, np.ndarray] = {}

@@ -239,9 +239,10 @@ def test_empty_test_window_gives_nan_not_a_crash(records):
 
 
 def test_challengers_are_reported_side_by_side_without_touching_the_champion(records):
-    alone = backtest(records, BacktestConfig(**WINDOW)).metrics
+    alone = backtest(records, BacktestConfig(policy="fixed:0.5", **WINDOW)).metrics
     both = backtest(
-        records, BacktestConfig(challengers="fast:learning_rate=0.05;same:", **WINDOW)
+        records, BacktestConfig(policy="fixed:0.5", challengers="fast:learning_rate=0.05;same:",
+                                **WINDOW)
     ).metrics
     assert set(both["challengers"]) == {"fast", "same"}
     for key in RANKING:
@@ -249,3 +250,25 @@ def test_challengers_are_reported_side_by_side_without_touching_the_champion(rec
     # a challenger with the champion's own hyperparameters learns the same labels: same ranking
     assert both["challengers"]["same"]["auc"] == pytest.approx(both["auc"], abs=1e-6)
     assert 0.0 <= both["challengers"]["fast"]["average_precision"] <= 1.0
+
+
+def test_the_live_policy_changes_champions_through_the_gate_as_the_worker_does(records, monkeypatch):
+    """A champion that cannot learn (a vanishing rate) against a challenger that can: the
+    backtest's live policy runs the worker's gate, so the challenger takes the seat with
+    its evidence, and the decisions after it are the new champion's."""
+    for name, value in (("GATE_MIN_LABELS", "100"), ("GATE_MIN_FRAUDS", "5"),
+                        ("GATE_COOLDOWN_LABELS", "200")):
+        monkeypatch.setenv(f"FLAGSTREAM_{name}", value)
+    run = Backtest(BacktestConfig(learning_rate=1e-9, challengers="able:learning_rate=0.01",
+                                  **WINDOW))
+    m = run.run(records).metrics
+    assert m["promotions"] >= 1
+    first = m["champion_changes"][0]
+    assert first["action"] == "promote" and first["by"] == "gate"
+    assert first["version"].startswith("able-") and "frauds" in first["reason"]
+    assert m["model_version"].split("-")[0] in ("able", "lr")
+    seat = run.registry[b"seat"]  # the registry records, as the worker writes them on `models`
+    assert seat["history"][0]["version"] == first["version"]
+    fixed = backtest(records, BacktestConfig(policy="fixed:0.5", learning_rate=1e-9,
+                                             challengers="able:learning_rate=0.01", **WINDOW))
+    assert fixed.metrics["promotions"] == 0, "a fixed policy is the plain benchmark: no gate"

@@ -204,3 +204,26 @@ def test_the_score_shift_is_watched_without_labels():
     steady = [s for s in shifts[24 * 3:24 * 13] if s is not None]
     assert steady and max(steady) < 0.1
     assert shifts[-1] > 0.2, "the last day's scores shifted"
+
+
+def test_a_new_model_restarts_the_estimates_and_the_threshold_holds_until_they_are_due():
+    """After a change of champion lineage, the old model's scores say nothing about the new
+    one's: the estimates start again, labels of earlier decisions are left out, the threshold
+    holds until there is evidence, and the capacity limit comes back with an hour of traffic."""
+    op = OperatingPoint(target_fdr=0.2, capacity_per_day=2_000, initial_threshold=0.5,
+                        min_labels=50, min_frauds=5)
+    World().run(op, hours=24 * 10)
+    before = op.update()
+    assert before.labels >= 50
+    held = op.threshold
+    op.new_model()
+    late_label_time = op.tally.newest_s - 5 * HOUR  # a chargeback for an earlier decision
+    op.observe(0.9, "fraud", flagged=True, at=late_label_time)
+    after = op.update()
+    assert after.labels == 0 and after.move == "hold" and op.threshold == held
+    # the new model flags everything it sees for an hour: capacity still binds at once
+    now = op.tally.newest_s
+    for minute in range(61):
+        scores = np.full(200, 0.99)
+        op.observe_traffic(scores, op.flags(scores), now + 60.0 * minute)
+    assert op.update().reason == "review capacity" and op.threshold > held
