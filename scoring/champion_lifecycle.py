@@ -160,7 +160,9 @@ class ChampionLifecycle:
             if target is None:
                 continue
             mine, champ = compare_on(fair, model_from_state(target["state"]), cfg.metric)
-            summary = f"{version} {cfg.metric} {mine:.4f} vs champion {champ:.4f} on {len(fair)} labels"
+            frauds = sum(int(w[1]) for w in fair)
+            summary = (f"{version} {cfg.metric} {mine:.4f} vs champion {champ:.4f} on "
+                       f"{len(fair)} labels ({frauds} frauds), margin {cfg.margin:.0%}")
             if mine <= champ * (1 - cfg.margin):
                 return self.seat_writes(target, "rollback", f"drift (ADWIN): {summary}", "drift"), []
             tried.append(summary)
