@@ -38,6 +38,7 @@ from flagstream.streams.app import Pipeline
 from flagstream.streams.compat.internals import kafka_producer, read_row
 from flagstream.streams.config import Settings
 from flagstream.streams.delivery import deliver
+from flagstream.streams.health_feed import HealthFeed
 from flagstream.streams.label_table import LabelTable
 from flagstream.streams.topics import partition_for
 
@@ -79,6 +80,8 @@ class LearnerRuntime:
         #: (threshold, sequence) of the last operating-point record this learner published.
         self.published_threshold = (float("nan"), 0)
         self.written: OrderedDict[bytes, dict] = OrderedDict()
+        #: The model-health view's numbers (daily business metrics, drift), shown on the review page.
+        self.health = HealthFeed(p)
 
     def lookup(self, transaction_id: str) -> dict | None:
         """The decision recorded for a transaction (the feedback join), or None."""
