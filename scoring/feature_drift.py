@@ -55,7 +55,7 @@ def stability(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
 def decile_counts(reference: np.ndarray, current: np.ndarray,
                   groups: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Counts of ``reference`` and ``current`` rows per feature in bins cut at the
-    reference's quantiles: two ``(features, groups)`` arrays.
+    reference's quantiles (deciles by default): two ``(features, groups)`` arrays.
 
     A value equal to an edge goes to the bin above it; equal edges (a feature with few
     distinct values) leave empty bins between them, in both arrays alike.
@@ -68,8 +68,10 @@ def decile_counts(reference: np.ndarray, current: np.ndarray,
     """
     reference = np.asarray(reference, dtype=np.float64)
     current = np.asarray(current, dtype=np.float64)
-    cuts = np.linspace(0.0, 1.0, groups + 1)[1:-1]
-    edges = np.quantile(reference, cuts, axis=0).T  # (features, groups - 1)
+    # the k-th edge is the reference value of rank floor(k n / groups): an observed
+    # value, in whole-number arithmetic (no interpolation to put an edge a hair off a count)
+    ranks = np.arange(1, groups) * len(reference) // groups
+    edges = np.sort(reference, axis=0)[ranks].T  # (features, groups - 1)
     return _binned(reference, edges, groups), _binned(current, edges, groups)
 
 
