@@ -87,7 +87,7 @@ class PipelineMetrics:
         self.lifecycle = LifecycleMetrics(r)
         #: What the operating point estimates (the business metric, live).
         self.operating_point = OperatingPointMetrics(r)
-        #: The model's own health: each feature's drift, and the drift alarms.
+        #: The model's own health: each feature's drift, the drift alarms, the targets.
         self.drift = DriftMetrics(r)
 
     def render(self) -> bytes:
@@ -169,6 +169,22 @@ class DriftMetrics:
         self.alert_threshold = Gauge(
             "flagstream_drift_psi_alert", "The population stability above which drift alarms",
             registry=registry)
+        #: What the business metric is held to (for dashboards: target lines beside the estimates).
+        self.target_fdr = Gauge(
+            "flagstream_target_false_discovery_rate",
+            "The operating point's false-discovery-rate target (NaN: a recall target)", registry=registry)
+        self.target_recall = Gauge(
+            "flagstream_target_recall", "The operating point's recall target (NaN: an FDR target)",
+            registry=registry)
+        self.capacity = Gauge(
+            "flagstream_review_capacity_per_day", "Flags people can review per event day (NaN: no limit)",
+            registry=registry)
+
+    def targets(self, fdr: float | None, recall: float | None, capacity: float | None) -> None:
+        """Export the targets (None: not set)."""
+        for gauge, value in ((self.target_fdr, fdr), (self.target_recall, recall),
+                             (self.capacity, capacity)):
+            gauge.set(float("nan") if value is None else float(value))
 
     def show(self, features: dict[str, float] | None, score_psi: float | None,
              alert: float) -> None:

@@ -62,6 +62,8 @@ class HealthFeed:
         window_s = policy.traffic_window_s if isinstance(policy, OperatingPoint) else 86_400.0
         reference_s = policy.window_s if isinstance(policy, OperatingPoint) else 14 * 86_400.0
         self.drift = FeatureDrift(FEATURE_NAMES, window_s=window_s, reference_s=reference_s)
+        if isinstance(policy, OperatingPoint):
+            p.metrics.drift.targets(policy.target_fdr, policy.target_recall, policy.capacity_per_day)
         self.refresh_s = refresh_s
         self.clock = clock
         self.computed_at = -math.inf
@@ -76,10 +78,10 @@ class HealthFeed:
         usable = [d for d in decisions if len(d.get("features", ())) == N_FEATURES]
         if not usable:
             return
+        at = np.array([d["event_time_ms"] for d in usable], dtype=np.float64)
+        self.note_seat(float(at.min()))  # a new seat decided (about) from these decisions on
         self.daily.add_decisions(usable)
-        self.drift.add(np.array([d["features"] for d in usable], dtype=np.float64),
-                       np.array([d["event_time_ms"] for d in usable], dtype=np.float64))
-        self.note_seat()
+        self.drift.add(np.array([d["features"] for d in usable], dtype=np.float64), at)
         self.refresh()
 
     def labelled(self, labelled: list) -> None:
@@ -92,11 +94,12 @@ class HealthFeed:
             self.daily.add_estimate(policy.last)
         self.refresh()
 
-    def note_seat(self) -> None:
+    def note_seat(self, at_ms: float) -> None:
+        """Remember the event time from which the seat's champion decides (the first batch of
+        decisions seen under it; a seat that was already there at start has none)."""
         seat = self.p.models.read(SEAT)
-        if seat is not None and seat["epoch"] not in self.seat_seen and math.isfinite(
-                self.daily.newest_ms):
-            self.seat_seen[seat["epoch"]] = self.daily.newest_ms
+        if seat is not None and seat["epoch"] not in self.seat_seen and math.isfinite(at_ms):
+            self.seat_seen[seat["epoch"]] = at_ms
             while len(self.seat_seen) > MAX_SEATS:
                 del self.seat_seen[min(self.seat_seen)]
 

@@ -3,8 +3,11 @@ references, the metrics they export, and the review page's ``/review/api/health`
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,6 +232,8 @@ def test_the_feed_exports_feature_drift_and_alarms(feed):
     assert amount > 0.2 > night
     assert 'flagstream_drift_alert{signal="features"} 1.0' in text
     assert "flagstream_drift_psi_alert 0.2" in text
+    assert "flagstream_target_false_discovery_rate 0.15" in text
+    assert "flagstream_review_capacity_per_day 400.0" in text and "flagstream_target_recall NaN" in text
 
 
 async def test_the_health_endpoint_needs_a_reviewer_and_shows_the_days(feed):
@@ -268,6 +273,20 @@ async def test_the_health_endpoint_needs_a_reviewer_and_shows_the_days(feed):
     shares = body["scores"]["current"]
     assert len(shares) == 20 and sum(shares) == pytest.approx(1, abs=1e-3)
     assert body["seat_changes"] == []
+
+
+def test_the_dashboards_model_health_panels_query_metrics_the_worker_exports(feed):
+    fill(feed, days=3, per_day=100)
+    exported = feed.p.metrics.render().decode()
+    path = Path(__file__).resolve().parent.parent / "deploy/grafana/provisioning/dashboards/flagstream.json"
+    panels = json.loads(path.read_text())["panels"]
+    row = next(i for i, p in enumerate(panels) if p["type"] == "row" and "Model health" in p["title"])
+    names = {name for p in panels[row + 1:] for t in p["targets"]
+             for name in re.findall(r"flagstream_[a-z_0-9]+", t["expr"])}
+    assert {"flagstream_false_discovery_rate_low", "flagstream_recall_high", "flagstream_feature_psi",
+            "flagstream_drift_alert", "flagstream_target_met", "flagstream_review_capacity_per_day"} <= names
+    for name in names:
+        assert f"\n{name} " in exported or f"\n{name}{{" in exported or f"# TYPE {name} " in exported, name
 
 
 async def test_without_a_learner_there_is_no_health_view():

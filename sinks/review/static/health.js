@@ -35,15 +35,24 @@
   const count = (v) => (isNum(v) ? Math.round(v).toLocaleString() : "–");
   const when = (ms) => (isNum(ms) ? new Date(ms).toISOString().slice(0, 16).replace("T", " ") + "Z" : "–");
 
+  // the smallest "round" axis top (1, 2, 2.5, 5 × a power of ten) at or above value
+  function niceMax(value) {
+    if (!isNum(value) || value <= 0) return 1;
+    const power = 10 ** Math.floor(Math.log10(value));
+    for (const step of [1, 2, 2.5, 5, 10]) if (step * power >= value - 1e-12) return step * power;
+    return 10 * power;
+  }
+
   // --- chart frame: axes, grid, labels -----------------------------------------------------
-  function frame(box, days, yMax, yFormat, yLabel) {
+  function frame(box, days, yMax, yFormat, yLabel, pad) {
     box.textContent = "";
     const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart-svg", role: "img" });
     box.appendChild(root);
     const first = days.length ? days[0].day : 0;
     const span = days.length > 1 ? days[days.length - 1].day - first : 1;
     const plotW = W - M.left - M.right, plotH = H - M.top - M.bottom;
-    const x = (day) => M.left + (days.length > 1 ? ((day - first) / span) * plotW : plotW / 2);
+    const inset = pad === undefined ? 10 : pad;  // keep the first and last points off the axes
+    const x = (day) => M.left + inset + (days.length > 1 ? ((day - first) / span) * (plotW - 2 * inset) : plotW / 2 - inset);
     const y = (v) => M.top + plotH - (Math.min(Math.max(v, 0), yMax) / yMax) * plotH;
     for (let i = 0; i <= 4; i += 1) {
       const v = (yMax * i) / 4;
@@ -134,9 +143,9 @@
 
   function barChart(box, days, opt) {
     const values = days.map((d) => d[opt.key]).filter(isNum);
-    const top = Math.max(1, ...values, isNum(opt.line) ? opt.line : 0) * 1.1;
-    const f = frame(box, days, top, count, opt.yLabel);
-    const width = Math.max(3, Math.min(26, (f.plotW / Math.max(days.length, 1)) * 0.6));
+    const top = niceMax(Math.max(4, ...values, isNum(opt.line) ? opt.line : 0) * 1.05);
+    const width = Math.max(3, Math.min(26, ((W - M.left - M.right) / Math.max(days.length, 1)) * 0.6));
+    const f = frame(box, days, top, count, opt.yLabel, width / 2 + 6);
     let points = 0;
     for (const d of days) {
       if (!isNum(d[opt.key])) continue;
@@ -163,7 +172,7 @@
       return;
     }
     const groups = scores.current.length;
-    const yMax = Math.max(0.01, ...scores.current, ...(scores.reference || [])) * 1.1;
+    const yMax = niceMax(Math.max(0.01, ...scores.current, ...(scores.reference || [])));
     const y = (v) => M.top + plotH - (v / yMax) * plotH;
     for (let i = 0; i <= 4; i += 1) {
       const v = (yMax * i) / 4;
@@ -252,13 +261,15 @@
     body.textContent = "";
     for (const c of changes.slice().reverse()) {
       const tr = el("tr");
-      tr.appendChild(el("td", when(c.at_ms)));
+      tr.appendChild(el("td", when(c.at_ms).slice(5)));
       tr.appendChild(el("td", isNum(c.day) ? new Date(c.day * 86400000).toISOString().slice(0, 10) : "–"));
       const action = el("td");
       action.appendChild(el("span", c.action === "promote" ? "Promotion" : "Rollback", `tag tag-${c.action}`));
       tr.appendChild(action);
-      tr.appendChild(el("td", c.version, "mono"));
-      tr.appendChild(el("td", c.from || "–", "mono"));
+      const version = el("td");
+      version.appendChild(el("div", c.version, "mono"));
+      version.appendChild(el("div", c.from ? `from ${c.from}` : "first champion", "muted mono small-from"));
+      tr.appendChild(version);
       tr.appendChild(el("td", c.by));
       tr.appendChild(el("td", c.reason, "reason"));
       body.appendChild(tr);
@@ -287,8 +298,10 @@
       hollow: (d) => !d.mature, detail: (d) => `, ${d.flagged_fraud} caught, ${d.auto_fraud} missed${d.mature ? "" : " (maturing)"}`,
       empty: "No frauds known yet",
     });
+    const thresholdTop = Math.min(1, niceMax(Math.max(0.05, ...days.map((d) => d.threshold).filter(isNum)) * 1.2));
     lineChart($("chart-threshold"), days, {
-      key: "threshold", color: COLORS.threshold, yMax: 1, yFormat: (v) => fixed(v, 2), yLabel: "Threshold (score)",
+      key: "threshold", color: COLORS.threshold, yMax: thresholdTop, yFormat: (v) => fixed(v, thresholdTop < 0.2 ? 3 : 2),
+      yLabel: "Threshold (score)",
       format: (v) => fixed(v, 3), markers: changes,
       pointColor: (d) => (d.target_met === true ? COLORS.met : d.target_met === false ? COLORS.unmet : COLORS.unknown),
       detail: (d) => (d.target_met === true ? ", target met" : d.target_met === false ? ", target not met" : ", target not yet known"),
@@ -303,10 +316,10 @@
       yLabel: "Auto-decided", format: pct, detail: (d) => `, ${count(d.auto)} of ${count(d.decisions)} decisions`,
       empty: "No decisions yet",
     });
-    const overturnTop = Math.max(0.01, ...days.map((d) => d.overturn_high).filter(isNum)) * 1.15;
+    const overturnTop = niceMax(Math.max(0.01, ...days.map((d) => d.overturn_high).filter(isNum)));
     lineChart($("chart-overturn"), days, {
       key: "overturn_rate", low: "overturn_low", high: "overturn_high", color: COLORS.overturn,
-      yMax: Math.min(1, overturnTop), yFormat: (v) => pct(v, 2), yLabel: "Overturned", format: (v) => pct(v, 2),
+      yMax: Math.min(1, overturnTop), yFormat: (v) => pct(v, overturnTop < 0.4 ? 1 : 0), yLabel: "Overturned", format: (v) => pct(v, 2),
       detail: (d) => `, ${d.auto_fraud} chargebacks on ${count(d.auto)} auto-approvals`, empty: "No automatic decisions yet",
     });
     scoreChart($("chart-scores"), h.scores);
