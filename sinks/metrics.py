@@ -190,8 +190,8 @@ class DriftMetrics:
              alert: float) -> None:
         """Export the features' PSI (None: not enough traffic yet) and the alarms."""
         self.alert_threshold.set(alert)
-        for name, value in (features or {}).items():
-            self.feature_psi.labels(feature=name).set(value)
+        for name, psi in (features or {}).items():
+            self.feature_psi.labels(feature=name).set(psi)
         worst = max(features.values()) if features else None
         signals: tuple[tuple[str, float | None], ...] = (("score", score_psi), ("features", worst))
         for signal, value in signals:

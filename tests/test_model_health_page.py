@@ -48,10 +48,11 @@ def day_traffic(day: int, rng: random.Random) -> list[tuple[dict, bool]]:
             amount = round(rng.lognormvariate(3.4, 0.5) * (4.0 if day >= DRIFT_FROM_DAY else 1.0), 2)
             merchant = f"m-{rng.randrange(8)}"
         second = i * (86_400 // PER_DAY) + rng.randrange(60)
+        clock = f"{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}"
         out.append(({
             "transaction_id": f"t-{day:02d}-{i:04d}", "account_id": card, "merchant_id": merchant,
             "amount": amount, "currency": "USD", "channel": "online", "country": "US",
-            "timestamp": f"2018-04-{day + 1:02d}T{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}Z",
+            "timestamp": f"2018-04-{day + 1:02d}T{clock}Z",
         }, fraud))
     return out
 
@@ -93,8 +94,8 @@ class Desk:
         for d in mine:
             fraud = self.truth[d["transaction_id"]]
             if d["decision"] != "approve":  # the desk reviews every flag
-                feedback.append({"transaction_id": d["transaction_id"], "label": "fraud" if fraud else "legit",
-                                 "source": "review", "reviewer": "desk"})
+                feedback.append({"transaction_id": d["transaction_id"], "source": "review",
+                                 "label": "fraud" if fraud else "legit", "reviewer": "desk"})
             elif fraud:  # an approved fraud comes back as a chargeback
                 feedback.append({"transaction_id": d["transaction_id"], "label": "fraud",
                                  "source": "chargeback"})
