@@ -67,6 +67,8 @@ class HealthFeed:
         self.refresh_s = refresh_s
         self.clock = clock
         self.computed_at = -math.inf
+        #: decisions or labels arrived since the drift was last computed
+        self.changed = False
         self.feature_psi: dict[str, float] | None = None
         self.score_psi: float | None = None
         #: seat epoch → newest event time (ms) seen when this learner first saw it
@@ -82,6 +84,7 @@ class HealthFeed:
         self.note_seat(float(at.min()))  # a new seat decided (about) from these decisions on
         self.daily.add_decisions(usable)
         self.drift.add(np.array([d["features"] for d in usable], dtype=np.float64), at)
+        self.changed = True
         self.refresh()
 
     def labelled(self, labelled: list) -> None:
@@ -92,6 +95,7 @@ class HealthFeed:
         policy = self.p.core.policy
         if isinstance(policy, OperatingPoint) and policy.last is not None:
             self.daily.add_estimate(policy.last)
+        self.changed = True
         self.refresh()
 
     def note_seat(self, at_ms: float) -> None:
@@ -104,11 +108,11 @@ class HealthFeed:
                 del self.seat_seen[min(self.seat_seen)]
 
     def refresh(self, force: bool = False) -> None:
-        """Compute the drift (at most every ``refresh_s``) and export it."""
+        """Compute the drift (at most every ``refresh_s`` unless forced) and export it."""
         now = self.clock()
         if not force and now - self.computed_at < self.refresh_s:
             return
-        self.computed_at = now
+        self.computed_at, self.changed = now, False
         self.feature_psi = self.drift.stability()
         policy = self.p.core.policy
         self.score_psi = policy.score_shift() if isinstance(policy, OperatingPoint) else None
@@ -116,8 +120,9 @@ class HealthFeed:
 
     # --- read by the review page -----------------------------------------------------------------
     def report(self) -> dict[str, Any]:
-        """Everything the model-health view draws (JSON-ready)."""
-        self.refresh()
+        """Everything the model-health view draws (JSON-ready), with the drift of all the
+        traffic seen so far."""
+        self.refresh(force=self.changed)
         s, policy = self.p.settings, self.p.core.policy
         op = policy if isinstance(policy, OperatingPoint) else None
         days = self.daily.rows()

@@ -275,6 +275,18 @@ async def test_the_health_endpoint_needs_a_reviewer_and_shows_the_days(feed):
     assert body["seat_changes"] == []
 
 
+def test_the_report_shows_the_drift_of_all_traffic_seen_even_between_refreshes(tmp_path):
+    p = create_pipeline(Settings(data_dir=str(tmp_path)), "learner")
+    slow = HealthFeed(p, refresh_s=3_600.0)  # the metrics refresh at most hourly here
+    seen = traffic(np.random.default_rng(4), 16, 300)
+    quiet = [d for d, _ in seen if d["event_time_ms"] < (DAY0 + 15) * DAY_MS]
+    slow.decisions(quiet[:300])  # the first refresh: nothing to compare yet
+    slow.decisions(quiet[300:])
+    assert slow.report()["drift"]["features"]["amount"] < 0.2
+    slow.decisions([d for d, _ in seen[len(quiet):]])  # the day amounts jumped
+    assert slow.report()["drift"]["features"]["amount"] > 0.2
+
+
 def test_the_dashboards_model_health_panels_query_metrics_the_worker_exports(feed):
     fill(feed, days=3, per_day=100)
     exported = feed.p.metrics.render().decode()
