@@ -87,6 +87,8 @@ class PipelineMetrics:
         self.lifecycle = LifecycleMetrics(r)
         #: What the operating point estimates (the business metric, live).
         self.operating_point = OperatingPointMetrics(r)
+        #: The model's own health: each feature's drift, the drift alarms, the targets.
+        self.drift = DriftMetrics(r)
 
     def render(self) -> bytes:
         """The metrics in Prometheus text format."""
@@ -138,6 +140,63 @@ class OperatingPointMetrics:
             gauge.set(float("nan") if value is None else float(value))
         if estimate.get("move", "hold") != "hold":
             self.moves.labels(move=estimate["move"], reason=estimate.get("reason", "")).inc()
+
+
+class DriftMetrics:
+    """Each feature's population stability index, and a 0/1 alarm per watched signal.
+
+    >>> from prometheus_client import CollectorRegistry, generate_latest
+    >>> registry = CollectorRegistry()
+    >>> DriftMetrics(registry).show({"amount": 0.31, "is_night": 0.01}, score_psi=0.05, alert=0.2)
+    >>> text = generate_latest(registry)
+    >>> b'flagstream_feature_psi{feature="amount"} 0.31' in text
+    True
+    >>> b'flagstream_drift_alert{signal="features"} 1.0' in text
+    True
+    >>> b'flagstream_drift_alert{signal="score"} 0.0' in text
+    True
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.feature_psi = Gauge(
+            "flagstream_feature_psi",
+            "Population stability of a feature over the last day against the fortnight before "
+            "(bins: the reference's deciles)", ["feature"], registry=registry)
+        self.alert = Gauge(
+            "flagstream_drift_alert",
+            "1 when a signal's population stability is above FLAGSTREAM_DRIFT_PSI_ALERT, 0 when "
+            "not, NaN unknown (signal: score, features)", ["signal"], registry=registry)
+        self.alert_threshold = Gauge(
+            "flagstream_drift_psi_alert", "The population stability above which drift alarms",
+            registry=registry)
+        #: What the business metric is held to (for dashboards: target lines beside the estimates).
+        self.target_fdr = Gauge(
+            "flagstream_target_false_discovery_rate",
+            "The operating point's false-discovery-rate target (NaN: a recall target)", registry=registry)
+        self.target_recall = Gauge(
+            "flagstream_target_recall", "The operating point's recall target (NaN: an FDR target)",
+            registry=registry)
+        self.capacity = Gauge(
+            "flagstream_review_capacity_per_day", "Flags people can review per event day (NaN: no limit)",
+            registry=registry)
+
+    def targets(self, fdr: float | None, recall: float | None, capacity: float | None) -> None:
+        """Export the targets (None: not set)."""
+        for gauge, value in ((self.target_fdr, fdr), (self.target_recall, recall),
+                             (self.capacity, capacity)):
+            gauge.set(float("nan") if value is None else float(value))
+
+    def show(self, features: dict[str, float] | None, score_psi: float | None,
+             alert: float) -> None:
+        """Export the features' PSI (None: not enough traffic yet) and the alarms."""
+        self.alert_threshold.set(alert)
+        for name, psi in (features or {}).items():
+            self.feature_psi.labels(feature=name).set(psi)
+        worst = max(features.values()) if features else None
+        signals: tuple[tuple[str, float | None], ...] = (("score", score_psi), ("features", worst))
+        for signal, value in signals:
+            self.alert.labels(signal=signal).set(
+                float("nan") if value is None else float(value > alert))
 
 
 class LifecycleMetrics:

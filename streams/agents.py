@@ -24,8 +24,8 @@ def build_app(settings: Settings, role: str = "all") -> Pipeline:
     if p.scores:
         p.scorer = Scorer(p)
     if p.learns:
-        p.learner = learner(p)
-        p.review = ReviewRuntime(p)
+        learning = p.learner = learner(p)
+        p.review = ReviewRuntime(p, health=learning.health.report)
     for runtime in p.runtimes():
         runtime.register()
 

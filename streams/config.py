@@ -158,6 +158,9 @@ class Settings:
     threshold_ceiling: float = 0.98
     #: Recall counts transactions at least this old (event seconds): chargebacks take time.
     label_maturity_s: float = 7 * 86_400.0
+    #: Population stability index (of the score or of any feature, last day against the
+    #: fortnight before) above which the model-health view and flagstream_drift_alert alarm.
+    drift_psi_alert: float = 0.2
 
     # --- learning and the model lifecycle ----------------------------------------------------
     #: How long feature vectors are kept for joining feedback, seconds (event time).
@@ -245,6 +248,8 @@ class Settings:
         if not 0.0 < self.threshold_floor < self.threshold_ceiling < 1.0:
             raise ConfigurationError(
                 "need 0 < FLAGSTREAM_THRESHOLD_FLOOR < FLAGSTREAM_THRESHOLD_CEILING < 1")
+        if not self.drift_psi_alert > 0:
+            raise ConfigurationError("FLAGSTREAM_DRIFT_PSI_ALERT must be positive")
 
     def operating_point(self) -> OperatingPoint:
         """The decision policy's operating point, as the worker and the backtest both run it.

@@ -60,6 +60,7 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
                           if isinstance(v, dict) and k]
                 rt.learner.shadow.annotate([v for _, v in usable])
                 count_traffic(p, [v for _, v in usable])
+                rt.health.decisions([v for _, v in usable])
                 with current_event(group.events[-1]):
                     for key, v in usable:
                         decisions[key[:256]] = dumps(v)
@@ -90,6 +91,7 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
                     label="fraud" if label else "legit", source=feedback.get("source", "review")
                 ).inc()
             follow_operating_point(p, labelled)
+            rt.health.labelled(labelled)
             if writes := rt.threshold_writes():  # every scorer decides with the same threshold
                 async with rt.lock:
                     await deliver(await rt.send(writes))

@@ -38,6 +38,7 @@ from flagstream.streams.app import Pipeline
 from flagstream.streams.compat.internals import kafka_producer, read_row
 from flagstream.streams.config import Settings
 from flagstream.streams.delivery import deliver
+from flagstream.streams.health_feed import HealthFeed
 from flagstream.streams.label_table import LabelTable
 from flagstream.streams.topics import partition_for
 
@@ -82,6 +83,8 @@ class LearnerRuntime:
         self.lifecycle = ChampionLifecycle(self.learner, self.get, self.written.__setitem__,
                                            on_seat=self._seat_changed, on_refusal=self._refused,
                                            operating_point=operating_point(p))
+        #: The model-health view's numbers (daily business metrics, drift), shown on the review page.
+        self.health = HealthFeed(p)
 
     def lookup(self, transaction_id: str) -> dict | None:
         """The decision recorded for a transaction (the feedback join), or None."""

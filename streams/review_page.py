@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from faust.web import View
@@ -43,11 +44,16 @@ class ReviewRuntime:
         A pipeline whose role learns.
     max_items, claim_seconds, lookback_s
         Queue bound, how long a claim lasts, how far back a rebuild looks.
+    health
+        The learner's model-health report, for the page's model-health view.
     """
 
     def __init__(self, p: Pipeline, max_items: int = 10_000, claim_seconds: float = 120.0,
-                 lookback_s: float = LOOKBACK_S) -> None:
+                 lookback_s: float = LOOKBACK_S,
+                 health: Callable[[], dict] | None = None) -> None:
         self.p = p
+        #: The learner's model-health report (``/review/api/health``), None: not served.
+        self.health = health
         self.lookback_s = lookback_s
         self.review_topic = p.topics["review"].get_topic_name()
         self.feedback_topic = p.topics["feedback"].get_topic_name()
@@ -75,7 +81,8 @@ class ReviewRuntime:
                 self.ingest(event.message.value, event.message.partition)
 
         app.on_partitions_assigned.connect(self.on_assigned)
-        routes = ReviewRoutes(self.service, self.auth, secure_cookies=self.p.settings.web_secure_cookies)
+        routes = ReviewRoutes(self.service, self.auth, secure_cookies=self.p.settings.web_secure_cookies,
+                              health=self.health)
         serve_on_faust(app, routes.routes())
         _ = review_queue
 

@@ -109,6 +109,8 @@ class ReviewRoutes:
         Mark cookies ``Secure`` (sent over HTTPS only) even when the request came in
         over plain HTTP: behind a proxy that terminates TLS. Requests that arrive over
         TLS always get ``Secure`` cookies.
+    health
+        The model-health report (``/review/api/health``; 404 when None).
 
     Examples
     --------
@@ -119,11 +121,13 @@ class ReviewRoutes:
     >>> service = ReviewService(publish, CollectorRegistry(), ReviewQueue())
     >>> routes = ReviewRoutes(service, ReviewAuth(ReviewerTokens(None)))
     >>> sorted({r.path for r in routes.routes()})[:3]
-    ['/review', '/review/', '/review/api/items/{item_id}']
+    ['/review', '/review/', '/review/api/health']
     """
 
-    def __init__(self, service: ReviewService, auth: ReviewAuth, secure_cookies: bool = False) -> None:
+    def __init__(self, service: ReviewService, auth: ReviewAuth, secure_cookies: bool = False,
+                 health: Callable[[], dict] | None = None) -> None:
         self.service = service
+        self.health_report = health
         self.auth = auth
         self.secure_cookies = secure_cookies
         self.static = _static_files()
@@ -138,6 +142,7 @@ class ReviewRoutes:
             Route("/review/static/{name}", "GET", self.static_file),
             Route("/review/api/session", "GET", self.session),
             Route("/review/api/queue", "GET", self.queue),
+            Route("/review/api/health", "GET", self.health),
             Route("/review/api/items/{item_id}", "GET", self.item),
             Route("/review/api/items/{item_id}/claim", "POST", self.claim),
             Route("/review/api/items/{item_id}/release", "POST", self.release),
@@ -329,6 +334,15 @@ class ReviewRoutes:
                       "mine": service.by_reviewer.get(who.reviewer, 0)},
             "reviewer": who.reviewer,
         })
+
+    async def health(self, request: web.Request) -> web.Response:
+        """The model-health view's numbers (same sign-in as the queue)."""
+        who = self.caller(request)
+        if isinstance(who, web.Response):
+            return who
+        if self.health_report is None:
+            return _error(404, "model health is not served here")
+        return _json(self.health_report())
 
     async def item(self, request: web.Request, item_id: str) -> web.Response:
         who = self.caller(request)
