@@ -171,7 +171,7 @@ class Settings:
     #: while the learner runs) and at most this many at once (0: none wait, they are
     #: unknown_transaction at once); then feedback.dlq as decision_never_arrived or
     #: feedback_wait_full. 300 s covers a learner restart and a burst of lag on scores;
-    #: 10,000 is 30 s of labels at the demo's full rate, ~100 KB in each learner snapshot.
+    #: 10,000 is 30 s of labels at the demo's full rate, ~50 KB in each learner snapshot.
     feedback_wait_s: float = 300.0
     feedback_wait_max: int = 10_000
     #: The champion model's learning rate.
