@@ -1,7 +1,9 @@
 """Learning from feedback: join each label to the features stored at scoring time.
 
 The features come from the decision the scorer recorded (never recomputed, so no
-label leakage). Unknown, expired and malformed feedback is rejected with a reason.
+label leakage). Expired and malformed feedback is rejected with a reason; feedback whose
+decision is not recorded yet waits when the learner has a waiting room
+(:mod:`flagstream.scoring.feedback_wait`), else it is rejected ``unknown_transaction``.
 The champion and every shadow challenger learn each label; the gate (if any) scores
 it against what each of them said before the label was known.
 

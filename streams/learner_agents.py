@@ -12,6 +12,16 @@ feedback offsets they cover is on disk (atomic, sealed). A learner killed at any
 moment restarts from its newest valid snapshot (local file, else the copy on the
 ``models`` topic) and skips the feedback at offsets that snapshot already covers.
 
+A label whose decision is not recorded yet waits (:mod:`flagstream.scoring.feedback_wait`,
+``FEEDBACK_WAIT_MAX`` labels, ``FEEDBACK_WAIT_S`` seconds) and is tried again on every
+feedback batch and on the timer once ``record-decisions`` has recorded its decision; when
+the wait is over it goes to ``feedback.dlq`` as ``decision_never_arrived``, and a label
+that finds the room full as ``feedback_wait_full``. Its offset is acknowledged with its
+batch: the snapshot saved before that acknowledgement holds its position, and a learner
+restored from the snapshot reads the record again from the feedback topic. The same
+timer prunes the ``decisions`` and ``labels`` tables by retention
+(:mod:`flagstream.streams.retention`).
+
 The lifecycle state they share is a :class:`flagstream.streams.learner_runtime.LearnerRuntime`;
 :func:`learner` builds one with these agents.
 """

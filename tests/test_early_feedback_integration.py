@@ -75,7 +75,7 @@ def test_labels_waiting_when_the_learner_is_killed_are_learned_after_the_restart
     assert waited(second, "learned") == len(early) and waited(second, "lost") == 0
     time.sleep(2)
     assert second.metric("flagstream_feedback_labels_total") == len(early)
-    assert second.metric('flagstream_dead_letters_total{topic="%s"}' % settings.topic("feedback.dlq")) == 0
+    assert second.metric("flagstream_dead_letters_total") == 0  # none given up, none refused
 
 
 def test_the_decisions_store_shrinks_after_the_retention_and_stays_pruned_after_a_restart(
