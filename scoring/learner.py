@@ -1,7 +1,9 @@
 """Learning from feedback: join each label to the features stored at scoring time.
 
 The features come from the decision the scorer recorded (never recomputed, so no
-label leakage). Unknown, expired and malformed feedback is rejected with a reason.
+label leakage). Expired and malformed feedback is rejected with a reason; feedback whose
+decision is not recorded yet waits when the learner has a waiting room
+(:mod:`flagstream.scoring.feedback_wait`), else it is rejected ``unknown_transaction``.
 The champion and every shadow challenger learn each label; the gate (if any) scores
 it against what each of them said before the label was known.
 
@@ -46,6 +48,7 @@ from flagstream.features.layout import DAY_MS, N_FEATURES
 from flagstream.features.merchants import MerchantActivity
 from flagstream.scoring.challengers import Challenger, ShadowSet
 from flagstream.scoring.feedback import check_decision, check_feedback, feedback_identity
+from flagstream.scoring.feedback_wait import NEVER_ARRIVED, WAIT_FULL, Waiting, WaitingRoom
 from flagstream.scoring.gate import Gate
 from flagstream.scoring.handle import ModelHandle, format_version, model_from_state
 from flagstream.scoring.label_ledger import LabelLedger
@@ -70,6 +73,12 @@ class LearnOutcome:
     repeats: int = 0
     #: labels learned as replacements of a less trusted effective label
     replaced: int = 0
+    #: labels put in the waiting room (no decision yet), refused because it was full,
+    #: learned after waiting, and given up after waiting (:mod:`flagstream.scoring.feedback_wait`)
+    waiting: int = 0
+    full: int = 0
+    waited_learned: int = 0
+    gave_up: int = 0
 
 
 class Learner:
@@ -96,6 +105,9 @@ class Learner:
         Judges each label (one effective label per transaction, trust order, hourly
         budgets: :mod:`flagstream.scoring.label_ledger`). The worker always has one;
         without it (a backtest, whose labels it makes itself) every valid label is learned.
+    waiting
+        Where labels that came before their decision wait (the worker has one; see
+        :mod:`flagstream.scoring.feedback_wait`). Without it they are ``unknown_transaction``.
     """
 
     def __init__(
@@ -108,6 +120,7 @@ class Learner:
         gate: Gate | None = None,
         publish_each_batch: bool = True,
         ledger: LabelLedger | None = None,
+        waiting: WaitingRoom | None = None,
     ) -> None:
         self.handle = handle
         self.lookup = lookup
@@ -117,6 +130,7 @@ class Learner:
         self.gate = gate
         self.publish_each_batch = publish_each_batch
         self.ledger = ledger
+        self.waiting = waiting
         self.offsets: dict[int, int] = {}
         self.dirty = False
         self.labels_since_publish = 0
@@ -140,73 +154,129 @@ class Learner:
         """Learn a batch of raw feedback values (from one partition when ``offsets`` are given).
 
         With ``offsets`` and ``partition``, values at offsets already learned are skipped
-        (``replayed``) and the partition's offset advances. Rejection indices refer to
-        ``values``.
+        (``replayed``) and the partition's offset advances; a label whose decision is not
+        recorded yet waits in :attr:`waiting` when there is one (else it is
+        ``unknown_transaction``). Rejection indices refer to ``values``.
         """
         out = LearnOutcome()
         merchants: list[str] = []
         days: list[int] = []
         now = self.clock_ms()
         for index, raw in enumerate(values):
-            if offsets is not None and partition is not None:
-                if self.seen(partition, offsets[index]):
-                    out.replayed += 1
-                    continue
-            try:
-                feedback = decode_object(raw, 16_384, 8)
-                transaction_id, label = check_feedback(feedback)
-            except InvalidRecord as exc:
-                out.rejections.append(Rejection(index, exc.reason, str(exc)))
+            at = None if offsets is None or partition is None else (partition, offsets[index])
+            if at is not None and self.seen(*at):
+                out.replayed += 1
                 continue
-            try:
-                decision = self.lookup(transaction_id)
-            except Exception as exc:  # an unreadable stored decision: this label alone fails
-                out.rejections.append(
-                    Rejection(index, "internal_error", f"decision lookup failed: {type(exc).__name__}")
-                )
-                continue
-            if decision is None:
-                out.rejections.append(
-                    Rejection(index, "unknown_transaction", f"no decision for {transaction_id!r}")
-                )
-                continue
-            try:
-                check_decision(decision, N_FEATURES)
-            except InvalidRecord as exc:
-                out.rejections.append(Rejection(index, exc.reason, str(exc)))
-                continue
-            if now - decision["scored_at_ms"] > self.retention_ms:
-                out.rejections.append(
-                    Rejection(index, "expired_transaction", "scored longer ago than retention")
-                )
-                continue
-            verdict = "learn"
-            if self.ledger is not None:
-                at = None if offsets is None or partition is None else (partition, offsets[index])
-                try:
-                    source, reviewer = feedback_identity(feedback)
-                    verdict = self.ledger.admit(transaction_id, label, source, reviewer, decision,
-                                                now, at)
-                except InvalidRecord as exc:
-                    out.rejections.append(Rejection(index, exc.reason, str(exc)))
-                    continue
-                if verdict == "repeat":
-                    out.repeats += 1
-                    continue
-                out.replaced += verdict == "replace"
-            features = np.asarray(decision["features"], np.float64)
-            self.handle.model.learn_one(features, label)
-            self.shadow.learn_one(features, label)
-            if self.gate is not None:
-                self.gate.observe(decision, label)
-            out.learned += 1
-            out.frauds += label
-            out.labelled.append((decision, label, feedback))
-            if label and verdict != "relearn":  # a relearned label's activity was delivered
-                merchants.append(decision["merchant_id"])
-                days.append(decision["event_time_ms"] // DAY_MS)
+            self._learn_one(raw, index, at, now, out, merchants, days)
         if offsets is not None and partition is not None and len(offsets):
             self.advance(partition, max(offsets))
+        return self._finish(out, merchants, days)
+
+    def learn_waiting(self) -> tuple[LearnOutcome, list[Waiting]]:
+        """Try again the waiting labels whose decision may be there now; give up those whose
+        wait is over (``decision_never_arrived``). Rejection indices refer to the list
+        returned beside the outcome (each with its record, partition and offset)."""
+        out = LearnOutcome()
+        if self.waiting is None:
+            return out, []
+        merchants: list[str] = []
+        days: list[int] = []
+        now = self.clock_ms()
+        ready, expired = self.waiting.due(now, lambda tx: self._decision_or_none(tx) is not None)
+        tried: list[Waiting] = []
+        for w in ready:
+            tried.append(w)
+            self._learn_one(w.value, len(tried) - 1, (w.partition, w.offset), now, out,
+                            merchants, days, may_wait=False)
+        for w in expired:
+            tried.append(w)
+            out.rejections.append(Rejection(
+                len(tried) - 1, NEVER_ARRIVED,
+                f"no decision for {w.transaction_id!r} within {self.waiting.wait_ms / 1000:g} s"))
+            out.gave_up += 1
+        out.waited_learned = out.learned
+        return self._finish(out, merchants, days), tried
+
+    def _decision_or_none(self, transaction_id: str) -> dict | None:
+        try:
+            return self.lookup(transaction_id)
+        except Exception:  # unreadable: _learn_one rejects it with the reason
+            return {}
+
+    def _learn_one(self, raw: bytes | None, index: int, at: tuple[int, int] | None, now: int,
+                   out: LearnOutcome, merchants: list[str], days: list[int],
+                   may_wait: bool = True) -> None:
+        """Judge and learn one label (see :meth:`learn`); what it did is added to ``out``."""
+        try:
+            feedback = decode_object(raw, 16_384, 8)
+            transaction_id, label = check_feedback(feedback)
+        except InvalidRecord as exc:
+            out.rejections.append(Rejection(index, exc.reason, str(exc)))
+            return
+        try:
+            decision = self.lookup(transaction_id)
+        except Exception as exc:  # an unreadable stored decision: this label alone fails
+            out.rejections.append(
+                Rejection(index, "internal_error", f"decision lookup failed: {type(exc).__name__}")
+            )
+            return
+        if decision is None:
+            out.rejections.extend(self._no_decision(raw, index, transaction_id, at, now, out,
+                                                    may_wait))
+            return
+        try:
+            check_decision(decision, N_FEATURES)
+        except InvalidRecord as exc:
+            out.rejections.append(Rejection(index, exc.reason, str(exc)))
+            return
+        if now - decision["scored_at_ms"] > self.retention_ms:
+            out.rejections.append(
+                Rejection(index, "expired_transaction", "scored longer ago than retention")
+            )
+            return
+        verdict = "learn"
+        if self.ledger is not None:
+            try:
+                source, reviewer = feedback_identity(feedback)
+                verdict = self.ledger.admit(transaction_id, label, source, reviewer, decision,
+                                            now, at)
+            except InvalidRecord as exc:
+                out.rejections.append(Rejection(index, exc.reason, str(exc)))
+                return
+            if verdict == "repeat":
+                out.repeats += 1
+                return
+            out.replaced += verdict == "replace"
+        features = np.asarray(decision["features"], np.float64)
+        self.handle.model.learn_one(features, label)
+        self.shadow.learn_one(features, label)
+        if self.gate is not None:
+            self.gate.observe(decision, label)
+        out.learned += 1
+        out.frauds += label
+        out.labelled.append((decision, label, feedback))
+        if label and verdict != "relearn":  # a relearned label's activity was delivered
+            merchants.append(decision["merchant_id"])
+            days.append(decision["event_time_ms"] // DAY_MS)
+
+    def _no_decision(self, raw: bytes | None, index: int, transaction_id: str,
+                     at: tuple[int, int] | None, now: int, out: LearnOutcome,
+                     may_wait: bool) -> list[Rejection]:
+        """A label without a recorded decision: expired (its decision was pruned after the
+        retention, its label row is still kept), waiting, or refused."""
+        if self.ledger is not None and self.ledger.memory.get(transaction_id) is not None:
+            return [Rejection(index, "expired_transaction",
+                              "its decision was pruned: scored longer ago than retention")]
+        if self.waiting is None or at is None or not may_wait:
+            return [Rejection(index, "unknown_transaction", f"no decision for {transaction_id!r}")]
+        if self.waiting.hold(raw, transaction_id, at[0], at[1], now):
+            out.waiting += 1
+            return []
+        out.full += 1
+        return [Rejection(index, WAIT_FULL, f"{self.waiting.limit} labels already wait for "
+                                            f"their decisions; no decision for {transaction_id!r}")]
+
+    def _finish(self, out: LearnOutcome, merchants: list[str], days: list[int]) -> LearnOutcome:
         if merchants:
             out.activity = MerchantActivity(
                 merchants, np.asarray(days, np.int64), np.zeros(len(days)), np.ones(len(days))
@@ -325,6 +395,7 @@ class Learner:
             "timeline": self.timeline[-MAX_TIMELINE:],
             "next_sequence": self.next_sequence,
             "adopted": self.adopted,
+            "waiting": self.waiting.to_state(self.clock_ms()) if self.waiting is not None else {},
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -341,3 +412,5 @@ class Learner:
         self.timeline = [list(t) for t in state.get("timeline", [])]
         self.next_sequence = max(self.next_sequence, int(state["next_sequence"]))
         self.adopted = list(state.get("adopted", []))
+        if self.waiting is not None:  # positions: the records are read again (LearnerRuntime.catch_up)
+            self.waiting.restore(state.get("waiting", {}), self.clock_ms())

@@ -189,7 +189,34 @@ LEARNER_FIELDS: dict[str, Check] = {
     "timeline": list_of(lambda t: isinstance(t, list) and len(t) == 2 and version_id(t[0])
                         and whole(t[1]), 1_000),
     "next_sequence": whole, "adopted": list_of(optional(text), 1_000),
+    "waiting": lambda v: waiting_positions(v),
 }
+#: The most waiting-label positions a learner snapshot may hold (the setting's bound).
+MAX_WAITING = 50_000
+
+
+def waiting_positions(value: Any) -> bool:
+    """Positions of labels waiting for their decisions (:mod:`flagstream.scoring.feedback_wait`).
+
+    >>> waiting_positions({"0": {"offsets": [5, 1], "waited_s": [3, 2]}})
+    True
+    >>> waiting_positions({"0": {"offsets": [5, -1], "waited_s": [3, 2]}})
+    False
+    """
+    if not isinstance(value, dict) or len(value) > 10_000:
+        return False
+    total = 0
+    for p, group in value.items():
+        if not (isinstance(p, str) and p.isdigit() and len(p) < 7 and isinstance(group, dict)
+                and set(group) == {"offsets", "waited_s"}):
+            return False
+        offsets, waited = group["offsets"], group["waited_s"]
+        if not (isinstance(offsets, list) and isinstance(waited, list)
+                and len(offsets) == len(waited) and all(map(whole, offsets))
+                and all(map(whole, waited))):
+            return False
+        total += len(offsets)
+    return total <= MAX_WAITING
 
 
 def check_learner_snapshot(snapshot: Any) -> None:
@@ -201,6 +228,8 @@ def check_learner_snapshot(snapshot: Any) -> None:
     ...     print(str(exc)[:49])
     learner snapshot: missing adopted, challengers, c
     """
+    if isinstance(snapshot, dict) and "waiting" not in snapshot:  # written before labels waited
+        snapshot = {**snapshot, "waiting": {}}
     check_fields("learner snapshot", snapshot, LEARNER_FIELDS)
     check_fields("learner snapshot: champion", snapshot["champion"], SNAPSHOT_CHAMPION_FIELDS)
     for c in snapshot["challengers"]:

@@ -255,3 +255,42 @@ class LifecycleMetrics:
         self.gate_labels = Gauge(
             "flagstream_gate_labels", "Labels each model has been judged on", ["model"], registry=r
         )
+
+
+class FeedbackStoreMetrics:
+    """The learner's stores and its waiting labels: sizes, waits, pruning (one per learner).
+
+    Examples
+    --------
+    >>> from prometheus_client import CollectorRegistry, generate_latest
+    >>> registry = CollectorRegistry()
+    >>> FeedbackStoreMetrics(registry).waited.labels(outcome="learned").inc()
+    >>> b'flagstream_feedback_waited_total{outcome="learned"} 1.0' in generate_latest(registry)
+    True
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.decisions = Gauge(
+            "flagstream_decisions_stored",
+            "Decisions in the learner's decisions table (counted by the retention sweep)", registry=r,
+        )
+        self.labels = Gauge(
+            "flagstream_labels_stored",
+            "Effective labels in the learner's labels table (counted by the retention sweep)",
+            registry=r,
+        )
+        self.waiting = Gauge(
+            "flagstream_feedback_waiting", "Labels waiting for their decision to be recorded",
+            registry=r,
+        )
+        self.waited = Counter(
+            "flagstream_feedback_waited",
+            "Labels that waited for their decision, by outcome (learned: joined and judged; "
+            "expired: decision_never_arrived; full: feedback_wait_full; lost: unreadable after a restore)",
+            ["outcome"], registry=r,
+        )
+        self.pruned = Counter(
+            "flagstream_store_pruned", "Rows deleted from the learner's tables by retention",
+            ["table"], registry=r,
+        )

@@ -29,6 +29,7 @@ from flagstream.scoring.challengers import DEFAULT_CHALLENGERS
 from flagstream.scoring.gate import GateConfig
 from flagstream.scoring.model_key import KEY_FILE, ModelKey
 from flagstream.scoring.operating_point import OperatingPoint
+from flagstream.scoring.record_checks import MAX_WAITING
 from flagstream.streams import kafka_security
 
 PREFIX = "FLAGSTREAM_"
@@ -169,6 +170,13 @@ class Settings:
     #: (review, chargeback, auto); past either, a label goes to feedback.dlq as rate_limited.
     feedback_labels_per_reviewer_hour: int = 10_000
     feedback_labels_per_source_hour: int = 50_000
+    #: Labels that came before their decision was recorded wait at most this long (seconds,
+    #: while the learner runs) and at most this many at once (0: none wait, they are
+    #: unknown_transaction at once); then feedback.dlq as decision_never_arrived or
+    #: feedback_wait_full. 300 s covers a learner restart and a burst of lag on scores;
+    #: 10,000 is 30 s of labels at the demo's full rate, ~50 KB in each learner snapshot.
+    feedback_wait_s: float = 300.0
+    feedback_wait_max: int = 10_000
     #: The champion model's learning rate.
     learning_rate: float = 0.005
     #: Shadow challengers: ``name:param=value,...;name:...`` (empty: none).
@@ -236,6 +244,9 @@ class Settings:
         if self.review_session_lifetime_s <= 0:
             raise ConfigurationError("FLAGSTREAM_REVIEW_SESSION_LIFETIME_S must be positive")
         self._check_operating_point()
+        if self.feedback_wait_s <= 0 or not 0 <= self.feedback_wait_max <= MAX_WAITING:
+            raise ConfigurationError("FLAGSTREAM_FEEDBACK_WAIT_S must be positive and "
+                                     f"FLAGSTREAM_FEEDBACK_WAIT_MAX in 0..{MAX_WAITING}")
 
     def _check_operating_point(self) -> None:
         if not 0.0 <= self.target_false_discovery_rate < 1.0:

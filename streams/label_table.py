@@ -8,9 +8,10 @@ waits until the broker has them, then writes the local store. The learner calls 
 after the batch's outputs are delivered and before it snapshots and acknowledges, so a
 batch it acknowledged is always in the table.
 
-A row lives as long as the decision it labels: a label that comes after the decision's
-retention is refused (``expired_transaction``) before the memory is read, and there is
-at most one row per recorded decision.
+A row outlives the decision it labels by at most one retention: a label that comes after
+the decision's retention is refused (``expired_transaction``) before the memory is read
+(or, once the decision is pruned, because its row is still here), and there is at most
+one row per recorded decision. :mod:`flagstream.streams.retention` prunes both tables.
 """
 
 from __future__ import annotations

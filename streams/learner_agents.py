@@ -12,6 +12,16 @@ feedback offsets they cover is on disk (atomic, sealed). A learner killed at any
 moment restarts from its newest valid snapshot (local file, else the copy on the
 ``models`` topic) and skips the feedback at offsets that snapshot already covers.
 
+A label whose decision is not recorded yet waits (:mod:`flagstream.scoring.feedback_wait`,
+``FEEDBACK_WAIT_MAX`` labels, ``FEEDBACK_WAIT_S`` seconds) and is tried again on every
+feedback batch and on the timer once ``record-decisions`` has recorded its decision; when
+the wait is over it goes to ``feedback.dlq`` as ``decision_never_arrived``, and a label
+that finds the room full as ``feedback_wait_full``. Its offset is acknowledged with its
+batch: the snapshot saved before that acknowledgement holds its position, and a learner
+restored from the snapshot reads the record again from the feedback topic. The same
+timer prunes the ``decisions`` and ``labels`` tables by retention
+(:mod:`flagstream.streams.retention`).
+
 The lifecycle state they share is a :class:`flagstream.streams.learner_runtime.LearnerRuntime`;
 :func:`learner` builds one with these agents.
 """
@@ -27,7 +37,7 @@ from flagstream.scoring.challengers import parse_decision
 from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.sinks.dead_letter import dead_letter, dead_letter_key, headers
 from flagstream.streams.app import Pipeline
-from flagstream.streams.compat.internals import current_event
+from flagstream.streams.compat.internals import current_event, kafka_producer
 from flagstream.streams.delivery import deliver, send_activity
 from flagstream.streams.faust_batches import PartitionRecords, ack_all, by_partition, records_by_partition
 from flagstream.streams.learner_runtime import LearnerRuntime, recovery_done
@@ -64,6 +74,9 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
                 with current_event(group.events[-1]):
                     for key, v in usable:
                         decisions[key[:256]] = dumps(v)
+                if rt.waiting is not None:  # labels that came first are ready to be learned
+                    for key, _ in usable:
+                        rt.waiting.arrived(key[:256].decode(errors="replace"))
                 rt.metrics.recorded.inc(len(usable))
                 if len(usable) < len(group):  # not a decision the scorer wrote: never learned from
                     refused = len(group) - len(usable)
@@ -82,14 +95,12 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
                 labelled: list[tuple[dict, int, dict]] = []
                 for partition, group in records_by_partition(events).items():
                     pending += await _learn_partition(p, rt, partition, group, names, labelled)
+                pending += await _learn_waiting(p, rt, names, labelled)
                 pending += await rt.send(rt.due())
                 await deliver(pending)
                 await rt.persist()
                 ack_all(events)
-            for _decision, label, feedback in labelled:
-                p.metrics.labels.labels(
-                    label="fraud" if label else "legit", source=feedback.get("source", "review")
-                ).inc()
+            count_labels(p, labelled)
             follow_operating_point(p, labelled)
             rt.health.labelled(labelled)
             if writes := rt.threshold_writes():  # every scorer decides with the same threshold
@@ -108,6 +119,7 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
             if writes or rt.snapshot_due:
                 await deliver(await rt.send(writes))
                 await rt.persist()
+        await waited_and_pruned(p, rt, names)
 
     @app.agent(t["merchant_activity"], name="merchants")
     async def merchants(stream):
@@ -124,6 +136,62 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
             ack_all(events)
 
     _ = merchants, record_decisions, learn, lifecycle
+
+
+async def waited_and_pruned(p: Pipeline, rt: LearnerRuntime, names) -> None:
+    """Between feedback batches: learn the labels whose decision came, give up those that
+    waited too long, and prune the decisions and labels tables when a sweep is due."""
+    if rt.waiting is not None and (rt.waiting.has_ready() or _wait_over(rt)):
+        labelled: list[tuple[dict, int, dict]] = []
+        async with rt.lock:
+            await deliver(await _learn_waiting(p, rt, names, labelled))
+            await rt.persist()
+        count_labels(p, labelled)
+        follow_operating_point(p, labelled)
+    if rt.retention.due():
+        async with rt.lock:  # no label row is half written meanwhile
+            await rt.retention.run(kafka_producer(p.app))
+
+
+def _wait_over(rt: LearnerRuntime) -> bool:
+    room = rt.waiting
+    oldest = room.oldest_ms() if room is not None else None
+    return room is not None and oldest is not None and rt.learner.clock_ms() - oldest >= room.wait_ms
+
+
+async def _learn_waiting(p: Pipeline, rt: LearnerRuntime, names, labelled: list) -> list:
+    """Learn the waiting labels whose decision came; dead-letter those given up (with the
+    feedback record's own partition and offset)."""
+    if rt.waiting is None:
+        return []
+    outcome, tried = rt.learner.learn_waiting()
+    pending = []
+    for r in outcome.rejections:
+        w = tried[r.index]
+        letter = dead_letter(w.value, r.reason, r.detail, names["feedback"], w.partition, w.offset)
+        pending.append(await p.app.producer.send(
+            names["feedback_dlq"], dead_letter_key(w.transaction_id.encode() or None), dumps(letter),
+            None, None, headers(r.reason)))
+        p.metrics.dead_letters.labels(topic=names["feedback_dlq"], reason=r.reason).inc()
+    if len(outcome.activity):
+        pending.extend(await send_activity(p, outcome.activity))
+    labelled.extend(outcome.labelled)
+    p.metrics.feedback_ignored.inc(outcome.repeats)
+    p.metrics.feedback_replaced.inc(outcome.replaced)
+    waited = rt.store_metrics.waited
+    waited.labels(outcome="learned").inc(outcome.learned)
+    waited.labels(outcome="expired").inc(outcome.gave_up)
+    waited.labels(outcome="refused").inc(len(outcome.rejections) - outcome.gave_up)
+    rt.store_metrics.waiting.set(len(rt.waiting))
+    return pending
+
+
+def count_labels(p: Pipeline, labelled: list) -> None:
+    """Count the labels learned, by label and source."""
+    for _decision, label, feedback in labelled:
+        p.metrics.labels.labels(
+            label="fraud" if label else "legit", source=feedback.get("source", "review")
+        ).inc()
 
 
 def _activity(value: bytes | None) -> MerchantActivity | None:
@@ -175,6 +243,9 @@ async def _learn_partition(p: Pipeline, rt: LearnerRuntime, partition: int,
     labelled.extend(outcome.labelled)
     metrics.feedback_ignored.inc(outcome.repeats)
     metrics.feedback_replaced.inc(outcome.replaced)
+    rt.store_metrics.waited.labels(outcome="full").inc(outcome.full)
+    if rt.waiting is not None:
+        rt.store_metrics.waiting.set(len(rt.waiting))
     return pending
 
 

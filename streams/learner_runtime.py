@@ -26,6 +26,7 @@ from flagstream.codec import loads
 from flagstream.scoring import registry as reg
 from flagstream.scoring.challengers import ShadowSet, challengers_from_spec
 from flagstream.scoring.champion_lifecycle import ChampionLifecycle
+from flagstream.scoring.feedback_wait import WaitingRoom
 from flagstream.scoring.gate import Gate
 from flagstream.scoring.handle import ModelHandle, model_from_state, parse_version
 from flagstream.scoring.label_ledger import HourlyBudget, LabelLedger, LabelMemory
@@ -34,12 +35,14 @@ from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.scoring.record_checks import check_learner_snapshot
 from flagstream.scoring.snapshots import SnapshotStore, refusal_reason, seal
+from flagstream.sinks.metrics import FeedbackStoreMetrics
 from flagstream.streams.app import Pipeline
 from flagstream.streams.compat.internals import kafka_producer, read_row
 from flagstream.streams.config import Settings
 from flagstream.streams.delivery import deliver
 from flagstream.streams.health_feed import HealthFeed
 from flagstream.streams.label_table import LabelTable
+from flagstream.streams.retention import RetentionSweep
 from flagstream.streams.topics import partition_for
 
 log = logging.getLogger(__name__)
@@ -64,9 +67,15 @@ class LearnerRuntime:
         #: each transaction's effective label, written before a feedback batch is acked
         self.labels = LabelTable(p.tables["labels"], s.partitions)
         ledger = label_ledger(s, self.labels)
+        #: labels that came before their decision (flagstream.scoring.feedback_wait)
+        self.waiting = (WaitingRoom(s.feedback_wait_max, int(s.feedback_wait_s * 1000))
+                        if s.feedback_wait_max else None)
         self.learner = Learner(ModelHandle(base), self.lookup, int(s.feature_retention_s * 1000),
                                shadow=shadow, gate=self.gate, publish_each_batch=False,
-                               ledger=ledger)
+                               ledger=ledger, waiting=self.waiting)
+        self.store_metrics = FeedbackStoreMetrics(p.metrics.registry)
+        self.retention = RetentionSweep(self.decisions, p.tables["labels"],
+                                        int(s.feature_retention_s * 1000), self.store_metrics)
         self.store = SnapshotStore(s.data_path / p.role / "models", self.key)
         self.interval = s.model_publish_interval_s
         self.keep = s.model_keep_versions
@@ -138,13 +147,16 @@ class LearnerRuntime:
         return [(reg.OPERATING_POINT, policy.published(sequence + 1, int(time.time() * 1000)))]
 
     async def catch_up(self) -> int:
-        """Learn again the feedback between the restored snapshot and the group's commit.
+        """Learn again the feedback between the restored snapshot and the group's commit,
+        and read again the records of the labels that waited in it.
 
         When the newest snapshot was refused (torn, tampered) an older one is used: the
         labels after it were acknowledged, so the group will not deliver them again,
         but the models restored from the snapshot never learned them. Their other
         effects (dead letters, merchant activity) were delivered before the ack, so
-        only the models learn them here. Returns how many labels were learned.
+        only the models learn them here. The labels waiting in the snapshot are kept
+        only as positions (:mod:`flagstream.scoring.feedback_wait`): their records are
+        read again from the feedback topic. Returns how many labels were learned.
         """
         s, learner = self.p.settings, self.learner
         topic = self.p.topics["feedback"].get_topic_name()
@@ -157,20 +169,33 @@ class LearnerRuntime:
                 tp = TopicPartition(topic, partition)
                 end = await consumer.committed(tp)  # the next offset the group will read
                 start = learner.offsets.get(partition, -1) + 1
-                if end is None or start >= end:
+                waiting = set(self.waiting.unloaded(partition)) if self.waiting else set()
+                stop = max(end or 0, max(waiting, default=-1) + 1)
+                first = min(start, min(waiting, default=start))
+                if first >= stop or (not waiting and (end is None or start >= end)):
                     continue
                 consumer.assign([tp])
-                consumer.seek(tp, start)
-                while await consumer.position(tp) < end:
+                consumer.seek(tp, first)
+                while await consumer.position(tp) < stop:
                     batch = (await consumer.getmany(tp, timeout_ms=1_000)).get(tp, [])
-                    kept = [r for r in batch if r.offset < end]
+                    for r in batch:
+                        if r.offset in waiting and self.waiting is not None:
+                            self.waiting.load(partition, r.offset, r.value)
+                    kept = [r for r in batch if start <= r.offset < (end or 0)]
                     if kept:
                         learned += learner.learn([r.value for r in kept], [r.offset for r in kept],
                                                  partition).learned
-                log.warning("learned feedback %s[%d] offsets %d..%d again: the snapshot used was "
-                            "older than the group's commit", topic, partition, start, end - 1)
+                if end is not None and start < end:
+                    log.warning("learned feedback %s[%d] offsets %d..%d again: the snapshot used "
+                                "was older than the group's commit", topic, partition, start, end - 1)
         finally:
             await consumer.stop()
+        if self.waiting is not None:
+            for partition, offset in self.waiting.drop_unloaded():
+                log.error("a waiting label at %s[%d]@%d could not be read again", topic, partition,
+                          offset)
+                self.store_metrics.waited.labels(outcome="lost").inc()
+            self.store_metrics.waiting.set(len(self.waiting))
         return learned
 
     def restore(self) -> bool:

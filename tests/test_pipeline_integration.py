@@ -124,7 +124,7 @@ def test_feedback_is_learned_and_the_learned_model_scores_new_transactions(
 ):
     monkeypatch.setenv("FLAGSTREAM_CHALLENGERS", "")  # one lineage: the champion learns every label
     monkeypatch.setenv("FLAGSTREAM_MODEL_PUBLISH_INTERVAL_S", "0.2")
-    worker = worker_factory()
+    worker = worker_factory(feedback_wait_s=2.0)  # a label for a transaction never scored waits 2 s
     initial = serving_version(worker)
     # big amounts at a "bad" merchant are fraud, small ones legit
     first = [transaction(i, 900.0 if i % 5 == 0 else 15.0 + i % 9) for i in range(200)]
@@ -161,8 +161,8 @@ def test_feedback_is_learned_and_the_learned_model_scores_new_transactions(
     wait_until(lambda: worker.metric("flagstream_feedback_ignored_total") == len(repeats), 30,
                "every repeat counted", worker)
     letters = read_json(settings, "feedback.dlq", 3)
-    assert sorted(x["reason"] for x in letters) == ["invalid_label", "not_flagged",
-                                                    "unknown_transaction"]
+    assert sorted(x["reason"] for x in letters) == ["decision_never_arrived", "invalid_label",
+                                                    "not_flagged"]
 
     # every label is in the newest published champion, and the scorer swapped to it
     champion = wait_until(lambda: (c := registry(settings).champion) and c["labels"] == total and c,

@@ -139,7 +139,7 @@ class StagedRows:
 
     table: Any
     partition: int
-    items: list[tuple[bytes, bytes]]
+    items: list[tuple[bytes, bytes | None]]
     topic: str
 
     def apply(self, last_offsets: Mapping[tuple[str, int], int]) -> None:
@@ -152,6 +152,10 @@ class StagedRows:
         batch = rocksdict.WriteBatch(raw_mode=True)
         index = store._key_index
         for key, value in self.items:
+            if value is None:  # a tombstone
+                batch.delete(key)
+                index.pop(key, None)
+                continue
             batch.put(key, value)
             index[key] = self.partition
         store._db_for_partition(self.partition).write(batch)
@@ -174,6 +178,39 @@ def stage_rows(table: Any, partition: int, rows: Mapping[bytes, bytes], outbox: 
     topic = table.changelog_topic.get_topic_name()
     for key, value in items:
         outbox.add(topic, partition, key, value)
+    return StagedRows(table, partition, items, topic)
+
+
+def scan_rows(table: Any, partition: int, after: bytes | None,
+              limit: int) -> list[tuple[bytes, bytes]]:
+    """Up to ``limit`` rows of ``partition`` of a RocksDB-backed table in key order, from the
+    first key after ``after`` (from the start when None); Faust's offset row is skipped."""
+    store = table.data
+    db = store._db_for_partition(partition)
+    rows: list[tuple[bytes, bytes]] = []
+    start = None if after is None else store._encode_key(after)
+    for key, value in db.items(from_key=start):
+        if key == store.offset_key or key == start:
+            continue
+        rows.append((store._decode_key(key), store._decode_value(value)))
+        if len(rows) >= limit:
+            break
+    return rows
+
+
+def stored_partitions(table: Any) -> list[int]:
+    """The partitions of a RocksDB-backed table that this worker has open."""
+    return sorted(table.data._dbs)
+
+
+def stage_deletes(table: Any, partition: int, keys: Iterable[bytes], outbox: Outbox) -> StagedRows:
+    """Queue tombstones for ``keys`` in ``outbox``; :meth:`StagedRows.apply` deletes them from
+    the local store once the changelog has them (a restarted worker does not bring them back)."""
+    store = table.data
+    items: list[tuple[bytes, bytes | None]] = [(store._encode_key(key), None) for key in keys]
+    topic = table.changelog_topic.get_topic_name()
+    for key, _ in items:
+        outbox.add(topic, partition, key, None)
     return StagedRows(table, partition, items, topic)
 
 
