@@ -46,15 +46,6 @@ AMOUNT_KNOTS = (50.0, 100.0, 200.0, 400.0, 800.0)
 _AMOUNT = FEATURE_NAMES.index("amount")
 #: Names of the model's inputs: the features, then the amount hinges.
 INPUT_NAMES = (*FEATURE_NAMES, *(f"amount_over_{k:g}" for k in AMOUNT_KNOTS))
-#: Standardized inputs are clipped to this many standard deviations, in learning and in
-#: scoring alike. While the scaler has seen few examples a rare value (the first fraud
-#: rate above zero, the first huge amount) standardizes to hundreds of deviations; one SGD
-#: step on it threw the whole model to scores of 0 or 1 for a day of traffic.
-Z_LIMIT = 5.0
-
-
-def _clipped(z: dict[str, float]) -> dict[str, float]:
-    return {k: min(Z_LIMIT, max(-Z_LIMIT, v)) for k, v in z.items()}
 
 
 def transform(matrix: np.ndarray) -> np.ndarray:
@@ -120,7 +111,7 @@ class LinearChampion:
         """Learn one labelled raw feature vector."""
         x = dict(zip(INPUT_NAMES, transform(features)[0].tolist(), strict=True))
         self.scaler.learn_one(x)
-        z = _clipped(self.scaler.transform_one(x))
+        z = self.scaler.transform_one(x)
         weight = self.fraud_weight if label else 1.0
         self.classifier.learn_one(z, bool(label), w=weight)
         self.n_learned += 1
@@ -129,7 +120,7 @@ class LinearChampion:
     def predict_one(self, features: np.ndarray) -> float:
         """River's own prediction for one raw feature vector (reference path)."""
         x = dict(zip(INPUT_NAMES, transform(features)[0].tolist(), strict=True))
-        return float(self.classifier.predict_proba_one(_clipped(self.scaler.transform_one(x)))[True])
+        return float(self.classifier.predict_proba_one(self.scaler.transform_one(x))[True])
 
     # --- scoring (per batch) --------------------------------------------------
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -146,7 +137,7 @@ class LinearChampion:
         """Per-feature contribution to the logit, shape (n, N_FEATURES) (the amount
         hinges count toward the amount)."""
         means, inv_std, weights, _ = self.arrays()
-        per_input = np.clip((transform(matrix) - means) * inv_std, -Z_LIMIT, Z_LIMIT) * weights
+        per_input = (transform(matrix) - means) * inv_std * weights
         per_feature = per_input[:, :N_FEATURES].copy()
         per_feature[:, _AMOUNT] += per_input[:, N_FEATURES:].sum(axis=1)  # hinges are the amount
         return per_feature
@@ -156,7 +147,7 @@ class LinearChampion:
         if len(matrix) == 0:
             return np.empty(0)
         means, inv_std, weights, intercept = self.arrays()
-        logits = np.clip((transform(matrix) - means) * inv_std, -Z_LIMIT, Z_LIMIT) @ weights + intercept
+        logits = ((transform(matrix) - means) * inv_std) @ weights + intercept
         return 1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))
 
     # --- state (JSON, never pickle) --------------------------------------------
