@@ -34,12 +34,13 @@ from flagstream.streams.topics import SCORES
 
 def summary(ts_ms: np.ndarray, labels: np.ndarray, flagged: np.ndarray, thresholds: np.ndarray,
             target_fdr: float, capacity: float) -> dict[str, Any]:
-    """Recall, false-discovery rate, flags per event day, threshold range, target met, and the
-    automated share (decisions made without a person: not sent to review)."""
+    """Recall, false-discovery rate, flags per event day (mean, and the busiest day), threshold
+    range, target met, and the automated share (decisions made without a person: not sent to
+    review)."""
     if len(ts_ms) == 0:
         return {"events": 0, "recall": None, "false_discovery_rate": None, "flags_per_day": None,
                 "threshold_min": None, "threshold_max": None, "target_met": None,
-                "automated_share": None}
+                "automated_share": None, "flags_busiest_day": None}
     y, f = labels.astype(bool), flagged.astype(bool)
     days = max((int(ts_ms.max()) - int(ts_ms.min())) / DAY_MS, 1 / 24)
     caught, n_flagged, frauds = int((f & y).sum()), int(f.sum()), int(y.sum())
@@ -50,7 +51,9 @@ def summary(ts_ms: np.ndarray, labels: np.ndarray, flagged: np.ndarray, threshol
     return {"events": int(len(ts_ms)), "frauds": frauds, "flagged": n_flagged, "recall": recall,
             "false_discovery_rate": fdr, "flags_per_day": round(per_day, 2),
             "threshold_min": float(thresholds.min()), "threshold_max": float(thresholds.max()),
-            "target_met": met, "automated_share": 1 - n_flagged / len(ts_ms)}
+            "target_met": met, "automated_share": 1 - n_flagged / len(ts_ms),
+            "flags_busiest_day": int(np.bincount((ts_ms[f] // DAY_MS).astype(np.int64)).max())
+            if n_flagged else 0}
 
 
 def figures(ts_ms: np.ndarray, labels: np.ndarray, flagged: np.ndarray, thresholds: np.ndarray,
