@@ -206,7 +206,8 @@ def outcome(args: argparse.Namespace, run_settings: Settings, last: dict[str, fl
         "rollbacks": total(last, "flagstream_model_rollbacks_total"),
         "model_version": int(total(last, "flagstream_model_sequence")),
         "live": live["all"], "live_second_half": live["second_half"],
-        "backtest": {"all": backtest["all"], "second_half": backtest["second_half"]},
+        "backtest": {"all": backtest["all"], "second_half": backtest["second_half"],
+                     "promotions": backtest["promotions"], "rollbacks": backtest["rollbacks"]},
     }
 
 

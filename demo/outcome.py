@@ -125,5 +125,9 @@ def backtest(settings: Settings, stream: Path, capacity: float, last_ms: int,
     run.run(str(stream))
     ts, labels, flagged, thresholds = run.decided_arrays()
     upto = ts <= last_ms
-    return figures(ts[upto], labels[upto], flagged[upto], thresholds[upto],
-                   settings.target_false_discovery_rate, capacity)
+    out: dict[str, Any] = figures(ts[upto], labels[upto], flagged[upto], thresholds[upto],
+                                  settings.target_false_discovery_rate, capacity)
+    changes = run.lifecycle.changes if run.lifecycle is not None else []
+    out["promotions"] = sum(c["action"] == "promote" for c in changes)
+    out["rollbacks"] = sum(c["action"] == "rollback" for c in changes)
+    return out
