@@ -13,9 +13,9 @@ import subprocess
 import sys
 
 import pytest
+from kafka_helpers import free_port
 
 from flagstream.simulation.simulator import SimulationConfig, simulate, write_stream
-from tests.kafka_helpers import free_port
 
 pytestmark = pytest.mark.integration
 
