@@ -45,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--chargeback-delay-days", type=float, default=2.0,
         help="event days until a missed fraud is reported (7 in the benchmark; shorter here)",
     )
+    parser.add_argument(
+        "--auto-decline-fdr", type=float, default=0.05,
+        help="decline flags with nobody looking where at most this share is legitimate "
+             "(FLAGSTREAM_AUTO_DECLINE_FALSE_DISCOVERY_RATE; 0: every flag to a person)",
+    )
     parser.add_argument("--port", type=int, default=6066, help="review page and metrics port")
     parser.add_argument("--refresh", type=float, default=2.0, help="summary refresh, seconds")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (0: Ctrl-C)")
@@ -126,11 +131,13 @@ def run(args: argparse.Namespace) -> int:
     # what the worker runs with: the backtest of the same events is given the same
     run_settings = settings.with_(topic_prefix=prefix,
                                   review_capacity_per_day=float(args.review_capacity),
-                                  label_maturity_s=args.chargeback_delay_days * 86_400, **budgets)
+                                  label_maturity_s=args.chargeback_delay_days * 86_400,
+                                  auto_decline_false_discovery_rate=args.auto_decline_fdr, **budgets)
     env = {**os.environ, "FLAGSTREAM_WEB_PORT": str(args.port),
            "FLAGSTREAM_TOPIC_PREFIX": prefix, "FLAGSTREAM_DATA_DIR": str(data_dir),
            "FLAGSTREAM_REVIEW_CAPACITY_PER_DAY": str(args.review_capacity),
            "FLAGSTREAM_LABEL_MATURITY_S": str(run_settings.label_maturity_s),
+           "FLAGSTREAM_AUTO_DECLINE_FALSE_DISCOVERY_RATE": str(args.auto_decline_fdr),
            "PYTHONUNBUFFERED": "1"}
     env.update({f"FLAGSTREAM_{name.upper()}": str(value) for name, value in budgets.items()})
     logs = DEMO_DIR / run_id / "logs"
@@ -200,6 +207,7 @@ def outcome(args: argparse.Namespace, run_settings: Settings, last: dict[str, fl
     return {
         "events": total(last, "flagstream_events_in_total"),
         "flagged": total(last, "flagstream_flags_total"),
+        "declined": total(last, "flagstream_decisions_total", decision="decline"),
         "review_capacity_per_day": capacity,
         "target_false_discovery_rate": run_settings.target_false_discovery_rate,
         "promotions": total(last, "flagstream_model_promotions_total"),

@@ -33,52 +33,62 @@ from flagstream.streams.topics import SCORES
 
 
 def summary(ts_ms: np.ndarray, labels: np.ndarray, flagged: np.ndarray, thresholds: np.ndarray,
-            target_fdr: float, capacity: float) -> dict[str, Any]:
+            target_fdr: float, capacity: float,
+            declined: np.ndarray | None = None) -> dict[str, Any]:
     """Recall, false-discovery rate, flags per event day (mean, and the busiest day), threshold
     range, target met, and the automated share (decisions made without a person: not sent to
     review)."""
     if len(ts_ms) == 0:
         return {"events": 0, "recall": None, "false_discovery_rate": None, "flags_per_day": None,
                 "threshold_min": None, "threshold_max": None, "target_met": None,
-                "automated_share": None, "flags_busiest_day": None}
+                "declined": None, "automated_share": None, "automated_share_of_flags": None,
+                "reviews_per_day": None, "reviews_busiest_day": None}
     y, f = labels.astype(bool), flagged.astype(bool)
+    d = np.zeros_like(f) if declined is None else declined.astype(bool) & f
+    reviews = f & ~d
     days = max((int(ts_ms.max()) - int(ts_ms.min())) / DAY_MS, 1 / 24)
     caught, n_flagged, frauds = int((f & y).sum()), int(f.sum()), int(y.sum())
     recall = caught / frauds if frauds else None
     fdr = (n_flagged - caught) / n_flagged if n_flagged else None
     per_day = n_flagged / days
-    met = fdr is not None and fdr <= target_fdr and per_day <= capacity
+    reviews_per_day = int(reviews.sum()) / days
+    met = fdr is not None and fdr <= target_fdr and reviews_per_day <= capacity
     return {"events": int(len(ts_ms)), "frauds": frauds, "flagged": n_flagged, "recall": recall,
             "false_discovery_rate": fdr, "flags_per_day": round(per_day, 2),
             "threshold_min": float(thresholds.min()), "threshold_max": float(thresholds.max()),
-            "target_met": met, "automated_share": 1 - n_flagged / len(ts_ms),
-            "flags_busiest_day": int(np.bincount((ts_ms[f] // DAY_MS).astype(np.int64)).max())
-            if n_flagged else 0}
+            "target_met": met, "declined": int(d.sum()),
+            "automated_share": 1 - int(reviews.sum()) / len(ts_ms),
+            "automated_share_of_flags": int(d.sum()) / n_flagged if n_flagged else None,
+            "reviews_per_day": round(reviews_per_day, 2),
+            "reviews_busiest_day": int(np.bincount((ts_ms[reviews] // DAY_MS).astype(np.int64)).max())
+            if reviews.any() else 0}
 
 
 def figures(ts_ms: np.ndarray, labels: np.ndarray, flagged: np.ndarray, thresholds: np.ndarray,
-            target_fdr: float, capacity: float) -> dict[str, dict[str, Any]]:
+            target_fdr: float, capacity: float,
+            declined: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """:func:`summary` over the whole span and over its second half (event time)."""
+    declined = np.zeros(len(ts_ms), dtype=bool) if declined is None else declined
     if len(ts_ms) == 0:
         empty = summary(ts_ms, labels, flagged, thresholds, target_fdr, capacity)
         return {"all": empty, "second_half": empty}
     middle = (int(ts_ms.min()) + int(ts_ms.max())) / 2
     late = ts_ms >= middle
     return {
-        "all": summary(ts_ms, labels, flagged, thresholds, target_fdr, capacity),
+        "all": summary(ts_ms, labels, flagged, thresholds, target_fdr, capacity, declined),
         "second_half": summary(ts_ms[late], labels[late], flagged[late], thresholds[late],
-                               target_fdr, capacity),
+                               target_fdr, capacity, declined[late]),
     }
 
 
-async def read_decisions(settings: Settings) -> dict[str, tuple[int, bool, float]]:
-    """Every decision on the run's ``scores`` topic: id → (event time ms, flagged, threshold);
-    a repeated decision (after a restart) counts once, as first made."""
+async def read_decisions(settings: Settings) -> dict[str, tuple[int, bool, float, bool]]:
+    """Every decision on the run's ``scores`` topic: id → (event time ms, flagged, threshold,
+    declined); a repeated decision (after a restart) counts once, as first made."""
     name = settings.topic(SCORES)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False,
                                 **settings.kafka_security())
     await consumer.start()
-    out: dict[str, tuple[int, bool, float]] = {}
+    out: dict[str, tuple[int, bool, float, bool]] = {}
     try:
         partitions = sorted(consumer.partitions_for_topic(name) or range(settings.partitions))
         tps = [TopicPartition(name, p) for p in partitions]
@@ -91,7 +101,8 @@ async def read_decisions(settings: Settings) -> dict[str, tuple[int, bool, float
                     d = loads(r.value)
                     out.setdefault(d["transaction_id"], (int(d["event_time_ms"]),
                                                           d["decision"] != "approve",
-                                                          float(d["threshold"])))
+                                                          float(d["threshold"]),
+                                                          d["decision"] == "decline"))
     finally:
         await consumer.stop()
     return out
@@ -103,10 +114,10 @@ def live(settings: Settings, stream: Path, capacity: float) -> tuple[dict[str, A
     ids = list(decided)
     truth = Truth.load(str(stream)).lookup(ids)
     known = truth >= 0
-    rows = np.array([decided[t] for t in ids], dtype=np.float64).reshape(-1, 3)[known]
+    rows = np.array([decided[t] for t in ids], dtype=np.float64).reshape(-1, 4)[known]
     ts, flagged, thresholds = rows[:, 0].astype(np.int64), rows[:, 1] > 0, rows[:, 2]
     out = figures(ts, truth[known], flagged, thresholds,
-                  settings.target_false_discovery_rate, capacity)
+                  settings.target_false_discovery_rate, capacity, rows[:, 3] > 0)
     return out, int(ts.max()) if len(ts) else 0
 
 
@@ -126,7 +137,8 @@ def backtest(settings: Settings, stream: Path, capacity: float, last_ms: int,
     ts, labels, flagged, thresholds = run.decided_arrays()
     upto = ts <= last_ms
     out: dict[str, Any] = figures(ts[upto], labels[upto], flagged[upto], thresholds[upto],
-                                  settings.target_false_discovery_rate, capacity)
+                                  settings.target_false_discovery_rate, capacity,
+                                  run.decided_declined[upto])
     changes = run.lifecycle.changes if run.lifecycle is not None else []
     out["promotions"] = sum(c["action"] == "promote" for c in changes)
     out["rollbacks"] = sum(c["action"] == "rollback" for c in changes)

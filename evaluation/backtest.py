@@ -396,8 +396,10 @@ class Backtest:
             self.policy.observe_decisions(outcome.decisions)
         self.thresholds.append((int(stream.ts_ms[lo]), float(self.policy.threshold)))
         pos = lo + np.asarray(outcome.indices, dtype=np.int64)
-        is_review = np.fromiter((d["decision"] == "review" for d in outcome.decisions), bool, len(pos))
-        scores[pos], flagged[pos] = outcome.scores, is_review
+        routes = np.array([d["decision"] for d in outcome.decisions])
+        is_review = routes == "review"  # people review these; declines wait for chargebacks
+        scores[pos], flagged[pos] = outcome.scores, routes != "approve"
+        self.declined[pos] = routes == "decline"
         self.decided_at[pos] = [d["threshold"] for d in outcome.decisions]
         if self.shadow.annotate(outcome.decisions, outcome.features):
             for name in self.shadow.names():
@@ -417,6 +419,7 @@ class Backtest:
         loaded, n = time.perf_counter(), len(stream.payloads)
         scores, flagged = np.full(n, np.nan), np.zeros(n, dtype=bool)
         self.decided_at = np.full(n, np.nan)  # the threshold each event was decided with
+        self.declined = np.zeros(n, dtype=bool)  # flags declined with nobody looking
         with progress_bar(n, "tx", cfg.progress) as bar:
             for lo in range(0, n, cfg.batch_size):
                 hi = min(lo + cfg.batch_size, n)
@@ -425,6 +428,8 @@ class Backtest:
         finished = time.perf_counter()
         ok = ~np.isnan(scores)
         self.decided = (stream.ts_ms[ok], stream.is_fraud[ok], flagged[ok], self.decided_at[ok])
+        #: after :meth:`run`: which of those decisions were declined automatically
+        self.decided_declined = self.declined[ok]
 
         def evaluate(
             column: np.ndarray, flags: np.ndarray, rows: np.ndarray = ok
@@ -461,6 +466,7 @@ class Backtest:
             gate_refusals=self.lifecycle.refusals if self.lifecycle is not None else 0,
             champion_changes=changes,
             model_version=self.handle.version,
+            declined=int(self.declined[ok].sum()),
             threshold_min=min(in_test),
             threshold_max=max(in_test),
             operating_point=self.estimate,

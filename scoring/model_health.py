@@ -5,15 +5,16 @@ how much of the fraud did we catch, how much did the machine decide alone, and h
 often was it wrong when it did. :class:`DailyHealth` counts, per event day (UTC), the
 decisions the scorer made and the delayed labels joined to them:
 
-* ``decisions``, ``flagged`` (sent to a person) and ``auto`` (approved with nobody
-  looking: the automatic decisions);
+* ``decisions``, ``flagged`` (alerts: sent to a person or declined automatically),
+  ``auto`` (approved with nobody looking) and ``declined`` (declined with nobody looking);
 * labels of flagged transactions, ``flagged_fraud`` and ``flagged_legit`` (reviewers'
   verdicts), and of automatic ones, ``auto_fraud`` (a chargeback on an approval: an
-  overturn) and ``auto_legit``.
+  overturn) and ``auto_legit``, and ``declined_legit`` (an automatic decline that was
+  legitimate: an overturn).
 
 From those, per day: the **false-alarm share** (false-discovery rate) of the labelled
 flags, **recall** (caught frauds over caught plus missed), the **auto-decided share**
-and the **overturn rate** (automatic approvals that came back as fraud), each with a
+and the **overturn rate** (automatic decisions the labels contradicted), each with a
 Wilson interval; and what the operating point said that day (its threshold, its own
 estimate and whether the target was met). Days younger than the label maturity are
 marked ``mature = False``: their missed frauds are not all back yet.
@@ -47,8 +48,9 @@ from flagstream.scoring.operating_point import Estimate, as_label, wilson
 DAY_MS = 86_400_000
 #: Counted per day, in this order.
 COLUMNS = ("decisions", "flagged", "auto", "flagged_fraud", "flagged_legit", "auto_fraud",
-           "auto_legit")
-DECISIONS, FLAGGED, AUTO, FLAGGED_FRAUD, FLAGGED_LEGIT, AUTO_FRAUD, AUTO_LEGIT = range(len(COLUMNS))
+           "auto_legit", "declined", "declined_legit")
+(DECISIONS, FLAGGED, AUTO, FLAGGED_FRAUD, FLAGGED_LEGIT, AUTO_FRAUD, AUTO_LEGIT, DECLINED,
+ DECLINED_LEGIT) = range(len(COLUMNS))
 #: Model versions remembered per day (the first ones seen, then only a count).
 MAX_VERSIONS = 12
 
@@ -142,15 +144,20 @@ class DailyHealth:
             return
         self.newest_ms = max(self.newest_ms, float(stamps[keep].max()))
         flagged = np.array([_is_flagged(d) for d in decisions], dtype=bool)
+        declined = np.array([d.get("decision") == "decline" for d in decisions], dtype=bool)
         kept_days = days[keep]
         unique, inverse = np.unique(kept_days, return_inverse=True)
         per_day = np.bincount(inverse, minlength=len(unique))
         flags = np.bincount(inverse, weights=flagged[keep], minlength=len(unique)).astype(np.int64)
-        for day, n, f in zip(unique.tolist(), per_day.tolist(), flags.tolist(), strict=True):
+        declines = np.bincount(inverse, weights=declined[keep],
+                               minlength=len(unique)).astype(np.int64)
+        for day, n, f, x in zip(unique.tolist(), per_day.tolist(), flags.tolist(),
+                                declines.tolist(), strict=True):
             row = self._row(day)
             row[DECISIONS] += n
             row[FLAGGED] += f
             row[AUTO] += n - f
+            row[DECLINED] += x
         for d, day in zip(decisions, days.tolist(), strict=True):
             if day in self.days:
                 self._note(self.days[day], d)
@@ -180,8 +187,12 @@ class DailyHealth:
         fraud = np.array([y for _, y in pairs], dtype=bool)
         column = np.where(flagged, np.where(fraud, FLAGGED_FRAUD, FLAGGED_LEGIT),
                           np.where(fraud, AUTO_FRAUD, AUTO_LEGIT))
-        for day, col in zip(days[keep].tolist(), column[keep].tolist(), strict=True):
-            self._row(day)[col] += 1
+        overturned_decline = np.array([d.get("decision") == "decline" for d, _ in pairs]) & ~fraud
+        for day, col, extra in zip(days[keep].tolist(), column[keep].tolist(),
+                                   overturned_decline[keep].tolist(), strict=True):
+            row = self._row(day)
+            row[col] += 1
+            row[DECLINED_LEGIT] += extra
 
     def add_estimate(self, estimate: Estimate | dict, at_ms: float | None = None) -> None:
         """What the operating point said (its latest word counts for the day of ``at_ms``,
@@ -212,8 +223,10 @@ class DailyHealth:
             end_ms = (day + 1) * DAY_MS
             fdr = _share(c[FLAGGED_LEGIT], c[FLAGGED_FRAUD] + c[FLAGGED_LEGIT], z)
             recall = _share(c[FLAGGED_FRAUD], c[FLAGGED_FRAUD] + c[AUTO_FRAUD], z)
-            auto = _share(c[AUTO], c[DECISIONS], z)
-            overturn = _share(c[AUTO_FRAUD], c[AUTO], z)
+            # decided without a person: approvals and automatic declines; overturned: an
+            # approval that came back as fraud, a decline that came back legitimate
+            auto = _share(c[AUTO] + c[DECLINED], c[DECISIONS], z)
+            overturn = _share(c[AUTO_FRAUD] + c[DECLINED_LEGIT], c[AUTO] + c[DECLINED], z)
             out.append({
                 "day": day,
                 "date": datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d"),

@@ -25,7 +25,15 @@ decided on an interval, with a dead band between (hysteresis):
 * down only while the upper bound at the new, lower threshold is within target.
 
 So a model that cannot separate the classes walks up to the ceiling and says
-``target_met = False``; it never flags everything. Capacity needs no labels: the
+``target_met = False``; it never flags everything.
+
+Three ways, when ``decline_fdr`` is set: scores at or above the **decline threshold** are
+declined with nobody looking, the rest of the flags go to a person. The decline threshold
+is the lowest point above the review threshold where the false-discovery rate's *upper*
+bound is within ``decline_fdr`` (a blocked customer costs more than a review), on at least
+``min_decline_labels`` labels above it; with less evidence there is no automatic decline.
+Declines are alerts (they count in the false-discovery rate and recall) but not reviews:
+the capacity limits the flags that go to people. Capacity needs no labels: the
 threshold jumps to the lowest one whose flags per day fit, at once.
 
 >>> import numpy as np
@@ -119,6 +127,7 @@ class Estimate:
     frauds: int
     target_met: bool | None
     score_psi: float | None = None
+    decline_threshold: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,6 +158,11 @@ class OperatingPoint:
         The largest move one :meth:`update` makes (capacity moves excepted).
     confidence
         Level of the intervals.
+    decline_fdr
+        Decline automatically where the false-discovery rate's upper bound is within this
+        (None: every flag goes to a person).
+    min_decline_labels
+        Labels above a decline threshold before it is used.
     """
 
     def __init__(
@@ -168,6 +182,8 @@ class OperatingPoint:
         max_step: float = 0.02,
         confidence: float = 0.95,
         bucket_s: float = 3_600.0,
+        decline_fdr: float | None = None,
+        min_decline_labels: int = 100,
     ) -> None:
         if target_fdr is None and target_recall is None:
             raise ValueError("state a target: target_fdr or target_recall")
@@ -180,6 +196,8 @@ class OperatingPoint:
             raise ValueError("capacity_per_day must be positive (or None)")
         if max_step <= 0:
             raise ValueError("max_step must be positive")
+        if decline_fdr is not None and not 0.0 < decline_fdr < 1.0:
+            raise ValueError(f"decline_fdr must be in (0, 1), not {decline_fdr!r}")
         self.target_fdr = target_fdr
         self.target_recall = None if target_fdr is not None else target_recall
         self.capacity_per_day = capacity_per_day
@@ -194,6 +212,10 @@ class OperatingPoint:
         self.index = min(self.ceiling, max(self.floor, grid_index(initial_threshold)))
         self.labels_since_move = 0
         self.last: Estimate | None = None
+        self.decline_fdr = decline_fdr
+        self.min_decline_labels = min_decline_labels
+        #: grid index at and above which scores are declined (None: no automatic decline)
+        self.decline_index: int | None = None
 
     @property
     def threshold(self) -> float:
@@ -205,15 +227,28 @@ class OperatingPoint:
         """Flag every score at or above the current threshold."""
         return np.asarray(scores) >= self.threshold
 
-    def follow(self, threshold: float) -> None:
-        """Decide with a threshold the learner's operating point published (scorers that do
+    @property
+    def decline_threshold(self) -> float | None:
+        """Scores at or above this are declined automatically (None: none are)."""
+        return None if self.decline_index is None else self.decline_index / BINS
+
+    def declines(self, scores: np.ndarray) -> np.ndarray:
+        """The flags declined with nobody looking (a subset of :meth:`flags`)."""
+        if self.decline_index is None:
+            return np.zeros(len(scores), dtype=bool)
+        return np.asarray(scores) >= max(self.decline_threshold or 1.0, self.threshold)
+
+    def follow(self, threshold: float, decline_threshold: float | None = None) -> None:
+        """Decide with the thresholds the learner's operating point published (scorers that do
         not learn follow it rather than estimating their own)."""
         self.index = grid_index(threshold)
+        self.decline_index = None if decline_threshold is None else grid_index(decline_threshold)
 
     def published(self, sequence: int, at_ms: int) -> dict[str, Any]:
         """The record the learner publishes on ``models`` so every scorer decides alike."""
         last = self.last
-        return {"kind": "operating-point", "threshold": self.threshold, "sequence": sequence,
+        declines = {} if self.decline_index is None else {"decline_threshold": self.decline_threshold}
+        return {"kind": "operating-point", "threshold": self.threshold, **declines, "sequence": sequence,
                 "at_ms": at_ms, "reason": last.reason if last else "initial",
                 "target_met": last.target_met if last else None}
 
@@ -223,6 +258,7 @@ class OperatingPoint:
         and the capacity limit returns with an hour of its traffic."""
         self.tally.restart()
         self.labels_since_move = 0
+        self.decline_index = None  # nothing is declined on another model's evidence
 
     # --- evidence in -------------------------------------------------------------------------
     def observe_traffic(self, scores: np.ndarray, flagged: np.ndarray, at_s: float) -> None:
@@ -311,6 +347,10 @@ class OperatingPoint:
             i, move, reason = self._follow_fdr(curve, self.target_fdr)
         elif enough and self.target_recall is not None:
             i, move, reason = self._follow_recall(mature[1], self.target_recall)
+        if self.decline_fdr is not None:
+            self.decline_index = self._decline_point(curve, i)
+        if rates is not None and self.decline_index is not None:
+            rates = rates - rates[self.decline_index]  # declines are nobody's work
         cap = self.capacity_index(rates)
         if cap is not None and i < cap:
             i, move, reason = cap, "up", "review capacity"
@@ -320,6 +360,19 @@ class OperatingPoint:
             self.index, self.labels_since_move = i, 0
         self.last = self._estimate(move, reason, counts, curve, mature[1], rates, cap, enough)
         return self.last
+
+    def _decline_point(self, curve: tuple[np.ndarray, np.ndarray, np.ndarray],
+                       review: int) -> int | None:
+        """The lowest point above the review threshold whose alerts are legitimate at most
+        ``decline_fdr`` of the time (upper bound), on enough labels; None if there is none."""
+        target, evidence = float(self.decline_fdr or 0.0), curve[2]
+        for j in range(review + 1, BINS):
+            if evidence[j] < self.min_decline_labels:
+                return None  # fewer labels higher up still
+            _, _, high = self._fdr_at(curve, j)
+            if high is not None and high <= target:
+                return j
+        return None
 
     def _follow_fdr(self, curve: tuple[np.ndarray, np.ndarray, np.ndarray],
                     target: float) -> tuple[int, str, str]:
@@ -367,7 +420,7 @@ class OperatingPoint:
                 met = recall is not None and recall >= float(self.target_recall or 0) and within_capacity
         return Estimate(self.threshold, move, reason, fdr, fdr_low, fdr_high, recall, recall_low,
                         recall_high, per_day, None if cap is None else cap / BINS, counts.labels(),
-                        counts.frauds(), met, self.score_shift())
+                        counts.frauds(), met, self.score_shift(), self.decline_threshold)
 
 
 class ThreeWayPolicy:

@@ -118,6 +118,10 @@ OPERATING_POINT_FIELDS: dict[str, Check] = {
     "sequence": whole, "at_ms": whole, "reason": text, "target_met": optional(lambda v: isinstance(v, bool)),
 }
 
+DECLINE_FIELD: dict[str, Check] = {
+    "decline_threshold": lambda v: number(v) and 0.0 < v <= 1.0,
+}
+
 
 def check_fields(what: str, record: Any, fields: Mapping[str, Check]) -> None:
     """Raise ``ValueError`` unless ``record`` has exactly ``fields``, each passing its check."""
@@ -164,7 +168,11 @@ def check_record(key: bytes, record: Any) -> None:
         if key != CANDIDATE_PREFIX + record["lineage"].encode():
             raise ValueError(f"{what}: holds lineage {record['lineage']!r}")
     elif key == OPERATING_POINT:
-        check_fields(what, record, OPERATING_POINT_FIELDS)
+        # the decline threshold is there only while automatic declines are on
+        fields = (OPERATING_POINT_FIELDS | DECLINE_FIELD
+                  if isinstance(record, dict) and "decline_threshold" in record
+                  else OPERATING_POINT_FIELDS)
+        check_fields(what, record, fields)
     elif key != LEARNER:
         raise ValueError(f"{what}: not a registry key")
 

@@ -89,6 +89,7 @@ class PipelineMetrics:
         self.operating_point = OperatingPointMetrics(r)
         #: The model's own health: each feature's drift, the drift alarms, the targets.
         self.drift = DriftMetrics(r)
+        self.feedback_store = FeedbackStoreMetrics(r)
 
     def render(self) -> bytes:
         """The metrics in Prometheus text format."""

@@ -159,6 +159,9 @@ class Settings:
     threshold_ceiling: float = 0.98
     #: Recall counts transactions at least this old (event seconds): chargebacks take time.
     label_maturity_s: float = 7 * 86_400.0
+    #: Decline flags automatically (nobody reviews them) where the operating point can show
+    #: at most this share of them legitimate (upper bound); 0: every flag goes to a person.
+    auto_decline_false_discovery_rate: float = 0.0
     #: Population stability index (of the score or of any feature, last day against the
     #: fortnight before) above which the model-health view and flagstream_drift_alert alarm.
     drift_psi_alert: float = 0.2
@@ -261,6 +264,9 @@ class Settings:
                 "need 0 < FLAGSTREAM_THRESHOLD_FLOOR < FLAGSTREAM_THRESHOLD_CEILING < 1")
         if not self.drift_psi_alert > 0:
             raise ConfigurationError("FLAGSTREAM_DRIFT_PSI_ALERT must be positive")
+        if not 0.0 <= self.auto_decline_false_discovery_rate < 1.0:
+            raise ConfigurationError(
+                "FLAGSTREAM_AUTO_DECLINE_FALSE_DISCOVERY_RATE must be in [0, 1) (0: off)")
 
     def operating_point(self) -> OperatingPoint:
         """The decision policy's operating point, as the worker and the backtest both run it.
@@ -275,6 +281,7 @@ class Settings:
             capacity_per_day=self.review_capacity_per_day or None,
             floor=self.threshold_floor, ceiling=self.threshold_ceiling,
             initial_threshold=self.threshold, maturity_s=self.label_maturity_s,
+            decline_fdr=self.auto_decline_false_discovery_rate or None,
         )
 
     def with_(self, **changes: Any) -> Settings:

@@ -42,6 +42,7 @@ from flagstream.features.merchants import MerchantActivity, MerchantState, count
 from flagstream.scoring.handle import ModelHandle
 from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.policy import DecisionPolicy, FixedThreshold
+from flagstream.scoring.policy import decisions as decide
 from flagstream.scoring.reasons import explain
 from flagstream.streams.schema import validate_transactions
 
@@ -134,6 +135,8 @@ class BatchOutcome:
     indices: list[int] = field(default_factory=list)
     decisions: list[dict] = field(default_factory=list)
     flagged: list[dict] = field(default_factory=list)
+    #: decisions declined automatically (the policy's third route; not sent to review)
+    declined: int = 0
     rejections: list[Rejection] = field(default_factory=list)
     replayed: int = 0
     misrouted: list[tuple[int, str]] = field(default_factory=list)
@@ -226,15 +229,15 @@ class ScoringCore:
         features = features[applied]
         model = self.handle.model
         scores = model.score_batch(features)
-        flags = self.policy.flags(scores)
+        routes = decide(self.policy, scores)
         outcome.features, outcome.scores = features, scores
         outcome.activity = count_activity(
             [batch.merchant_ids[i] for i in applied], batch.timestamps_ms[applied]
         )
-        self._decide(batch, applied, features, scores, flags, outcome)
+        self._decide(batch, applied, features, scores, routes, outcome)
         return outcome
 
-    def _decide(self, batch, applied, features, scores, flags, outcome: BatchOutcome) -> None:
+    def _decide(self, batch, applied, features, scores, routes, outcome: BatchOutcome) -> None:
         """Decision records for the applied events: columns turned into lists once, then
         one dict per event (the part that has to be per event: the output is per event)."""
         version = self.handle.version
@@ -245,7 +248,7 @@ class ScoringCore:
         amounts = batch.amounts[applied].tolist()
         stamps = batch.timestamps_ms[applied].tolist()
         rounded = [round(x, 6) for x in scores.tolist()]
-        flag_list = flags.tolist()
+        route_list = routes.tolist()
         feature_lists = features.round(6).tolist()
         decisions = [
             {
@@ -257,13 +260,13 @@ class ScoringCore:
                 "event_time_ms": stamp,
                 "score": score,
                 "threshold": threshold,
-                "decision": "review" if flag else "approve",
+                "decision": route,
                 "model_version": version,
                 "scored_at_ms": scored_at,
                 "features": feats,
             }
-            for i, amount, stamp, score, flag, feats in zip(
-                rows, amounts, stamps, rounded, flag_list, feature_lists, strict=True
+            for i, amount, stamp, score, route, feats in zip(
+                rows, amounts, stamps, rounded, route_list, feature_lists, strict=True
             )
         ]
         for decision, i in zip(decisions, rows, strict=True):
@@ -274,7 +277,8 @@ class ScoringCore:
                     decision[name] = value
         outcome.indices.extend([batch.indices[i] for i in rows])
         outcome.decisions.extend(decisions)
-        flagged_rows = np.flatnonzero(flags)
+        outcome.declined += int(np.count_nonzero(routes == "decline"))
+        flagged_rows = np.flatnonzero(routes == "review")  # declines need nobody's review
         if len(flagged_rows):
             contributions = self.handle.model.contributions(features[flagged_rows])
             for k, j in enumerate(flagged_rows.tolist()):

@@ -35,7 +35,6 @@ from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.scoring.record_checks import check_learner_snapshot
 from flagstream.scoring.snapshots import SnapshotStore, refusal_reason, seal
-from flagstream.sinks.metrics import FeedbackStoreMetrics
 from flagstream.streams.app import Pipeline
 from flagstream.streams.compat.internals import kafka_producer, read_row
 from flagstream.streams.config import Settings
@@ -73,7 +72,7 @@ class LearnerRuntime:
         self.learner = Learner(ModelHandle(base), self.lookup, int(s.feature_retention_s * 1000),
                                shadow=shadow, gate=self.gate, publish_each_batch=False,
                                ledger=ledger, waiting=self.waiting)
-        self.store_metrics = FeedbackStoreMetrics(p.metrics.registry)
+        self.store_metrics = p.metrics.feedback_store  # one set per process, across restarts
         self.retention = RetentionSweep(self.decisions, p.tables["labels"],
                                         int(s.feature_retention_s * 1000), self.store_metrics)
         self.store = SnapshotStore(s.data_path / p.role / "models", self.key)
@@ -86,8 +85,8 @@ class LearnerRuntime:
         self.last_publish = 0.0
         self.publications = 0
         self.snapshot_due = False
-        #: (threshold, sequence) of the last operating-point record this learner published.
-        self.published_threshold = (float("nan"), 0)
+        #: (threshold, sequence, decline threshold) of the last operating-point record published.
+        self.published_threshold: tuple[float, int, float | None] = (float("nan"), 0, None)
         self.written: OrderedDict[bytes, dict] = OrderedDict()
         self.lifecycle = ChampionLifecycle(self.learner, self.get, self.written.__setitem__,
                                            on_seat=self._seat_changed, on_refusal=self._refused,
@@ -131,8 +130,9 @@ class LearnerRuntime:
         from the traffic and labels that arrive)."""
         policy, record = self.p.core.policy, self.p.models.read(reg.OPERATING_POINT)
         if isinstance(policy, OperatingPoint) and record is not None:
-            policy.follow(float(record["threshold"]))
-            self.published_threshold = (float(record["threshold"]), int(record["sequence"]))
+            policy.follow(float(record["threshold"]), record.get("decline_threshold"))
+            self.published_threshold = (float(record["threshold"]), int(record["sequence"]),
+                                        record.get("decline_threshold"))
             log.info("operating point resumed at threshold %.3f", policy.threshold)
 
     def threshold_writes(self) -> Writes:
@@ -140,10 +140,10 @@ class LearnerRuntime:
         policy = self.p.core.policy
         if not isinstance(policy, OperatingPoint):
             return []
-        threshold, sequence = self.published_threshold
-        if policy.threshold == threshold:
+        threshold, sequence, decline = self.published_threshold
+        if policy.threshold == threshold and policy.decline_threshold == decline:
             return []
-        self.published_threshold = (policy.threshold, sequence + 1)
+        self.published_threshold = (policy.threshold, sequence + 1, policy.decline_threshold)
         return [(reg.OPERATING_POINT, policy.published(sequence + 1, int(time.time() * 1000)))]
 
     async def catch_up(self) -> int:

@@ -163,7 +163,7 @@ class ModelSync:
         if record is None or record is self._followed:
             return
         self._followed = record
-        self.threshold_follower.follow(float(record["threshold"]))
+        self.threshold_follower.follow(float(record["threshold"]), record.get("decline_threshold"))
         self.metrics.threshold.set(float(record["threshold"]))
         log.info("threshold now %.3f (the learner's operating point: %s)", record["threshold"],
                  record["reason"])

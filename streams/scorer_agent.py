@@ -261,9 +261,12 @@ class Scorer:
             metrics.replayed.inc(outcome.replayed)
             metrics.rerouted.inc(len(outcome.misrouted))
             flagged = len(outcome.flagged)
+            declined = outcome.declined
             metrics.flags.inc(flagged)
             metrics.decisions.labels(decision="review").inc(flagged)
-            metrics.decisions.labels(decision="approve").inc(len(outcome.decisions) - flagged)
+            if declined:
+                metrics.decisions.labels(decision="decline").inc(declined)
+            metrics.decisions.labels(decision="approve").inc(len(outcome.decisions) - flagged - declined)
             if outcome.indices:
                 stamps = recs.timestamps_ms[np.asarray(outcome.indices)]
                 observe_many(metrics.latency, np.maximum(now_ms - stamps, 0.0) / 1000.0)

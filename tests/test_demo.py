@@ -20,7 +20,8 @@ from flagstream.simulation.simulator import SimulationConfig, simulate, write_st
 pytestmark = pytest.mark.integration
 
 FIGURES = {"events", "recall", "false_discovery_rate", "flags_per_day", "threshold_min",
-           "threshold_max", "target_met", "automated_share", "flags_busiest_day"}
+           "threshold_max", "target_met", "automated_share", "automated_share_of_flags",
+           "declined", "reviews_per_day", "reviews_busiest_day"}
 
 
 def test_the_headless_demo_prints_live_and_backtest_figures_for_the_same_events(kafka_broker, tmp_path):

@@ -227,3 +227,59 @@ def test_a_new_model_restarts_the_estimates_and_the_threshold_holds_until_they_a
         scores = np.full(200, 0.99)
         op.observe_traffic(scores, op.flags(scores), now + 60.0 * minute)
     assert op.update().reason == "review capacity" and op.threshold > held
+
+
+def test_three_ways_declines_only_where_the_evidence_shows_almost_no_false_alarms():
+    """With a decline target the highest scores are declined with nobody looking, but only
+    where the false-discovery rate's upper bound is within it; the rest of the flags go to
+    people, and the capacity counts those alone."""
+    op = OperatingPoint(target_fdr=0.15, capacity_per_day=2_000, initial_threshold=0.5,
+                        decline_fdr=0.05)
+    assert op.decline_threshold is None, "no evidence yet: nothing is declined"
+    rng = np.random.default_rng(11)
+    World().run(op, hours=24 * 30)
+    assert op.decline_threshold is not None and op.decline_threshold > op.threshold
+    # truth, on fresh traffic from the same world: declines are almost all fraud
+    y = (rng.random(400_000) < 0.008).astype(int)
+    s = np.where(y == 1, rng.beta(4, 2, len(y)), rng.beta(1, 20, len(y)))
+    flags, declines = op.flags(s), op.declines(s)
+    assert declines.any() and not (declines & ~flags).any(), "declines are a subset of flags"
+    assert (y[declines] == 0).mean() <= 0.05
+    assert op.last is not None and op.last.decline_threshold == op.decline_threshold
+    record = op.published(1, 0)
+    assert record["decline_threshold"] == op.decline_threshold
+    scorer = OperatingPoint(target_fdr=0.15)
+    scorer.follow(record["threshold"], record["decline_threshold"])
+    assert (scorer.declines(s) == declines).all(), "a scorer declines exactly what the learner does"
+
+
+def test_a_model_that_cannot_separate_never_declines():
+    op = OperatingPoint(target_fdr=0.15, capacity_per_day=10_000, initial_threshold=0.5,
+                        decline_fdr=0.05)
+    World(separable=False).run(op, hours=24 * 20)
+    assert op.decline_threshold is None
+    assert not op.declines(np.linspace(0, 1, 101)).any()
+    assert "decline_threshold" not in op.published(1, 0)
+
+
+def test_the_core_declines_without_sending_to_review():
+    """The scoring core routes three ways: declined decisions are recorded, not queued."""
+    class Declining:
+        threshold = 0.0
+
+        def flags(self, scores):
+            return np.ones(len(scores), dtype=bool)
+
+        def declines(self, scores):
+            return np.arange(len(scores)) % 2 == 0
+
+    from flagstream.codec import dumps
+
+    core = ScoringCore(policy=Declining())
+    records = [dumps({"transaction_id": f"t-{i}", "account_id": f"a-{i}", "merchant_id": "m-1",
+                      "amount": 10.0 + i, "currency": "USD", "timestamp": "2018-04-01T00:00:00Z",
+                      "channel": "card"}) for i in range(6)]
+    outcome = core.process(records)
+    routes = [d["decision"] for d in outcome.decisions]
+    assert routes == ["decline", "review"] * 3 and outcome.declined == 3
+    assert [f["transaction_id"] for f in outcome.flagged] == ["t-1", "t-3", "t-5"]
