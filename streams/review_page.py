@@ -122,6 +122,11 @@ class ReviewRuntime:
         """Faust sends ``(app, assigned)``: the worker's whole new assignment, every topic."""
         assigned = args[1] if len(args) > 1 else kwargs.get("assigned", ())
         now = {tp.partition for tp in assigned if tp.topic == self.review_topic}
+        labels = {tp.partition for tp in assigned if tp.topic == self.feedback_topic}
+        if now != labels:  # not co-partitioned (a topic resized by hand?): see the module doc
+            log.warning("review partitions %s but feedback partitions %s: labels from elsewhere "
+                        "for the others leave this queue only at its next rebuild",
+                        sorted(now), sorted(labels))
         lost, gained = self.owned - now, now - self.owned
         self.owned.clear()
         self.owned.update(now)
