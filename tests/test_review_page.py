@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Callable
 
 import pytest
-from kafka_helpers import FLAG_EVERYTHING, ROOT, produce_json, read_json
+from kafka_helpers import FLAG_EVERYTHING, ROOT, free_port, produce_json, read_json
 
 from flagstream.sinks.review.credentials import REVIEWERS_FILE, ReviewerTokens
 from flagstream.streams.config import Secret
@@ -303,6 +303,29 @@ def test_labels_from_elsewhere_take_their_flags_off_the_queue_within_seconds(set
     assert worker.metric('flagstream_review_labelled_elsewhere_total{claimed="no",source="chargeback"}') == 1
     assert worker.metric("flagstream_review_queue_depth") == 5
     print(f"\nlabels from elsewhere left the queue {took:.1f} s after they were produced")
+
+
+@pytest.mark.timeout(300)
+def test_each_workers_learner_sees_the_labels_of_its_own_queue(settings, worker_factory, tmp_path):
+    """Two learning workers split the review partitions; the feedback partitions go with them
+    (same count, same subscribers), so every label from elsewhere reaches the queue holding it."""
+    first = worker_factory(**FLAG_EVERYTHING)
+    second = worker_factory(data_dir=str(tmp_path / "second"), web_port=free_port(),
+                            **FLAG_EVERYTHING)
+    apis = [Api(w.url, settings.review_token.reveal()) for w in (first, second)]
+    txs = [f"t-w{i}" for i in range(16)]
+    produce_json(settings, "transactions",
+                 [transaction(tx, f"c-{i}", "m-1", 20.0 + i, i) for i, tx in enumerate(txs)],
+                 "account_id")
+    queued = wait_until(lambda: (lambda a, b: (a, b) if len(a) + len(b) == 16 else None)(
+        *({i["transaction_id"] for i in api.items()} for api in apis)), what="16 flags in two queues")
+    assert all(queued) and not queued[0] & queued[1], "each worker queues its own partitions"
+    produce_json(settings, "feedback", [{"transaction_id": tx, "label": "legit", "source": "review",
+                                         "reviewer": "other-tool"} for tx in txs], "transaction_id")
+    wait_until(lambda: not any(api.items() for api in apis), 30, "both queues emptied")
+    for worker in (first, second):
+        assert b"feedback partitions" not in worker.run_log()
+    assert sum(w.metric("flagstream_review_labelled_elsewhere_total") for w in (first, second)) == 16
 
 
 #: Where Faust (0.15.3) mounts its own views: tables, routing, statistics, graph, index.
