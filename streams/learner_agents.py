@@ -41,6 +41,7 @@ from flagstream.streams.compat.internals import current_event, kafka_producer
 from flagstream.streams.delivery import deliver, send_activity
 from flagstream.streams.faust_batches import PartitionRecords, ack_all, by_partition, records_by_partition
 from flagstream.streams.learner_runtime import LearnerRuntime, recovery_done
+from flagstream.streams.review_page import ReviewRuntime
 from flagstream.streams.topics import partition_for
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
             count_labels(p, labelled)
             follow_operating_point(p, labelled)
             rt.health.labelled(labelled)
+            to_review_queue(p, labelled)
             if writes := rt.threshold_writes():  # every scorer decides with the same threshold
                 async with rt.lock:
                     await deliver(await rt.send(writes))
@@ -148,6 +150,7 @@ async def waited_and_pruned(p: Pipeline, rt: LearnerRuntime, names) -> None:
             await rt.persist()
         count_labels(p, labelled)
         follow_operating_point(p, labelled)
+        to_review_queue(p, labelled)
     if rt.retention.due():
         async with rt.lock:  # no label row is half written meanwhile
             await rt.retention.run(kafka_producer(p.app))
@@ -192,6 +195,13 @@ def count_labels(p: Pipeline, labelled: list) -> None:
         p.metrics.labels.labels(
             label="fraud" if label else "legit", source=feedback.get("source", "review")
         ).inc()
+
+
+def to_review_queue(p: Pipeline, labelled: list) -> None:
+    """The labels just admitted (acknowledged, in the ledger) leave this worker's review queue:
+    a label from elsewhere takes its flag off the page (:mod:`flagstream.streams.review_page`)."""
+    if labelled and isinstance(p.review, ReviewRuntime):
+        p.review.admitted(labelled)
 
 
 def _activity(value: bytes | None) -> MerchantActivity | None:

@@ -13,7 +13,13 @@ learner group:
 - :class:`flagstream.sinks.review.ReviewRoutes` answer under ``/review``, to reviewers
   with their own tokens (:mod:`flagstream.streams.review_access`);
 - a reviewer's label goes to ``feedback`` (key: transaction id) and the item leaves
-  the queue for everyone; the learner agent learns from it.
+  the queue for everyone; the learner agent learns from it;
+- a label from anywhere else (another tool, a chargeback, another worker's page) leaves
+  the queue as soon as this worker's learner has admitted it (:meth:`ReviewRuntime.admitted`):
+  the review and feedback topics are both keyed by transaction id, have the same
+  partitions and the same subscribers, so Faust assigns a worker feedback partition *k*
+  with review partition *k* — the labels its learner sees are those of its own queue.
+  A reviewer who then submits such an item is told who labelled it; nothing is sent.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from faust.web import View
 
 from flagstream.codec import loads
 from flagstream.sinks.review import ReviewAuth, ReviewQueue, ReviewRoutes, ReviewService
+from flagstream.sinks.review.service import model_flagged
 from flagstream.sinks.review.views import Route
 from flagstream.streams.app import Pipeline
 from flagstream.streams.review_access import ensure_a_reviewer, reviewer_tokens
@@ -95,6 +102,18 @@ class ReviewRuntime:
             log.warning("skipped a review record that cannot be queued: %s", type(exc).__name__)
             self.service.metrics.ingested.labels(outcome="invalid").inc()
 
+    def admitted(self, labelled: list[tuple[dict, int, dict]]) -> int:
+        """Labels the learner admitted (``(decision, label, feedback)``, its ledger's effective
+        labels, never a refused one): their flagged transactions leave the queue, and are not
+        queued if their flag comes later. Returns how many items left the queue."""
+        removed = 0
+        for decision, _label, feedback in labelled:
+            if isinstance(decision, dict) and model_flagged(decision):
+                removed += self.service.labelled_elsewhere(None, feedback)
+        if removed:
+            log.debug("%d review items were labelled elsewhere", removed)
+        return removed
+
     async def stop(self) -> None:
         for task in list(self.tasks):
             task.cancel()
@@ -103,6 +122,11 @@ class ReviewRuntime:
         """Faust sends ``(app, assigned)``: the worker's whole new assignment, every topic."""
         assigned = args[1] if len(args) > 1 else kwargs.get("assigned", ())
         now = {tp.partition for tp in assigned if tp.topic == self.review_topic}
+        labels = {tp.partition for tp in assigned if tp.topic == self.feedback_topic}
+        if now != labels:  # not co-partitioned (a topic resized by hand?): see the module doc
+            log.warning("review partitions %s but feedback partitions %s: labels from elsewhere "
+                        "for the others leave this queue only at its next rebuild",
+                        sorted(now), sorted(labels))
         lost, gained = self.owned - now, now - self.owned
         self.owned.clear()
         self.owned.update(now)

@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Callable
 
 import pytest
-from kafka_helpers import FLAG_EVERYTHING, ROOT, produce_json, read_json
+from kafka_helpers import FLAG_EVERYTHING, ROOT, free_port, produce_json, read_json
 
 from flagstream.sinks.review.credentials import REVIEWERS_FILE, ReviewerTokens
 from flagstream.streams.config import Secret
@@ -262,6 +262,70 @@ def test_the_queue_is_rebuilt_from_kafka_after_a_restart(settings, worker_factor
     time.sleep(1.0)  # anything that should not be there would have arrived by now
     assert {i["transaction_id"] for i in api.items()} == {f"t-r{i}" for i in range(6)} - decided
     assert len(rebuilt) == 4
+
+
+def test_labels_from_elsewhere_take_their_flags_off_the_queue_within_seconds(settings, worker_factory):
+    """Labels another tool writes on ``feedback`` empty the page of those flags while it runs; a
+    label the ledger refuses does not; a claimed item labelled elsewhere is refused on submit."""
+    worker = worker_factory(**FLAG_EVERYTHING)
+    api = Api(worker.url, settings.review_token.reveal())
+    produce_json(settings, "transactions",
+                 [transaction(f"t-e{i}", f"c-{i}", "m-1", 20.0 + i, i) for i in range(8)], "account_id")
+    items = wait_until(lambda: (lambda got: got if len(got) == 8 else None)(api.items()),
+                       what="eight flags in the queue")
+    by_tx = {i["transaction_id"]: i["id"] for i in items}
+    claimed = "t-e0"
+    assert api.call(f"/review/api/items/{by_tx[claimed]}/claim", {})[0] == 200
+    elsewhere = [
+        {"transaction_id": claimed, "label": "fraud", "source": "review", "reviewer": "other-tool"},
+        {"transaction_id": "t-e1", "label": "legit", "source": "review", "reviewer": "other-tool"},
+        {"transaction_id": "t-e2", "label": "fraud", "source": "chargeback"},
+    ]
+    refused = {"transaction_id": "t-e3", "label": "fraud", "source": "auto"}  # auto says legit only
+    sent_at = time.monotonic()
+    produce_json(settings, "feedback", [*elsewhere, refused], "transaction_id")
+    left = {"t-e0", "t-e1", "t-e2"}
+    wait_until(lambda: not left & {i["transaction_id"] for i in api.items()}, 30,
+               "the flags labelled elsewhere to leave the queue")
+    took = time.monotonic() - sent_at
+    letters = read_json(settings, "feedback.dlq", 1, timeout_s=30)
+    assert [(x["reason"], json.loads(x["original"])["transaction_id"]) for x in letters] == [
+        ("invalid_label", "t-e3")]
+    assert {i["transaction_id"] for i in api.items()} == {f"t-e{i}" for i in range(3, 8)}
+
+    status, body = api.call(f"/review/api/items/{by_tx[claimed]}/decision", {"label": "legit"})
+    assert status == 409 and body["error"] == "already labelled fraud by other-tool (review)"
+    feedback = read_json(settings, "feedback", len(elsewhere) + 1, timeout_s=10)
+    assert [f["transaction_id"] for f in feedback].count(claimed) == 1, "no second label was sent"
+    assert len(feedback) == len(elsewhere) + 1
+    assert worker.metric('flagstream_review_labelled_elsewhere_total{claimed="yes",source="review"}') == 1
+    assert worker.metric('flagstream_review_labelled_elsewhere_total{claimed="no",source="review"}') == 1
+    assert worker.metric('flagstream_review_labelled_elsewhere_total{claimed="no",source="chargeback"}') == 1
+    assert worker.metric("flagstream_review_queue_depth") == 5
+    print(f"\nlabels from elsewhere left the queue {took:.1f} s after they were produced")
+
+
+@pytest.mark.timeout(300)
+def test_each_workers_learner_sees_the_labels_of_its_own_queue(settings, worker_factory, tmp_path):
+    """Two learning workers split the review partitions; the feedback partitions go with them
+    (same count, same subscribers), so every label from elsewhere reaches the queue holding it."""
+    first = worker_factory(**FLAG_EVERYTHING)
+    second = worker_factory(data_dir=str(tmp_path / "second"), web_port=free_port(),
+                            **FLAG_EVERYTHING)
+    apis = [Api(w.url, settings.review_token.reveal()) for w in (first, second)]
+    txs = [f"t-w{i}" for i in range(16)]
+    produce_json(settings, "transactions",
+                 [transaction(tx, f"c-{i}", "m-1", 20.0 + i, i) for i, tx in enumerate(txs)],
+                 "account_id")
+    queued = wait_until(lambda: (lambda a, b: (a, b) if len(a) + len(b) == 16 else None)(
+        *({i["transaction_id"] for i in api.items()} for api in apis)), what="16 flags in two queues")
+    assert all(queued) and not queued[0] & queued[1], "each worker queues its own partitions"
+    produce_json(settings, "feedback", [{"transaction_id": tx, "label": "legit", "source": "review",
+                                         "reviewer": "other-tool"} for tx in txs], "transaction_id")
+    wait_until(lambda: not any(api.items() for api in apis), 30, "both queues emptied")
+    for worker in (first, second):
+        assert b"feedback partitions" not in worker.run_log()
+    assert sum(w.metric("flagstream_review_labelled_elsewhere_total") for w in (first, second)) == 16
 
 
 #: Where Faust (0.15.3) mounts its own views: tables, routing, statistics, graph, index.

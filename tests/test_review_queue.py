@@ -12,7 +12,13 @@ from flagstream.cards import mask_card_numbers
 from flagstream.codec import loads
 from flagstream.sinks.review.auth import LOGIN_COOKIE, SESSION_COOKIE, ReviewAuth
 from flagstream.sinks.review.credentials import ReviewerTokens
-from flagstream.sinks.review.queue import ClaimConflict, NotQueued, ReviewQueue, item_id_for
+from flagstream.sinks.review.queue import (
+    AlreadyLabelled,
+    ClaimConflict,
+    NotQueued,
+    ReviewQueue,
+    item_id_for,
+)
 from flagstream.sinks.review.service import InvalidDecision, ReviewService
 from flagstream.sinks.review.views import ReviewRoutes
 
@@ -199,6 +205,58 @@ def test_invalid_decisions_are_refused_before_anything_changes():
     assert svc.ingest({"no": "id"}) is None
 
 
+# --- labels that come from elsewhere ---------------------------------------------------
+def test_items_labelled_elsewhere_leave_the_queue_claimed_or_not_and_never_come_back():
+    clock = Clock()
+    q = ReviewQueue(clock=clock)
+    free, claimed, kept = (q.add(flag(i, 0.9 - i / 10)) for i in (1, 2, 3))
+    q.claim(claimed.item_id, "ana")
+    assert q.labelled_elsewhere("t-00001", "legit by ben (review)") is free
+    assert q.labelled_elsewhere("t-00002", "fraud (chargeback)") is claimed
+    assert [i.transaction_id for i in q.page(0, 10)[1]] == ["t-00003"] and len(q) == 1
+    assert q.stats()["depth"] == 1
+    with pytest.raises(AlreadyLabelled, match=r"already labelled fraud \(chargeback\)"):
+        q.take(claimed.item_id, "ana")
+    with pytest.raises(AlreadyLabelled, match="already labelled legit by ben"):
+        q.claim(free.item_id, "ana")
+    assert q.add(flag(1, 0.9)) is None and q.add(flag(2, 0.9)) is None
+    assert q.labelled_elsewhere("t-00004", "fraud (chargeback)") is None
+    assert q.add(flag(4, 0.9)) is None, "a flag read after its label is not queued"
+    assert kept.item_id in q
+
+
+def test_an_item_being_decided_when_labelled_elsewhere_is_not_put_back():
+    q = ReviewQueue(clock=Clock())
+    item = q.take(q.add(flag(1, 0.9)).item_id, "ana")
+    q.labelled_elsewhere("t-00001", "fraud (chargeback)")
+    q.put_back(item)  # the page's own publish failed meanwhile
+    assert item.item_id not in q and q.is_decided("t-00001")
+
+
+def test_a_claimed_item_labelled_elsewhere_is_refused_on_submit_and_nothing_is_sent():
+    svc, sent, registry = service()
+    item = svc.ingest(flag(1, 0.9))
+    other = svc.ingest(flag(8, 0.8))  # same card c-1
+    svc.queue.claim(item.item_id, "ana")
+    label = {"transaction_id": "t-00001", "label": "fraud", "source": "review", "reviewer": "ben",
+             "decided_at": "2018-04-02T10:00:00.000Z"}
+    assert svc.labelled_elsewhere(None, label) is True
+    assert svc.labelled_elsewhere(None, label) is False, "a repeat removes nothing"
+    with pytest.raises(AlreadyLabelled, match=r"already labelled fraud by ben \(review\)"):
+        asyncio.run(svc.decide(item.item_id, "ana", "legit"))
+    assert not sent and svc.decided == 0 and len(svc.queue) == 1
+    history = {e["transaction_id"]: e.get("label") for e in svc.detail(other.item_id)["account_history"]}
+    assert history["t-00001"] == "fraud", "the card's history shows the label from elsewhere"
+    assert svc.merchants.get("m-1")[0]["transaction_id"] == "t-00001"
+    svc.labelled_elsewhere(None, {"transaction_id": "t-00008", "label": "legit", "source": "auto"})
+    svc.labelled_elsewhere(None, {"transaction_id": "t-00009", "label": "maybe"})
+    text = generate_latest(registry).decode()
+    assert ('flagstream_review_labelled_elsewhere_total{claimed="yes",source="review"} 1.0'
+            in text)
+    assert 'flagstream_review_labelled_elsewhere_total{claimed="no",source="auto"} 1.0' in text
+    assert "flagstream_review_queue_depth 0.0" in text
+
+
 # --- auth -----------------------------------------------------------------------------
 def test_sessions_expire_when_idle_and_wrong_tokens_are_throttled():
     clock = Clock()
@@ -308,3 +366,23 @@ async def test_a_closing_tab_gives_its_claim_back_with_a_form_post(web_client):
     assert item.claimed_by(svc.clock()) is None
     logout = await client.post("/review/logout", data={"csrf_token": csrf}, allow_redirects=False)
     assert logout.status == 303 and (await client.get("/review/api/session")).status == 401
+
+
+async def test_submitting_an_item_labelled_elsewhere_says_who_labelled_it(web_client):
+    client, svc, sent = web_client
+    csrf = await sign_in(client, "ana")
+    item = svc.queue.page(0, 1)[1][0]
+    headers = {"X-CSRF-Token": csrf}
+    assert (await client.post(f"/review/api/items/{item.item_id}/claim", headers=headers)).status == 200
+    svc.labelled_elsewhere(None, {"transaction_id": item.transaction_id, "label": "fraud",
+                                  "source": "chargeback"})
+    resp = await client.post(f"/review/api/items/{item.item_id}/decision", json={"label": "legit"},
+                             headers=headers)
+    body = await resp.json()
+    assert resp.status == 409 and body["labelled_elsewhere"] is True
+    assert body["error"] == "already labelled fraud (chargeback)"
+    assert not sent, "no second label"
+    detail = await client.get(f"/review/api/items/{item.item_id}", headers=headers)
+    assert detail.status == 404 and (await detail.json())["error"] == "already labelled fraud (chargeback)"
+    queue = await (await client.get("/review/api/queue", headers=headers)).json()
+    assert queue["total"] == 2 and item.item_id not in {i["id"] for i in queue["items"]}

@@ -46,6 +46,10 @@ class NotQueued(ReviewError, KeyError):
         return str(self.args[0]) if self.args else "not in the queue"
 
 
+class AlreadyLabelled(NotQueued):
+    """The item left the queue because its transaction was labelled elsewhere meanwhile."""
+
+
 class ClaimConflict(ReviewError):
     """Another reviewer holds a live claim on the item."""
 
@@ -126,7 +130,8 @@ class ReviewQueue:
         How long a claim lasts unless renewed.
     remember_decided
         How many decided transaction ids are remembered, so a re-delivered record
-        does not come back after someone decided it.
+        does not come back after someone decided it (and how many items labelled
+        elsewhere keep the answer given to whoever still had them open).
     clock
         Epoch seconds; injectable for tests.
     """
@@ -139,6 +144,7 @@ class ReviewQueue:
     _items: dict[str, ReviewItem] = field(default_factory=dict, repr=False)
     _heap: list[tuple[float, int, str]] = field(default_factory=list, repr=False)
     _decided: OrderedDict[str, None] = field(default_factory=OrderedDict, repr=False)
+    _elsewhere: OrderedDict[str, str] = field(default_factory=OrderedDict, repr=False)
     _seq: int = field(default=0, repr=False)
     _version: int = field(default=0, repr=False)
     _sorted: dict[str, tuple[int, list[ReviewItem]]] = field(default_factory=dict, repr=False)
@@ -220,7 +226,10 @@ class ReviewQueue:
         return item
 
     def put_back(self, item: ReviewItem) -> None:
-        """Undo :meth:`take` (the decision could not be published)."""
+        """Undo :meth:`take` (the decision could not be published), unless the transaction
+        was labelled elsewhere meanwhile."""
+        if item.item_id in self._elsewhere:
+            return
         self._decided.pop(item.transaction_id, None)
         if item.item_id not in self._items:
             self._items[item.item_id] = item
@@ -237,6 +246,37 @@ class ReviewQueue:
         if removed:
             self._changed()
         return removed
+
+    def labelled_elsewhere(self, transaction_id: str, by: str) -> ReviewItem | None:
+        """A label for ``transaction_id`` came from elsewhere (``by`` says who): the item
+        leaves the queue, claimed or not, and is never queued again; whoever still has it
+        open is told it was labelled ``by``. Returns the item removed, if it was queued.
+
+        >>> q = ReviewQueue(clock=lambda: 0.0)
+        >>> item = q.add({"transaction_id": "t-1", "score": 0.9})
+        >>> _ = q.claim(item.item_id, "ana")
+        >>> q.labelled_elsewhere("t-1", "fraud by ben (review)").transaction_id, len(q)
+        ('t-1', 0)
+        >>> q.take(item.item_id, "ana")
+        Traceback (most recent call last):
+        ...
+        flagstream.sinks.review.queue.AlreadyLabelled: already labelled fraud by ben (review)
+        """
+        self._remember(transaction_id)
+        item_id = item_id_for(transaction_id)
+        self._elsewhere[item_id] = by  # (also for an item being decided here: no put_back)
+        self._elsewhere.move_to_end(item_id)
+        while len(self._elsewhere) > self.remember_decided:
+            self._elsewhere.popitem(last=False)
+        item = self._items.pop(item_id, None)
+        if item is not None:
+            self._changed()
+        return item
+
+    def gone_because(self, item_id: str) -> str | None:
+        """Why an item left the queue, when it was labelled elsewhere (None otherwise)."""
+        by = self._elsewhere.get(item_id)
+        return None if by is None else f"already labelled {by}"
 
     def is_decided(self, transaction_id: str) -> bool:
         return transaction_id in self._decided
@@ -262,6 +302,9 @@ class ReviewQueue:
     def _require(self, item_id: str) -> ReviewItem:
         item = self._items.get(item_id)
         if item is None:
+            reason = self.gone_because(item_id)
+            if reason is not None:
+                raise AlreadyLabelled(reason)
             raise NotQueued(f"{item_id} is not in the queue")
         return item
 

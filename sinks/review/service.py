@@ -28,8 +28,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from flagstream.cards import card_numbers, mask_text
 from flagstream.codec import deeper_than, dumps
+from flagstream.scoring.feedback import FEEDBACK_SOURCES
 from flagstream.sinks.review.history import RecentHistory, fraud_entry, transaction_entry
-from flagstream.sinks.review.queue import ReviewItem, ReviewQueue
+from flagstream.sinks.review.queue import ReviewItem, ReviewQueue, item_id_for
 
 #: The deepest nesting a flag may have (the scorer writes at most 3 levels).
 MAX_FLAG_NESTING = 8
@@ -66,6 +67,11 @@ class ReviewMetrics:
         self.ingested = Counter("flagstream_review_ingested", "Flagged records read into the queue",
                                 ["outcome"], registry=r)
         self.claims = Counter("flagstream_review_claims", "Claim attempts", ["outcome"], registry=r)
+        self.labelled_elsewhere = Counter(
+            "flagstream_review_labelled_elsewhere",
+            "Queued items removed because their transaction was labelled elsewhere "
+            "(by source; claimed: someone was working on it)",
+            ["source", "claimed"], registry=r)
 
 
 def model_flagged(record: dict) -> bool:
@@ -138,16 +144,43 @@ class ReviewService:
         self.metrics.ingested.labels(outcome="queued" if item else "skipped").inc()
         return item
 
-    def labelled_elsewhere(self, record: dict | None, feedback: dict) -> None:
-        """A label found on the feedback topic (restart rebuild): update histories and queue."""
+    def labelled_elsewhere(self, record: dict | None, feedback: dict) -> bool:
+        """A label that did not come from this page (another tool, a chargeback, another
+        worker's page, found at a rebuild or handed over live by the learner): the item
+        leaves the queue, claimed or not, and the histories learn the label.
+
+        ``record`` is the flag when the caller has it (else the queued item's). Returns
+        whether an item left the queue.
+
+        >>> from prometheus_client import CollectorRegistry
+        >>> async def publish(key, value): pass
+        >>> svc = ReviewService(publish, CollectorRegistry(), clock=lambda: 0.0)
+        >>> item = svc.ingest({"transaction_id": "t-1", "account_id": "c-1", "score": 0.9})
+        >>> svc.labelled_elsewhere(None, {"transaction_id": "t-1", "label": "fraud",
+        ...                               "source": "chargeback"}), len(svc.queue)
+        (True, 0)
+        >>> svc.queue.gone_because(item.item_id)
+        'already labelled fraud (chargeback)'
+        """
         tx = feedback.get("transaction_id")
         label = feedback.get("label")
         if not isinstance(tx, str) or label not in LABELS:
-            return
-        self.queue.mark_decided([tx])
+            return False
+        source = _name(feedback.get("source", "review")) or "unknown"
+        reviewer = _name(feedback.get("reviewer"))
+        by = f"{label} by {reviewer} ({source})" if reviewer else f"{label} ({source})"
+        claimed = self.queue.get(item_id_for(tx))
+        was_claimed = claimed is not None and claimed.claimed_by(self.clock()) is not None
+        item = self.queue.labelled_elsewhere(tx, by)
+        if item is not None:
+            self.metrics.labelled_elsewhere.labels(
+                source=source if source in FEEDBACK_SOURCES else "other",
+                claimed="yes" if was_claimed else "no").inc()
+            record = record if record is not None else item.record
         if record is not None:
             account, merchant = str(record.get("account_id", "")), str(record.get("merchant_id", ""))
             self._remember_label(account, merchant, record, tx, label, feedback)
+        return item is not None
 
     def detail(self, item_id: str) -> dict | None:
         """Everything the detail view shows, or None if the item left the queue."""
@@ -217,6 +250,14 @@ class ReviewService:
             self.accounts.add(account, {**transaction_entry(record), "label": label})
         if label == "fraud" and merchant:
             self.merchants.add(merchant, fraud_entry(record, feedback))
+
+
+def _name(value: object) -> str:
+    """A reviewer or source name from a feedback record, fit to show ("" when unusable)."""
+    try:
+        return clean_reviewer(value) if isinstance(value, str) else ""
+    except InvalidDecision:
+        return ""
 
 
 def is_flag(record: object) -> bool:

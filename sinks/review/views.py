@@ -30,7 +30,7 @@ from aiohttp import web
 
 from flagstream.codec import dumps
 from flagstream.sinks.review.auth import LOGIN_COOKIE, SESSION_COOKIE, ReviewAuth, Session
-from flagstream.sinks.review.queue import SORTS, ClaimConflict, NotQueued
+from flagstream.sinks.review.queue import SORTS, AlreadyLabelled, ClaimConflict, NotQueued
 from flagstream.sinks.review.service import InvalidDecision, ReviewService
 
 log = logging.getLogger(__name__)
@@ -350,7 +350,8 @@ class ReviewRoutes:
             return who
         detail = self.service.detail(item_id)
         if detail is None:
-            return _error(404, "this item is no longer in the queue")
+            return _error(404, self.service.queue.gone_because(item_id)
+                          or "this item is no longer in the queue")
         return _json(detail)
 
     async def claim(self, request: web.Request, item_id: str) -> web.Response:
@@ -360,9 +361,10 @@ class ReviewRoutes:
             return refused or _error(401, "not signed in")
         try:
             claim = service.queue.claim(item_id, who.reviewer)
-        except NotQueued:
+        except NotQueued as exc:
             service.metrics.claims.labels(outcome="gone").inc()
-            return _error(404, "this item is no longer in the queue")
+            return _error(404, str(exc) if isinstance(exc, AlreadyLabelled)
+                          else "this item is no longer in the queue")
         except ClaimConflict as exc:
             service.metrics.claims.labels(outcome="conflict").inc()
             return _error(409, str(exc), claimed_by=exc.claim.reviewer,
@@ -377,8 +379,9 @@ class ReviewRoutes:
             return refused or _error(401, "not signed in")
         try:
             released = self.service.queue.release(item_id, who.reviewer)
-        except NotQueued:
-            return _error(404, "this item is no longer in the queue")
+        except NotQueued as exc:
+            return _error(404, str(exc) if isinstance(exc, AlreadyLabelled)
+                          else "this item is no longer in the queue")
         return _json({"released": released})
 
     async def decision(self, request: web.Request, item_id: str) -> web.Response:
@@ -389,6 +392,9 @@ class ReviewRoutes:
             feedback = await self.service.decide(
                 item_id, who.reviewer, str(form.get("label", "")), str(form.get("note", ""))
             )
+        except AlreadyLabelled as exc:  # labelled elsewhere meanwhile: no second label
+            log.info("reviewer %r submitted an item labelled elsewhere meanwhile", who.reviewer)
+            return _error(409, str(exc), labelled_elsewhere=True)
         except NotQueued:
             return _error(404, "this item is no longer in the queue")
         except ClaimConflict as exc:

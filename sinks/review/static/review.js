@@ -225,7 +225,7 @@
       setClaimNote(`${res.body.claimed_by} is reviewing this item (free again in ${duration(res.body.expires_in)}).`, "locked");
       setButtons(false);
     } else if (res.status === 404) {
-      closeDetail("That item was just decided by someone else.");
+      closeDetail(res.body.error || "That item was just decided by someone else.");
     }
     return res;
   }
@@ -236,7 +236,7 @@
     state.open = id;
     document.querySelectorAll("#queue-body tr").forEach((tr) => tr.classList.toggle("selected", tr.dataset.id === id));
     const res = await api(`/review/api/items/${encodeURIComponent(id)}`);
-    if (!res.ok) { closeDetail("That item is no longer in the queue."); return; }
+    if (!res.ok) { closeDetail(res.body.error || "That item is no longer in the queue."); return; }
     $("note").value = "";
     renderDetail(res.body);
     const claimed = await claim(id);
@@ -259,7 +259,7 @@
     } else {
       setButtons(res.status !== 404 && res.status !== 409);
       toast(res.body.error || `Could not save (${res.status}).`, "error");
-      if (res.status === 404) closeDetail();
+      if (res.status === 404 || res.body.labelled_elsewhere) closeDetail();
     }
   }
 
