@@ -101,7 +101,8 @@ class BustOut:
 
     Attributes
     ----------
-    rate : merchants turning per day per 10,000 merchants (0.25: one every 4 days).
+    rate : merchants turning per day per 10,000 merchants (0.25: one every 4 days); a
+        merchant busts out at most once.
     days : inclusive range of the scheme's length in days (7..21).
     peak_per_day : fraudulent charges a day at the end (10..30); day ``i`` of ``n`` expects
         ``peak * ((i + 1) / n) ** 2``: it starts small and grows.
@@ -276,8 +277,8 @@ def bust_out(world: World, p: BustOut, seed: int) -> Injected:
     n_c, n_t = len(world.customer_xy), len(world.terminal_xy)
     if not n_c or not n_t:
         return _empty()
-    start_day = _starts(rng, p.rate * n_t / 10_000, world.days) // SECONDS_PER_DAY
-    merchant = rng.integers(0, n_t, len(start_day))
+    start_day = _starts(rng, p.rate * n_t / 10_000, world.days)[:n_t] // SECONDS_PER_DAY
+    merchant = rng.choice(n_t, len(start_day), replace=False)  # a merchant busts out once
     length = rng.integers(p.days[0], p.days[1] + 1, len(start_day))
     peak = rng.uniform(*p.peak_per_day, len(start_day))
     ring = rng.integers(p.ring[0], p.ring[1] + 1, len(start_day))
