@@ -41,6 +41,15 @@ SECONDS_PER_DAY = 86_400
 #: Codes of the extended patterns.
 CARD_TESTING, ACCOUNT_TAKEOVER, BUST_OUT = 4, 5, 6
 PATTERN_CODES = (CARD_TESTING, ACCOUNT_TAKEOVER, BUST_OUT)
+#: Short names of every scenario code (1-3: the reference benchmark's).
+SCENARIO_NAMES = {
+    1: "large amount",
+    2: "compromised merchant",
+    3: "compromised card",
+    CARD_TESTING: "card testing",
+    ACCOUNT_TAKEOVER: "account takeover",
+    BUST_OUT: "merchant bust-out",
+}
 
 
 @dataclass(frozen=True)
