@@ -12,7 +12,7 @@ gets its name only when the run completes, and a failed run leaves no file.
 >>> with tempfile.TemporaryDirectory() as tmp:
 ...     path = pathlib.Path(tmp) / "scores.csv.gz"
 ...     with ScoresWriter(path) as out:
-...         out.write(rows)
+...         _ = out.write(rows)
 ...     gzip.decompress(path.read_bytes()).decode().splitlines()
 ['transaction_id,score,decision,model_version', 't-1,0.25,approve,v1']
 """
@@ -49,19 +49,19 @@ class ScoresWriter:
         self.csv = name.removesuffix(".gz").endswith(".csv")
         self.rows = 0
         self._raw: IO[bytes] | None = None
-        self._sink: IO[bytes] | None = None
+        self._sink: IO[bytes] | gzip.GzipFile | None = None
         self._text: io.TextIOWrapper | None = None
         self._csv: Any = None
 
     def __enter__(self) -> ScoresWriter:
-        self._raw = open(self.part, "wb")  # noqa: SIM115 - closed in __exit__
-        self._sink = (
-            gzip.GzipFile(filename="", mode="wb", compresslevel=3, fileobj=self._raw, mtime=0)
+        raw = self._raw = open(self.part, "wb")  # noqa: SIM115 - closed in __exit__
+        sink = self._sink = (
+            gzip.GzipFile(filename="", mode="wb", compresslevel=3, fileobj=raw, mtime=0)
             if self.gzip
-            else self._raw
+            else raw
         )
         if self.csv:
-            self._text = io.TextIOWrapper(self._sink, encoding="utf-8", newline="", write_through=True)
+            self._text = io.TextIOWrapper(sink, encoding="utf-8", newline="", write_through=True)
             self._csv = csv.writer(self._text, lineterminator="\n")
             self._csv.writerow(COLUMNS)
         return self
