@@ -22,6 +22,7 @@ Card Precision@100 with the reference benchmark's protocol, and the operating po
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -36,6 +37,7 @@ import orjson
 
 from flagstream.errors import InvalidRecord
 from flagstream.evaluation import detection_metrics as metrics
+from flagstream.evaluation.scores_out import ScoresWriter
 from flagstream.extras import MissingExtra, progress_bar, require
 from flagstream.features.layout import DAY_MS, HOUR_MS
 from flagstream.scoring import registry as reg
@@ -82,6 +84,8 @@ class BacktestConfig:
     challengers : shadow challengers (``name:param=value;...``); None: the live policy runs
         the worker's (``FLAGSTREAM_CHALLENGERS``) with its gate and drift watch, a fixed
         policy none.
+    scores_out : write one row per scored transaction here, as it is scored
+        (:mod:`flagstream.evaluation.scores_out`); None: no file.
     """
 
     batch_size: int = 2_000
@@ -103,6 +107,7 @@ class BacktestConfig:
     seed: int = 0
     challengers: str | None = None
     progress: bool = False
+    scores_out: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -308,6 +313,7 @@ class Backtest:
         self.labels_by_source: dict[str, int] = {}
         self.labels_learned = 0
         self.malformed: list[tuple[int, str]] = []  # rejected by the core
+        self.scores_out: ScoresWriter | None = None  # open during run() with --scores-out
 
     # --- labels -----------------------------------------------------------------
     def deliver_due(self) -> int:
@@ -392,6 +398,8 @@ class Backtest:
             self.malformed.append((line, why))
         if not outcome.decisions:
             return
+        if self.scores_out is not None:
+            self.scores_out.write(outcome.decisions)
         if isinstance(self.policy, OperatingPoint):  # as the worker's learner counts them
             self.policy.observe_decisions(outcome.decisions)
         self.thresholds.append((int(stream.ts_ms[lo]), float(self.policy.threshold)))
@@ -420,11 +428,14 @@ class Backtest:
         scores, flagged = np.full(n, np.nan), np.zeros(n, dtype=bool)
         self.decided_at = np.full(n, np.nan)  # the threshold each event was decided with
         self.declined = np.zeros(n, dtype=bool)  # flags declined with nobody looking
-        with progress_bar(n, "tx", cfg.progress) as bar:
+        with progress_bar(n, "tx", cfg.progress) as bar, contextlib.ExitStack() as files:
+            if cfg.scores_out:
+                self.scores_out = files.enter_context(ScoresWriter(cfg.scores_out))
             for lo in range(0, n, cfg.batch_size):
                 hi = min(lo + cfg.batch_size, n)
                 self.step(stream, lo, hi, scores, flagged)
                 bar.update(hi - lo)
+        self.scores_out = None
         finished = time.perf_counter()
         ok = ~np.isnan(scores)
         self.decided = (stream.ts_ms[ok], stream.is_fraud[ok], flagged[ok], self.decided_at[ok])
@@ -521,6 +532,8 @@ OPTIONS: tuple[tuple[str, Any, str], ...] = (
     ("auto_legit_fraction", float, "learn this random share of auto-legit labels only"),
     ("seed", int, "seed of that subsample"),
     ("challengers", str, "shadow challengers scored side by side, e.g. 'fast:learning_rate=0.02'"),
+    ("scores_out", str, "write transaction_id, score, decision, model_version of every scored "
+     "transaction here (.csv: CSV, else JSON Lines; .gz: gzip)"),
 )
 
 
@@ -556,6 +569,8 @@ def run(args: argparse.Namespace) -> int:
             require("matplotlib", "the backtest report (--report; --no-report skips it)")
         if config.progress:
             require("tqdm", "--progress")
+        if config.scores_out and not os.path.isdir(os.path.dirname(config.scores_out) or "."):
+            raise ValueError(f"--scores-out: no directory for {config.scores_out}")
     except (ValueError, MissingExtra) as exc:
         print(f"backtest: {exc}", file=sys.stderr)
         return 2

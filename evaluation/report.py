@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from flagstream.simulation.patterns import SCENARIO_NAMES
+
 if TYPE_CHECKING:
     from flagstream.evaluation.backtest import BacktestResult
 
@@ -128,6 +130,13 @@ def format_table(metrics_: dict[str, Any]) -> str:
         value = metrics_.get(key)
         text = "n/a" if value is None or value != value else format(value, fmt)
         lines.append(f"  {label:<26}{text:>12}")
+    by_scenario = sorted((metrics_.get("by_scenario") or {}).items(), key=lambda kv: int(kv[0]))
+    if by_scenario:
+        lines.append("  Recall by fraud scenario (test window)")
+    for code, m in by_scenario:
+        label = f"{code} {SCENARIO_NAMES.get(int(code), 'scenario ' + code)}"
+        recall = "n/a" if m["recall"] != m["recall"] else format(m["recall"], ".4f")
+        lines.append(f"    {label:<24}{recall:>12}  ({m['n']:,} frauds)")
     challengers = metrics_.get("challengers") or {}
     if challengers:
         lines.append("  side by side (test window):   AUC      AP  CP@100  recall  flags/day")

@@ -3,7 +3,10 @@
 Customers (location, mean amount, amount spread, daily rate) and terminals (location) live on
 ``[0, 100]^2``; a customer buys at any terminal within ``radius``. Every customer-day has a
 Poisson number of transactions with a normal time of day and a normal amount; three fraud
-scenarios (see :func:`flagstream.simulation.scenarios.apply_scenarios`) label them. All draws are made on
+scenarios (see :func:`flagstream.simulation.scenarios.apply_scenarios`) label them. Optional
+patterns (card testing, account takeover, merchant bust-out: scenarios 4-6) add fraudulent
+transactions, and an optional drift changes genuine ones
+(:mod:`flagstream.simulation.patterns`); all are off by default. All draws are made on
 whole numpy columns: the reference size (5,000 customers, 10,000 terminals, 183 days,
 about 1.75 million transactions) simulates in under a second and writes in about 9 s.
 
@@ -34,7 +37,7 @@ import os
 import sys
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,16 @@ import numpy as np
 import orjson
 
 from flagstream.extras import progress_bar
+from flagstream.simulation.patterns import (
+    PATTERN_CODES,
+    AccountTakeover,
+    BustOut,
+    CardTesting,
+    Drift,
+    World,
+    drift,
+    inject,
+)
 from flagstream.simulation.scenarios import apply_scenarios, reachable_terminals
 
 SECONDS_PER_DAY = 86_400
@@ -79,9 +92,16 @@ class SimulationConfig:
     seed : int
         In ``[0, 2**31)``; every random stream derives from it.
     scenarios : tuple of int
-        Enabled fraud scenarios, a subset of ``(1, 2, 3)`` (normalised to sorted order).
+        Enabled fraud scenarios, a subset of ``(1, 2, 3, 4, 5, 6)`` (normalised to sorted
+        order). 1-3 are the reference benchmark's; 4 (card testing), 5 (account takeover)
+        and 6 (merchant bust-out) are off in the reference run
+        (:mod:`flagstream.simulation.patterns`).
     radius : float
         A customer uses the terminals closer than this (coordinates are in ``[0, 100]``).
+    card_testing, takeover, bust_out : pattern parameters
+        Rates and shapes of scenarios 4, 5 and 6, used when the scenario is enabled.
+    drift : Drift
+        Slow drift of genuine behaviour; the default is none.
     """
 
     customers: int = 5000
@@ -91,6 +111,10 @@ class SimulationConfig:
     seed: int = 0
     scenarios: tuple[int, ...] = (1, 2, 3)
     radius: float = 5.0
+    card_testing: CardTesting = CardTesting()
+    takeover: AccountTakeover = AccountTakeover()
+    bust_out: BustOut = BustOut()
+    drift: Drift = Drift()
 
     def __post_init__(self) -> None:
         for name in ("customers", "terminals", "days"):
@@ -100,8 +124,11 @@ class SimulationConfig:
             raise ValueError("seed must be in [0, 2**31)")
         if not self.radius > 0:
             raise ValueError("radius must be > 0")
-        if not set(self.scenarios) <= {1, 2, 3}:
-            raise ValueError(f"scenarios must be among 1, 2, 3, got {self.scenarios!r}")
+        if not set(self.scenarios) <= {1, 2, 3, *PATTERN_CODES}:
+            raise ValueError(f"scenarios must be among 1..6, got {self.scenarios!r}")
+        for name in ("card_testing", "takeover", "bust_out"):
+            if getattr(self, name).rate < 0:
+                raise ValueError(f"{name} rate must be >= 0")
         date.fromisoformat(self.start_date)  # raises ValueError when malformed
         object.__setattr__(self, "scenarios", tuple(sorted(set(self.scenarios))))
 
@@ -137,7 +164,7 @@ class Simulation:
         """Counts and rates, JSON-ready."""
         n, cfg = len(self), self.config
         n_fraud = int(self.is_fraud.sum())
-        by_scenario = np.bincount(self.scenario, minlength=4)
+        by_scenario = np.bincount(self.scenario, minlength=7)
         customer_days = cfg.customers * cfg.days
         return {
             "customers": cfg.customers,
@@ -152,6 +179,7 @@ class Simulation:
             "n_scenario_1": int(by_scenario[1]),
             "n_scenario_2": int(by_scenario[2]),
             "n_scenario_3": int(by_scenario[3]),
+            **{f"n_scenario_{k}": int(by_scenario[k]) for k in PATTERN_CODES if k in cfg.scenarios},
             "tx_per_customer_day": n / customer_days if customer_days else 0.0,
         }
 
@@ -205,8 +233,24 @@ def simulate(config: SimulationConfig | None = None) -> Simulation:
         seed=cfg.seed,
         scenarios=cfg.scenarios,
     )
+    t_s = day.astype(np.int64) * SECONDS_PER_DAY + seconds
+    if cfg.drift.active or set(cfg.scenarios) & set(PATTERN_CODES):  # never in the reference
+        if cfg.drift.active:
+            seconds, amount = drift(
+                cfg.drift, cfg.seed, customer, day, seconds, amount, is_fraud == 0,
+                cfg.customers, cfg.days,
+            )  # fmt: skip
+            t_s = day.astype(np.int64) * SECONDS_PER_DAY + seconds
+        world = World(customer_xy, terminal_xy, mean_amount, offsets, reach, cfg.days, cfg.radius)
+        rows = inject(world, cfg.seed, cfg.scenarios, cfg.card_testing, cfg.takeover, cfg.bust_out)
+        customer = np.concatenate((customer, rows.customer))
+        terminal = np.concatenate((terminal, rows.terminal))
+        t_s = np.concatenate((t_s, rows.t_s))
+        amount = np.concatenate((amount, rows.amount))
+        is_fraud = np.concatenate((is_fraud, np.ones(len(rows.code), np.int8)))
+        scenario = np.concatenate((scenario, rows.code))
     start_s = np.datetime64(cfg.start_date, "s").astype(np.int64)
-    time_ms = (start_s + day.astype(np.int64) * SECONDS_PER_DAY + seconds) * 1000
+    time_ms = (start_s + t_s) * 1000
     order = np.argsort(time_ms, kind="stable")
     return Simulation(
         cfg,
@@ -376,16 +420,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start-date", default=d.start_date, help="first day, YYYY-MM-DD")
     parser.add_argument("--seed", type=int, default=d.seed, help="random seed")
     parser.add_argument(
-        "--scenarios", type=_scenarios, default=d.scenarios, help="fraud scenarios, e.g. 1,2,3"
-    )
+        "--scenarios", type=_scenarios, default=d.scenarios,
+        help="fraud scenarios, e.g. 1,2,3 (the reference); 4 card testing, 5 account takeover, "
+        "6 merchant bust-out",
+    )  # fmt: skip
     parser.add_argument("--radius", type=float, default=d.radius, help="customer reach")
+    parser.add_argument(
+        "--card-testing-rate", type=float, default=d.card_testing.rate,
+        help="scenario 4: cards tested a day per 1,000 cards (%(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--takeover-rate", type=float, default=d.takeover.rate,
+        help="scenario 5: accounts taken over a day per 1,000 cards (%(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--bust-out-rate", type=float, default=d.bust_out.rate,
+        help="scenario 6: merchants busting out a day per 10,000 merchants (%(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--drift-amount", type=float, default=d.drift.amount,
+        help="genuine amounts change by this share by the last day, e.g. 0.3 (off: 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--drift-hours", type=float, default=d.drift.hours,
+        help="genuine times of day move this many hours later by the last day (off: 0)",
+    )  # fmt: skip
     parser.add_argument("--out", help="JSON Lines output path (.gz to compress); none: no file")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def run(args: argparse.Namespace) -> int:
     """Simulate, write ``args.out`` if given, print the summary as JSON to stdout."""
-    started = time.perf_counter()
+    started, d = time.perf_counter(), SimulationConfig()
     try:
         config = SimulationConfig(
             customers=args.customers,
@@ -395,6 +461,10 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             scenarios=args.scenarios,
             radius=args.radius,
+            card_testing=replace(d.card_testing, rate=args.card_testing_rate),
+            takeover=replace(d.takeover, rate=args.takeover_rate),
+            bust_out=replace(d.bust_out, rate=args.bust_out_rate),
+            drift=Drift(amount=args.drift_amount, hours=args.drift_hours),
         )
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
