@@ -81,6 +81,7 @@ class WaitingRoom:
         self.by_transaction: dict[str, set[tuple[int, int]]] = {}
         #: labels whose decision may be there now (checked at the next :meth:`due`)
         self.ready: set[tuple[int, int]] = set()
+        self._cursor = 0  # where the next :meth:`recheck` starts
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -117,15 +118,36 @@ class WaitingRoom:
         self.ready.clear()
         for w in ready:
             self._forget((w.partition, w.offset))
-        expired = []
+        expired, found_late = [], []
         for w in self.entries.values():  # arrival order: the oldest first
             if w.since_ms + self.wait_ms > now_ms:
                 break
             if w.value is not None:
-                expired.append(w)
-        for w in expired:
+                # its decision may be there without this learner having recorded it (restored
+                # from the changelog): learn it rather than give it up
+                (found_late if known(w.transaction_id) else expired).append(w)
+        for w in expired + found_late:
             self._forget((w.partition, w.offset))
-        return ready, expired
+        return ready + found_late, expired
+
+    def recheck(self, known: Callable[[str], bool], limit: int) -> int:
+        """Look again, for at most ``limit`` waiting labels (taken in turn, so every one is
+        looked at), whether their decision is ``known`` now; mark those ready. A decision
+        can be in the table without this learner recording it (a restore from the
+        changelog, a lookup that failed for a moment). Returns how many became ready."""
+        if not self.entries or limit <= 0:
+            return 0
+        keys = list(self.entries)
+        start = self._cursor % len(keys)
+        turn = (keys[start:] + keys[:start])[:limit]
+        self._cursor = start + len(turn)
+        found = 0
+        for at in turn:
+            w = self.entries[at]
+            if at not in self.ready and w.value is not None and known(w.transaction_id):
+                self.ready.add(at)
+                found += 1
+        return found
 
     def has_ready(self) -> bool:
         """Whether a decision was recorded for a waiting label since the last :meth:`due`."""

@@ -140,9 +140,15 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
     _ = merchants, record_decisions, learn, lifecycle
 
 
+#: Waiting labels whose decision is looked up again on each tick of the lifecycle timer.
+RECHECK_PER_TICK = 500
+
+
 async def waited_and_pruned(p: Pipeline, rt: LearnerRuntime, names) -> None:
     """Between feedback batches: learn the labels whose decision came, give up those that
     waited too long, and prune the decisions and labels tables when a sweep is due."""
+    if rt.waiting is not None and len(rt.waiting):
+        rt.waiting.recheck(lambda tx: decision_known(rt, tx), RECHECK_PER_TICK)
     if rt.waiting is not None and (rt.waiting.has_ready() or _wait_over(rt)):
         labelled: list[tuple[dict, int, dict]] = []
         async with rt.lock:
@@ -154,6 +160,14 @@ async def waited_and_pruned(p: Pipeline, rt: LearnerRuntime, names) -> None:
     if rt.retention.due():
         async with rt.lock:  # no label row is half written meanwhile
             await rt.retention.run(kafka_producer(p.app))
+
+
+def decision_known(rt: LearnerRuntime, transaction_id: str) -> bool:
+    """Whether the learner's decisions table has this transaction (an unreadable row: no)."""
+    try:
+        return rt.lookup(transaction_id) is not None
+    except Exception:  # the learn path rejects it with the reason once it is tried
+        return False
 
 
 def _wait_over(rt: LearnerRuntime) -> bool:

@@ -186,3 +186,24 @@ def test_the_sweep_prunes_a_bounded_slice_per_call_and_counts_what_it_keeps(per_
             break
     assert sorted(rows) == [f"t-{i:03d}".encode() for i in range(4, 10)]
     assert sweep.stored() == 6 and calls == 10 // per_call + 1
+
+
+def test_a_label_whose_decision_is_there_without_being_recorded_here_is_found_not_given_up():
+    """After a restore the decisions table comes back from its changelog: nobody calls
+    ``arrived`` for those decisions. A periodic recheck finds them, in turn, a bounded
+    number at a time; and a label whose wait is over is learned if its decision is known."""
+    from flagstream.scoring.feedback_wait import WaitingRoom
+
+    room = WaitingRoom(limit=100, wait_ms=1_000)
+    for i in range(10):
+        room.hold(b"{}", f"t-{i}", 0, i, now_ms=0)
+    present = {"t-3", "t-7"}
+    assert room.recheck(lambda tx: tx in present, limit=4) == 1  # t-0..t-3
+    assert room.recheck(lambda tx: tx in present, limit=4) == 1  # t-4..t-7
+    ready, expired = room.due(now_ms=10, known=lambda tx: tx in present)
+    assert [w.transaction_id for w in ready] == ["t-3", "t-7"] and expired == []
+    present.add("t-9")  # known, but nobody said so: its wait ends, it is learned
+    ready, expired = room.due(now_ms=1_000, known=lambda tx: tx in present)
+    assert [w.transaction_id for w in ready] == ["t-9"]
+    assert sorted(w.transaction_id for w in expired) == [f"t-{i}" for i in (0, 1, 2, 4, 5, 6, 8)]
+    assert len(room) == 0
