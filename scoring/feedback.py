@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import TypeGuard
 
+from flagstream.cards import card_numbers, may_carry_card_number
 from flagstream.codec import deeper_than
 from flagstream.errors import InvalidRecord
 
@@ -30,6 +31,8 @@ def check_feedback(obj: dict) -> tuple[str, int]:
     tx = obj.get("transaction_id")
     if not isinstance(tx, str) or not tx or len(tx) > MAX_ID_LENGTH:
         raise InvalidRecord("invalid_field", "feedback needs a transaction_id string")
+    if may_carry_card_number(tx) and card_numbers(tx):  # refused at scoring: no decision will come
+        raise InvalidRecord("card_number_in_field", "transaction_id carries a card number")
     label = obj.get("label")
     if not isinstance(label, str) or label not in FEEDBACK_LABELS:
         raise InvalidRecord("invalid_label", "label must be 'fraud' or 'legit'")
