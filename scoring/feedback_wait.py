@@ -118,7 +118,8 @@ class WaitingRoom:
         self.ready.clear()
         for w in ready:
             self._forget((w.partition, w.offset))
-        expired, found_late = [], []
+        expired: list[Waiting] = []
+        found_late: list[Waiting] = []
         for w in self.entries.values():  # arrival order: the oldest first
             if w.since_ms + self.wait_ms > now_ms:
                 break
