@@ -425,26 +425,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "6 merchant bust-out",
     )  # fmt: skip
     parser.add_argument("--radius", type=float, default=d.radius, help="customer reach")
-    parser.add_argument(
-        "--card-testing-rate", type=float, default=d.card_testing.rate,
-        help="scenario 4: cards tested a day per 1,000 cards (%(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--takeover-rate", type=float, default=d.takeover.rate,
-        help="scenario 5: accounts taken over a day per 1,000 cards (%(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--bust-out-rate", type=float, default=d.bust_out.rate,
-        help="scenario 6: merchants busting out a day per 10,000 merchants (%(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--drift-amount", type=float, default=d.drift.amount,
-        help="genuine amounts change by this share by the last day, e.g. 0.3 (off: 0)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--drift-hours", type=float, default=d.drift.hours,
-        help="genuine times of day move this many hours later by the last day (off: 0)",
-    )  # fmt: skip
+    patterns = (  # (option, default, help): the new patterns' rates and the drift
+        ("--card-testing-rate", d.card_testing.rate, "scenario 4: cards tested a day per 1,000 cards"),
+        ("--takeover-rate", d.takeover.rate, "scenario 5: accounts taken over a day per 1,000 cards"),
+        ("--bust-out-rate", d.bust_out.rate,
+         "scenario 6: merchants busting out a day per 10,000 merchants"),
+        ("--drift-amount", d.drift.amount,
+         "genuine amounts change by this share by the last day, e.g. 0.3 (off: 0)"),
+        ("--drift-hours", d.drift.hours,
+         "genuine times of day move this many hours later by the last day (off: 0)"),
+    )
+    for flag, default, text in patterns:
+        parser.add_argument(flag, type=float, default=default, help=f"{text} (%(default)s)")
     parser.add_argument("--out", help="JSON Lines output path (.gz to compress); none: no file")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 

@@ -242,14 +242,22 @@ def test_reviewer_labels_a_flagged_transaction_in_the_browser(settings, worker_f
     print(f"\nreview page test took {time.monotonic() - started:.1f} s; screenshot {SCREENSHOT}")
 
 
+def flagged_queue(settings, worker_factory, prefix: str, n: int) -> tuple:
+    """A worker that flags everything, ``n`` transactions through it, and its queue once all
+    ``n`` are in it: (worker, api, items)."""
+    worker = worker_factory(**FLAG_EVERYTHING)
+    api = Api(worker.url, settings.review_token.reveal())
+    produce_json(settings, "transactions",
+                 [transaction(f"{prefix}{i}", f"c-{i}", "m-1", 20.0 + i, i) for i in range(n)],
+                 "account_id")
+    items = wait_until(lambda: (lambda got: got if len(got) == n else None)(api.items()),
+                       what=f"{n} flags in the queue")
+    return worker, api, items
+
+
 def test_the_queue_is_rebuilt_from_kafka_after_a_restart(settings, worker_factory):
     """Pending flags come back after a restart; decided ones do not (their labels are on feedback)."""
-    first = worker_factory(**FLAG_EVERYTHING)
-    api = Api(first.url, settings.review_token.reveal())
-    produce_json(settings, "transactions",
-                 [transaction(f"t-r{i}", f"c-{i}", "m-1", 20.0 + i, i) for i in range(6)], "account_id")
-    items = wait_until(lambda: (lambda got: got if len(got) == 6 else None)(api.items()),
-                       what="six flags in the queue")
+    first, api, items = flagged_queue(settings, worker_factory, "t-r", 6)
     decided = {i["transaction_id"] for i in items[:2]}
     for item in items[:2]:
         assert api.call(f"/review/api/items/{item['id']}/decision", {"label": "legit"})[0] == 200
@@ -267,12 +275,7 @@ def test_the_queue_is_rebuilt_from_kafka_after_a_restart(settings, worker_factor
 def test_labels_from_elsewhere_take_their_flags_off_the_queue_within_seconds(settings, worker_factory):
     """Labels another tool writes on ``feedback`` empty the page of those flags while it runs; a
     label the ledger refuses does not; a claimed item labelled elsewhere is refused on submit."""
-    worker = worker_factory(**FLAG_EVERYTHING)
-    api = Api(worker.url, settings.review_token.reveal())
-    produce_json(settings, "transactions",
-                 [transaction(f"t-e{i}", f"c-{i}", "m-1", 20.0 + i, i) for i in range(8)], "account_id")
-    items = wait_until(lambda: (lambda got: got if len(got) == 8 else None)(api.items()),
-                       what="eight flags in the queue")
+    worker, api, items = flagged_queue(settings, worker_factory, "t-e", 8)
     by_tx = {i["transaction_id"]: i["id"] for i in items}
     claimed = "t-e0"
     assert api.call(f"/review/api/items/{by_tx[claimed]}/claim", {})[0] == 200
