@@ -64,6 +64,7 @@ import numpy as np
 
 from flagstream.scoring.score_tally import (
     BINS,
+    FLAGGED,
     Counts,
     ScoreTally,
     grid_index,
@@ -163,6 +164,8 @@ class OperatingPoint:
         (None: every flag goes to a person).
     min_decline_labels
         Labels above a decline threshold before it is used.
+    burst
+        A batch may flag up to this many times its share of the day's review capacity.
     """
 
     def __init__(
@@ -184,6 +187,7 @@ class OperatingPoint:
         bucket_s: float = 3_600.0,
         decline_fdr: float | None = None,
         min_decline_labels: int = 100,
+        burst: float = 3.0,
     ) -> None:
         if target_fdr is None and target_recall is None:
             raise ValueError("state a target: target_fdr or target_recall")
@@ -216,6 +220,10 @@ class OperatingPoint:
         self.min_decline_labels = min_decline_labels
         #: grid index at and above which scores are declined (None: no automatic decline)
         self.decline_index: int | None = None
+        #: a batch may take up to this many times its share of the daily review capacity
+        self.burst = burst
+        #: flags held back by :meth:`review_room` so far
+        self.capped = 0
 
     @property
     def threshold(self) -> float:
@@ -224,8 +232,37 @@ class OperatingPoint:
 
     # --- the FixedThreshold protocol -------------------------------------------------------
     def flags(self, scores: np.ndarray) -> np.ndarray:
-        """Flag every score at or above the current threshold."""
-        return np.asarray(scores) >= self.threshold
+        """Flag every score at or above the current threshold, within the batch's share of the
+        review capacity (:meth:`review_room`): past it, only the highest scores."""
+        scores = np.asarray(scores)
+        flagged = scores >= self.threshold
+        room = self.review_room(len(scores))
+        n = int(np.count_nonzero(flagged))
+        if room is not None and n > room:
+            highest = np.argsort(-scores, kind="stable")[:room]
+            kept = np.zeros(len(scores), dtype=bool)
+            kept[highest] = True
+            flagged &= kept
+            self.capped += n - room
+        return flagged
+
+    def review_room(self, batch: int) -> int | None:
+        """How many of a batch of ``batch`` decisions may be flagged: at most ``burst`` times
+        the batch's share of a day's review capacity, and never more than the capacity left
+        in the trailing event day. The threshold follows the capacity only after an update;
+        this holds it within each batch, even when a new version of the model suddenly scores
+        most traffic high. None while there is no traffic to judge by (or no capacity)."""
+        if self.capacity_per_day is None or batch <= 0:
+            return None
+        now = self.tally.newest_s
+        span = self.tally.span_s(now - DAY_S, now)
+        if span < self.tally.bucket_s:
+            return None
+        day = self.tally.window(now - DAY_S, now)
+        per_day = float(day.traffic().sum()) * DAY_S / span
+        share = self.burst * self.capacity_per_day * batch / max(per_day, 1.0)
+        left = self.capacity_per_day - float(day.rows[FLAGGED].sum())
+        return max(0, int(min(share, left)))
 
     @property
     def decline_threshold(self) -> float | None:

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flagstream.scoring.operating_point import OperatingPoint, ThreeWayPolicy, wilson
+from flagstream.scoring.policy import FixedThreshold
 from flagstream.scoring.score_tally import BINS, ScoreTally, grid_index
 from flagstream.streams.core import ScoringCore
 
@@ -242,7 +243,7 @@ def test_three_ways_declines_only_where_the_evidence_shows_almost_no_false_alarm
     # truth, on fresh traffic from the same world: declines are almost all fraud
     y = (rng.random(400_000) < 0.008).astype(int)
     s = np.where(y == 1, rng.beta(4, 2, len(y)), rng.beta(1, 20, len(y)))
-    flags, declines = op.flags(s), op.declines(s)
+    flags, declines = s >= op.threshold, op.declines(s)  # (flags() also caps a batch's share)
     assert declines.any() and not (declines & ~flags).any(), "declines are a subset of flags"
     assert (y[declines] == 0).mean() <= 0.05
     assert op.last is not None and op.last.decline_threshold == op.decline_threshold
@@ -283,3 +284,29 @@ def test_the_core_declines_without_sending_to_review():
     routes = [d["decision"] for d in outcome.decisions]
     assert routes == ["decline", "review"] * 3 and outcome.declined == 3
     assert [f["transaction_id"] for f in outcome.flagged] == ["t-1", "t-3", "t-5"]
+
+
+def test_a_sudden_flood_of_high_scores_is_held_to_the_batchs_share_of_the_capacity():
+    """A new version of the model that scores most traffic high must not flood the reviewers
+    before the threshold catches up: each batch gets at most its share of the day's capacity
+    (times a burst allowance), the highest scores first, and never more than is left today."""
+    op = OperatingPoint(target_fdr=0.15, capacity_per_day=240, initial_threshold=0.5,
+                        min_labels=10**9, burst=3.0)
+    rng = np.random.default_rng(5)
+    for h in range(30):  # a calm day: 1,000 decisions an hour, few above the threshold
+        s = rng.beta(1, 30, 1_000)
+        op.observe_traffic(s, op.flags(s), h * HOUR)
+    flood = rng.uniform(0.6, 1.0, 1_000)  # an hour of traffic, all of it above the threshold
+    flagged = op.flags(flood)
+    share = 3.0 * 240 * 1_000 / 24_000  # burst × capacity × this batch's share of a day
+    k = int(flagged.sum())  # the day's traffic is estimated from the hours seen (~24,000)
+    assert 0.9 * share <= k <= share and op.capped == 1_000 - k
+    assert flood[flagged].min() >= np.sort(flood)[-k], "the highest scores first"
+    op.observe_traffic(flood, flagged, 30 * HOUR)
+    for h in range(31, 40):  # the flood goes on: the day's capacity runs out, then nothing
+        flood = rng.uniform(0.6, 1.0, 1_000)
+        flagged = op.flags(flood)
+        op.observe_traffic(flood, flagged, h * HOUR)
+    day = op.tally.window(39 * HOUR - 24 * HOUR, 39 * HOUR)
+    assert day.rows[0].sum() <= 240 + int(share), "a day's flags stay within the capacity"
+    assert FixedThreshold(0.5).flags(np.array([0.9] * 5)).all(), "the benchmark policy is uncapped"
