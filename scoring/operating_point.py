@@ -56,6 +56,7 @@ threshold jumps to the lowest one whose flags per day fit, at once.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any
@@ -224,6 +225,8 @@ class OperatingPoint:
         self.burst = burst
         #: flags held back by :meth:`review_room` so far
         self.capped = 0
+        #: (newest event second seen, flags granted) per batch decided here, the last day's
+        self.granted: deque[tuple[float, int]] = deque()
 
     @property
     def threshold(self) -> float:
@@ -244,6 +247,8 @@ class OperatingPoint:
             kept[highest] = True
             flagged &= kept
             self.capped += n - room
+        if room is not None:
+            self.granted.append((self.tally.newest_s, int(np.count_nonzero(flagged))))
         return flagged
 
     def review_room(self, batch: int) -> int | None:
@@ -261,7 +266,12 @@ class OperatingPoint:
         day = self.tally.window(now - DAY_S, now)
         per_day = float(day.traffic().sum()) * DAY_S / span
         share = self.burst * self.capacity_per_day * batch / max(per_day, 1.0)
-        left = self.capacity_per_day - float(day.rows[FLAGGED].sum())
+        # the flags this object granted lately count at once: the tally learns of them only
+        # when their decisions come back (from the scores topic, in the worker)
+        while self.granted and self.granted[0][0] < now - DAY_S:
+            self.granted.popleft()
+        mine = sum(n for _, n in self.granted)
+        left = self.capacity_per_day - max(float(day.rows[FLAGGED].sum()), mine)
         return max(0, int(min(share, left)))
 
     @property

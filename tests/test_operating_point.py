@@ -310,3 +310,18 @@ def test_a_sudden_flood_of_high_scores_is_held_to_the_batchs_share_of_the_capaci
     day = op.tally.window(39 * HOUR - 24 * HOUR, 39 * HOUR)
     assert day.rows[0].sum() <= 240 + int(share), "a day's flags stay within the capacity"
     assert FixedThreshold(0.5).flags(np.array([0.9] * 5)).all(), "the benchmark policy is uncapped"
+
+
+def test_flags_granted_count_at_once_before_their_decisions_come_back():
+    """In the worker the tally hears of decisions only when they come back from the scores
+    topic; the flags the policy granted meanwhile count against the day's capacity at once."""
+    op = OperatingPoint(target_fdr=0.15, capacity_per_day=100, initial_threshold=0.5,
+                        min_labels=10**9, burst=1_000.0)
+    rng = np.random.default_rng(9)
+    for h in range(25):
+        s = rng.beta(1, 30, 1_000)
+        op.observe_traffic(s, op.flags(s), h * HOUR)
+    granted = 0
+    for _ in range(50):  # a flood decided before any of it is observed
+        granted += int(op.flags(rng.uniform(0.6, 1.0, 200)).sum())
+    assert granted <= 100, "never more than the day's capacity, even unobserved"
