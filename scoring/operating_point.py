@@ -283,7 +283,7 @@ class OperatingPoint:
         """The flags declined with nobody looking (a subset of :meth:`flags`)."""
         if self.decline_index is None:
             return np.zeros(len(scores), dtype=bool)
-        return np.asarray(scores) >= max(self.decline_threshold or 1.0, self.threshold)
+        return np.asarray(scores) >= max(self.decline_index, self.index) / BINS
 
     def follow(self, threshold: float, decline_threshold: float | None = None) -> None:
         """Decide with the thresholds the learner's operating point published (scorers that do
