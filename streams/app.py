@@ -124,6 +124,9 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
         producer_linger_ms=5,
         producer_max_batch_size=1_048_576,
         consumer_max_fetch_size=8 * 1_048_576,
+        # A topic the broker did not list yet when the group formed (a loaded broker lags
+        # behind its own topic creation) is assigned at the next refresh: 10 s, not 5 min.
+        consumer_metadata_max_age_ms=10_000,
         broker_max_poll_records=5_000,
         stream_buffer_maxsize=20_000,
         table_standby_replicas=0,

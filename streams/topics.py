@@ -101,6 +101,35 @@ async def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str
                 pass
             created = [s.name for s in missing]
             log.info("created topics %s", created)
+        await _wait_until_visible(admin, topic_specs(settings), deadline)
     finally:
         await admin.close()
     return created
+
+
+async def _wait_until_visible(admin: AIOKafkaAdminClient, specs: list[TopicSpec],
+                              deadline: float) -> None:
+    """Return once the broker's metadata shows every topic with a leader for each partition.
+
+    A loaded broker can answer "unknown topic" for seconds after creating one; a consumer
+    that joins its group then is assigned nothing and waits for its next metadata refresh.
+    """
+    loop = asyncio.get_running_loop()
+    wanted = {s.name: s.partitions for s in specs}
+    while True:
+        pending = sorted(set(wanted) - _ready(await admin.describe_topics(list(wanted)), wanted))
+        if not pending:
+            return
+        if loop.time() > deadline:
+            raise TimeoutError(f"topics not in the broker's metadata yet: {pending}")
+        await asyncio.sleep(0.2)
+
+
+def _ready(described: list[dict], wanted: dict[str, int]) -> set[str]:
+    """Names among ``described`` (metadata topic objects) with every partition led."""
+    return {
+        t["topic"] for t in described
+        if t["error_code"] == 0 and t["topic"] in wanted
+        and len(t["partitions"]) >= wanted[t["topic"]]
+        and all(p["leader"] >= 0 for p in t["partitions"])
+    }
