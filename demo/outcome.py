@@ -81,14 +81,17 @@ def figures(ts_ms: np.ndarray, labels: np.ndarray, flagged: np.ndarray, threshol
     }
 
 
-async def read_decisions(settings: Settings) -> dict[str, tuple[int, bool, float, bool]]:
+async def read_decisions(settings: Settings) -> tuple[dict[str, tuple[int, bool, float, bool]], int]:
     """Every decision on the run's ``scores`` topic: id → (event time ms, flagged, threshold,
-    declined); a repeated decision (after a restart) counts once, as first made."""
+    declined); a repeated decision (after a restart) counts once, as first made. Also the
+    event time every partition has decided up to (the minimum over partitions of the newest
+    decision): a partition that lags when the run stops leaves later events undecided."""
     name = settings.topic(SCORES)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False,
                                 **settings.kafka_security())
     await consumer.start()
     out: dict[str, tuple[int, bool, float, bool]] = {}
+    newest: dict[int, int] = {}
     try:
         partitions = sorted(consumer.partitions_for_topic(name) or range(settings.partitions))
         tps = [TopicPartition(name, p) for p in partitions]
@@ -96,29 +99,31 @@ async def read_decisions(settings: Settings) -> dict[str, tuple[int, bool, float
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            for records in (await consumer.getmany(timeout_ms=1_000, max_records=20_000)).values():
+            for tp, records in (await consumer.getmany(timeout_ms=1_000, max_records=20_000)).items():
                 for r in records:
                     d = loads(r.value)
+                    newest[tp.partition] = max(newest.get(tp.partition, 0), int(d["event_time_ms"]))
                     out.setdefault(d["transaction_id"], (int(d["event_time_ms"]),
                                                           d["decision"] != "approve",
                                                           float(d["threshold"]),
                                                           d["decision"] == "decline"))
     finally:
         await consumer.stop()
-    return out
+    return out, min(newest.values(), default=0)
 
 
 def live(settings: Settings, stream: Path, capacity: float) -> tuple[dict[str, Any], int]:
-    """The run's figures from its ``scores`` topic; also the last event time it decided."""
-    decided = asyncio.run(read_decisions(settings))
-    ids = list(decided)
+    """The run's figures from its ``scores`` topic, up to the event time every partition has
+    decided; also that event time (the backtest is cut there too)."""
+    decided, cut_ms = asyncio.run(read_decisions(settings))
+    ids = [t for t, d in decided.items() if d[0] <= cut_ms]
     truth = Truth.load(str(stream)).lookup(ids)
     known = truth >= 0
     rows = np.array([decided[t] for t in ids], dtype=np.float64).reshape(-1, 4)[known]
     ts, flagged, thresholds = rows[:, 0].astype(np.int64), rows[:, 1] > 0, rows[:, 2]
     out = figures(ts, truth[known], flagged, thresholds,
                   settings.target_false_discovery_rate, capacity, rows[:, 3] > 0)
-    return out, int(ts.max()) if len(ts) else 0
+    return out, cut_ms
 
 
 def backtest(settings: Settings, stream: Path, capacity: float, last_ms: int,

@@ -167,6 +167,10 @@ class OperatingPoint:
         Labels above a decline threshold before it is used.
     burst
         A batch may flag up to this many times its share of the day's review capacity.
+    move_interval_s
+        Event seconds between two moves on the target (capacity moves excepted): the
+        worker updates on every small batch of labels, the backtest once per batch of
+        events; both move at most once per this interval, so both follow alike.
     """
 
     def __init__(
@@ -189,6 +193,7 @@ class OperatingPoint:
         decline_fdr: float | None = None,
         min_decline_labels: int = 100,
         burst: float = 3.0,
+        move_interval_s: float = 3_600.0,
     ) -> None:
         if target_fdr is None and target_recall is None:
             raise ValueError("state a target: target_fdr or target_recall")
@@ -216,6 +221,9 @@ class OperatingPoint:
         self.tally = ScoreTally(bucket_s, keep_s=window_s + maturity_s + bucket_s)
         self.index = min(self.ceiling, max(self.floor, grid_index(initial_threshold)))
         self.labels_since_move = 0
+        self.move_interval_s = move_interval_s
+        #: event second of the last move on the target
+        self.moved_at_s = -math.inf
         self.last: Estimate | None = None
         self.decline_fdr = decline_fdr
         self.min_decline_labels = min_decline_labels
@@ -238,21 +246,22 @@ class OperatingPoint:
         """Flag every score at or above the current threshold, within the batch's share of the
         review capacity (:meth:`review_room`): past it, only the highest scores."""
         scores = np.asarray(scores)
-        flagged = scores >= self.threshold
+        declined = self.declines(scores)  # nobody's work: never held back
+        review = (scores >= self.threshold) & ~declined
         room = self.review_room(len(scores))
-        n = int(np.count_nonzero(flagged))
+        n = int(np.count_nonzero(review))
         if room is not None and n > room:
-            highest = np.argsort(-scores, kind="stable")[:room]
+            highest = np.argsort(-np.where(review, scores, -np.inf), kind="stable")[:room]
             kept = np.zeros(len(scores), dtype=bool)
             kept[highest] = True
-            flagged &= kept
+            review &= kept
             self.capped += n - room
         if room is not None:
-            self.granted.append((self.tally.newest_s, int(np.count_nonzero(flagged))))
-        return flagged
+            self.granted.append((self.tally.newest_s, int(np.count_nonzero(review))))
+        return review | declined
 
     def review_room(self, batch: int) -> int | None:
-        """How many of a batch of ``batch`` decisions may be flagged: at most ``burst`` times
+        """How many of a batch of ``batch`` decisions may go to review: at most ``burst`` times
         the batch's share of a day's review capacity, and never more than the capacity left
         in the trailing event day. The threshold follows the capacity only after an update;
         this holds it within each batch, even when a new version of the model suddenly scores
@@ -271,7 +280,8 @@ class OperatingPoint:
         while self.granted and self.granted[0][0] < now - DAY_S:
             self.granted.popleft()
         mine = sum(n for _, n in self.granted)
-        left = self.capacity_per_day - max(float(day.rows[FLAGGED].sum()), mine)
+        reviewed = day.rows[FLAGGED][:self.decline_index].sum()  # flags below the declines
+        left = self.capacity_per_day - max(float(reviewed), mine)
         return max(0, int(min(share, left)))
 
     @property
@@ -390,10 +400,15 @@ class OperatingPoint:
         i, move, reason = self.index, "hold", "not enough labels"
         enough = (counts.labels() >= self.min_labels and counts.frauds() >= self.min_frauds
                   and self.labels_since_move >= self.min_new_labels)
-        if enough and self.target_fdr is not None:
+        now = self.tally.newest_s
+        if enough and now - self.moved_at_s < self.move_interval_s:
+            reason = "moved within the last interval"
+        elif enough and self.target_fdr is not None:
             i, move, reason = self._follow_fdr(curve, self.target_fdr)
         elif enough and self.target_recall is not None:
             i, move, reason = self._follow_recall(mature[1], self.target_recall)
+        if i != self.index:
+            self.moved_at_s = now
         if self.decline_fdr is not None:
             self.decline_index = self._decline_point(curve, i)
         if rates is not None and self.decline_index is not None:
@@ -469,60 +484,3 @@ class OperatingPoint:
                         recall_high, per_day, None if cap is None else cap / BINS, counts.labels(),
                         counts.frauds(), met, self.score_shift(), self.decline_threshold)
 
-
-class ThreeWayPolicy:
-    """Auto-approve below ``low``, auto-decline at or above ``high``, people in between.
-
-    Tracks the share decided automatically and how often labels overturn an
-    automatic decision (a chargeback on an auto-approval, a legit label on an
-    auto-decline).
-
-    >>> import numpy as np
-    >>> p = ThreeWayPolicy(low=0.2, high=0.9)
-    >>> p.route(np.array([0.1, 0.5, 0.95, 0.05])).tolist()
-    ['approve', 'review', 'decline', 'approve']
-    >>> p.automated_share(), p.flags(np.array([0.1, 0.5])).tolist()
-    (0.75, [False, True])
-    >>> p.record(0.1, "fraud"); p.record(0.95, "fraud"); p.overturn_rate()
-    0.5
-    """
-
-    ROUTES = np.array(["approve", "review", "decline"])
-
-    def __init__(self, low: float = 0.1, high: float = 0.95) -> None:
-        if not 0.0 <= low <= high <= 1.0:
-            raise ValueError("need 0 <= low <= high <= 1")
-        self.low = low
-        self.high = high
-        self.routed = np.zeros(3, np.int64)
-        self.auto_labelled = 0
-        self.overturned = 0
-
-    @property
-    def threshold(self) -> float:
-        """Scores at or above this are not auto-approved (the FixedThreshold protocol)."""
-        return self.low
-
-    def flags(self, scores: np.ndarray) -> np.ndarray:
-        """Scores the model calls suspicious: reviewed or auto-declined."""
-        return np.asarray(scores) >= self.low
-
-    def route(self, scores: np.ndarray) -> np.ndarray:
-        """``approve``/``review``/``decline`` per score, counted for :meth:`automated_share`."""
-        codes = (np.asarray(scores) >= self.low).astype(np.int64) + (np.asarray(scores) >= self.high)
-        self.routed += np.bincount(codes, minlength=3)
-        return self.ROUTES[codes]
-
-    def record(self, score: float, label: object) -> None:
-        """A label for a routed transaction: counts overturns of automatic decisions."""
-        fraud = as_label(label)
-        if score < self.low or score >= self.high:
-            self.auto_labelled += 1
-            self.overturned += int(fraud != (score >= self.high))
-
-    def automated_share(self) -> float:
-        total = int(self.routed.sum())
-        return float(self.routed[0] + self.routed[2]) / total if total else 0.0
-
-    def overturn_rate(self) -> float:
-        return self.overturned / self.auto_labelled if self.auto_labelled else 0.0

@@ -20,7 +20,7 @@ Memory is fixed by the window: ``6 × BINS`` integers per bucket.
 >>> tally.add_label(0.6, fraud=False, flagged=True, at_s=100.0)
 >>> counts = tally.window(0.0, 3_600.0)
 >>> [round(x, 2) for x in (counts.at_or_above(0.5), counts.frauds_at_or_above(0.5))]
-[2.0, 1.0]
+[2.0, 1.25]
 """
 
 from __future__ import annotations
@@ -73,14 +73,19 @@ class Counts:
         return (self.rows[FLAGGED] + self.rows[UNFLAGGED]).astype(np.float64)
 
     def frauds_per_bin(self) -> np.ndarray:
-        """Estimated frauds per bin: flagged × reviewed share (shrunk to the pooled share
-        with a weight of one label, so a bin nobody reviewed gets the pooled share), plus
-        the unflagged ones that came back as frauds."""
+        """Estimated frauds per bin: flagged × reviewed share, plus the unflagged ones that
+        came back as frauds. A bin's share is shrunk, with a weight of one label, to the share
+        among the reviewed labels at or above it (the pooled share where there are none): the
+        fraud share grows with the score, so a sparse high bin borrows from the bins above it,
+        not from the many low-score reviews (which pulled the estimated false-discovery rate
+        of high thresholds far above the truth, and the threshold up with it)."""
         r = self.rows
         fraud, legit = r[REVIEWED_FRAUD].astype(np.float64), r[REVIEWED_LEGIT].astype(np.float64)
         reviewed = fraud + legit
         pooled = fraud.sum() / reviewed.sum() if reviewed.sum() else 0.0
-        share = (fraud + pooled) / (reviewed + 1.0)
+        fraud_above, reviewed_above = self._from_top(fraud)[:-1], self._from_top(reviewed)[:-1]
+        local = np.where(reviewed_above > 0, fraud_above / np.maximum(reviewed_above, 1.0), pooled)
+        share = (fraud + local) / (reviewed + 1.0)
         return r[FLAGGED] * share + r[MISSED_FRAUD]
 
     def curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
