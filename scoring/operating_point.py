@@ -233,6 +233,9 @@ class OperatingPoint:
         self.burst = burst
         #: flags held back by :meth:`review_room` so far
         self.capped = 0
+        #: the share of the traffic (and so of the review capacity) these decisions are: a
+        #: scorer worker holding 2 of 8 partitions reviews 1/4 of what the day allows
+        self.capacity_share = 1.0
         #: (newest event second seen, flags granted) per batch decided here, the last day's
         self.granted: deque[tuple[float, int]] = deque()
 
@@ -274,14 +277,15 @@ class OperatingPoint:
             return None
         day = self.tally.window(now - DAY_S, now)
         per_day = float(day.traffic().sum()) * DAY_S / span
-        share = self.burst * self.capacity_per_day * batch / max(per_day, 1.0)
+        capacity = self.capacity_per_day * self.capacity_share
+        share = self.burst * capacity * batch / max(per_day, 1.0)
         # the flags this object granted lately count at once: the tally learns of them only
         # when their decisions come back (from the scores topic, in the worker)
         while self.granted and self.granted[0][0] < now - DAY_S:
             self.granted.popleft()
         mine = sum(n for _, n in self.granted)
         reviewed = day.rows[FLAGGED][:self.decline_index].sum()  # flags below the declines
-        left = self.capacity_per_day - max(float(reviewed), mine)
+        left = capacity - max(float(reviewed), mine)
         return max(0, int(min(share, left)))
 
     @property

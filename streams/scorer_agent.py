@@ -175,10 +175,24 @@ class Scorer:
         outbox.extend(piece)
         return [staged]
 
+    def hold_share_of_capacity(self) -> None:
+        """A scorer that does not learn follows the published threshold; the review capacity
+        it may use within a batch is its partitions' share of the day's (see
+        :meth:`OperatingPoint.review_room`), judged on the traffic it decided itself."""
+        policy = self.core.policy
+        if not hasattr(policy, "capacity_share"):
+            return
+        topic = self.names["transactions"]
+        held = sum(tp.topic == topic for tp in self.p.app.consumer.assignment())
+        policy.capacity_share = held / self.settings.partitions if held else 1.0
+
     def stage(self, recs: PartitionRecords, outbox: Outbox) -> Staged:
         """Score one partition's records and queue their outputs in ``outbox``."""
         s, names, counts = self.settings, self.names, self.partition_counts
         outcome = self.core.process(recs.values, recs.offsets, recs.partition, s.partitions)
+        if not self.p.learns and hasattr(self.core.policy, "observe_decisions"):
+            # (the learner's process counts decisions as they come back from ``scores``)
+            self.core.policy.observe_decisions(outcome.decisions)
         rows = self.core.accounts.take_touched()
         for index, account in outcome.misrouted:
             outbox.add(names["transactions"], partition_for(account, s.partitions),
@@ -227,6 +241,8 @@ class Scorer:
             self.revoked = False
         started = time.perf_counter()
         self.p.models.sync()
+        if not self.p.learns:
+            self.hold_share_of_capacity()
         self.refresh_merchants()
         producer = kafka_producer(self.p.app)
         outbox = Outbox(producer, self.partition_counts)

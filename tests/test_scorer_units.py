@@ -169,3 +169,32 @@ def test_a_restarted_worker_reads_account_rows_back_from_its_table(tmp_path):
     for account in accounts:
         assert second.core.accounts.row(account).tobytes() == rows[account]
     asyncio.run(second.stop())
+
+
+def test_a_scorer_that_does_not_learn_holds_its_share_of_the_review_capacity(scorer, monkeypatch):
+    """A scorer worker follows the published threshold and counts the traffic it decides
+    itself, so a flood of high scores is held to its partitions' share of the capacity."""
+    from aiokafka import TopicPartition
+
+    policy = scorer.core.policy
+    policy.capacity_per_day, policy.burst = 40.0, 100.0
+    assert policy.review_room(100) is None, "no traffic seen yet: nothing to judge by"
+    home = home_accounts(2, 20)
+    for hour in range(26):  # a day of calm traffic decided here: the tally learns its rate
+        values = [dumps({"transaction_id": f"t-{hour}-{k}", "account_id": home[k % len(home)],
+                         "merchant_id": "m-1", "amount": 5.0,
+                         "timestamp": 1_522_540_800_000 + hour * 3_600_000 + k})
+                  for k in range(100)]
+        scorer.stage(PartitionRecords(2, "transactions", values, [None] * 100,
+                                      list(range(hour * 100, hour * 100 + 100)), [0.0] * 100),
+                     Outbox(None, scorer.partition_counts))
+    whole = policy.review_room(1_000)
+    assert whole == 40 - int(policy.tally.window(policy.tally.newest_s - 86_400,
+                                                  policy.tally.newest_s).rows[0].sum())
+    held = {TopicPartition(scorer.names["transactions"], 0),
+            TopicPartition(scorer.names["transactions"], 2),
+            TopicPartition(scorer.names["scores"], 1)}
+    monkeypatch.setattr(type(scorer.p.app.consumer), "assignment", lambda self: held)
+    scorer.hold_share_of_capacity()
+    assert policy.capacity_share == 0.5, "two of the four transactions partitions"
+    assert policy.review_room(1_000) == 20 - (40 - whole), "its half of the day's capacity"
