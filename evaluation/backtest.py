@@ -64,7 +64,10 @@ class BacktestConfig:
 
     Attributes
     ----------
-    batch_size : events per :meth:`ScoringCore.process` call.
+    batch_size : events per :meth:`ScoringCore.process` call, at most.
+    step_s : event seconds one call spans, at most (a batch is also cut where an event hour
+        begins): labels are delivered and the policy updated at least this often, as the
+        worker's learner does on every small batch of labels.
     review_delay_hours, chargeback_delay_days : label delays, in event time.
     review_capacity_per_day : flags reviewed per event day (None: all of them).
     test_start, test_end : the test window, ``YYYY-MM-DD``, both days included.
@@ -89,6 +92,7 @@ class BacktestConfig:
     """
 
     batch_size: int = 2_000
+    step_s: float = 3_600.0
     review_delay_hours: float = 24.0
     chargeback_delay_days: float = 7.0
     review_capacity_per_day: int | None = None
@@ -112,6 +116,8 @@ class BacktestConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if not self.step_s > 0:
+            raise ValueError("step_s must be positive")
         if self.on_error not in ("skip", "raise"):
             raise ValueError("on_error must be 'skip' or 'raise'")
         if self.protocol not in ("reference", "all"):
@@ -431,8 +437,7 @@ class Backtest:
         with progress_bar(n, "tx", cfg.progress) as bar, contextlib.ExitStack() as files:
             if cfg.scores_out:
                 self.scores_out = files.enter_context(ScoresWriter(cfg.scores_out))
-            for lo in range(0, n, cfg.batch_size):
-                hi = min(lo + cfg.batch_size, n)
+            for lo, hi in steps(stream.ts_ms, cfg.batch_size, cfg.step_s):
                 self.step(stream, lo, hi, scores, flagged)
                 bar.update(hi - lo)
         self.scores_out = None
@@ -504,6 +509,20 @@ def backtest(
     return Backtest(config).run(source)
 
 
+def steps(ts_ms: np.ndarray, batch_size: int, step_s: float) -> list[tuple[int, int]]:
+    """``(lo, hi)`` index ranges of at most ``batch_size`` events, also cut where a new
+    ``step_s`` period of event time begins (``ts_ms`` sorted).
+
+    >>> steps(np.array([0, 10, 3_600_000, 3_600_001, 3_600_002]), 2, 3_600.0)
+    [(0, 2), (2, 4), (4, 5)]
+    """
+    n = len(ts_ms)
+    period = (np.asarray(ts_ms, dtype=np.int64) // int(step_s * 1000)) if n else ts_ms
+    cuts = set(range(0, n, batch_size)) | set((np.flatnonzero(np.diff(period)) + 1).tolist())
+    bounds = sorted(cuts) + [n]
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
+
+
 # --- command line ---------------------------------------------------------------------
 #: Keys every ``--json`` output has (extra keys follow them).
 JSON_KEYS = (
@@ -515,6 +534,7 @@ JSON_KEYS = (
 #: Options that set a :class:`BacktestConfig` field: (field, type or choices, help).
 OPTIONS: tuple[tuple[str, Any, str], ...] = (
     ("batch_size", int, "events per scoring batch"),
+    ("step_s", float, "event seconds a scoring batch spans at most (labels, policy updates)"),
     ("review_delay_hours", float, "event time from a flag to its reviewer's label"),
     ("chargeback_delay_days", float, "event time until an unreviewed label arrives"),
     ("review_capacity_per_day", int, "flags reviewed a day, the rest wait (default: all)"),
