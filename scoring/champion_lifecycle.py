@@ -12,7 +12,8 @@ changes exactly when the worker's would on the same labels.
   is promoted with them (labels, frauds, metric, margin).
 * :meth:`ChampionLifecycle.drift` answers an ADWIN alarm on the champion's error: the
   earlier champion versions are scored on the recent labels they never learned, and the
-  first that beats what the champion said by the margin is rolled back to.
+  first that beats what the champion said by the margin is rolled back to, on at least
+  the gate's minimum of frauds (and as many legitimate labels).
 
 >>> from flagstream.scoring.challengers import Challenger, ShadowSet
 >>> from flagstream.scoring.gate import Gate, GateConfig
@@ -159,8 +160,14 @@ class ChampionLifecycle:
             target = self.get(reg.version_key(version))
             if target is None:
                 continue
-            mine, champ = compare_on(fair, model_from_state(target["state"]), cfg.metric)
             frauds = sum(int(w[1]) for w in fair)
+            if min(frauds, len(fair) - frauds) < cfg.min_frauds:
+                # the loss is class-balanced: with a few frauds (or none) its fraud half says
+                # little, and a rollback on it flaps (a demo rolled back on 80 labels, 0 frauds)
+                tried.append(f"{version}: too little evidence ({len(fair)} labels, {frauds} "
+                             f"frauds; a rollback needs {cfg.min_frauds} of each class)")
+                continue
+            mine, champ = compare_on(fair, model_from_state(target["state"]), cfg.metric)
             summary = (f"{version} {cfg.metric} {mine:.4f} vs champion {champ:.4f} on "
                        f"{len(fair)} labels ({frauds} frauds), margin {cfg.margin:.0%}")
             if mine <= champ * (1 - cfg.margin):

@@ -190,3 +190,33 @@ def test_drift_finds_the_version_before_a_bad_one_and_checks_it_does_better():
     assert [v for v, _ in candidates][:1] == ["lr-000004"]
     mine, champ = compare_on(candidates[0][1], good, "logloss")
     assert mine < champ / 10
+
+
+def test_no_rollback_on_less_evidence_than_a_promotion_needs():
+    """An ADWIN alarm on a window with few frauds rolls nothing back: the class-balanced loss
+    of a handful of labels flaps (a demo rolled back on 80 labels, none of them fraud)."""
+    from flagstream.scoring.champion_lifecycle import ChampionLifecycle
+
+    x_fraud, x_legit = np.full(N_FEATURES, 5.0), np.zeros(N_FEATURES)
+    earlier = LinearChampion()
+    registry = {version_key(v): {"version": v, "lineage": "lr", "state": earlier.to_state()}
+                for v in ("lr-000001", "lr-000004")}
+    gate = Gate(GateConfig(min_labels=200, min_frauds=20))
+    learner = Learner(ModelHandle(LinearChampion()), DECISIONS.get, clock_ms=lambda: 0,
+                      gate=gate, publish_each_batch=False)
+    learner.timeline = [["lr-000001", 0], ["lr-000004", 0]]
+    life = ChampionLifecycle(learner, registry.get, registry.__setitem__)
+    for i in range(300):  # fine: confident and right, three frauds in all
+        y = int(i % 100 == 0)
+        gate.observe({"score": 0.9 if y else 0.05, "features": (x_fraud if y else x_legit).tolist(),
+                      "model_version": "lr-000004"}, y)
+    learner.timeline.append(["lr-000009", gate.labels_seen])
+    writes, tried = [], []
+    for _ in range(300):  # then confidently wrong on legitimate traffic: the alarm rings
+        gate.observe({"score": 0.95, "features": x_legit.tolist(), "model_version": "lr-000009"}, 0)
+        if gate.alarm:
+            writes, tried = life.drift()
+            break
+    assert tried, "the alarm rang and a candidate was considered"
+    assert writes == [] and life.changes == []
+    assert "too little evidence" in tried[0] and "needs 20 of each class" in tried[0]
