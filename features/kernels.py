@@ -72,7 +72,7 @@ def update_accounts(rows, row_of, offsets, ts_ms, amounts, id_hashes, merchant_h
     ``row_of[i]`` is the row of event ``i``; ``out[i, 0:9]`` receives amount, weekend,
     night, and the account's 1/7/30-day count and mean amount (windows include the
     event); ``out[i, 15:17]`` receives seconds since the previous transaction and the
-    amount relative to the 30-day mean before it; ``out[i, 17:24]`` the card's velocity
+    amount relative to the 30-day mean before it; ``out[i, 17:25]`` the card's velocity
     and novelty (:func:`flagstream.features.velocity.card_velocity`; ``merchant_hashes[i]``
     identifies the event's merchant). ``status[i]`` says whether the event
     was applied, already applied (offset replay), or a duplicate transaction id.

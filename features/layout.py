@@ -11,13 +11,14 @@ today would mostly hold transactions whose labels are not known yet.
 Accounts also keep their last ``N_RECENT_EVENTS`` (20) events and last
 ``N_KNOWN_MERCHANTS`` (32) distinct merchants, for velocity and novelty features: counts
 in the last 10 minutes and hour, small-amount probes in 48 hours, distinct merchants in
-24 hours, whether (and how long ago) the card used this merchant before. Both are fixed
+24 hours, whether (and how long ago) the card used this merchant before, and the amount
+relative to the card's mean over its whole history (``TOTAL_SUM``). Both are fixed
 size, so memory per account is bounded: an account row is ``ACCOUNT_WIDTH`` float64
 values, 2.8 KB (1.6 KB of windows, 0.5 KB of recent events, 0.8 KB of merchants), so a
 million accounts take 2.8 GB.
 
 >>> ACCOUNT_WIDTH, ACCOUNT_WIDTH * 8, MERCHANT_WIDTH, len(FEATURE_NAMES)
-(355, 2840, 120, 24)
+(355, 2840, 120, 25)
 >>> float(new_account_row()[LAST_OFFSET])
 -1.0
 """
@@ -97,6 +98,7 @@ FEATURE_NAMES = (
     "is_new_merchant",
     "card_days_since_merchant",
     "amount_after_probes",
+    "amount_to_card_mean",
 )
 N_FEATURES = len(FEATURE_NAMES)
 N_ACCOUNT_FEATURES = 9  # columns 0..8 come from the account kernel, 9..14 from merchants

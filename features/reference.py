@@ -92,6 +92,8 @@ class ReferenceAccounts:
         else:
             gap = MAX_GAP_S
         c_before, s_before = _window(acc.events, DAY_MS, N_DAILY, day - 29, day)
+        total = sum(a for _, a in acc.events)
+        usual = amount / (total / len(acc.events)) if acc.events and total > 0 else 1.0
         ratio = amount / (s_before / c_before) if c_before else 1.0
         novelty = _merchant_novelty(acc, ts_ms, merchant_hash)
         acc.events.append((ts_ms, amount))
@@ -118,6 +120,7 @@ class ReferenceAccounts:
             "amount_to_30d_mean": ratio,
             **novelty,
             **_velocity(acc, ts_ms, amount),
+            "amount_to_card_mean": usual,
         }
         return features, APPLIED
 

@@ -8,15 +8,16 @@ otherwise); "known merchant" means among the card's last ``N_KNOWN_MERCHANTS`` d
 merchants. Both are fixed-size parts of the row: the memory per account is bounded.
 
 >>> import numpy as np
->>> from flagstream.features.layout import FEATURE_NAMES, TOTAL_COUNT, VELOCITY, new_account_row
+>>> from flagstream.features.layout import FEATURE_NAMES, TOTAL_COUNT, TOTAL_SUM, VELOCITY, new_account_row
 >>> row, out = new_account_row(), np.zeros((3, len(FEATURE_NAMES)))
 >>> for i, (ts, amount, merchant) in enumerate([(0, 1.0, 7.0), (60_000, 1.5, 7.0), (90_000, 80.0, 9.0)]):
 ...     card_velocity(row, ts, amount, merchant, out, i)
 ...     row[TOTAL_COUNT] += 1
+...     row[TOTAL_SUM] += amount
 >>> dict(zip(FEATURE_NAMES[VELOCITY:], out[2, VELOCITY:].tolist()))  # doctest: +NORMALIZE_WHITESPACE
 {'card_count_10m': 3.0, 'card_count_1h': 3.0, 'card_small_count_48h': 2.0,
  'card_distinct_merchants_24h': 2.0, 'is_new_merchant': 1.0, 'card_days_since_merchant': 30.0,
- 'amount_after_probes': 80.0}
+ 'amount_after_probes': 80.0, 'amount_to_card_mean': 64.0}
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from flagstream.features.layout import (
     SMALL_AMOUNT,
     SMALL_WINDOW_MS,
     TOTAL_COUNT,
+    TOTAL_SUM,
     VELOCITY,
     VELOCITY_WINDOWS_MS,
 )
@@ -69,8 +71,10 @@ def _remember_merchant(row, ts, merchant, sequence):
 @njit(inline="always")
 def card_velocity(row, ts, amount, merchant, out, i):
     """Add one applied event to the row's recent events and merchants and fill
-    ``out[i, VELOCITY:VELOCITY + 7]``. Call it before ``TOTAL_COUNT`` counts the event."""
+    ``out[i, VELOCITY:VELOCITY + 8]``. Call it before ``TOTAL_COUNT`` and ``TOTAL_SUM``
+    count the event."""
     n = int(row[TOTAL_COUNT])
+    usual = amount / (row[TOTAL_SUM] / n) if n > 0 and row[TOTAL_SUM] > 0 else 1.0
     age, new = _remember_merchant(row, ts, merchant, n + 1.0)
     slot = RECENT_EVENTS + 3 * (n % N_RECENT_EVENTS)
     row[slot] = ts
@@ -110,3 +114,4 @@ def card_velocity(row, ts, amount, merchant, out, i):
     out[i, VELOCITY + 4] = new
     out[i, VELOCITY + 5] = age
     out[i, VELOCITY + 6] = amount if probed else 0.0
+    out[i, VELOCITY + 7] = usual

@@ -28,6 +28,7 @@ _CARD_VELOCITY = {
         "no recent purchase at this merchant" if v >= 30 else f"{v:.1f} days since this card last bought here"
     ),
     "amount_after_probes": lambda v: f"purchase of {v:,.2f} after small-amount probes on this card",
+    "amount_to_card_mean": lambda v: f"amount {v:.1f}× this card's average since its first transaction",
 }
 
 

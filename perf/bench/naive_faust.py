@@ -88,10 +88,11 @@ class NaiveAccount:
     """One account's state in plain Python: counters, two rings, recent ids, recent events
     and merchants."""
 
-    __slots__ = ("count", "last_ts", "hourly", "daily", "recent", "events", "merchants")
+    __slots__ = ("count", "total", "last_ts", "hourly", "daily", "recent", "events", "merchants")
 
     def __init__(self) -> None:
         self.count = 0
+        self.total = 0.0
         self.last_ts = 0.0
         self.hourly = [-1.0, 0.0, 0.0] * N_HOURLY
         self.daily = [-1.0, 0.0, 0.0] * N_DAILY
@@ -100,7 +101,9 @@ class NaiveAccount:
         self.merchants: OrderedDict[str, int] = OrderedDict()  # least recently used first
 
     def velocity(self, ts: int, amount: float, merchant: str) -> list[float]:
-        """Add one transaction to the recent events and merchants; its 7 velocity features."""
+        """Add one transaction to the recent events and merchants; its 8 velocity features
+        (call it before ``count`` and ``total`` count the transaction)."""
+        usual = amount / (self.total / self.count) if self.count and self.total > 0 else 1.0
         last = self.merchants.pop(merchant, None)
         if last is None:
             new, age = 1.0, MAX_MERCHANT_AGE_DAYS
@@ -121,6 +124,7 @@ class NaiveAccount:
             new,
             age,
             amount if probed else 0.0,
+            usual,
         ]
 
     def apply(self, ts: int, amount: float, merchant: str = "") -> list[float]:
@@ -131,7 +135,9 @@ class NaiveAccount:
         ratio = amount / (s30 / c30) if c30 > 0 else 1.0
         _ring_add(self.hourly, N_HOURLY, hour, amount)
         _ring_add(self.daily, N_DAILY, day, amount)
+        velocity = self.velocity(ts, amount, merchant)
         self.count += 1
+        self.total += amount
         self.last_ts = max(self.last_ts, float(ts))
         c1, s1 = _ring_window(self.hourly, N_HOURLY, hour - 23, hour)
         c7, s7 = _ring_window(self.daily, N_DAILY, day - 6, day)
@@ -142,7 +148,7 @@ class NaiveAccount:
             c1, s1 / c1 if c1 > 0 else 0.0, c7, s7 / c7 if c7 > 0 else 0.0,
             c30, s30 / c30 if c30 > 0 else 0.0,
             0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-            gap, ratio, *self.velocity(ts, amount, merchant),
+            gap, ratio, *velocity,
         ]
 
 
