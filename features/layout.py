@@ -54,6 +54,9 @@ N_RECENT_EVENTS = 20
 KNOWN_MERCHANTS = RECENT_EVENTS + 3 * N_RECENT_EVENTS
 N_KNOWN_MERCHANTS = 32
 ACCOUNT_WIDTH = KNOWN_MERCHANTS + 3 * N_KNOWN_MERCHANTS
+#: Widths of earlier account layouts, each a prefix of this one: rows stored by an earlier
+#: version are adopted with empty recent events and merchants (``Arena(prefix_widths=...)``).
+EARLIER_ACCOUNT_WIDTHS = (RECENT_EVENTS,)
 #: Short-window velocity features look back this far (ms), at most N_RECENT_EVENTS events.
 VELOCITY_WINDOWS_MS = (600_000, HOUR_MS)
 #: An amount below this is "small" (a card-testing probe is 0.50-2.00 in the simulator).

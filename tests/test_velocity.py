@@ -120,3 +120,26 @@ def test_replay_leaves_velocity_state_unchanged():
     )
     assert (status == 1).all()
     np.testing.assert_array_equal(again, rows)
+
+
+def test_rows_stored_before_velocity_are_adopted():
+    """An account row written by the layout without velocity state keeps its windows and
+    offset after an upgrade, and starts with no recent events or merchants."""
+    from flagstream.features.arena import Arena
+    from flagstream.features.layout import EARLIER_ACCOUNT_WIDTHS, LAST_OFFSET, TOTAL_COUNT
+
+    _, _, rows = run_kernel([(0, k * 60_000, 20.0, k) for k in range(5)], offsets=True)
+    old = rows[0, : EARLIER_ACCOUNT_WIDTHS[0]].tobytes()
+    arena = Arena(new_account_row, loader=lambda key: old, prefix_widths=EARLIER_ACCOUNT_WIDTHS)
+    row = arena.row("c-1")
+    assert arena.refused == 0 and row[TOTAL_COUNT] == 5.0 and row[LAST_OFFSET] == 4.0
+    width = EARLIER_ACCOUNT_WIDTHS[0]
+    np.testing.assert_array_equal(row[width:], new_account_row()[width:])
+    out, status = np.zeros((1, N_FEATURES)), np.zeros(1, np.int8)
+    update_accounts(arena.rows, np.zeros(1, np.int64), np.array([5]), np.array([START + 6 * 60_000]),
+                    np.array([20.0]), np.array([99.0]), np.array([1.0]), out, status)
+    assert status[0] == APPLIED
+    assert out[0, FEATURE_NAMES.index("card_count_1h")] == 1.0  # the old events are not in the ring
+    assert out[0, FEATURE_NAMES.index("is_new_merchant")] == 1.0
+    assert out[0, FEATURE_NAMES.index("amount_to_card_mean")] == 1.0  # from the kept totals
+    assert Arena(new_account_row, loader=lambda key: old).row("c-1")[TOTAL_COUNT] == 0.0  # no prefix: refused
