@@ -36,7 +36,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TypeGuard
 
 import numpy as np
 
@@ -49,10 +48,14 @@ class Arena:
         new_row: Callable[[], np.ndarray],
         loader: Callable[[str], bytes | None] | None = None,
         capacity: int = 1024,
+        prefix_widths: tuple[int, ...] = (),
     ) -> None:
         self.new_row = new_row
         self.loader = loader
         self.capacity = capacity
+        #: Widths of earlier layouts whose fields are a prefix of this one: a stored row of
+        #: such a width is adopted, the fields it lacks taken from a new row.
+        self.prefix_widths = prefix_widths
         #: Stored rows refused because they were not a row of this arena.
         self.refused = 0
         self._template = new_row()
@@ -77,9 +80,9 @@ class Arena:
         if i == len(self.rows):
             grown = np.tile(self._template, (len(self.rows), 1))
             self.rows = np.concatenate([self.rows, grown])
-        stored = self.loader(key) if self.loader is not None else None
-        if self._fits(stored):
-            self.rows[i] = np.frombuffer(stored, dtype=np.float64)
+        stored = self._adopt(self.loader(key) if self.loader is not None else None)
+        if stored is not None:
+            self.rows[i] = stored
         self.index[key] = i
         self.keys.append(key)
         return i
@@ -125,26 +128,37 @@ class Arena:
 
     def put(self, key: str, data: bytes) -> None:
         """Replace a key's row with stored bytes (e.g. a replicated table update)."""
-        if not self._fits(data):
+        row = self._adopt(data)
+        if row is None:
             self.refused += 1
             return
         i = self.index.get(key)
         if i is None:
             i = self._add(key)
-        self.rows[i] = np.frombuffer(data, dtype=np.float64)
+        self.rows[i] = row
 
-    def _fits(self, stored: bytes | None) -> TypeGuard[bytes]:
-        """Whether stored bytes are a row of this arena (a replicated row can be hostile).
+    def _adopt(self, stored: bytes | None) -> np.ndarray | None:
+        """Stored bytes as a row of this arena, or None (a replicated row can be hostile).
 
         A row of the wrong size is never adopted: the key keeps a fresh row and
-        ``refused`` counts it.
+        ``refused`` counts it. A row of an earlier, prefix layout (``prefix_widths``) is
+        extended with the fields of a new row.
+
+        >>> arena = Arena(lambda: np.full(3, 7.0), prefix_widths=(2,))
+        >>> arena._adopt(np.array([1.0, 2.0]).tobytes()).tolist(), arena._adopt(b"x"), arena.refused
+        ([1.0, 2.0, 7.0], None, 1)
         """
         if stored is None:
-            return False
-        if len(stored) != self._template.nbytes:
-            self.refused += 1
-            return False
-        return True
+            return None
+        size = len(stored)
+        if size == self._template.nbytes:
+            return np.frombuffer(stored, dtype=np.float64)
+        if size % 8 == 0 and size // 8 in self.prefix_widths:
+            row = self._template.copy()
+            row[: size // 8] = np.frombuffer(stored, dtype=np.float64)
+            return row
+        self.refused += 1
+        return None
 
     def touch(self, indices: Iterable[int]) -> None:
         self._touched.update(int(i) for i in indices)

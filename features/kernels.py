@@ -35,6 +35,7 @@ from flagstream.features.layout import (
     TOTAL_COUNT,
     TOTAL_SUM,
 )
+from flagstream.features.velocity import card_velocity
 
 
 @njit(inline="always")
@@ -65,13 +66,15 @@ def _ring_window(row, base, n_slots, first, last):
 
 
 @njit
-def update_accounts(rows, row_of, offsets, ts_ms, amounts, id_hashes, out, status):
+def update_accounts(rows, row_of, offsets, ts_ms, amounts, id_hashes, merchant_hashes, out, status):
     """Apply a batch of transactions, in order, to account rows and fill account features.
 
     ``row_of[i]`` is the row of event ``i``; ``out[i, 0:9]`` receives amount, weekend,
     night, and the account's 1/7/30-day count and mean amount (windows include the
     event); ``out[i, 15:17]`` receives seconds since the previous transaction and the
-    amount relative to the 30-day mean before it. ``status[i]`` says whether the event
+    amount relative to the 30-day mean before it; ``out[i, 17:25]`` the card's velocity
+    and novelty (:func:`flagstream.features.velocity.card_velocity`; ``merchant_hashes[i]``
+    identifies the event's merchant). ``status[i]`` says whether the event
     was applied, already applied (offset replay), or a duplicate transaction id.
     Negative offsets skip the replay check.
     """
@@ -103,6 +106,7 @@ def update_accounts(rows, row_of, offsets, ts_ms, amounts, id_hashes, out, statu
         ratio = amount / (s30 / c30) if c30 > 0 else 1.0
         _ring_add(row, HOURLY, N_HOURLY, hour, amount)
         _ring_add(row, DAILY, N_DAILY, day, amount)
+        card_velocity(row, ts, amount, merchant_hashes[i], out, i)
         row[TOTAL_COUNT] += 1.0
         row[TOTAL_SUM] += amount
         row[LAST_TS] = max(row[LAST_TS], ts)
@@ -169,7 +173,7 @@ def warm_up() -> None:
     rows = np.zeros((1, ACCOUNT_WIDTH))
     out = np.zeros((1, N_FEATURES))
     one = np.zeros(1, np.int64)
-    update_accounts(rows, one, one - 1, one, np.ones(1), np.ones(1), out, np.zeros(1, np.int8))
+    update_accounts(rows, one, one - 1, one, np.ones(1), np.ones(1), np.ones(1), out, np.zeros(1, np.int8))
     mrows = np.zeros((1, MERCHANT_WIDTH))
     merchant_features(mrows, one, one, 7, out)
     update_merchants(mrows, one, one, np.zeros(1), np.zeros(1))

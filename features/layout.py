@@ -6,11 +6,19 @@ bucket granularity. Accounts keep 24 hourly buckets (the 1-day window) and 30
 daily buckets (7- and 30-day windows); merchants keep 40 daily buckets of
 ``(count, frauds)``, because their windows end ``MERCHANT_DELAY_DAYS`` back: fraud
 labels arrive late (chargebacks after about a week), so a window that reaches
-today would mostly hold transactions whose labels are not known yet. An account
-row is ``ACCOUNT_WIDTH`` float64 values: 1.6 KB, so a million accounts take 1.6 GB.
+today would mostly hold transactions whose labels are not known yet.
 
->>> ACCOUNT_WIDTH, MERCHANT_WIDTH, len(FEATURE_NAMES)
-(199, 120, 17)
+Accounts also keep their last ``N_RECENT_EVENTS`` (20) events and last
+``N_KNOWN_MERCHANTS`` (32) distinct merchants, for velocity and novelty features: counts
+in the last 10 minutes and hour, small-amount probes in 48 hours, distinct merchants in
+24 hours, whether (and how long ago) the card used this merchant before, and the amount
+relative to the card's mean over its whole history (``TOTAL_SUM``). Both are fixed
+size, so memory per account is bounded: an account row is ``ACCOUNT_WIDTH`` float64
+values, 2.8 KB (1.6 KB of windows, 0.5 KB of recent events, 0.8 KB of merchants), so a
+million accounts take 2.8 GB.
+
+>>> ACCOUNT_WIDTH, ACCOUNT_WIDTH * 8, MERCHANT_WIDTH, len(FEATURE_NAMES)
+(355, 2840, 120, 25)
 >>> float(new_account_row()[LAST_OFFSET])
 -1.0
 """
@@ -36,7 +44,29 @@ HOURLY = RECENT_POS + 1
 N_HOURLY = 24
 DAILY = HOURLY + 3 * N_HOURLY
 N_DAILY = 30
-ACCOUNT_WIDTH = DAILY + 3 * N_DAILY
+# Velocity and novelty (issue #13): the card's last N_RECENT_EVENTS applied events as
+# (epoch ms, amount, merchant hash), slot ``k`` of event number ``k mod N_RECENT_EVENTS``
+# (TOTAL_COUNT says how many are filled), and its last N_KNOWN_MERCHANTS distinct
+# merchants as (merchant hash, epoch ms of the latest use, sequence number of that use;
+# 0: empty slot); a new merchant takes the slot used least recently.
+RECENT_EVENTS = DAILY + 3 * N_DAILY
+N_RECENT_EVENTS = 20
+KNOWN_MERCHANTS = RECENT_EVENTS + 3 * N_RECENT_EVENTS
+N_KNOWN_MERCHANTS = 32
+ACCOUNT_WIDTH = KNOWN_MERCHANTS + 3 * N_KNOWN_MERCHANTS
+#: Widths of earlier account layouts, each a prefix of this one: rows stored by an earlier
+#: version are adopted with empty recent events and merchants (``Arena(prefix_widths=...)``).
+EARLIER_ACCOUNT_WIDTHS = (RECENT_EVENTS,)
+#: Short-window velocity features look back this far (ms), at most N_RECENT_EVENTS events.
+VELOCITY_WINDOWS_MS = (600_000, HOUR_MS)
+#: An amount below this is "small" (a card-testing probe is 0.50-2.00 in the simulator).
+SMALL_AMOUNT = 5.0
+SMALL_WINDOW_MS = 48 * HOUR_MS
+DISTINCT_WINDOW_MS = 24 * HOUR_MS
+#: Days since the card last used the merchant are capped here (and used when it is new).
+MAX_MERCHANT_AGE_DAYS = 30.0
+#: A purchase counts as following probes after this many small ones in the small window.
+PROBES_BEFORE_CASHOUT = 2
 
 # --- merchant rows ----------------------------------------------------------
 M_DAILY = 0
@@ -64,9 +94,19 @@ FEATURE_NAMES = (
     "merchant_fraud_rate_30d",
     "seconds_since_previous",
     "amount_to_30d_mean",
+    "card_count_10m",
+    "card_count_1h",
+    "card_small_count_48h",
+    "card_distinct_merchants_24h",
+    "is_new_merchant",
+    "card_days_since_merchant",
+    "amount_after_probes",
+    "amount_to_card_mean",
 )
 N_FEATURES = len(FEATURE_NAMES)
 N_ACCOUNT_FEATURES = 9  # columns 0..8 come from the account kernel, 9..14 from merchants
+#: First column of the velocity and novelty features (filled by the account kernel).
+VELOCITY = 17
 
 # Outcome of applying one event to account state.
 APPLIED = 0

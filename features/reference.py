@@ -6,12 +6,14 @@ seen in its ring slot (its residue class modulo the ring length) — the ring's 
 approximation, stated here once, in plain Python.
 
 >>> acc = ReferenceAccounts()
->>> feats, status = acc.apply("c-1", offset=-1, ts_ms=0, amount=10.0, id_hash=1)
->>> status, feats["account_count_1d"], feats["seconds_since_previous"]
-(0, 1, 2592000.0)
->>> feats, status = acc.apply("c-1", offset=-1, ts_ms=60_000, amount=30.0, id_hash=2)
+>>> feats, status = acc.apply("c-1", offset=-1, ts_ms=0, amount=10.0, id_hash=1, merchant_hash=5)
+>>> status, feats["account_count_1d"], feats["seconds_since_previous"], feats["is_new_merchant"]
+(0, 1, 2592000.0, 1.0)
+>>> feats, status = acc.apply("c-1", offset=-1, ts_ms=60_000, amount=30.0, id_hash=2, merchant_hash=5)
 >>> feats["account_mean_amount_1d"], feats["seconds_since_previous"], feats["amount_to_30d_mean"]
 (20.0, 60.0, 3.0)
+>>> feats["card_count_10m"], feats["is_new_merchant"], round(feats["card_days_since_merchant"] * 1440)
+(2, 0.0, 1)
 """
 
 from __future__ import annotations
@@ -23,13 +25,21 @@ from flagstream.features.layout import (
     ALREADY_APPLIED,
     APPLIED,
     DAY_MS,
+    DISTINCT_WINDOW_MS,
     DUPLICATE,
     HOUR_MS,
     MAX_GAP_S,
+    MAX_MERCHANT_AGE_DAYS,
     N_DAILY,
     N_HOURLY,
+    N_KNOWN_MERCHANTS,
     N_MERCHANT_DAILY,
+    N_RECENT_EVENTS,
     N_RECENT_IDS,
+    PROBES_BEFORE_CASHOUT,
+    SMALL_AMOUNT,
+    SMALL_WINDOW_MS,
+    VELOCITY_WINDOWS_MS,
 )
 
 
@@ -57,6 +67,7 @@ def _window(events: list[tuple[int, float]], unit: int, ring: int, first: int, l
 class _Account:
     events: list[tuple[int, float]] = field(default_factory=list)
     ids: list[float] = field(default_factory=list)
+    merchants: list[float] = field(default_factory=list)  # merchant hash of each event
     last_offset: int = -1
     last_ts: int = 0
 
@@ -67,7 +78,9 @@ class ReferenceAccounts:
     def __init__(self) -> None:
         self.accounts: dict[str, _Account] = defaultdict(_Account)
 
-    def apply(self, key: str, offset: int, ts_ms: int, amount: float, id_hash: float):
+    def apply(
+        self, key: str, offset: int, ts_ms: int, amount: float, id_hash: float, merchant_hash: float
+    ):
         acc = self.accounts[key]
         if offset >= 0 and offset <= acc.last_offset:
             return None, ALREADY_APPLIED
@@ -79,8 +92,12 @@ class ReferenceAccounts:
         else:
             gap = MAX_GAP_S
         c_before, s_before = _window(acc.events, DAY_MS, N_DAILY, day - 29, day)
+        total = sum(a for _, a in acc.events)
+        usual = amount / (total / len(acc.events)) if acc.events and total > 0 else 1.0
         ratio = amount / (s_before / c_before) if c_before else 1.0
+        novelty = _merchant_novelty(acc, ts_ms, merchant_hash)
         acc.events.append((ts_ms, amount))
+        acc.merchants.append(merchant_hash)
         acc.ids.append(id_hash)
         acc.last_ts = max(acc.last_ts, ts_ms) if len(acc.events) > 1 else ts_ms
         if offset >= 0:
@@ -101,8 +118,45 @@ class ReferenceAccounts:
             "account_mean_amount_30d": s30 / c30 if c30 else 0.0,
             "seconds_since_previous": gap,
             "amount_to_30d_mean": ratio,
+            **novelty,
+            **_velocity(acc, ts_ms, amount),
+            "amount_to_card_mean": usual,
         }
         return features, APPLIED
+
+
+def _merchant_novelty(acc: _Account, ts_ms: int, merchant: float) -> dict[str, float]:
+    """Whether ``merchant`` is among the card's last N_KNOWN_MERCHANTS distinct merchants
+    (before this event), and days since the latest event there."""
+    recent: list[float] = []
+    for i in range(len(acc.merchants) - 1, -1, -1):
+        if len(recent) == N_KNOWN_MERCHANTS:
+            break
+        if acc.merchants[i] == merchant:
+            days = min(max((ts_ms - acc.events[i][0]) / DAY_MS, 0.0), MAX_MERCHANT_AGE_DAYS)
+            return {"is_new_merchant": 0.0, "card_days_since_merchant": days}
+        if acc.merchants[i] not in recent:
+            recent.append(acc.merchants[i])
+    return {"is_new_merchant": 1.0, "card_days_since_merchant": MAX_MERCHANT_AGE_DAYS}
+
+
+def _velocity(acc: _Account, ts_ms: int, amount: float) -> dict[str, float]:
+    """Windows over the last N_RECENT_EVENTS events (this one included), ending at ``ts_ms``."""
+    last = list(zip(acc.events, acc.merchants, strict=True))[-N_RECENT_EVENTS:]
+
+    def within(span: int) -> list[tuple[float, float]]:
+        return [(a, m) for (t, a), m in last if 0 <= ts_ms - t <= span]
+
+    small = sum(1 for a, _ in within(SMALL_WINDOW_MS) if a < SMALL_AMOUNT)
+    small_before = small - (amount < SMALL_AMOUNT)
+    probed = small_before >= PROBES_BEFORE_CASHOUT and amount >= SMALL_AMOUNT
+    return {
+        "card_count_10m": len(within(VELOCITY_WINDOWS_MS[0])),
+        "card_count_1h": len(within(VELOCITY_WINDOWS_MS[1])),
+        "card_small_count_48h": small,
+        "card_distinct_merchants_24h": len({m for _, m in within(DISTINCT_WINDOW_MS)}),
+        "amount_after_probes": amount if probed else 0.0,
+    }
 
 
 class ReferenceMerchants:

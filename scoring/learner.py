@@ -19,7 +19,8 @@ again ends with exactly the weights of a run that was never interrupted.
 >>> import numpy as np
 >>> from flagstream.scoring.handle import ModelHandle
 >>> from flagstream.scoring.linear import LinearChampion
->>> decisions = {"t-1": {"features": [1.0] * 17, "score": 0.5, "merchant_id": "m-1",
+>>> from flagstream.features.layout import N_FEATURES
+>>> decisions = {"t-1": {"features": [1.0] * N_FEATURES, "score": 0.5, "merchant_id": "m-1",
 ...                      "event_time_ms": 0, "scored_at_ms": 0}}
 >>> learner = Learner(ModelHandle(LinearChampion()), decisions.get, clock_ms=lambda: 0)
 >>> out = learner.learn([b'{"transaction_id": "t-1", "label": "fraud", "source": "review"}',

@@ -52,7 +52,7 @@ def transform(matrix: np.ndarray) -> np.ndarray:
     """Model inputs from raw features: log1p of the heavy-tailed columns, then
     ``max(0, amount - knot)`` for each knot.
 
-    >>> transform(np.array([[120.0] + [0.0] * 16]))[0, -5:].tolist()
+    >>> transform(np.array([[120.0] + [0.0] * (N_FEATURES - 1)]))[0, -5:].tolist()
     [70.0, 20.0, 0.0, 0.0, 0.0]
     """
     raw = np.array(matrix, dtype=np.float64, ndmin=2)

@@ -18,9 +18,26 @@ import numpy as np
 
 from flagstream.features.layout import FEATURE_NAMES
 
+_CARD_VELOCITY = {
+    "card_count_10m": lambda v: f"{v:.0f} transactions on this card in 10 minutes",
+    "card_count_1h": lambda v: f"{v:.0f} transactions on this card in 1 hour",
+    "card_small_count_48h": lambda v: f"{v:.0f} small-amount transactions (under 5) on this card in 48 h",
+    "card_distinct_merchants_24h": lambda v: f"{v:.0f} different merchants on this card in 24 h",
+    "is_new_merchant": lambda v: "merchant new to this card" if v else "merchant this card used before",
+    "card_days_since_merchant": lambda v: (
+        "no recent purchase at this merchant" if v >= 30 else f"{v:.1f} days since this card last bought here"
+    ),
+    "amount_after_probes": lambda v: f"purchase of {v:,.2f} after small-amount probes on this card",
+    "amount_to_card_mean": lambda v: f"amount {v:.1f}× this card's average since its first transaction",
+}
+
 
 def describe(name: str, value: float) -> str:
-    """One feature value as a sentence fragment a reviewer understands."""
+    """One feature value as a sentence fragment a reviewer understands.
+
+    >>> describe("card_small_count_48h", 4.0)
+    '4 small-amount transactions (under 5) on this card in 48 h'
+    """
     if name == "amount":
         return f"amount {value:,.2f}"
     if name == "is_weekend":
@@ -35,6 +52,8 @@ def describe(name: str, value: float) -> str:
         if value < 3_600:
             return f"{value / 60:.0f} min since this card's previous transaction"
         return f"{value / 3_600:.1f} h since this card's previous transaction"
+    if name in _CARD_VELOCITY:
+        return _CARD_VELOCITY[name](value)
     entity, what, span = name.split("_", 2)[0], name.split("_", 1)[1].rsplit("_", 1)[0], name[-3:]
     days = span.rstrip("d").lstrip("_")
     period = "1 day" if days == "1" else f"{days} days"

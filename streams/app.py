@@ -19,7 +19,7 @@ import faust
 from faust.types import TopicT
 
 from flagstream.features.arena import Arena
-from flagstream.features.layout import new_account_row, new_merchant_row
+from flagstream.features.layout import EARLIER_ACCOUNT_WIDTHS, new_account_row, new_merchant_row
 from flagstream.features.merchants import MerchantState
 from flagstream.scoring.handle import ModelHandle
 from flagstream.scoring.linear import LinearChampion
@@ -186,7 +186,11 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
         """An account's stored row, from the partition the account lives on."""
         return read_row(accounts_table, partition_for(key, n), key.encode())
 
-    accounts = Arena(new_account_row, loader=load_account if accounts_table is not None else None)
+    accounts = Arena(
+        new_account_row,
+        loader=load_account if accounts_table is not None else None,
+        prefix_widths=EARLIER_ACCOUNT_WIDTHS,
+    )
     merchants = MerchantState(
         Arena(new_merchant_row, loader=lambda key: merchant_table.get(key.encode()))
     )

@@ -212,7 +212,7 @@ class ScoringCore:
         status = np.zeros(n, np.int8)
         update_accounts(
             self.accounts.rows, rows, offs, batch.timestamps_ms, batch.amounts, hashes,
-            features, status,
+            id_hashes(batch.merchant_ids), features, status,
         )
         self.merchants.fill_features(batch.merchant_ids, batch.timestamps_ms, features)
         applied = np.flatnonzero(status == APPLIED)

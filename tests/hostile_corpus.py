@@ -29,6 +29,8 @@ from typing import NamedTuple
 
 import orjson
 
+from flagstream.features.layout import N_FEATURES
+
 #: Outcomes a transaction case expects from the scorer (None: either is acceptable).
 DECIDED, REJECTED = "decided", "rejected"
 MAX_RECORD_BYTES = 16_384
@@ -168,7 +170,7 @@ DECISION = {
     "transaction_id": "t-000001", "account_id": "c-42", "merchant_id": "m-7", "amount": 57.16,
     "event_time": "2018-04-01T00:07:56Z", "event_time_ms": 1_522_541_276_000, "score": 0.42,
     "threshold": 0.5, "decision": "approve", "model_version": "lr-000001",
-    "scored_at_ms": SCORED_AT_MS, "features": [1.0] * 17,
+    "scored_at_ms": SCORED_AT_MS, "features": [1.0] * N_FEATURES,
 }
 FLAGGED = {
     **DECISION, "decision": "review", "score": 0.93,
@@ -456,18 +458,18 @@ DECISIONS: list[Case] = [
     *(Case(f"missing_{field}", decision(**{field: DROP}))
       for field in ("features", "score", "merchant_id", "event_time_ms", "scored_at_ms")),
     *(Case(f"features_{n}_long", decision(features=[1.0] * n)) for n in (0, 1, 16, 18, 10_000)),
-    Case("features_strings", decision(features=["1.0"] * 17)),
-    Case("features_nulls", decision(features=[None] * 17)),
-    Case("features_bools", decision(features=[True] * 17)),
-    Case("features_nested", decision(features=[[1.0]] * 17)),
-    Case("features_objects", decision(features=[{}] * 17)),
-    Case("features_object", decision(features={str(i): 1.0 for i in range(17)})),
-    Case("features_string", decision(features="1" * 17)),
-    Case("features_NaN_literal", decision(features=Raw(b"[" + b",".join([b"NaN"] * 17) + b"]"))),
-    Case("features_max_double", decision(features=[1e308] * 17)),
-    Case("features_min_double", decision(features=[-1e308] * 17)),
-    Case("features_subnormal", decision(features=[5e-324] * 17)),
-    Case("features_u64", decision(features=[2**64 - 1] * 17)),
+    Case("features_strings", decision(features=["1.0"] * N_FEATURES)),
+    Case("features_nulls", decision(features=[None] * N_FEATURES)),
+    Case("features_bools", decision(features=[True] * N_FEATURES)),
+    Case("features_nested", decision(features=[[1.0]] * N_FEATURES)),
+    Case("features_objects", decision(features=[{}] * N_FEATURES)),
+    Case("features_object", decision(features={str(i): 1.0 for i in range(N_FEATURES)})),
+    Case("features_string", decision(features="1" * N_FEATURES)),
+    Case("features_NaN_literal", decision(features=Raw(b"[" + b",".join([b"NaN"] * N_FEATURES) + b"]"))),
+    Case("features_max_double", decision(features=[1e308] * N_FEATURES)),
+    Case("features_min_double", decision(features=[-1e308] * N_FEATURES)),
+    Case("features_subnormal", decision(features=[5e-324] * N_FEATURES)),
+    Case("features_u64", decision(features=[2**64 - 1] * N_FEATURES)),
     Case("features_mixed_extremes", decision(features=[1e308, -1e308, 5e-324, -0.0, 2**63 - 1] * 3 + [0, 0])),
     Case("score_above_one", decision(score=1.5)),
     Case("score_negative", decision(score=-0.1)),
@@ -547,7 +549,7 @@ FLAGS: list[Case] = [
     Case("reasons_text_number", flagged(reasons=[{"text": 5}])),
     Case("reasons_nested_lists", flagged(reasons=[[{"text": "x"}]])),
     Case("reasons_object", flagged(reasons={"text": "x"})),
-    Case("features_list", flagged(features=[1.0] * 17)),
+    Case("features_list", flagged(features=[1.0] * N_FEATURES)),
     Case("score_huge", flagged(score=1e308)),
     Case("score_minus_huge", flagged(score=-1e308)),
     Case("scored_at_huge", flagged(scored_at_ms=1e308)),

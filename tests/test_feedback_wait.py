@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from flagstream.codec import dumps, loads
+from flagstream.features.layout import N_FEATURES
 from flagstream.scoring.feedback_wait import NEVER_ARRIVED, WAIT_FULL, WaitingRoom
 from flagstream.scoring.handle import ModelHandle
 from flagstream.scoring.label_ledger import DictMemory, HourlyBudget, LabelLedger
@@ -26,7 +27,7 @@ class Clock:
 
 def decision(i: int, at_ms: int) -> dict:
     rng = np.random.default_rng(i)
-    return {"features": rng.random(17).round(4).tolist(), "score": 0.5, "merchant_id": f"m-{i}",
+    return {"features": rng.random(N_FEATURES).round(4).tolist(), "score": 0.5, "merchant_id": f"m-{i}",
             "event_time_ms": at_ms, "scored_at_ms": at_ms, "decision": "review"}
 
 

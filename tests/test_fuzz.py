@@ -512,7 +512,8 @@ def check_learned(out, n: int) -> None:
 
 
 PROBE = np.array([[57.16, 0.0, 1.0, 1.0, 57.16, 3.0, 40.0, 9.0, 45.0, 10.0, 0.0, 60.0, 0.01, 300.0,
-                   0.02, 3_600.0, 1.2], [0.0] * N_FEATURES, [1.0] * N_FEATURES])
+                   0.02, 3_600.0, 1.2, 1.0, 2.0, 0.0, 2.0, 1.0, 30.0, 0.0, 1.1],
+                  [0.0] * N_FEATURES, [1.0] * N_FEATURES])
 
 
 def scores_finitely(model) -> bool:

@@ -28,6 +28,7 @@ events = st.lists(
         st.floats(0.01, 5_000, allow_nan=False),  # amount
         st.integers(0, 12),  # id hash: small range makes duplicates likely
         st.booleans(),  # carries an offset?
+        st.integers(0, 6),  # merchant hash
     ),
     max_size=60,
 )
@@ -50,11 +51,14 @@ def test_account_kernel_matches_reference(batch, sort_by_time):
     # replay the first few offsets again at the end: they must be recognised
     out = np.zeros((n, N_FEATURES))
     status = np.zeros(n, np.int8)
-    update_accounts(rows, row_of, offsets, ts, amounts, hashes, out, status)
+    merchants = np.array([float(e[5]) for e in batch])
+    update_accounts(rows, row_of, offsets, ts, amounts, hashes, merchants, out, status)
 
     ref = ReferenceAccounts()
     for i, e in enumerate(batch):
-        feats, ref_status = ref.apply(str(e[0]), int(offsets[i]), int(ts[i]), e[2], float(e[3]))
+        feats, ref_status = ref.apply(
+            str(e[0]), int(offsets[i]), int(ts[i]), e[2], float(e[3]), float(e[5])
+        )
         assert status[i] == ref_status, i
         if ref_status == APPLIED:
             expected = [feats[FEATURE_NAMES[c]] for c in ACCOUNT_COLUMNS]
@@ -70,6 +74,7 @@ def test_replayed_offsets_are_not_applied_twice():
         START + np.arange(n, dtype=np.int64) * 1000,
         np.ones(n),
         np.arange(n, dtype=np.float64),
+        np.full(n, 3.0),
     )
     out, status = np.zeros((n, N_FEATURES)), np.zeros(n, np.int8)
     update_accounts(rows, *args, out, status)

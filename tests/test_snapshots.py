@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from flagstream.codec import dumps, loads
+from flagstream.features.layout import N_FEATURES
 from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.snapshots import (
     IntegrityError,
@@ -25,7 +26,7 @@ STATE = LinearChampion(learning_rate=0.1).to_state()
 def test_round_trip_keeps_the_model_state_exactly():
     model = LinearChampion()
     rng = np.random.default_rng(0)
-    for x in rng.random((50, 17)) * 100:
+    for x in rng.random((50, N_FEATURES)) * 100:
         model.learn_one(x, int(x[0] > 50))
     payload = {"state": model.to_state(), "offsets": {0: 5, 12: 7}, "arr": np.arange(3)}
     back = unseal(seal(payload, b"k"), b"k")

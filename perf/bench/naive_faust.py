@@ -29,7 +29,7 @@ import logging
 import os
 import sys
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 import faust
 import numpy as np
@@ -38,12 +38,20 @@ from flagstream.codec import decode_object, dumps, loads
 from flagstream.errors import InvalidRecord
 from flagstream.features.layout import (
     DAY_MS,
+    DISTINCT_WINDOW_MS,
     FEATURE_NAMES,
     HOUR_MS,
     MAX_GAP_S,
+    MAX_MERCHANT_AGE_DAYS,
     N_DAILY,
     N_HOURLY,
+    N_KNOWN_MERCHANTS,
+    N_RECENT_EVENTS,
     N_RECENT_IDS,
+    PROBES_BEFORE_CASHOUT,
+    SMALL_AMOUNT,
+    SMALL_WINDOW_MS,
+    VELOCITY_WINDOWS_MS,
 )
 from flagstream.scoring.handle import model_from_state
 from flagstream.scoring.linear import LinearChampion
@@ -77,26 +85,59 @@ def _ring_window(ring: list[float], n_slots: int, first: int, last: int) -> tupl
 
 
 class NaiveAccount:
-    """One account's state in plain Python: counters, two rings, recent ids."""
+    """One account's state in plain Python: counters, two rings, recent ids, recent events
+    and merchants."""
 
-    __slots__ = ("count", "last_ts", "hourly", "daily", "recent")
+    __slots__ = ("count", "total", "last_ts", "hourly", "daily", "recent", "events", "merchants")
 
     def __init__(self) -> None:
         self.count = 0
+        self.total = 0.0
         self.last_ts = 0.0
         self.hourly = [-1.0, 0.0, 0.0] * N_HOURLY
         self.daily = [-1.0, 0.0, 0.0] * N_DAILY
         self.recent: deque[str] = deque(maxlen=N_RECENT_IDS)
+        self.events: deque[tuple[int, float, str]] = deque(maxlen=N_RECENT_EVENTS)
+        self.merchants: OrderedDict[str, int] = OrderedDict()  # least recently used first
 
-    def apply(self, ts: int, amount: float) -> list[float]:
-        """Add one transaction; its 17 features (merchant columns zero)."""
+    def velocity(self, ts: int, amount: float, merchant: str) -> list[float]:
+        """Add one transaction to the recent events and merchants; its 8 velocity features
+        (call it before ``count`` and ``total`` count the transaction)."""
+        usual = amount / (self.total / self.count) if self.count and self.total > 0 else 1.0
+        last = self.merchants.pop(merchant, None)
+        if last is None:
+            new, age = 1.0, MAX_MERCHANT_AGE_DAYS
+            if len(self.merchants) == N_KNOWN_MERCHANTS:
+                self.merchants.popitem(last=False)
+        else:
+            new, age = 0.0, min(max((ts - last) / DAY_MS, 0.0), MAX_MERCHANT_AGE_DAYS)
+        self.merchants[merchant] = ts
+        self.events.append((ts, amount, merchant))
+        back = [(ts - t, a, m) for t, a, m in self.events if t <= ts]
+        small = sum(1.0 for b, a, _ in back if b <= SMALL_WINDOW_MS and a < SMALL_AMOUNT)
+        probed = small - (amount < SMALL_AMOUNT) >= PROBES_BEFORE_CASHOUT and amount >= SMALL_AMOUNT
+        return [
+            float(sum(1 for b, _, _ in back if b <= VELOCITY_WINDOWS_MS[0])),
+            float(sum(1 for b, _, _ in back if b <= VELOCITY_WINDOWS_MS[1])),
+            small,
+            float(len({m for b, _, m in back if b <= DISTINCT_WINDOW_MS})),
+            new,
+            age,
+            amount if probed else 0.0,
+            usual,
+        ]
+
+    def apply(self, ts: int, amount: float, merchant: str = "") -> list[float]:
+        """Add one transaction; its features (merchant columns zero)."""
         hour, day = ts // HOUR_MS, ts // DAY_MS
         gap = min(max((ts - self.last_ts) / 1000.0, 0.0), MAX_GAP_S) if self.count else MAX_GAP_S
         c30, s30 = _ring_window(self.daily, N_DAILY, day - 29, day)
         ratio = amount / (s30 / c30) if c30 > 0 else 1.0
         _ring_add(self.hourly, N_HOURLY, hour, amount)
         _ring_add(self.daily, N_DAILY, day, amount)
+        velocity = self.velocity(ts, amount, merchant)
         self.count += 1
+        self.total += amount
         self.last_ts = max(self.last_ts, float(ts))
         c1, s1 = _ring_window(self.hourly, N_HOURLY, hour - 23, hour)
         c7, s7 = _ring_window(self.daily, N_DAILY, day - 6, day)
@@ -107,7 +148,7 @@ class NaiveAccount:
             c1, s1 / c1 if c1 > 0 else 0.0, c7, s7 / c7 if c7 > 0 else 0.0,
             c30, s30 / c30 if c30 > 0 else 0.0,
             0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-            gap, ratio,
+            gap, ratio, *velocity,
         ]
 
 
@@ -162,7 +203,7 @@ def build_app(settings: Settings, model_path: str | None) -> faust.App:
                 await dlq.send(key=msg.key, value=dumps(letter), headers=headers("duplicate_transaction"))
                 continue
             account.recent.append(tx)
-            features = account.apply(ts, amount)
+            features = account.apply(ts, amount, obj["merchant_id"])
             p = model.predict_one(np.asarray(features))  # River predict_proba_one
             rounded = [round(v, 6) for v in features]
             decision = {
