@@ -7,7 +7,7 @@ to import is an error that says why, never a subcommand that silently disappears
 >>> build_parser("worker").parse_args(["worker", "--role", "learner"]).role
 'learner'
 >>> sorted(COMMANDS)[:4]
-['backtest', 'config', 'demo', 'models']
+['api', 'backtest', 'config', 'demo']
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ import asyncio
 import base64
 import time
 from collections import OrderedDict
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 
 from flagstream.codec import JSONDecodeError, dumps, loads
@@ -214,3 +215,48 @@ def dead_letter_of(value: bytes | None) -> tuple[str, str, str] | None:
         return None
     detail = letter.get("detail")
     return tx, reason, detail if isinstance(detail, str) else ""
+
+
+def is_fallback(value: object) -> bool:
+    """Whether a record (raw or decoded) from ``scores`` is a fallback the API recorded."""
+    if isinstance(value, bytes | bytearray):
+        if b'"fallback":true' not in value:
+            return False
+        try:
+            value = loads(value)
+        except JSONDecodeError:
+            return False
+    return isinstance(value, dict) and value.get("fallback") is True
+
+
+def first_on_scores(table: MutableMapping, keys: Sequence[bytes | None],
+                    values: Sequence[bytes | None], parsed: list) -> tuple[list, int]:
+    """The learner's rule for the API's records: the first record per transaction id counts.
+
+    A fallback is kept in ``table`` (the learner's decisions, by transaction id) only when
+    no decision is there: it marks the transaction as decided, never learned from. A
+    decision of the API's (``origin`` ``api``) that finds a fallback there came too late
+    and is ignored. Returns ``parsed`` with those records set to None, and how many.
+
+    >>> table = {}
+    >>> late = {"transaction_id": "t-1", "origin": "api", "decision": "approve"}
+    >>> fb = dumps(fallback_record({"transaction_id": "t-1"}, "review", 0))
+    >>> first_on_scores(table, [b"t-1", b"t-1"], [fb, dumps(late)], [fb, late])
+    ([None, None], 2)
+    >>> is_fallback(table[b"t-1"])
+    True
+    """
+    out, settled = list(parsed), 0
+    for i, (key, value) in enumerate(zip(keys, values, strict=True)):
+        if not key:
+            continue
+        if isinstance(out[i], dict) and out[i].get("origin") != ORIGIN:
+            continue  # (a stream decision: no lookup on the hot path)
+        if is_fallback(value):
+            if table.get(key[:256]) is None:
+                table[key[:256]] = value
+        elif not (isinstance(out[i], dict) and is_fallback(table.get(key[:256]))):
+            continue
+        out[i] = None
+        settled += 1
+    return out, settled
