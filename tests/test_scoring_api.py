@@ -268,3 +268,19 @@ def test_the_first_record_on_scores_is_the_one_the_learner_counts():
     out, settled = first_on_scores(table, [b"t-2", b"t-3"], [fallback, dumps(real)], [fallback, real])
     assert out == [None, real] and settled == 1 and not is_fallback(table[b"t-2"])
     assert b"t-3" not in table  # (the learner stores real decisions itself)
+
+
+def test_a_label_for_a_fallback_decision_is_refused_with_its_reason():
+    from flagstream.scoring.handle import ModelHandle
+    from flagstream.scoring.learner import Learner
+    from flagstream.scoring.linear import LinearChampion
+    from flagstream.streams.api_answers import fallback_record
+
+    decisions = {"t-1": fallback_record(tx(1), "review", 1_000_000)}
+    learner = Learner(ModelHandle(LinearChampion()), decisions.get, clock_ms=lambda: 1_000_000,
+                      publish_each_batch=False)
+    before = dumps(learner.handle.model.to_state())
+    label = dumps({"transaction_id": "t-1", "label": "fraud", "source": "review", "reviewer": "ana"})
+    out = learner.learn([label], [0], 0)
+    assert [r.reason for r in out.rejections] == ["fallback_decision"] and out.learned == 0
+    assert dumps(learner.handle.model.to_state()) == before
