@@ -40,7 +40,8 @@ from dataclasses import dataclass
 
 from flagstream.codec import JSONDecodeError, dumps, loads
 from flagstream.streams.config import Settings
-from flagstream.streams.schema import validate_transactions
+from flagstream.errors import InvalidRecord
+from flagstream.streams.schema import parse_timestamp_ms, validate_transactions
 
 #: What an answer carries, taken from the decision record.
 ANSWER_FIELDS = ("transaction_id", "decision", "score", "threshold", "model_version", "reasons")
@@ -124,12 +125,17 @@ def answer_of(record: object) -> dict | None:
 
 def fallback_record(record: dict, decision: str, now_ms: int | None = None) -> dict:
     """The record of a fallback decision for ``scores`` (no score: nothing was scored)."""
+    try:
+        event_time_ms: int | None = parse_timestamp_ms(record.get("timestamp"))
+    except InvalidRecord:
+        event_time_ms = None
     return {
         "transaction_id": record.get("transaction_id"),
         "account_id": record.get("account_id"),
         "merchant_id": record.get("merchant_id"),
         "amount": record.get("amount"),
         "event_time": record.get("timestamp"),
+        "event_time_ms": event_time_ms,
         "decision": decision,
         "score": None,
         "threshold": None,
