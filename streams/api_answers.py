@@ -39,8 +39,8 @@ from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 
 from flagstream.codec import JSONDecodeError, dumps, loads
-from flagstream.streams.config import Settings
 from flagstream.errors import InvalidRecord
+from flagstream.streams.config import Settings
 from flagstream.streams.schema import parse_timestamp_ms, validate_transactions
 
 #: What an answer carries, taken from the decision record.
