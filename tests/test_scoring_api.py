@@ -284,3 +284,23 @@ def test_a_label_for_a_fallback_decision_is_refused_with_its_reason():
     out = learner.learn([label], [0], 0)
     assert [r.reason for r in out.rejections] == ["fallback_decision"] and out.learned == 0
     assert dumps(learner.handle.model.to_state()) == before
+
+
+def test_the_bench_caller_counts_each_calls_outcome():
+    from flagstream.perf.bench.api_contender import call_at_rate
+    from flagstream.perf.bench.workload import Record
+
+    async def go():
+        c, link, _ = await client()
+        try:
+            url = str(c.make_url("/v1/score"))
+            records = [Record(b"c", dumps(tx(i)), 0, f"t-{i}") for i in range(6)]
+            records.append(Record(b"c", b"junk", 0, "junk"))
+            lat, outcomes, sent = await call_at_rate(url, records, rate=1_000, key=KEY)
+            assert dict(outcomes) == {"200": 6, "400": 1}
+            assert sorted(lat) == sorted(f"t-{i}" for i in range(6)) and len(sent) == 7
+            _, refused, _ = await call_at_rate(url, records[:2], rate=1_000, key="wrong-key-000000000")
+            assert dict(refused) == {"401": 2}
+        finally:
+            await c.close()
+    run(go())
