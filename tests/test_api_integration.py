@@ -132,3 +132,43 @@ def test_past_the_deadline_the_first_record_on_scores_is_the_answer(settings, wo
     assert answer == answer_of(records[0]) and retry == answer
     if answer["fallback"]:
         assert answer["decision"] == "approve" and answer["score"] is None
+
+
+def test_a_killed_workers_accounts_are_answered_again_after_the_rebalance(settings, worker_factory, tmp_path):
+    state = trained_champion()
+    version = publish_champion(settings, state)
+    first_worker = worker_factory()
+    wait_until(lambda: serving_version(first_worker) == version, 60, "the champion in use", first_worker)
+    s = settings.with_(api_key=Secret(KEY), api_deadline_ms=120_000)
+    # an account on every partition, so whichever partitions the killed worker held are asked for
+    accounts = [f"c-k{i}" for i in range(12)]
+    # (merchants of their own: merchant state reaches the scorer asynchronously, so the
+    # second transactions must not share a merchant with anything scored before)
+    before = [{**transaction(100 + i, 40.0, a), "merchant_id": f"m-b{i}"} for i, a in enumerate(accounts)]
+    after = [{**transaction(200 + i, 45.0, a), "merchant_id": f"m-a{i}"} for i, a in enumerate(accounts)]
+
+    async def call_all(client: TestClient, txs: list[dict]) -> list[dict]:
+        r = await client.post("/v1/score/batch", data=dumps(txs), headers=AUTH)
+        assert r.status == 200, await r.text()
+        return (await r.json())["results"]
+
+    async def scenario() -> tuple[list[dict], list[dict]]:
+        client, link = await running_api(s)
+        try:
+            answered_before = await call_all(client, before)
+            second_worker = worker_factory(data_dir=str(tmp_path / "second"))
+            wait_until(lambda: serving_version(second_worker) == version, 60, "the second worker",
+                       second_worker)
+            first_worker.kill()  # its partitions move to the second worker after the session timeout
+            answered_after = await call_all(client, after)
+        finally:
+            await stop(client, link)
+        return answered_before, answered_after
+
+    answered_before, answered_after = asyncio.run(scenario())
+    assert all(x["status"] == 200 and not x["fallback"] for x in answered_before + answered_after)
+    # each account's second transaction saw its first: the state moved with the partition
+    want = in_process([before + after], [state], [settings.threshold])
+    for answer in answered_before + answered_after:
+        assert answer["score"] == want[answer["transaction_id"]]["score"], answer["transaction_id"]
+        assert answer["decision"] == want[answer["transaction_id"]]["decision"]
