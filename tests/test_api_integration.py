@@ -7,18 +7,21 @@ test server); the worker is a ``flagstream worker`` subprocess.
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from kafka_helpers import produce, read_topic
+from kafka_helpers import free_port, produce, read_topic
 from model_helpers import decided, in_process, publish_champion, serving_version, wait_until
 from test_pipeline_integration import trained_champion, transaction
 
 from flagstream.codec import dumps, loads
+from flagstream.scoring.model_key import KEY_FILE
 from flagstream.streams.api_answers import AnswerBook, answer_of
 from flagstream.streams.api_kafka import KafkaLink
 from flagstream.streams.api_service import ScoringApi
 from flagstream.streams.config import Secret, Settings
+from flagstream.streams.topics import partition_for
 
 pytestmark = pytest.mark.integration
 
@@ -142,6 +145,7 @@ def test_a_killed_workers_accounts_are_answered_again_after_the_rebalance(settin
     s = settings.with_(api_key=Secret(KEY), api_deadline_ms=120_000)
     # an account on every partition, so whichever partitions the killed worker held are asked for
     accounts = [f"c-k{i}" for i in range(12)]
+    assert {partition_for(a, settings.partitions) for a in accounts} == set(range(settings.partitions))
     # (merchants of their own: merchant state reaches the scorer asynchronously, so the
     # second transactions must not share a merchant with anything scored before)
     before = [{**transaction(100 + i, 40.0, a), "merchant_id": f"m-b{i}"} for i, a in enumerate(accounts)]
@@ -156,7 +160,10 @@ def test_a_killed_workers_accounts_are_answered_again_after_the_rebalance(settin
         client, link = await running_api(s)
         try:
             answered_before = await call_all(client, before)
-            second_worker = worker_factory(data_dir=str(tmp_path / "second"))
+            second = tmp_path / "second"  # its own tables, the same model signing key
+            second.mkdir()
+            shutil.copy(settings.data_path / KEY_FILE, second / KEY_FILE)
+            second_worker = worker_factory(data_dir=str(second), web_port=free_port())
             wait_until(lambda: serving_version(second_worker) == version, 60, "the second worker",
                        second_worker)
             first_worker.kill()  # its partitions move to the second worker after the session timeout
