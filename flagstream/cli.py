@@ -7,7 +7,7 @@ to import is an error that says why, never a subcommand that silently disappears
 >>> build_parser("worker").parse_args(["worker", "--role", "learner"]).role
 'learner'
 >>> sorted(COMMANDS)[:4]
-['backtest', 'config', 'demo', 'models']
+['api', 'backtest', 'config', 'demo']
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from flagstream.errors import ConfigurationError
 #: subcommand → (module with ``add_arguments(parser)`` and ``run(args)``, one-line help)
 COMMANDS = {
     "worker": ("flagstream.streams.worker", "run a scoring/learning worker (Faust)"),
+    "api": ("flagstream.streams.api_cli", "serve the synchronous scoring API (POST /v1/score)"),
     "config": ("flagstream.streams.settings_cli", "print the effective settings (secrets masked)"),
     "models": ("flagstream.streams.models_cli", "list, show, promote and roll back model versions"),
     "review-tokens": ("flagstream.streams.review_access",

@@ -225,6 +225,10 @@ class Learner:
             out.rejections.extend(self._no_decision(raw, index, transaction_id, at, now, out,
                                                     may_wait))
             return
+        if isinstance(decision, dict) and decision.get("fallback") is True:
+            out.rejections.append(Rejection(  # (the scoring API's, see the README)
+                index, "fallback_decision", "decided by the API's fallback: nothing scored to learn from"))
+            return
         try:
             check_decision(decision, N_FEATURES)
         except InvalidRecord as exc:

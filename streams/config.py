@@ -129,6 +129,26 @@ class Settings:
     #: Mark the review page's cookies ``Secure`` although the worker speaks plain HTTP: set
     #: it behind a proxy that terminates TLS (browsers then send them over HTTPS only).
     web_secure_cookies: bool = False
+    # --- the scoring API (``flagstream api``, :mod:`flagstream.streams.api_service`) -------
+    #: Where the API listens; bound to localhost unless configured.
+    api_host: str = "127.0.0.1"
+    api_port: int = 6070
+    #: The key every API call sends as ``Authorization: Bearer <key>`` (at least 16
+    #: characters). Unset, ``flagstream api`` refuses to start.
+    api_key: Secret = field(default_factory=Secret)
+    #: How long a call waits for its decision before the fallback answers, milliseconds.
+    api_deadline_ms: int = 250
+    #: The fallback decision (``review`` or ``approve``): returned with ``"fallback": true``
+    #: and recorded on ``scores`` when no decision arrives before the deadline.
+    api_fallback: str = "review"
+    #: Largest request body, bytes (413 beyond), and most transactions in one batch call.
+    api_max_body_bytes: int = 1_048_576
+    api_max_batch: int = 500
+    #: Decisions remembered for retries (each transaction id's first record on ``scores``).
+    api_answers: int = 100_000
+    #: At start the API reads ``scores`` from this far back, so that retries of recent
+    #: transactions get their first answer after a restart, seconds.
+    api_lookback_s: float = 300.0
     #: Largest accepted transaction record, bytes.
     max_record_bytes: int = 16_384
     #: Deepest accepted JSON nesting.
@@ -244,6 +264,13 @@ class Settings:
         if self.review_token and len(self.review_token.reveal()) < MIN_TOKEN_LENGTH:
             raise ConfigurationError(f"FLAGSTREAM_REVIEW_TOKEN must be at least {MIN_TOKEN_LENGTH} "
                                      "characters (or unset: reviewers get their own tokens)")
+        if self.api_key and len(self.api_key.reveal()) < MIN_TOKEN_LENGTH:
+            raise ConfigurationError(f"FLAGSTREAM_API_KEY must be at least {MIN_TOKEN_LENGTH} characters")
+        if self.api_fallback not in ("review", "approve"):
+            raise ConfigurationError("FLAGSTREAM_API_FALLBACK must be review or approve")
+        if self.api_deadline_ms <= 0 or self.api_max_batch < 1 or self.api_answers < 1:
+            raise ConfigurationError("FLAGSTREAM_API_DEADLINE_MS, FLAGSTREAM_API_MAX_BATCH and "
+                                     "FLAGSTREAM_API_ANSWERS must be positive")
         if self.review_session_lifetime_s <= 0:
             raise ConfigurationError("FLAGSTREAM_REVIEW_SESSION_LIFETIME_S must be positive")
         self._check_operating_point()

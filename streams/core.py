@@ -54,6 +54,8 @@ CONTEXT_SHAPES = {
     "currency": re.compile(r"[A-Z]{3}"),
     "channel": re.compile(r"[a-z_]{1,16}"),
     "country": re.compile(r"[A-Z]{2}"),
+    # set by the scoring API on what it produces (flagstream.streams.api_answers.ORIGIN)
+    "origin": re.compile(r"api"),
 }
 CONTEXT_FIELDS = tuple(CONTEXT_SHAPES)
 
@@ -278,11 +280,16 @@ class ScoringCore:
         outcome.indices.extend([batch.indices[i] for i in rows])
         outcome.decisions.extend(decisions)
         outcome.declined += int(np.count_nonzero(routes == "decline"))
-        flagged_rows = np.flatnonzero(routes == "review")  # declines need nobody's review
-        if len(flagged_rows):
-            contributions = self.handle.model.contributions(features[flagged_rows])
-            for k, j in enumerate(flagged_rows.tolist()):
+        # reasons for every decision that is not an approval (the API answers with them);
+        # only reviews are flagged (declines need nobody's review)
+        explained = np.flatnonzero(routes != "approve")
+        if len(explained):
+            contributions = self.handle.model.contributions(features[explained])
+            for k, j in enumerate(explained.tolist()):
+                reasons = decisions[j]["reasons"] = explain(features[j], contributions[k])
+                if route_list[j] != "review":
+                    continue
                 flagged = dict(decisions[j])
-                flagged["reasons"] = explain(features[j], contributions[k])
+                flagged["reasons"] = reasons
                 flagged["features"] = dict(zip(FEATURE_NAMES, feature_lists[j], strict=True))
                 outcome.flagged.append(flagged)

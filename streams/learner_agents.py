@@ -36,6 +36,7 @@ from flagstream.features.merchants import MerchantActivity
 from flagstream.scoring.challengers import parse_decision
 from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.sinks.dead_letter import dead_letter, dead_letter_key, headers
+from flagstream.streams.api_answers import first_on_scores
 from flagstream.streams.app import Pipeline
 from flagstream.streams.compat.internals import current_event, kafka_producer
 from flagstream.streams.delivery import deliver, send_activity
@@ -67,6 +68,8 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
             await rt.ensure_ready()
             for group in records_by_partition(events).values():
                 parsed = [parse_decision(v) for v in group.values]
+                with current_event(group.events[-1]):
+                    parsed, settled = first_on_scores(decisions, group.keys, group.values, parsed)
                 usable = [(k, v) for k, v in zip(group.keys, parsed, strict=True)
                           if isinstance(v, dict) and k]
                 rt.learner.shadow.annotate([v for _, v in usable])
@@ -79,8 +82,8 @@ def register_learner(p: Pipeline, rt: LearnerRuntime) -> None:
                     for key, _ in usable:
                         rt.waiting.arrived(key[:256].decode(errors="replace"))
                 rt.metrics.recorded.inc(len(usable))
-                if len(usable) < len(group):  # not a decision the scorer wrote: never learned from
-                    refused = len(group) - len(usable)
+                if len(usable) + settled < len(group):  # not a decision the scorer wrote: never learned from
+                    refused = len(group) - len(usable) - settled
                     log.warning("ignored %d records on %s that are not decisions", refused,
                                 group.topic)
                     p.metrics.dead_letters.labels(topic=group.topic, reason="invalid_decision").inc(

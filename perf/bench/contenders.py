@@ -6,7 +6,7 @@ prefix, partitions, threshold, ...) and consumes its own pre-loaded copy of the 
 >>> CONTENDERS["flagstream"].command()[1:5]
 ['-m', 'flagstream.cli', 'worker', '--role']
 >>> sorted(CONTENDERS)
-['aiokafka_ceiling', 'flagstream', 'naive_faust']
+['aiokafka_ceiling', 'api', 'flagstream', 'naive_faust']
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flagstream.perf.bench.api_contender import BENCH_KEY
 from flagstream.perf.bench.measure import ProcessSampler
 from flagstream.streams.config import Settings
 
@@ -47,6 +48,8 @@ CONTENDERS = {
                   "per-event Faust agent, dict state, River predict_proba_one per event"),
         Contender("aiokafka_ceiling", "flagstream.perf.bench.aiokafka_ceiling", (),
                   "aiokafka getmany loop around the same ScoringCore, no Faust"),
+        Contender("api", "flagstream.perf.bench.api_contender", (),
+                  "flagstream api in front of the scorer worker; latency: call to answer"),
     )
 }
 
@@ -62,6 +65,10 @@ def environment(settings: Settings, model_path: Path | None) -> dict[str, str]:
             "FLAGSTREAM_DATA_DIR": settings.data_dir,
             "FLAGSTREAM_WEB_PORT": str(settings.web_port),
             "FLAGSTREAM_THRESHOLD": str(settings.threshold),
+            # (read by the api contender only)
+            "FLAGSTREAM_API_PORT": str(settings.api_port),
+            "FLAGSTREAM_API_KEY": BENCH_KEY,
+            "FLAGSTREAM_API_DEADLINE_MS": str(settings.api_deadline_ms),
             "PYTHONUNBUFFERED": "1",
         }
     )

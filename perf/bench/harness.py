@@ -35,8 +35,8 @@ from pathlib import Path
 
 from flagstream.codec import dumps, loads
 from flagstream.extras import require
+from flagstream.perf.bench import api_contender, measure, workload
 from flagstream.perf.bench import contenders as cont
-from flagstream.perf.bench import measure, workload
 from flagstream.streams.config import Settings
 from flagstream.streams.kafka_access import check_access
 from flagstream.streams.topics import SCORES, TRANSACTIONS
@@ -56,6 +56,8 @@ class Options:
     threshold: float = 0.1
     fraud_weight: float = 20.0
     contenders: tuple[str, ...] = ("flagstream", "naive_faust", "aiokafka_ceiling")
+    #: the api contender's FLAGSTREAM_API_DEADLINE_MS (calls past it are answered by the fallback)
+    api_deadline_ms: int = 1_000
     stream: str | None = None
     out_dir: str = "artifacts/bench"
     broker: str = field(default_factory=lambda: Settings.from_env().broker)
@@ -130,7 +132,8 @@ async def run_contender(
     contender = cont.CONTENDERS[name]
     settings = Settings.from_env(broker=opts.broker, topic_prefix=f"{prefix}{name}.",
                                  partitions=opts.partitions, data_dir=str(work / name),
-                                 web_port=free_port(), threshold=opts.threshold)
+                                 web_port=free_port(), threshold=opts.threshold,
+                                 api_port=free_port(), api_deadline_ms=opts.api_deadline_ms)
     await workload.create_bench_topics(settings)
     await workload.publish_champion(settings, champion_state(model_path))
     preload_s = await workload.preload(settings, TRANSACTIONS, wl.preload)
@@ -138,14 +141,22 @@ async def run_contender(
     _say(opts, f"{name}: {len(wl.preload)} records pre-loaded in {preload_s:.1f}s; starting")
     run = cont.start(contender, settings, model_path, Path(opts.out_dir) / "logs")
     sent: dict[int, dict[str, int]] = {}
+    calls: dict[int, dict] = {}  # the api contender's: latency per call, outcomes
+    url = f"http://127.0.0.1:{settings.api_port}/v1/score"
     try:
         got, complete = await measure.wait_for_count(settings, SCORES, expected, max(opts.stall_s, 120))
         _say(opts, f"{name}: drained {got}/{expected}")
+        if name == "api" and complete:
+            complete = await api_contender.wait_ready(url)
         for rate, records in wl.phases.items():
             if not (complete and run.alive()):
                 break
             await asyncio.sleep(opts.settle_s)  # let the previous phase's tail work finish
-            sent[rate] = await workload.replay_at_rate(settings, TRANSACTIONS, records, rate)
+            if name == "api":
+                lat, outcomes, sent[rate] = await api_contender.call_at_rate(url, records, rate)
+                calls[rate] = {"latencies": lat, "outcomes": dict(outcomes)}
+            else:
+                sent[rate] = await workload.replay_at_rate(settings, TRANSACTIONS, records, rate)
             expected += wl.expected(records)
             got, complete = await measure.wait_for_count(settings, SCORES, expected, opts.stall_s)
             _say(opts, f"{name}: {rate}/s phase done, {got}/{expected} decisions")
@@ -156,6 +167,13 @@ async def run_contender(
     if not opts.keep_topics:
         await workload.delete_topics(settings)
     figures = summarize(wl, run, decisions, sent, opts)
+    for rate, call in calls.items():  # the API's latency is the caller's: call to answer
+        figures["latency"][str(rate)].update(
+            {k: round(v, 2) for k, v in measure.percentiles(call["latencies"].values()).items()},
+            answered=len(call["latencies"]), outcomes=call["outcomes"])
+    if calls:
+        top = figures["latency"][str(max(calls))]
+        figures.update({k: top[k] for k in ("p50_ms", "p95_ms", "p99_ms")})
     figures.update({"about": contender.about, "preload_s": round(preload_s, 3), "repeats": repeats,
                     "complete": complete, "peak_rss_mb": round(peak_rss / 2**20, 1),
                     "exit_code": exit_code})

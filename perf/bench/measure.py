@@ -151,6 +151,8 @@ async def read_decisions(settings: Settings, topic: str) -> tuple[dict[str, Deci
             for tp, records in batch.items():
                 for rec in records:
                     d = orjson.loads(rec.value)
+                    if d.get("fallback") is True:  # the scoring API's: nothing was scored
+                        continue
                     tx = d["transaction_id"]
                     if tx in out:
                         repeats += 1
