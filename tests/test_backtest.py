@@ -247,8 +247,11 @@ def test_challengers_are_reported_side_by_side_without_touching_the_champion(rec
     assert set(both["challengers"]) == {"fast", "same"}
     for key in RANKING:
         assert both[key] == alone[key], "shadow models must not change the champion's decisions"
-    # a challenger with the champion's own hyperparameters learns the same labels: same ranking
-    assert both["challengers"]["same"]["auc"] == pytest.approx(both["auc"], abs=1e-6)
+    # a challenger with the champion's own hyperparameters learns the same labels: the same
+    # ranking, up to ties (shadow scores are recorded to 6 decimals, the champion's are not)
+    assert both["challengers"]["same"]["auc"] == pytest.approx(both["auc"], abs=2e-4)
+    assert both["challengers"]["same"]["average_precision"] == pytest.approx(
+        both["average_precision"], abs=2e-3)
     assert 0.0 <= both["challengers"]["fast"]["average_precision"] <= 1.0
 
 
