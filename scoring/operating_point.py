@@ -236,6 +236,8 @@ class OperatingPoint:
         #: the share of the traffic (and so of the review capacity) these decisions are: a
         #: scorer worker holding 2 of 8 partitions reviews 1/4 of what the day allows
         self.capacity_share = 1.0
+        #: event time of the batch being decided (:meth:`deciding_at`)
+        self.deciding_s = -math.inf
         #: (newest event second seen, flags granted) per batch decided here, the last day's
         self.granted: deque[tuple[float, int]] = deque()
 
@@ -260,7 +262,7 @@ class OperatingPoint:
             review &= kept
             self.capped += n - room
         if room is not None:
-            self.granted.append((self.tally.newest_s, int(np.count_nonzero(review))))
+            self.granted.append((self.clock_s, int(np.count_nonzero(review))))
         return review | declined
 
     def review_room(self, batch: int) -> int | None:
@@ -271,22 +273,36 @@ class OperatingPoint:
         most traffic high. None while there is no traffic to judge by (or no capacity)."""
         if self.capacity_per_day is None or batch <= 0:
             return None
-        now = self.tally.newest_s
-        span = self.tally.span_s(now - DAY_S, now)
+        seen = self.tally.newest_s  # the traffic rate: from the last day the tally has seen
+        span = self.tally.span_s(seen - DAY_S, seen)
         if span < self.tally.bucket_s:
             return None
-        day = self.tally.window(now - DAY_S, now)
-        per_day = float(day.traffic().sum()) * DAY_S / span
+        per_day = float(self.tally.window(seen - DAY_S, seen).traffic().sum()) * DAY_S / span
         capacity = self.capacity_per_day * self.capacity_share
         share = self.burst * capacity * batch / max(per_day, 1.0)
-        # the flags this object granted lately count at once: the tally learns of them only
-        # when their decisions come back (from the scores topic, in the worker)
+        # what is left today, by the event time of the batch being decided: the tally learns
+        # of decisions only when they come back (from the scores topic, in the worker), and
+        # traffic sent in bulk (a backfill) runs days ahead of it; the flags granted here
+        # count at once, by the day they were granted in
+        now = self.clock_s
         while self.granted and self.granted[0][0] < now - DAY_S:
             self.granted.popleft()
         mine = sum(n for _, n in self.granted)
+        day = self.tally.window(now - DAY_S, now)
         reviewed = day.rows[FLAGGED][:self.decline_index].sum()  # flags below the declines
         left = capacity - max(float(reviewed), mine)
         return max(0, int(min(share, left)))
+
+    @property
+    def clock_s(self) -> float:
+        """Event time now: the batch being decided (:meth:`deciding_at`), or the newest the
+        tally has seen when that is later."""
+        return max(self.tally.newest_s, self.deciding_s)
+
+    def deciding_at(self, at_s: float) -> None:
+        """The next batch's event time (seconds), said before it is decided."""
+        if math.isfinite(at_s):
+            self.deciding_s = max(self.deciding_s, float(at_s))
 
     @property
     def decline_threshold(self) -> float | None:

@@ -231,6 +231,9 @@ class ScoringCore:
         features = features[applied]
         model = self.handle.model
         scores = model.score_batch(features)
+        deciding_at = getattr(self.policy, "deciding_at", None)
+        if deciding_at is not None and len(applied):
+            deciding_at(float(np.median(batch.timestamps_ms[applied])) / 1000.0)
         routes = decide(self.policy, scores)
         outcome.features, outcome.scores = features, scores
         outcome.activity = count_activity(

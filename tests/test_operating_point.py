@@ -362,3 +362,25 @@ def test_from_a_reckless_start_it_climbs_to_the_target_and_stops_there():
     thresholds, estimates = World().run(reckless, hours=24 * 6)
     assert max(thresholds) <= 0.35 and reckless.threshold >= 0.2
     assert estimates[-1].false_discovery_rate <= 0.2
+
+
+def test_traffic_sent_in_bulk_gets_each_days_capacity_by_its_own_event_time():
+    """A backfill runs days ahead of the decisions the tally has heard back about: the
+    capacity left is judged by the event time of the batch being decided, so each day gets
+    its reviews (it was: the first day's flags counted against every later day, and whole
+    days went unreviewed)."""
+    op = OperatingPoint(target_fdr=0.15, capacity_per_day=40, initial_threshold=0.5,
+                        min_labels=10**9, burst=1_000.0)
+    rng = np.random.default_rng(3)
+    for h in range(25):  # one calm day heard back
+        s = rng.beta(1, 30, 100)
+        op.deciding_at(h * HOUR)
+        op.observe_traffic(s, op.flags(s), h * HOUR)
+    per_day = []
+    for day in range(1, 6):  # five more days decided before any of them comes back
+        n = 0
+        for h in range(24):
+            op.deciding_at((24 * day + h) * HOUR)
+            n += int(op.flags(rng.uniform(0.6, 1.0, 100)).sum())
+        per_day.append(n)
+    assert all(35 <= n <= 40 for n in per_day), per_day
