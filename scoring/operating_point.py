@@ -238,8 +238,8 @@ class OperatingPoint:
         self.capacity_share = 1.0
         #: event time of the batch being decided (:meth:`deciding_at`)
         self.deciding_s = -math.inf
-        #: (newest event second seen, flags granted) per batch decided here, the last day's
-        self.granted: deque[tuple[float, int]] = deque()
+        #: (event second, reviews granted, decisions) per batch decided here, the last day's
+        self.granted: deque[tuple[float, int, int]] = deque()
 
     @property
     def threshold(self) -> float:
@@ -261,8 +261,8 @@ class OperatingPoint:
             kept[highest] = True
             review &= kept
             self.capped += n - room
-        if room is not None:
-            self.granted.append((self.clock_s, int(np.count_nonzero(review))))
+        if self.capacity_per_day is not None:
+            self.granted.append((self.clock_s, int(np.count_nonzero(review)), len(scores)))
         return review | declined
 
     def review_room(self, batch: int) -> int | None:
@@ -275,9 +275,14 @@ class OperatingPoint:
             return None
         seen = self.tally.newest_s  # the traffic rate: from the last day the tally has seen
         span = self.tally.span_s(seen - DAY_S, seen)
-        if span < self.tally.bucket_s:
+        if span >= self.tally.bucket_s:
+            per_day = float(self.tally.window(seen - DAY_S, seen).traffic().sum()) * DAY_S / span
+        elif self.granted and self.clock_s - self.granted[0][0] >= self.tally.bucket_s:
+            # nothing heard back yet (a worker's first hour, a backfill): the traffic decided here
+            own = self.clock_s - self.granted[0][0]
+            per_day = sum(n for _, _, n in self.granted) * DAY_S / own
+        else:
             return None
-        per_day = float(self.tally.window(seen - DAY_S, seen).traffic().sum()) * DAY_S / span
         capacity = self.capacity_per_day * self.capacity_share
         share = self.burst * capacity * batch / max(per_day, 1.0)
         # what is left today, by the event time of the batch being decided: the tally learns
@@ -287,7 +292,7 @@ class OperatingPoint:
         now = self.clock_s
         while self.granted and self.granted[0][0] < now - DAY_S:
             self.granted.popleft()
-        mine = sum(n for _, n in self.granted)
+        mine = sum(n for _, n, _ in self.granted)
         day = self.tally.window(now - DAY_S, now)
         reviewed = day.rows[FLAGGED][:self.decline_index].sum()  # flags below the declines
         left = capacity - max(float(reviewed), mine)

@@ -141,7 +141,8 @@ def test_a_fraud_lead_reads_model_health_in_the_browser(settings, worker_factory
     assert all(d["flagged"] <= d["decisions"] for d in days)
     with_fdr = [d for d in days if d["fdr"] is not None]
     with_recall = [d for d in days if d["recall"] is not None]
-    assert len(with_fdr) >= DAYS - 2 and len(with_recall) >= DAYS - 2
+    assert len(with_fdr) >= DAYS - 2 and len(with_recall) >= DAYS - 2, [
+        (d["date"], d["decisions"], d["flagged"], d["fdr"], d["threshold"]) for d in days]
     assert all(d["fdr_low"] <= d["fdr"] <= d["fdr_high"] for d in with_fdr)
     assert [c["action"] for c in report["seat_changes"]] == ["promote", "rollback"]
     assert [c["day"] is not None for c in report["seat_changes"]] == [True, True]

@@ -384,3 +384,23 @@ def test_traffic_sent_in_bulk_gets_each_days_capacity_by_its_own_event_time():
             n += int(op.flags(rng.uniform(0.6, 1.0, 100)).sum())
         per_day.append(n)
     assert all(35 <= n <= 40 for n in per_day), per_day
+
+
+def test_a_batch_spanning_days_is_decided_hour_by_hour_within_each_days_capacity():
+    """The core tells the policy each event hour of a batch in turn (a backfill can put days
+    in one batch): every day gets reviews, none more than the capacity (after the first
+    hour, which has no traffic rate to judge by)."""
+    from flagstream.codec import dumps
+
+    op = OperatingPoint(target_fdr=0.15, capacity_per_day=24, floor=0.001, initial_threshold=0.001,
+                        min_labels=10**9, burst=1_000.0)
+    core = ScoringCore(policy=op)
+    base = 1_522_540_800_000
+    records = [dumps({"transaction_id": f"t-{h}-{k}", "account_id": f"a-{k}", "merchant_id": "m-1",
+                      "amount": 10.0, "timestamp": base + h * 3_600_000 + k * 1_000})
+               for h in range(72) for k in range(10)]
+    outcome = core.process(records)
+    reviews = np.zeros(3, dtype=int)
+    for d in outcome.decisions:
+        reviews[(d["event_time_ms"] - base) // 86_400_000] += d["decision"] == "review"
+    assert reviews[0] <= 24 + 10 and all(1 <= n <= 24 for n in reviews[1:]), reviews
