@@ -220,6 +220,9 @@ class OperatingPoint:
         self.confidence = confidence
         self.tally = ScoreTally(bucket_s, keep_s=window_s + maturity_s + bucket_s)
         self.index = min(self.ceiling, max(self.floor, grid_index(initial_threshold)))
+        #: the grid point the target alone asks for; the threshold is this, or higher while
+        #: the review capacity says so (and back here when the capacity allows again)
+        self.target_index = self.index
         self.labels_since_move = 0
         self.move_interval_s = move_interval_s
         #: event second of the last move on the target
@@ -323,7 +326,7 @@ class OperatingPoint:
     def follow(self, threshold: float, decline_threshold: float | None = None) -> None:
         """Decide with the thresholds the learner's operating point published (scorers that do
         not learn follow it rather than estimating their own)."""
-        self.index = grid_index(threshold)
+        self.index = self.target_index = grid_index(threshold)
         self.decline_index = None if decline_threshold is None else grid_index(decline_threshold)
 
     def published(self, sequence: int, at_ms: int) -> dict[str, Any]:
@@ -418,11 +421,18 @@ class OperatingPoint:
 
     # --- the control step --------------------------------------------------------------------
     def update(self) -> Estimate:
-        """Move the threshold (or not) on the evidence, and say what was seen and why."""
+        """Move the threshold (or not) on the evidence, and say what was seen and why.
+
+        The target moves the *target point* (:attr:`target_index`); the capacity is a limit
+        on top of it, not a move: a flood of high scores (a rollback to a younger version,
+        an attack) lifts the threshold at once, and when the flood is over it comes back to
+        the target point without waiting for labels, which at a high threshold hardly come.
+        """
         counts = self.counts()
-        curve, mature = counts.curve(), self.mature_counts().curve()
+        mature_counts = self.mature_counts()
+        curve, mature = counts.curve(mature_counts), mature_counts.curve()
         rates = self.flags_per_day()
-        i, move, reason = self.index, "hold", "not enough labels"
+        i, move, reason = self.target_index, "hold", "not enough labels"
         enough = (counts.labels() >= self.min_labels and counts.frauds() >= self.min_frauds
                   and self.labels_since_move >= self.min_new_labels)
         now = self.tally.newest_s
@@ -432,19 +442,20 @@ class OperatingPoint:
             i, move, reason = self._follow_fdr(curve, self.target_fdr)
         elif enough and self.target_recall is not None:
             i, move, reason = self._follow_recall(mature[1], self.target_recall)
-        if i != self.index:
-            self.moved_at_s = now
+        i = min(self.ceiling, max(self.floor, i))
+        if i != self.target_index:
+            self.target_index, self.moved_at_s, self.labels_since_move = i, now, 0
         if self.decline_fdr is not None:
             self.decline_index = self._decline_point(curve, i)
         if rates is not None and self.decline_index is not None:
             rates = rates - rates[self.decline_index]  # declines are nobody's work
         cap = self.capacity_index(rates)
         if cap is not None and i < cap:
-            i, move, reason = cap, "up", "review capacity"
-        elif i < self.floor or (i > self.ceiling and (cap is None or cap <= self.ceiling)):
-            i = min(self.ceiling, max(self.floor, i))
-        if i != self.index:
-            self.index, self.labels_since_move = i, 0
+            i, reason = cap, "review capacity"
+            move = "up" if cap > self.index else "down" if cap < self.index else "hold"
+        elif i < self.index and move == "hold":
+            move, reason = "down", "back to the target point: the review capacity allows it"
+        self.index = i
         self.last = self._estimate(move, reason, counts, curve, mature[1], rates, cap, enough)
         return self.last
 
@@ -463,7 +474,7 @@ class OperatingPoint:
 
     def _follow_fdr(self, curve: tuple[np.ndarray, np.ndarray, np.ndarray],
                     target: float) -> tuple[int, str, str]:
-        i = self.index
+        i = self.target_index
         _, low, _ = self._fdr_at(curve, i)
         if low is not None and low > target:
             return min(self.ceiling, i + self.step), "up", "false alarms above target"
@@ -475,7 +486,7 @@ class OperatingPoint:
         return i, "hold", "at target"
 
     def _follow_recall(self, frauds: np.ndarray, target: float) -> tuple[int, str, str]:
-        i, total = self.index, frauds[0]
+        i, total = self.target_index, frauds[0]
         if total <= 0:
             return i, "hold", "no frauds known"
         low, high = wilson(frauds[i], total, self.confidence)

@@ -72,13 +72,20 @@ class Counts:
     def traffic(self) -> np.ndarray:
         return (self.rows[FLAGGED] + self.rows[UNFLAGGED]).astype(np.float64)
 
-    def frauds_per_bin(self) -> np.ndarray:
+    def frauds_per_bin(self, mature: Counts | None = None) -> np.ndarray:
         """Estimated frauds per bin: flagged × reviewed share, plus the unflagged ones that
         came back as frauds. A bin's share is shrunk, with a weight of one label, to the share
         among the reviewed labels at or above it (the pooled share where there are none): the
         fraud share grows with the score, so a sparse high bin borrows from the bins above it,
         not from the many low-score reviews (which pulled the estimated false-discovery rate
-        of high thresholds far above the truth, and the threshold up with it)."""
+        of high thresholds far above the truth, and the threshold up with it).
+
+        Unflagged frauds come back only as chargebacks, days later: counted as they are, the
+        newest days of unflagged traffic look legitimate. With ``mature`` (a window old enough
+        for its chargebacks), a bin's unflagged traffic gets the fraud share its mature
+        unflagged traffic had, so lowering the threshold is judged on the truth, not on the
+        chargebacks that are still to come.
+        """
         r = self.rows
         fraud, legit = r[REVIEWED_FRAUD].astype(np.float64), r[REVIEWED_LEGIT].astype(np.float64)
         reviewed = fraud + legit
@@ -86,14 +93,20 @@ class Counts:
         fraud_above, reviewed_above = self._from_top(fraud)[:-1], self._from_top(reviewed)[:-1]
         local = np.where(reviewed_above > 0, fraud_above / np.maximum(reviewed_above, 1.0), pooled)
         share = (fraud + local) / (reviewed + 1.0)
-        return r[FLAGGED] * share + r[MISSED_FRAUD]
+        missed = r[MISSED_FRAUD].astype(np.float64)
+        if mature is not None:
+            seen = mature.rows[UNFLAGGED]
+            mature_share = mature.rows[MISSED_FRAUD] / np.maximum(seen, 1)
+            missed = np.where(seen > 0, np.maximum(missed, r[UNFLAGGED] * mature_share), missed)
+        return r[FLAGGED] * share + missed
 
-    def curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def curve(self, mature: Counts | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """At every grid point: transactions, estimated frauds, and evidence (reviewed
-        labels plus unflagged transactions, whose fraud count is exact once mature)."""
+        labels plus unflagged transactions, whose fraud count is exact once mature).
+        ``mature``: see :meth:`frauds_per_bin`."""
         r = self.rows
         evidence = (r[REVIEWED_FRAUD] + r[REVIEWED_LEGIT] + r[UNFLAGGED]).astype(np.float64)
-        return (self._from_top(self.traffic()), self._from_top(self.frauds_per_bin()),
+        return (self._from_top(self.traffic()), self._from_top(self.frauds_per_bin(mature)),
                 self._from_top(evidence))
 
     def at_or_above(self, threshold: float) -> float:

@@ -27,6 +27,8 @@ class World:
     per_hour: int = 400
     fraud_rate: float = 0.008
     seed: int = 1
+    #: event hours in which the model scores everything high (a rollback to a young version)
+    flood: range = range(0)
 
     def run(self, op: OperatingPoint, hours: int = 24 * 40) -> tuple[list[float], list]:
         rng = np.random.default_rng(self.seed)
@@ -37,6 +39,8 @@ class World:
             y = (rng.random(n) < self.fraud_rate).astype(int)
             s = (np.where(y == 1, rng.beta(4, 2, n), rng.beta(1, 20, n)) if self.separable
                  else rng.random(n))
+            if h in self.flood:
+                s = rng.uniform(0.6, 1.0, n)
             flagged, at = op.flags(s), h * HOUR
             op.observe_traffic(s, flagged, at)
             reviewed = {"fraud": np.ones_like(y), "legit": np.zeros_like(y)}.get(self.poison or "", y)
@@ -404,3 +408,38 @@ def test_a_batch_spanning_days_is_decided_hour_by_hour_within_each_days_capacity
     for d in outcome.decisions:
         reviews[(d["event_time_ms"] - base) // 86_400_000] += d["decision"] == "review"
     assert reviews[0] <= 24 + 10 and all(1 <= n <= 24 for n in reviews[1:]), reviews
+
+
+def test_after_a_flood_the_threshold_comes_back_to_the_target_point_without_waiting_for_labels():
+    """A flood of high scores lifts the threshold to what the reviewers can take, at once.
+    The capacity is a limit, not a move: once the flood has left the day the flags per day
+    are judged on, the threshold is back at the target's point, with no labels needed. (It
+    was not: the capacity's 0.99 became the point the target started from, and at 0.99 labels
+    hardly come, so a demo sat at the ceiling for 16 event days and caught a third of the
+    fraud.)"""
+    op = OperatingPoint(target_fdr=0.15, capacity_per_day=300, initial_threshold=0.5,
+                        min_labels=10**9)  # no move on the target: only the capacity acts
+    flood = range(24 * 3, 24 * 3 + 6)
+    thresholds, estimates = World(flood=flood).run(op, hours=24 * 6)
+    assert max(thresholds[flood.start:flood.stop + 2]) > 0.95, "the flood is held to capacity"
+    assert estimates[flood.start + 1].reason == "review capacity"
+    back = flood.stop + 24 + 2  # the flood's hours have left the one-day traffic window
+    assert thresholds[back:] == [0.5] * len(thresholds[back:])
+    assert any(e.reason.startswith("back to the target point") for e in estimates[flood.stop:back])
+
+
+def test_chargebacks_still_to_come_do_not_hold_a_high_threshold_up():
+    """Below the threshold frauds come back only as chargebacks, a week later here: the
+    newest week of unflagged traffic would look legitimate, every lower threshold too costly,
+    and a high threshold would stay (from 0.9 it was still at 0.63 after 39 days). Unflagged
+    traffic gets the fraud share its mature part showed, so it comes down as a cautious start
+    does, to the same point."""
+    week = 7 * 24 * HOUR
+    high = OperatingPoint(target_fdr=0.15, capacity_per_day=2_000, initial_threshold=0.9,
+                          maturity_s=week)
+    cautious = OperatingPoint(target_fdr=0.15, capacity_per_day=2_000, initial_threshold=0.5,
+                              maturity_s=week)
+    from_high, estimates = World().run(high, hours=24 * 25)
+    from_cautious, _ = World().run(cautious, hours=24 * 25)
+    assert from_high[-1] == pytest.approx(from_cautious[-1], abs=0.02) and from_high[-1] < 0.35
+    assert estimates[-1].target_met and estimates[-1].false_discovery_rate <= 0.15
