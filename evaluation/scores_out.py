@@ -1,20 +1,24 @@
 """``flagstream backtest --scores-out FILE``: one row per scored transaction, for users' own analysis.
 
-Columns: :data:`COLUMNS` (``transaction_id``, ``score``, ``decision``, ``model_version``).
+Columns: :data:`COLUMNS` (``transaction_id``, ``event_time_ms``, ``score``, ``threshold``,
+``decision``, ``model_version``): the threshold the decision was made with, so a user can
+follow the operating point's path through the run.
 A name ending ``.csv`` or ``.csv.gz`` is CSV with a header row; any other name is JSON Lines.
 A name ending ``.gz`` is gzip-compressed. Rows are written batch by batch as the backtest
 decides them (nothing is held back), in the order it scored them, into ``FILE.part``; the file
 gets its name only when the run completes, and a failed run leaves no file.
 
 >>> import gzip, tempfile, pathlib
->>> rows = [{"transaction_id": "t-1", "score": 0.25, "decision": "approve", "model_version": "v1",
-...          "amount": 3.0}]
+>>> rows = [{"transaction_id": "t-1", "event_time_ms": 1522540800000, "score": 0.25,
+...          "threshold": 0.5, "decision": "approve", "model_version": "v1", "amount": 3.0}]
 >>> with tempfile.TemporaryDirectory() as tmp:
 ...     path = pathlib.Path(tmp) / "scores.csv.gz"
 ...     with ScoresWriter(path) as out:
 ...         _ = out.write(rows)
-...     gzip.decompress(path.read_bytes()).decode().splitlines()
-['transaction_id,score,decision,model_version', 't-1,0.25,approve,v1']
+...     for line in gzip.decompress(path.read_bytes()).decode().splitlines():
+...         print(line)
+transaction_id,event_time_ms,score,threshold,decision,model_version
+t-1,1522540800000,0.25,0.5,approve,v1
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import IO, Any
 import orjson
 
 #: Keys of a decision written for each scored transaction, in order.
-COLUMNS = ("transaction_id", "score", "decision", "model_version")
+COLUMNS = ("transaction_id", "event_time_ms", "score", "threshold", "decision", "model_version")
 
 
 class ScoresWriter:

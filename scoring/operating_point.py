@@ -63,6 +63,8 @@ from typing import Any
 
 import numpy as np
 
+from flagstream.features.layout import HOUR_MS
+from flagstream.scoring.policy import ThresholdPolicy
 from flagstream.scoring.score_tally import (
     BINS,
     FLAGGED,
@@ -135,7 +137,7 @@ class Estimate:
         return asdict(self)
 
 
-class OperatingPoint:
+class OperatingPoint(ThresholdPolicy):
     """A decision threshold that follows a false-discovery or recall target within capacity.
 
     Parameters
@@ -166,7 +168,8 @@ class OperatingPoint:
     min_decline_labels
         Labels above a decline threshold before it is used.
     burst
-        A batch may flag up to this many times its share of the day's review capacity.
+        Review room is earned with every decision, at this many times the day's review
+        capacity spread over the day's traffic, and saved up to this many hours' worth.
     move_interval_s
         Event seconds between two moves on the target (capacity moves excepted): the
         worker updates on every small batch of labels, the backtest once per batch of
@@ -232,8 +235,10 @@ class OperatingPoint:
         self.min_decline_labels = min_decline_labels
         #: grid index at and above which scores are declined (None: no automatic decline)
         self.decline_index: int | None = None
-        #: a batch may take up to this many times its share of the daily review capacity
+        #: review room is earned at this many times the day's pace (see :meth:`review_room`)
         self.burst = burst
+        #: review room earned and not yet used (flags it may still send to people)
+        self.credit = 0.0
         #: flags held back by :meth:`review_room` so far
         self.capped = 0
         #: the share of the traffic (and so of the review capacity) these decisions are: a
@@ -249,10 +254,27 @@ class OperatingPoint:
         """The current threshold (a point of the grid ``i / BINS``)."""
         return self.index / BINS
 
-    # --- the FixedThreshold protocol -------------------------------------------------------
+    # --- deciding ----------------------------------------------------------------------------
+    def routes(self, scores: np.ndarray, times_ms: np.ndarray | None = None) -> np.ndarray:
+        """The route per score, each event hour of the batch in turn, told its time
+        (:meth:`deciding_at`): the review capacity left is judged by event time, and a
+        backfill can put days in one batch."""
+        if times_ms is None or len(scores) == 0:
+            return super().routes(scores)
+        hours = np.asarray(times_ms, dtype=np.int64) // HOUR_MS
+        if (hours == hours[0]).all():
+            self.deciding_at(float(np.median(times_ms)) / 1000.0)
+            return super().routes(scores)
+        routes = np.empty(len(scores), dtype=object)
+        for hour in np.unique(hours):
+            part = hours == hour
+            self.deciding_at(float(np.median(times_ms[part])) / 1000.0)
+            routes[part] = super().routes(scores[part])
+        return routes
+
     def flags(self, scores: np.ndarray) -> np.ndarray:
-        """Flag every score at or above the current threshold, within the batch's share of the
-        review capacity (:meth:`review_room`): past it, only the highest scores."""
+        """Flag every score at or above the current threshold, within the review room earned
+        (:meth:`review_room`): past it, only the highest scores."""
         scores = np.asarray(scores)
         declined = self.declines(scores)  # nobody's work: never held back
         review = (scores >= self.threshold) & ~declined
@@ -265,15 +287,22 @@ class OperatingPoint:
             review &= kept
             self.capped += n - room
         if self.capacity_per_day is not None:
-            self.granted.append((self.clock_s, int(np.count_nonzero(review)), len(scores)))
+            reviews = int(np.count_nonzero(review))
+            self.granted.append((self.clock_s, reviews, len(scores)))
+            if room is not None:
+                self.credit = max(0.0, self.credit - reviews)
         return review | declined
 
     def review_room(self, batch: int) -> int | None:
-        """How many of a batch of ``batch`` decisions may go to review: at most ``burst`` times
-        the batch's share of a day's review capacity, and never more than the capacity left
-        in the trailing event day. The threshold follows the capacity only after an update;
-        this holds it within each batch, even when a new version of the model suddenly scores
-        most traffic high. None while there is no traffic to judge by (or no capacity)."""
+        """How many of a batch of ``batch`` decisions may go to review: the room earned so far
+        and never more than the capacity left in the trailing event day. Every decision earns
+        ``burst`` times its share of the day's review capacity (the capacity over the day's
+        traffic), saved up to ``burst`` hours' worth: small batches add up to what one large
+        one would get (a worker decides a few events at a time; the room per batch, rounded
+        down, was 0 and held back half the flags of a demo whose reviewers were idle). The
+        threshold follows the capacity only after an update; this holds it within each
+        batch, even when a new version of the model suddenly scores most traffic high.
+        None while there is no traffic to judge by (or no capacity)."""
         if self.capacity_per_day is None or batch <= 0:
             return None
         seen = self.tally.newest_s  # the traffic rate: from the last day the tally has seen
@@ -287,7 +316,8 @@ class OperatingPoint:
         else:
             return None
         capacity = self.capacity_per_day * self.capacity_share
-        share = self.burst * capacity * batch / max(per_day, 1.0)
+        saved = self.burst * capacity * self.tally.bucket_s / DAY_S
+        self.credit = min(max(saved, 1.0), self.credit + self.burst * capacity * batch / max(per_day, 1.0))
         # what is left today, by the event time of the batch being decided: the tally learns
         # of decisions only when they come back (from the scores topic, in the worker), and
         # traffic sent in bulk (a backfill) runs days ahead of it; the flags granted here
@@ -299,7 +329,7 @@ class OperatingPoint:
         day = self.tally.window(now - DAY_S, now)
         reviewed = day.rows[FLAGGED][:self.decline_index].sum()  # flags below the declines
         left = capacity - max(float(reviewed), mine)
-        return max(0, int(min(share, left)))
+        return max(0, int(min(self.credit, left)))
 
     @property
     def clock_s(self) -> float:

@@ -3,7 +3,7 @@
 >>> import numpy as np
 >>> FixedThreshold(0.5).flags(np.array([0.2, 0.7])).tolist()
 [False, True]
->>> decisions(FixedThreshold(0.5), np.array([0.2, 0.7])).tolist()
+>>> FixedThreshold(0.5).routes(np.array([0.2, 0.7])).tolist()
 ['approve', 'review']
 """
 
@@ -13,17 +13,41 @@ from typing import Protocol
 
 import numpy as np
 
+#: The three routes: below the threshold, flagged for a person, declined automatically.
+ROUTES = np.array(["approve", "review", "decline"])
+
 
 class DecisionPolicy(Protocol):
-    """Anything with a current ``threshold`` can decide."""
+    """What the scoring core decides with: a current ``threshold`` and a route per score."""
 
     @property
     def threshold(self) -> float: ...
 
-    def flags(self, scores: np.ndarray) -> np.ndarray: ...
+    def routes(self, scores: np.ndarray, times_ms: np.ndarray | None = None) -> np.ndarray: ...
 
 
-class FixedThreshold:
+class ThresholdPolicy:
+    """Routes from ``flags`` and ``declines``: flags go to a person unless declined.
+
+    Subclasses say which scores are flagged (``flags``) and may decline some of them
+    (``declines``; none here). ``times_ms``, the events' times, is for policies that
+    decide by event time (:class:`~flagstream.scoring.operating_point.OperatingPoint`).
+    """
+
+    def flags(self, scores: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def declines(self, scores: np.ndarray) -> np.ndarray:
+        return np.zeros(len(scores), dtype=bool)
+
+    def routes(self, scores: np.ndarray, times_ms: np.ndarray | None = None) -> np.ndarray:
+        """``approve``/``review``/``decline`` per score."""
+        flags = np.asarray(self.flags(scores), dtype=bool)
+        declined = flags & np.asarray(self.declines(scores), dtype=bool)
+        return ROUTES[flags.astype(np.int64) + declined]
+
+
+class FixedThreshold(ThresholdPolicy):
     """Flag every score at or above a constant threshold; every flag goes to a person."""
 
     def __init__(self, threshold: float = 0.5) -> None:
@@ -31,19 +55,3 @@ class FixedThreshold:
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
         return scores >= self.threshold
-
-    def declines(self, scores: np.ndarray) -> np.ndarray:
-        return np.zeros(len(scores), dtype=bool)
-
-
-#: The three routes: below the threshold, flagged for a person, declined automatically.
-ROUTES = np.array(["approve", "review", "decline"])
-
-
-def decisions(policy: DecisionPolicy, scores: np.ndarray) -> np.ndarray:
-    """``approve``/``review``/``decline`` per score: flags go to a person unless the policy
-    declines them (a policy without ``declines`` sends every flag to a person)."""
-    flags = np.asarray(policy.flags(scores), dtype=bool)
-    declines = getattr(policy, "declines", None)
-    declined = flags & np.asarray(declines(scores), dtype=bool) if declines else np.zeros_like(flags)
-    return ROUTES[flags.astype(np.int64) + declined]

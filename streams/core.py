@@ -35,7 +35,6 @@ from flagstream.features.layout import (
     APPLIED,
     DUPLICATE,
     FEATURE_NAMES,
-    HOUR_MS,
     N_FEATURES,
     new_account_row,
 )
@@ -43,7 +42,6 @@ from flagstream.features.merchants import MerchantActivity, MerchantState, count
 from flagstream.scoring.handle import ModelHandle
 from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.policy import DecisionPolicy, FixedThreshold
-from flagstream.scoring.policy import decisions as decide
 from flagstream.scoring.reasons import explain
 from flagstream.streams.schema import validate_transactions
 
@@ -145,6 +143,9 @@ class BatchOutcome:
     misrouted: list[tuple[int, str]] = field(default_factory=list)
     features: np.ndarray = field(default_factory=lambda: np.empty((0, N_FEATURES)))
     scores: np.ndarray = field(default_factory=lambda: np.empty(0))
+    #: per score: its route (``approve``/``review``/``decline``) and event time
+    routes: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+    times_ms: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     activity: MerchantActivity = field(default_factory=MerchantActivity)
 
 
@@ -232,30 +233,15 @@ class ScoringCore:
         features = features[applied]
         model = self.handle.model
         scores = model.score_batch(features)
-        routes = self._routes(scores, batch.timestamps_ms[applied])
+        times_ms = batch.timestamps_ms[applied]
+        routes = self.policy.routes(scores, times_ms)
         outcome.features, outcome.scores = features, scores
+        outcome.routes, outcome.times_ms = routes, times_ms
         outcome.activity = count_activity(
             [batch.merchant_ids[i] for i in applied], batch.timestamps_ms[applied]
         )
         self._decide(batch, applied, features, scores, routes, outcome)
         return outcome
-
-    def _routes(self, scores: np.ndarray, times_ms: np.ndarray) -> np.ndarray:
-        """The policy's route per score; a policy that holds a review capacity by event time
-        (``deciding_at``) decides each event hour of the batch in turn, told its time."""
-        deciding_at = getattr(self.policy, "deciding_at", None)
-        if deciding_at is None or len(scores) == 0:
-            return decide(self.policy, scores)
-        hours = np.asarray(times_ms, dtype=np.int64) // HOUR_MS
-        if hours[0] == hours[-1] and (hours == hours[0]).all():
-            deciding_at(float(np.median(times_ms)) / 1000.0)
-            return decide(self.policy, scores)
-        routes = np.empty(len(scores), dtype=object)
-        for hour in np.unique(hours):
-            part = hours == hour
-            deciding_at(float(np.median(times_ms[part])) / 1000.0)
-            routes[part] = decide(self.policy, scores[part])
-        return routes
 
     def _decide(self, batch, applied, features, scores, routes, outcome: BatchOutcome) -> None:
         """Decision records for the applied events: columns turned into lists once, then

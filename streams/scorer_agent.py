@@ -36,6 +36,7 @@ import numpy as np
 
 from flagstream.codec import dumps
 from flagstream.errors import Rejection
+from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.sinks.dead_letter import dead_letter, dead_letter_key, headers
 from flagstream.streams.app import Pipeline
 from flagstream.streams.compat import faust_consumer
@@ -180,7 +181,7 @@ class Scorer:
         it may use within a batch is its partitions' share of the day's (see
         :meth:`OperatingPoint.review_room`), judged on the traffic it decided itself."""
         policy = self.core.policy
-        if not hasattr(policy, "capacity_share"):
+        if not isinstance(policy, OperatingPoint):
             return
         topic = self.names["transactions"]
         held = sum(tp.topic == topic for tp in self.p.app.consumer.assignment())
@@ -190,9 +191,10 @@ class Scorer:
         """Score one partition's records and queue their outputs in ``outbox``."""
         s, names, counts = self.settings, self.names, self.partition_counts
         outcome = self.core.process(recs.values, recs.offsets, recs.partition, s.partitions)
-        if not self.p.learns and hasattr(self.core.policy, "observe_decisions"):
+        if not self.p.learns and isinstance(self.core.policy, OperatingPoint) and outcome.decisions:
             # (the learner's process counts decisions as they come back from ``scores``)
-            self.core.policy.observe_decisions(outcome.decisions)
+            self.core.policy.observe_traffic(outcome.scores, outcome.routes != "approve",
+                                             float(np.median(outcome.times_ms)) / 1000)
         rows = self.core.accounts.take_touched()
         for index, account in outcome.misrouted:
             outbox.add(names["transactions"], partition_for(account, s.partitions),

@@ -38,7 +38,8 @@ def read_rows(path):
         data = gzip.decompress(data)
     if ".csv" in path.name:
         rows = list(csv.DictReader(io.StringIO(data.decode())))
-        return [{**r, "score": float(r["score"])} for r in rows]
+        return [{**r, "score": float(r["score"]), "threshold": float(r["threshold"]),
+                 "event_time_ms": int(r["event_time_ms"])} for r in rows]
     return [orjson.loads(line) for line in data.splitlines()]
 
 

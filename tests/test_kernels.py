@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_helpers import ACCOUNT_COLUMNS, START
 
 from flagstream.features.kernels import merchant_features, update_accounts, update_merchants
 from flagstream.features.layout import (
@@ -17,9 +18,6 @@ from flagstream.features.layout import (
     new_merchant_row,
 )
 from flagstream.features.reference import ReferenceAccounts, ReferenceMerchants
-
-START = 1_522_540_800_000  # 2018-04-01
-ACCOUNT_COLUMNS = [i for i, n in enumerate(FEATURE_NAMES) if not n.startswith("merchant_")]
 
 events = st.lists(
     st.tuples(

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flagstream.scoring.operating_point import OperatingPoint, wilson
-from flagstream.scoring.policy import FixedThreshold
+from flagstream.scoring.policy import FixedThreshold, ThresholdPolicy
 from flagstream.scoring.score_tally import BINS, ScoreTally, grid_index
 from flagstream.streams.core import ScoringCore
 
@@ -257,7 +257,7 @@ def test_a_model_that_cannot_separate_never_declines():
 
 def test_the_core_declines_without_sending_to_review():
     """The scoring core routes three ways: declined decisions are recorded, not queued."""
-    class Declining:
+    class Declining(ThresholdPolicy):
         threshold = 0.0
 
         def flags(self, scores):
@@ -302,6 +302,27 @@ def test_a_sudden_flood_of_high_scores_is_held_to_the_batchs_share_of_the_capaci
     day = op.tally.window(39 * HOUR - 24 * HOUR, 39 * HOUR)
     assert day.rows[0].sum() <= 240 + int(share), "a day's flags stay within the capacity"
     assert FixedThreshold(0.5).flags(np.array([0.9] * 5)).all(), "the benchmark policy is uncapped"
+
+
+def test_decided_a_few_at_a_time_nothing_is_held_back_while_the_reviewers_have_room():
+    """A worker decides a few events at a time (a partition's share of a poll, an event hour
+    at a time). Each decision earns its share of the capacity, so small batches add up to
+    what a large one gets: at 40 flags a day against a capacity of 300, none is held back.
+    (They were: a batch's room was its own share rounded down, 0 for a batch of two, and a
+    demo approved half of the scores above its threshold while its reviewers sat idle.)"""
+    op = OperatingPoint(target_fdr=0.15, capacity_per_day=300, initial_threshold=0.5,
+                        min_labels=10**9)
+    rng = np.random.default_rng(11)
+    above = 0
+    for h in range(48):
+        for k in range(80):  # 160 decisions an event hour, two at a time
+            s = np.where(rng.random(2) < 40 / 3_840, rng.uniform(0.5, 1.0, 2), rng.beta(1, 30, 2))
+            at = h * HOUR + k * 45.0
+            op.deciding_at(at)
+            flagged = op.flags(s)
+            op.observe_traffic(s, flagged, at)
+            above += int((s >= 0.5).sum()) if h >= 24 else 0
+    assert above > 20 and op.capped == 0
 
 
 def test_flags_granted_count_at_once_before_their_decisions_come_back():

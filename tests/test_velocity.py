@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_helpers import ACCOUNT_COLUMNS, START
 
 from flagstream.features.kernels import update_accounts
 from flagstream.features.layout import (
@@ -22,8 +23,6 @@ from flagstream.features.layout import (
 )
 from flagstream.features.reference import ReferenceAccounts
 
-START = 1_522_540_800_000  # 2018-04-01
-ACCOUNT_COLUMNS = [i for i, n in enumerate(FEATURE_NAMES) if not n.startswith("merchant_")]
 VELOCITY_NAMES = FEATURE_NAMES[VELOCITY:]
 
 
