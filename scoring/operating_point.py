@@ -75,6 +75,9 @@ from flagstream.scoring.score_tally import (
 )
 
 DAY_S = 86_400.0
+#: what an update saw, published with the threshold (:meth:`OperatingPoint.published`)
+EVIDENCE_FIELDS = ("false_discovery_rate", "fdr_low", "fdr_high", "recall", "flags_per_day",
+                   "capacity_threshold", "labels", "frauds")
 
 
 def wilson(successes: float, trials: float, confidence: float = 0.95) -> tuple[float, float]:
@@ -353,19 +356,35 @@ class OperatingPoint(ThresholdPolicy):
             return np.zeros(len(scores), dtype=bool)
         return np.asarray(scores) >= max(self.decline_index, self.index) / BINS
 
-    def follow(self, threshold: float, decline_threshold: float | None = None) -> None:
+    def follow(self, threshold: float, decline_threshold: float | None = None,
+               target_threshold: float | None = None) -> None:
         """Decide with the thresholds the learner's operating point published (scorers that do
-        not learn follow it rather than estimating their own)."""
-        self.index = self.target_index = grid_index(threshold)
+        not learn follow it rather than estimating their own; a restarted learner resumes
+        from it, and from the target's point under a capacity limit)."""
+        self.index = grid_index(threshold)
+        self.target_index = self.index if target_threshold is None else min(
+            self.index, max(self.floor, min(self.ceiling, grid_index(target_threshold))))
         self.decline_index = None if decline_threshold is None else grid_index(decline_threshold)
 
     def published(self, sequence: int, at_ms: int) -> dict[str, Any]:
-        """The record the learner publishes on ``models`` so every scorer decides alike."""
+        """The record the learner publishes on ``models`` so every scorer decides alike, with
+        the evidence of the last update (so a move can be traced on the topic).
+
+        >>> op = OperatingPoint(initial_threshold=0.4)
+        >>> record = op.published(1, 0)
+        >>> record["threshold"], record["reason"], record["evidence"]["target_threshold"]
+        (0.4, 'initial', 0.4)
+        """
         last = self.last
         declines = {} if self.decline_index is None else {"decline_threshold": self.decline_threshold}
+        evidence = {"target_threshold": self.target_index / BINS,
+                    "event_time_ms": int(self.tally.newest_s * 1000) if math.isfinite(self.tally.newest_s)
+                    else None}
+        if last is not None:
+            evidence |= {k: getattr(last, k) for k in EVIDENCE_FIELDS}
         return {"kind": "operating-point", "threshold": self.threshold, **declines, "sequence": sequence,
                 "at_ms": at_ms, "reason": last.reason if last else "initial",
-                "target_met": last.target_met if last else None}
+                "target_met": last.target_met if last else None, "evidence": evidence}
 
     def new_model(self) -> None:
         """The champion changed (another lineage): its scores mean something else, so the

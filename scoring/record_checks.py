@@ -121,6 +121,19 @@ OPERATING_POINT_FIELDS: dict[str, Check] = {
 DECLINE_FIELD: dict[str, Check] = {
     "decline_threshold": lambda v: number(v) and 0.0 < v <= 1.0,
 }
+#: what the update behind an operating-point record saw (absent in records before it existed)
+EVIDENCE_KEYS = frozenset({"target_threshold", "event_time_ms", "false_discovery_rate", "fdr_low",
+                           "fdr_high", "recall", "flags_per_day", "capacity_threshold", "labels",
+                           "frauds"})
+
+
+def evidence(value: Any) -> bool:
+    """An object of known keys, each a finite number or null."""
+    return (isinstance(value, dict) and set(value) <= EVIDENCE_KEYS
+            and all(v is None or (number(v) and math.isfinite(v)) for v in value.values()))
+
+
+EVIDENCE_FIELD: dict[str, Check] = {"evidence": evidence}
 
 
 def check_fields(what: str, record: Any, fields: Mapping[str, Check]) -> None:
@@ -169,9 +182,10 @@ def check_record(key: bytes, record: Any) -> None:
             raise ValueError(f"{what}: holds lineage {record['lineage']!r}")
     elif key == OPERATING_POINT:
         # the decline threshold is there only while automatic declines are on
-        fields = (OPERATING_POINT_FIELDS | DECLINE_FIELD
-                  if isinstance(record, dict) and "decline_threshold" in record
-                  else OPERATING_POINT_FIELDS)
+        fields = OPERATING_POINT_FIELDS
+        if isinstance(record, dict):
+            fields = fields | (DECLINE_FIELD if "decline_threshold" in record else {})
+            fields = fields | (EVIDENCE_FIELD if "evidence" in record else {})
         check_fields(what, record, fields)
     elif key != LEARNER:
         raise ValueError(f"{what}: not a registry key")

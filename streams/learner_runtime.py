@@ -130,7 +130,8 @@ class LearnerRuntime:
         from the traffic and labels that arrive)."""
         policy, record = self.p.core.policy, self.p.models.read(reg.OPERATING_POINT)
         if isinstance(policy, OperatingPoint) and record is not None:
-            policy.follow(float(record["threshold"]), record.get("decline_threshold"))
+            policy.follow(float(record["threshold"]), record.get("decline_threshold"),
+                          (record.get("evidence") or {}).get("target_threshold"))
             self.published_threshold = (float(record["threshold"]), int(record["sequence"]),
                                         record.get("decline_threshold"))
             log.info("operating point resumed at threshold %.3f", policy.threshold)
@@ -144,7 +145,14 @@ class LearnerRuntime:
         if policy.threshold == threshold and policy.decline_threshold == decline:
             return []
         self.published_threshold = (policy.threshold, sequence + 1, policy.decline_threshold)
-        return [(reg.OPERATING_POINT, policy.published(sequence + 1, int(time.time() * 1000)))]
+        record = policy.published(sequence + 1, int(time.time() * 1000))
+        e = record["evidence"]
+        log.info("operating point: threshold %.3f -> %.3f (%s; target's point %.3f, FDR %s [%s, %s] "
+                 "on %s labels, %s frauds, %s flags/day, event time %s)", threshold, policy.threshold,
+                 record["reason"], e["target_threshold"], *(_shown(e.get(k)) for k in (
+                     "false_discovery_rate", "fdr_low", "fdr_high", "labels", "frauds",
+                     "flags_per_day", "event_time_ms")))
+        return [(reg.OPERATING_POINT, record)]
 
     async def catch_up(self) -> int:
         """Learn again the feedback between the restored snapshot and the group's commit,
@@ -404,3 +412,12 @@ def label_ledger(settings: Settings, memory: LabelMemory) -> LabelLedger:
 def recovery_done(app: Any) -> asyncio.Event:
     """Set once the app's tables have recovered from their changelogs."""
     return app.tables.recovery.completed
+
+
+def _shown(value: object) -> str:
+    """A number for a log line: 3 decimals, whole numbers as they are, '-' for none."""
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.3f}"
+    return str(int(value)) if isinstance(value, int | float) else str(value)

@@ -464,3 +464,25 @@ def test_chargebacks_still_to_come_do_not_hold_a_high_threshold_up():
     from_cautious, _ = World().run(cautious, hours=24 * 25)
     assert from_high[-1] == pytest.approx(from_cautious[-1], abs=0.02) and from_high[-1] < 0.35
     assert estimates[-1].target_met and estimates[-1].false_discovery_rate <= 0.15
+
+
+def test_the_published_record_carries_its_evidence_and_a_restart_resumes_the_targets_point():
+    """Each published threshold says what the update saw (a move can be traced on the
+    ``models`` topic); a learner restarted under a capacity limit resumes the target's point
+    beneath it, not the limit's."""
+    from flagstream.scoring.record_checks import check_record
+    from flagstream.scoring.registry import OPERATING_POINT
+
+    op = OperatingPoint(target_fdr=0.15, capacity_per_day=300, initial_threshold=0.5, min_labels=10**9)
+    World(flood=range(30, 36)).run(op, hours=34)
+    record = op.published(7, 0)
+    assert record["threshold"] > 0.9 and record["evidence"]["target_threshold"] == 0.5
+    assert record["evidence"]["flags_per_day"] > 0 and record["reason"] == "review capacity"
+    check_record(OPERATING_POINT, record)
+    for bad in ({"evidence": {"price": 1.0}}, {"evidence": {"labels": float("nan")}}, {"evidence": []}):
+        with pytest.raises(ValueError, match="evidence"):
+            check_record(OPERATING_POINT, record | bad)
+    check_record(OPERATING_POINT, {k: v for k, v in record.items() if k != "evidence"})  # older
+    resumed = OperatingPoint(target_fdr=0.15, capacity_per_day=300)
+    resumed.follow(record["threshold"], None, record["evidence"]["target_threshold"])
+    assert resumed.threshold == op.threshold and resumed.target_index == op.target_index
