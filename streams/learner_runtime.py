@@ -18,6 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -147,11 +148,12 @@ class LearnerRuntime:
         self.published_threshold = (policy.threshold, sequence + 1, policy.decline_threshold)
         record = policy.published(sequence + 1, int(time.time() * 1000))
         e = record["evidence"]
-        log.info("operating point: threshold %.3f -> %.3f (%s; target's point %.3f, FDR %s [%s, %s] "
-                 "on %s labels, %s frauds, %s flags/day, event time %s)", threshold, policy.threshold,
-                 record["reason"], e["target_threshold"], *(_shown(e.get(k)) for k in (
-                     "false_discovery_rate", "fdr_low", "fdr_high", "labels", "frauds",
-                     "flags_per_day", "event_time_ms")))
+        numbers = [_shown(e.get(k)) for k in ("false_discovery_rate", "fdr_low", "fdr_high",
+                                              "labels", "frauds", "flags_per_day")]
+        log.info("operating point: threshold %.3f -> %.3f, decline %s (%s; target's point %.3f, "
+                 "FDR %s [%s, %s] on %s labels, %s frauds, %s flags/day, at %s)", threshold,
+                 policy.threshold, _shown(policy.decline_threshold), record["reason"],
+                 e["target_threshold"], *numbers, _event_time(e.get("event_time_ms")))
         return [(reg.OPERATING_POINT, record)]
 
     async def catch_up(self) -> int:
@@ -415,9 +417,25 @@ def recovery_done(app: Any) -> asyncio.Event:
 
 
 def _shown(value: object) -> str:
-    """A number for a log line: 3 decimals, whole numbers as they are, '-' for none."""
+    """A number for a log line: 3 decimals, whole numbers as they are, '-' for none.
+
+    >>> _shown(0.12345), _shown(12.0), _shown(None)
+    ('0.123', '12', '-')
+    """
     if value is None:
         return "-"
     if isinstance(value, float) and not value.is_integer():
         return f"{value:.3f}"
     return str(int(value)) if isinstance(value, int | float) else str(value)
+
+
+def _event_time(ms: object) -> str:
+    """Event time for a log line, as ISO text (a long number would be masked as a possible
+    card number).
+
+    >>> _event_time(1522540800000), _event_time(None)
+    ('2018-04-01T00:00:00Z', '-')
+    """
+    if not isinstance(ms, int):
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
