@@ -486,3 +486,22 @@ def test_the_published_record_carries_its_evidence_and_a_restart_resumes_the_tar
     resumed = OperatingPoint(target_fdr=0.15, capacity_per_day=300)
     resumed.follow(record["threshold"], None, record["evidence"]["target_threshold"])
     assert resumed.threshold == op.threshold and resumed.target_index == op.target_index
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30)), min_size=1, max_size=40))
+def test_the_fraud_share_by_score_is_non_decreasing_and_keeps_the_reviewed_frauds(bins):
+    """The reviewed fraud share per score bin, fitted non-decreasing (isotonic): it never
+    decreases with the score, it keeps the total of reviewed frauds (pooling moves frauds
+    between neighbouring bins, never adds any), and an already ordered share is unchanged."""
+    from flagstream.scoring.score_tally import monotone_share
+
+    frauds = np.array([min(f, n) for f, n in bins], dtype=float)
+    trials = np.array([n for _, n in bins], dtype=float)
+    share = monotone_share(frauds, trials)
+    assert np.all(np.diff(share) >= -1e-12) and np.all((0 <= share) & (share <= 1))
+    assert (share * trials).sum() == pytest.approx(frauds.sum())
+    has = trials > 0
+    raw = frauds[has] / trials[has]
+    if np.all(np.diff(raw) >= 0):
+        assert share[has] == pytest.approx(raw)
