@@ -18,11 +18,13 @@ stream give the same answer and share one copy of each account's state.
   there is the decision of record and is the answer. A real decision that comes later
   does not count (the learner ignores it; see the README).
 - **Authentication**: ``Authorization: Bearer <FLAGSTREAM_API_KEY>``, compared in
-  constant time; 401 otherwise. **Limits**: bodies above ``FLAGSTREAM_API_MAX_BODY_BYTES``
-  (and single transactions above ``FLAGSTREAM_MAX_RECORD_BYTES``) get 413.
+  constant time; 401 otherwise, and 429 for every call from an address that sent too
+  many wrong keys lately (:class:`~flagstream.throttle.FailureThrottle`).
+- **Limits**: bodies above ``FLAGSTREAM_API_MAX_BODY_BYTES`` (and single transactions
+  above ``FLAGSTREAM_MAX_RECORD_BYTES``) get 413.
 
 Status codes: 200 answer; 400 invalid (``{"error": reason, "detail": ...}``, the
-stream's reasons); 401; 409 duplicate without a remembered first answer; 413; 503
+stream's reasons); 401; 429; 409 duplicate without a remembered first answer; 413; 503
 Kafka unavailable (nothing decided: retry). A batch answers 200 with one result per
 transaction, in order, each with its own ``status``.
 """
@@ -41,6 +43,7 @@ from aiohttp import web
 from flagstream.codec import dumps
 from flagstream.streams.api_answers import AnswerBook, Request, fallback_record, requests
 from flagstream.streams.config import Settings
+from flagstream.throttle import FailureThrottle
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,8 @@ class ScoringApi:
         Answers read from ``scores``; the Kafka side.
     """
 
-    def __init__(self, settings: Settings, book: AnswerBook, link: Link) -> None:
+    def __init__(self, settings: Settings, book: AnswerBook, link: Link,
+                 throttle: FailureThrottle | None = None) -> None:
         if not settings.api_key:
             raise ValueError("FLAGSTREAM_API_KEY is not set: the scoring API needs a key")
         self.settings = settings
@@ -80,7 +84,9 @@ class ScoringApi:
         self.deadline_s = settings.api_deadline_ms / 1000.0
         #: one attempt per transaction id in flight, shared by concurrent calls
         self.attempts: dict[str, asyncio.Task] = {}
-        self.counts = {"answered": 0, "fallback": 0, "refused": 0}
+        self.counts = {"answered": 0, "fallback": 0, "refused": 0, "throttled": 0}
+        #: wrong keys per client address: after 10 in 5 minutes, every key waits
+        self.throttle = throttle or FailureThrottle()
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.api_max_body_bytes,
@@ -91,9 +97,18 @@ class ScoringApi:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """401 without the key; 413 for large bodies; no exception escapes as a traceback."""
+        """401 without the key, 429 after too many wrong keys from the address; 413 for
+        large bodies; no exception escapes as a traceback."""
+        address = request.remote or "?"
+        wait = self.throttle.retry_after(address)
+        if wait > 0:
+            self.counts["throttled"] += 1
+            return reply(429, {"error": "too_many_wrong_keys",
+                               "detail": f"too many wrong keys from this address; retry in {wait:.0f} s"},
+                         {"Retry-After": str(max(1, round(wait)))})
         given = request.headers.get("Authorization", "").encode("utf-8", "replace")
         if not hmac.compare_digest(given, self.key):
+            self.throttle.failed(address)
             return reply(401, {"error": "unauthorized", "detail": "send Authorization: Bearer <key>"},
                          {"WWW-Authenticate": "Bearer"})
         size = request.content_length

@@ -104,6 +104,22 @@ def test_calls_without_the_key_get_401_and_nothing_is_produced():
     run(go())
 
 
+def test_an_address_guessing_keys_is_throttled_and_then_even_the_right_key_waits():
+    async def go():
+        c, link, _ = await client()
+        try:
+            guesses = [await c.post("/v1/score", data=dumps(tx(1)),
+                                    headers={"Authorization": f"Bearer guess-{i:020d}"})
+                       for i in range(10)]
+            assert [r.status for r in guesses] == [401] * 10
+            right = await c.post("/v1/score", data=dumps(tx(1)), headers=AUTH)
+            assert right.status == 429 and 0 < int(right.headers["Retry-After"]) <= 300
+            assert (await right.json())["error"] == "too_many_wrong_keys" and link.sent == []
+        finally:
+            await c.close()
+    run(go())
+
+
 def test_an_answer_is_the_recorded_decision_and_a_retry_gets_the_first_answer():
     async def go():
         c, link, book = await client()

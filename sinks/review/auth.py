@@ -8,10 +8,10 @@ after ``idle_seconds`` unused, after ``lifetime_seconds`` whatever happens, and 
 the reviewer's token is withdrawn or replaced. Scripts may instead send
 ``Authorization: Bearer <token>`` (no cookie, so no CSRF risk).
 
-Wrong tokens are throttled per client address, the same way on the sign-in form and
-in a bearer header: after ``max_failures`` wrong tokens within ``failure_window``
-seconds the address is refused every token, right or wrong, until the oldest of
-those failures is ``failure_window`` old.
+Wrong tokens are throttled per client address (:class:`~flagstream.throttle.FailureThrottle`,
+the scoring API's too), the same way on the sign-in form and in a bearer header: after
+``max_failures`` wrong tokens within ``failure_window`` seconds the address is refused
+every token, right or wrong, until the oldest of those failures is ``failure_window`` old.
 
 >>> now = [0.0]
 >>> tokens = ReviewerTokens(None)
@@ -34,11 +34,12 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from flagstream.sinks.review.credentials import Credential, ReviewerTokens
+from flagstream.throttle import FailureThrottle
 
 SESSION_COOKIE = "flagstream_review"
 LOGIN_COOKIE = "flagstream_review_login"
@@ -96,7 +97,7 @@ class ReviewAuth:
         self.failure_window = failure_window
         self.clock = clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()
-        self._failures: dict[str, deque[float]] = {}
+        self._throttle = FailureThrottle(max_failures, failure_window, clock)
 
     def identify(self, token: object) -> Credential | None:
         """Whose token this is (None for a wrong one)."""
@@ -150,22 +151,12 @@ class ReviewAuth:
 
     def throttled(self, address: str) -> bool:
         """Has ``address`` sent too many wrong tokens lately?"""
-        return self.retry_after(address) > 0
+        return self._throttle.throttled(address)
 
     def retry_after(self, address: str) -> float:
         """Seconds until ``address`` may try a token again (0: now)."""
-        failures = self._failures.get(address)
-        if not failures:
-            return 0.0
-        now = self.clock()
-        while failures and failures[0] < now - self.failure_window:
-            failures.popleft()
-        if len(failures) < self.max_failures:
-            return 0.0
-        return max(0.0, failures[0] + self.failure_window - now)
+        return self._throttle.retry_after(address)
 
     def failed(self, address: str) -> None:
         """Count a wrong token from ``address``."""
-        if len(self._failures) > 10_000:
-            self._failures.clear()
-        self._failures.setdefault(address, deque(maxlen=self.max_failures)).append(self.clock())
+        self._throttle.failed(address)
