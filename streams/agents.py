@@ -25,7 +25,7 @@ def build_app(settings: Settings, role: str = "all") -> Pipeline:
         p.scorer = Scorer(p)
     if p.learns:
         learning = p.learner = learner(p)
-        p.review = ReviewRuntime(p, health=learning.health.report)
+        p.review = ReviewRuntime(p, health=learning.health.report, decision_of_record=learning.lookup)
     for runtime in p.runtimes():
         runtime.register()
 

@@ -53,11 +53,15 @@ class ReviewRuntime:
         Queue bound, how long a claim lasts, how far back a rebuild looks.
     health
         The learner's model-health report, for the page's model-health view.
+    decision_of_record
+        The learner's recorded decision of a transaction: a flag whose decision of record
+        is the scoring API's fallback is not queued (its label would be refused).
     """
 
     def __init__(self, p: Pipeline, max_items: int = 10_000, claim_seconds: float = 120.0,
                  lookback_s: float = LOOKBACK_S,
-                 health: Callable[[], dict] | None = None) -> None:
+                 health: Callable[[], dict] | None = None,
+                 decision_of_record: Callable[[str], dict | None] | None = None) -> None:
         self.p = p
         #: The learner's model-health report (``/review/api/health``), None: not served.
         self.health = health
@@ -70,6 +74,7 @@ class ReviewRuntime:
         self.service = ReviewService(
             self.publish, p.metrics.registry,
             ReviewQueue(max_items=max_items, claim_seconds=claim_seconds),
+            decision_of_record=decision_of_record,
         )
         self.owned: set[int] = set()
         self.tasks: set[asyncio.Task] = set()

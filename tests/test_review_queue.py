@@ -386,3 +386,27 @@ async def test_submitting_an_item_labelled_elsewhere_says_who_labelled_it(web_cl
     assert detail.status == 404 and (await detail.json())["error"] == "already labelled fraud (chargeback)"
     queue = await (await client.get("/review/api/queue", headers=headers)).json()
     assert queue["total"] == 2 and item.item_id not in {i["id"] for i in queue["items"]}
+
+
+def test_a_flag_whose_decision_of_record_is_the_apis_fallback_is_not_queued():
+    """The scoring API answered with its fallback before the worker decided: the worker's
+    late flag still reaches the review topic, but its label would be refused (nothing was
+    scored to learn from), so nobody is asked to review it."""
+    recorded = {"t-1": {"transaction_id": "t-1", "decision": "review", "fallback": True},
+                "t-2": {"transaction_id": "t-2", "decision": "review", "score": 0.9}}
+
+    def decision_of_record(tx):
+        if tx == "t-3":
+            raise ValueError("unreadable row")
+        return recorded.get(tx)
+
+    registry = CollectorRegistry()
+
+    async def publish(key, value):
+        pass
+
+    svc = ReviewService(publish, registry, clock=lambda: 0.0, decision_of_record=decision_of_record)
+    flags = [{"transaction_id": t, "account_id": "c-1", "score": 0.9} for t in ("t-1", "t-2", "t-3", "t-4")]
+    queued = [svc.ingest(f) is not None for f in flags]
+    assert queued == [False, True, True, True], "only the fallback's flag stays out"
+    assert registry.get_sample_value("flagstream_review_ingested_total", {"outcome": "fallback"}) == 1

@@ -115,9 +115,12 @@ class ReviewService:
         registry: CollectorRegistry,
         queue: ReviewQueue | None = None,
         clock: Callable[[], float] = time.time,
+        decision_of_record: Callable[[str], dict | None] | None = None,
     ) -> None:
         self.publish = publish
         self.clock = clock
+        #: the decision recorded for a transaction id (the learner's), None: unknown yet
+        self.decision_of_record = decision_of_record
         self.queue = queue or ReviewQueue(clock=clock)
         self.accounts = RecentHistory(per_key=20)
         self.merchants = RecentHistory(per_key=20)
@@ -137,12 +140,28 @@ class ReviewService:
         if self.queue.is_decided(record["transaction_id"]):
             self.metrics.ingested.labels(outcome="decided").inc()
             return None
+        if self.answered_by_fallback(record["transaction_id"]):
+            # the scoring API answered before the worker: its fallback is the decision of
+            # record, and a label of it would be refused (nothing scored to learn from)
+            self.metrics.ingested.labels(outcome="fallback").inc()
+            return None
         account = str(record.get("account_id", ""))
         if account:
             self.accounts.add(account, transaction_entry(record))
         item = self.queue.add(record, partition)
         self.metrics.ingested.labels(outcome="queued" if item else "skipped").inc()
         return item
+
+    def answered_by_fallback(self, transaction_id: str) -> bool:
+        """Is the transaction's decision of record the scoring API's fallback? (A lookup that
+        fails counts as no: the label is refused later with its reason if it is.)"""
+        if self.decision_of_record is None:
+            return False
+        try:
+            recorded = self.decision_of_record(transaction_id)
+        except Exception:  # an unreadable row: the learner refuses its label with the reason
+            return False
+        return isinstance(recorded, dict) and recorded.get("fallback") is True
 
     def labelled_elsewhere(self, record: dict | None, feedback: dict) -> bool:
         """A label that did not come from this page (another tool, a chargeback, another
