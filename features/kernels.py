@@ -25,11 +25,15 @@ from flagstream.features.layout import (
     LAST_OFFSET,
     LAST_TS,
     M_DAILY,
+    M_NEW_CARDS,
     MAX_GAP_S,
+    MERCHANT_NOVELTY,
     N_DAILY,
     N_HOURLY,
     N_MERCHANT_DAILY,
     N_RECENT_IDS,
+    NEW_CARDS_DAYS,
+    NOVELTY_DAYS,
     RECENT_IDS,
     RECENT_POS,
     TOTAL_COUNT,
@@ -134,36 +138,58 @@ def update_accounts(rows, row_of, offsets, ts_ms, amounts, id_hashes, merchant_h
 
 
 @njit
+def _new_cards(row, first, last):
+    """Cards new to the merchant over days ``first..last`` inclusive, and all its transactions."""
+    count = 0.0
+    new = 0.0
+    for k in range(N_MERCHANT_DAILY):
+        held = row[M_DAILY + 3 * k]
+        if first <= held <= last:
+            count += row[M_DAILY + 3 * k + 1]
+            new += row[M_NEW_CARDS + k]
+    return count, new
+
+
+@njit
 def merchant_features(rows, row_of, ts_ms, delay_days, out):
     """Fill ``out[i, 9:15]``: the merchant's 1/7/30-day count and fraud rate (read only),
-    over windows that end ``delay_days`` before the transaction's day."""
+    over windows that end ``delay_days`` before the transaction's day; and its novelty
+    (``MERCHANT_NOVELTY``): the share of new cards over the ``NOVELTY_DAYS`` and the new
+    cards over the ``NEW_CARDS_DAYS`` that end on the transaction's day."""
     for i in range(ts_ms.shape[0]):
         row = rows[row_of[i]]
-        day = ts_ms[i] // DAY_MS - delay_days
+        today = ts_ms[i] // DAY_MS
+        day = today - delay_days
         col = 9
         for span in (1, 7, 30):
             count, frauds = _ring_window(row, M_DAILY, N_MERCHANT_DAILY, day - span + 1, day)
             out[i, col] = count
             out[i, col + 1] = frauds / count if count > 0 else 0.0
             col += 2
+        count, new = _new_cards(row, today - NOVELTY_DAYS + 1, today)
+        out[i, MERCHANT_NOVELTY] = new / count if count > 0 else 0.0
+        out[i, MERCHANT_NOVELTY + 1] = _new_cards(row, today - NEW_CARDS_DAYS + 1, today)[1]
 
 
 @njit
-def update_merchants(rows, row_of, days, counts, frauds):
-    """Add transaction counts and fraud labels to merchants' daily buckets."""
+def update_merchants(rows, row_of, days, counts, frauds, new_cards):
+    """Add transaction counts, fraud labels and cards new to the merchant to its daily buckets."""
     for i in range(days.shape[0]):
         row = rows[row_of[i]]
         day = days[i]
-        slot = M_DAILY + 3 * (day % N_MERCHANT_DAILY)
+        k = day % N_MERCHANT_DAILY
+        slot = M_DAILY + 3 * k
         held = row[slot]
         if held < day:
             row[slot] = day
             row[slot + 1] = 0.0
             row[slot + 2] = 0.0
+            row[M_NEW_CARDS + k] = 0.0
         elif held > day:
             continue
         row[slot + 1] += counts[i]
         row[slot + 2] += frauds[i]
+        row[M_NEW_CARDS + k] += new_cards[i]
 
 
 def warm_up() -> None:
@@ -176,4 +202,4 @@ def warm_up() -> None:
     update_accounts(rows, one, one - 1, one, np.ones(1), np.ones(1), np.ones(1), out, np.zeros(1, np.int8))
     mrows = np.zeros((1, MERCHANT_WIDTH))
     merchant_features(mrows, one, one, 7, out)
-    update_merchants(mrows, one, one, np.zeros(1), np.zeros(1))
+    update_merchants(mrows, one, one, np.zeros(1), np.zeros(1), np.zeros(1))

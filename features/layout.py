@@ -12,13 +12,16 @@ Accounts also keep their last ``N_RECENT_EVENTS`` (20) events and last
 ``N_KNOWN_MERCHANTS`` (32) distinct merchants, for velocity and novelty features: counts
 in the last 10 minutes and hour, small-amount probes in 48 hours, distinct merchants in
 24 hours, whether (and how long ago) the card used this merchant before, and the amount
-relative to the card's mean over its whole history (``TOTAL_SUM``). Both are fixed
+relative to the card's mean over its whole history (``TOTAL_SUM``). Merchants also count,
+per day, the transactions of cards new to them (a card's ``is_new_merchant``), for the
+share of new cards in the last week and their number in the last two days: a merchant
+suddenly charging many cards it never saw is what a bust-out looks like. Both are fixed
 size, so memory per account is bounded: an account row is ``ACCOUNT_WIDTH`` float64
 values, 2.8 KB (1.6 KB of windows, 0.5 KB of recent events, 0.8 KB of merchants), so a
 million accounts take 2.8 GB.
 
 >>> ACCOUNT_WIDTH, ACCOUNT_WIDTH * 8, MERCHANT_WIDTH, len(FEATURE_NAMES)
-(355, 2840, 120, 25)
+(355, 2840, 160, 27)
 >>> float(new_account_row()[LAST_OFFSET])
 -1.0
 """
@@ -71,9 +74,17 @@ PROBES_BEFORE_CASHOUT = 2
 # --- merchant rows ----------------------------------------------------------
 M_DAILY = 0
 N_MERCHANT_DAILY = 40  # holds a 30-day window that ends MERCHANT_DELAY_DAYS back
-MERCHANT_WIDTH = 3 * N_MERCHANT_DAILY
+#: Per daily slot of M_DAILY (same slot number): the transactions that day whose card had
+#: not used the merchant before (as far as the card remembers: its last N_KNOWN_MERCHANTS).
+M_NEW_CARDS = 3 * N_MERCHANT_DAILY
+MERCHANT_WIDTH = M_NEW_CARDS + N_MERCHANT_DAILY
+#: Widths of earlier merchant layouts (prefixes of this one): adopted with no new-card counts.
+EARLIER_MERCHANT_WIDTHS = (M_NEW_CARDS,)
 #: Merchant windows end this many days before the transaction (the label delay).
 MERCHANT_DELAY_DAYS = 7
+#: Merchant novelty needs no labels: its windows end on the transaction's own day.
+NOVELTY_DAYS = 7
+NEW_CARDS_DAYS = 2
 
 #: Columns of the feature matrix, in order.
 FEATURE_NAMES = (
@@ -102,11 +113,17 @@ FEATURE_NAMES = (
     "card_days_since_merchant",
     "amount_after_probes",
     "amount_to_card_mean",
+    "merchant_new_card_share_7d",
+    "merchant_new_cards_2d",
 )
 N_FEATURES = len(FEATURE_NAMES)
 N_ACCOUNT_FEATURES = 9  # columns 0..8 come from the account kernel, 9..14 from merchants
 #: First column of the velocity and novelty features (filled by the account kernel).
 VELOCITY = 17
+#: Column of ``is_new_merchant`` (counted per merchant as its cards new to it).
+IS_NEW_MERCHANT = 21
+#: First column of the merchant novelty features (filled by the merchant kernel).
+MERCHANT_NOVELTY = 25
 
 # Outcome of applying one event to account state.
 APPLIED = 0

@@ -36,6 +36,8 @@ from flagstream.features.layout import (
     N_MERCHANT_DAILY,
     N_RECENT_EVENTS,
     N_RECENT_IDS,
+    NEW_CARDS_DAYS,
+    NOVELTY_DAYS,
     PROBES_BEFORE_CASHOUT,
     SMALL_AMOUNT,
     SMALL_WINDOW_MS,
@@ -160,24 +162,33 @@ def _velocity(acc: _Account, ts_ms: int, amount: float) -> dict[str, float]:
 
 
 class ReferenceMerchants:
-    """Merchant state as lists of (day, count, frauds) updates."""
+    """Merchant state as lists of (day, count, frauds, cards new to it) updates."""
 
     def __init__(self) -> None:
-        self.updates: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
+        self.updates: dict[str, list[tuple[int, float, float, float]]] = defaultdict(list)
 
-    def add(self, key: str, day: int, count: float, frauds: float) -> None:
-        self.updates[key].append((day, count, frauds))
+    def add(self, key: str, day: int, count: float, frauds: float, new_cards: float = 0.0) -> None:
+        self.updates[key].append((day, count, frauds, new_cards))
 
     def features(self, key: str, ts_ms: int, delay_days: int) -> dict[str, float]:
         updates = self.updates.get(key, [])
         ring = N_MERCHANT_DAILY
-        newest = _retained([d for d, _, _ in updates], ring)
+        newest = _retained([u[0] for u in updates], ring)
+
+        def kept(first: int, last: int) -> list[tuple[float, float, float]]:
+            return [(c, f, n) for d, c, f, n in updates if first <= d <= last and newest[d % ring] == d]
+
         last = ts_ms // DAY_MS - delay_days
         out = {}
         for span in (1, 7, 30):
-            kept = [(c, f) for d, c, f in updates if last - span + 1 <= d <= last and newest[d % ring] == d]
-            count = sum(c for c, _ in kept)
-            frauds = sum(f for _, f in kept)
+            window = kept(last - span + 1, last)
+            count = sum(c for c, _, _ in window)
+            frauds = sum(f for _, f, _ in window)
             out[f"merchant_count_{span}d"] = count
             out[f"merchant_fraud_rate_{span}d"] = frauds / count if count else 0.0
+        today = ts_ms // DAY_MS
+        week = kept(today - NOVELTY_DAYS + 1, today)
+        count, new = sum(c for c, _, _ in week), sum(n for _, _, n in week)
+        out["merchant_new_card_share_7d"] = new / count if count else 0.0
+        out["merchant_new_cards_2d"] = sum(n for _, _, n in kept(today - NEW_CARDS_DAYS + 1, today))
         return out

@@ -14,7 +14,8 @@ merchants. Both are fixed-size parts of the row: the memory per account is bound
 ...     card_velocity(row, ts, amount, merchant, out, i)
 ...     row[TOTAL_COUNT] += 1
 ...     row[TOTAL_SUM] += amount
->>> dict(zip(FEATURE_NAMES[VELOCITY:], out[2, VELOCITY:].tolist()))  # doctest: +NORMALIZE_WHITESPACE
+>>> dict(zip(FEATURE_NAMES[VELOCITY:VELOCITY + 8], out[2, VELOCITY:VELOCITY + 8].tolist()))
+... # doctest: +NORMALIZE_WHITESPACE
 {'card_count_10m': 3.0, 'card_count_1h': 3.0, 'card_small_count_48h': 2.0,
  'card_distinct_merchants_24h': 2.0, 'is_new_merchant': 1.0, 'card_days_since_merchant': 30.0,
  'amount_after_probes': 80.0, 'amount_to_card_mean': 64.0}

@@ -29,6 +29,9 @@ _CARD_VELOCITY = {
     ),
     "amount_after_probes": lambda v: f"purchase of {v:,.2f} after small-amount probes on this card",
     "amount_to_card_mean": lambda v: f"amount {v:.1f}× this card's average since its first transaction",
+    "merchant_new_card_share_7d": lambda v: f"{v:.0%} of this merchant's transactions in 7 days from "
+                                            "cards new to it",
+    "merchant_new_cards_2d": lambda v: f"{v:.0f} cards new to this merchant in 2 days",
 }
 
 

@@ -19,7 +19,12 @@ import faust
 from faust.types import TopicT
 
 from flagstream.features.arena import Arena
-from flagstream.features.layout import EARLIER_ACCOUNT_WIDTHS, new_account_row, new_merchant_row
+from flagstream.features.layout import (
+    EARLIER_ACCOUNT_WIDTHS,
+    EARLIER_MERCHANT_WIDTHS,
+    new_account_row,
+    new_merchant_row,
+)
 from flagstream.features.merchants import MerchantState
 from flagstream.scoring.handle import ModelHandle
 from flagstream.scoring.linear import LinearChampion
@@ -192,7 +197,8 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
         prefix_widths=EARLIER_ACCOUNT_WIDTHS,
     )
     merchants = MerchantState(
-        Arena(new_merchant_row, loader=lambda key: merchant_table.get(key.encode()))
+        Arena(new_merchant_row, loader=lambda key: merchant_table.get(key.encode()),
+              prefix_widths=EARLIER_MERCHANT_WIDTHS)
     )
     policy = settings.operating_point()
     core = ScoringCore(

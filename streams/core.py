@@ -35,6 +35,7 @@ from flagstream.features.layout import (
     APPLIED,
     DUPLICATE,
     FEATURE_NAMES,
+    IS_NEW_MERCHANT,
     N_FEATURES,
     new_account_row,
 )
@@ -238,7 +239,8 @@ class ScoringCore:
         outcome.features, outcome.scores = features, scores
         outcome.routes, outcome.times_ms = routes, times_ms
         outcome.activity = count_activity(
-            [batch.merchant_ids[i] for i in applied], batch.timestamps_ms[applied]
+            [batch.merchant_ids[i] for i in applied], batch.timestamps_ms[applied],
+            features[:, IS_NEW_MERCHANT],
         )
         self._decide(batch, applied, features, scores, routes, outcome)
         return outcome

@@ -41,10 +41,7 @@ async def send_activity(p: Pipeline, activity: MerchantActivity) -> list[Awaitab
     pending = []
     for part in np.unique(home):
         sel = np.flatnonzero(home == part)
-        piece = MerchantActivity(
-            [activity.merchant_ids[i] for i in sel], activity.days[sel], activity.counts[sel],
-            activity.frauds[sel],
-        )
+        piece = activity.select(sel)
         pending.append(
             await p.app.producer.send(topic, None, dumps(piece.to_wire()), int(part), None, None)
         )
@@ -59,10 +56,7 @@ def activity_records(activity: MerchantActivity, partitions: int) -> list[tuple[
     out = []
     for part in np.unique(home).tolist():
         sel = np.flatnonzero(home == part)
-        piece = MerchantActivity(
-            [activity.merchant_ids[i] for i in sel.tolist()], activity.days[sel],
-            activity.counts[sel], activity.frauds[sel],
-        )
+        piece = activity.select(sel)
         out.append((part, dumps(piece.to_wire())))
     return out
 

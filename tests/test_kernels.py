@@ -13,6 +13,7 @@ from flagstream.features.layout import (
     APPLIED,
     DAY_MS,
     FEATURE_NAMES,
+    MERCHANT_NOVELTY,
     N_FEATURES,
     new_account_row,
     new_merchant_row,
@@ -82,8 +83,9 @@ def test_replayed_offsets_are_not_applied_twice():
     np.testing.assert_array_equal(rows, before)
 
 
-merchant_updates = st.lists(
-    st.tuples(st.integers(0, 2), st.integers(0, 90), st.integers(0, 5), st.integers(0, 2)),
+merchant_updates = st.lists(  # merchant, day, count, frauds, cards new to it
+    st.tuples(st.integers(0, 2), st.integers(0, 90), st.integers(0, 5), st.integers(0, 2),
+              st.integers(0, 5)),
     max_size=50,
 )
 
@@ -100,14 +102,17 @@ def test_merchant_kernels_match_reference(updates, query_day, delay):
             np.array([START // DAY_MS + u[1] for u in updates], np.int64),
             np.array([float(u[2]) for u in updates]),
             np.array([float(u[3]) for u in updates]),
+            np.array([float(u[4]) for u in updates]),
         )
-    for m, day, count, frauds in updates:
-        ref.add(str(m), START // DAY_MS + day, count, frauds)
+    for m, day, count, frauds, new in updates:
+        ref.add(str(m), START // DAY_MS + day, count, frauds, new)
     ts = START + query_day * DAY_MS + 5
     out = np.zeros((3, N_FEATURES))
     merchant_features(rows, np.arange(3, dtype=np.int64), np.full(3, ts, np.int64), delay, out)
     for m in range(3):
         expected = ref.features(str(m), ts, delay)
-        got = dict(zip(FEATURE_NAMES[9:15], out[m, 9:15], strict=True))
+        merchant_columns = [*range(9, 15), MERCHANT_NOVELTY, MERCHANT_NOVELTY + 1]
+        got = {FEATURE_NAMES[c]: out[m, c] for c in merchant_columns}
+        assert set(got) == set(expected)
         for name, value in expected.items():
             assert abs(got[name] - value) < 1e-9, (m, name, got[name], value)

@@ -15,6 +15,7 @@ from flagstream.features.layout import (
     FEATURE_NAMES,
     HOUR_MS,
     MAX_MERCHANT_AGE_DAYS,
+    MERCHANT_NOVELTY,
     N_FEATURES,
     N_KNOWN_MERCHANTS,
     N_RECENT_EVENTS,
@@ -23,7 +24,7 @@ from flagstream.features.layout import (
 )
 from flagstream.features.reference import ReferenceAccounts
 
-VELOCITY_NAMES = FEATURE_NAMES[VELOCITY:]
+VELOCITY_NAMES = FEATURE_NAMES[VELOCITY:MERCHANT_NOVELTY]
 
 
 def run_kernel(events: list[tuple[int, int, float, int]], offsets: bool = False):
@@ -80,7 +81,7 @@ def test_card_testing_then_cashout():
     cashout = [(0, t0 + 6 * HOUR_MS, 400.0, 2)]
     out, status, _ = run_kernel(history + probes + cashout)
     assert (status == APPLIED).all()
-    feats = [dict(zip(VELOCITY_NAMES, row[VELOCITY:].tolist(), strict=True)) for row in out]
+    feats = [dict(zip(VELOCITY_NAMES, row[VELOCITY:MERCHANT_NOVELTY].tolist(), strict=True)) for row in out]
     first, last_probe, cash = feats[10], feats[14], feats[15]
     assert first["is_new_merchant"] == 1.0 and first["card_days_since_merchant"] == MAX_MERCHANT_AGE_DAYS
     assert last_probe["is_new_merchant"] == 0.0 and last_probe["card_count_10m"] == 5.0
