@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, str]] = [
     ("flagstream.codec", "flagstream/codec.py"),
     ("flagstream.extras", "flagstream/extras.py"),
     ("flagstream.cards", "flagstream/cards.py"),
+    ("flagstream.throttle", "flagstream/throttle.py"),
     ("flagstream.features", "features"),
     ("flagstream.scoring", "scoring"),
     ("flagstream.sinks", "sinks"),
