@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -228,19 +228,29 @@ _ROWS = list[WireTransaction]
 _COLUMNS = {name: attrgetter(name) for name in WireTransaction.__struct_fields__}
 
 
-def _decoded(values: Sequence[bytes | None], max_bytes: int) -> list[object]:
-    """orjson's value for each record; None where it has no value, is too large or not JSON."""
+#: Records per orjson or msgspec call: a bad record costs at most this many records redone.
+CHUNK = 64
+
+
+def _decoded_one(raw: bytes | None, max_bytes: int) -> object:
     try:
-        if max(map(len, values), default=0) <= max_bytes:  # (TypeError: a value is None)
-            return loads_each(values)  # type: ignore[arg-type]
-    except (TypeError, JSONDecodeError):
-        pass
-    out: list[object] = []
-    for raw in values:
+        return loads(raw) if raw is not None and len(raw) <= max_bytes else None
+    except JSONDecodeError:
+        return None
+
+
+def _decoded(values: Sequence[bytes | None], max_bytes: int) -> list[Any]:
+    """orjson's value for each record; None where it has no value, is too large or not JSON."""
+    out: list[Any] = []
+    for lo in range(0, len(values), CHUNK):
+        part = values[lo : lo + CHUNK]
         try:
-            out.append(loads(raw) if raw is not None and len(raw) <= max_bytes else None)
-        except JSONDecodeError:
-            out.append(None)
+            if max(map(len, part)) <= max_bytes:  # type: ignore[arg-type]  # (TypeError: a None)
+                out += loads_each(part)  # type: ignore[arg-type]
+                continue
+        except (TypeError, JSONDecodeError):
+            pass
+        out += [_decoded_one(raw, max_bytes) for raw in part]
     return out
 
 
@@ -257,8 +267,13 @@ def _shallow(values: Sequence[bytes | None], objs: list, at: list[int], max_nest
 
 
 def _typed(objs: list[dict]) -> list[WireTransaction | None]:
-    """msgspec's :class:`WireTransaction` of each object, None where it refuses one (halving
-    the batch until the refused ones are alone: a few bad records cost a few calls)."""
+    """msgspec's :class:`WireTransaction` of each object, None where it refuses one (a chunk
+    with a refusal is halved until the refused objects are alone)."""
+    if len(objs) > CHUNK:
+        rows: list[WireTransaction | None] = []
+        for lo in range(0, len(objs), CHUNK):
+            rows += _typed(objs[lo : lo + CHUNK])
+        return rows
     try:
         return msgspec.convert(objs, _ROWS)
     except msgspec.ValidationError:
@@ -310,10 +325,9 @@ def validate_transactions(
         at, rows, stamps, millis = [at[k] for k in keep], [rows[k] for k in keep], [
             stamps[k] for k in keep], millis[keep]
     texts: list | None = stamps if set(map(type, stamps)) <= {str} else [t for t in stamps if type(t) is str]
-    batch = TransactionBatch(
-        at, [objs[i] for i in at], *(list(map(_COLUMNS[name], rows)) for name in REQUIRED_STRINGS),
-        np.fromiter(map(_COLUMNS["amount"], rows), np.float64, len(rows)), millis,
-    )
+    tx, acc, mer = (list(map(_COLUMNS[name], rows)) for name in REQUIRED_STRINGS)
+    amounts = np.fromiter(map(_COLUMNS["amount"], rows), np.float64, len(rows))
+    batch = TransactionBatch(at, [objs[i] for i in at], tx, acc, mer, amounts, millis)
     if len(at) < n:  # the others: the per-record checks say why, or accept them after all
         taken = set(at)
         rest = [i for i in range(n) if i not in taken]
