@@ -230,6 +230,8 @@ _COLUMNS = {name: attrgetter(name) for name in WireTransaction.__struct_fields__
 
 #: Records per orjson or msgspec call: a bad record costs at most this many records redone.
 CHUNK = 64
+#: Fewer timestamps than this are read one at a time (numpy's fixed cost per call is larger).
+FEW = 128
 
 
 def _decoded_one(raw: bytes | None, max_bytes: int) -> object:
@@ -283,9 +285,22 @@ def _typed(objs: list[dict]) -> list[WireTransaction | None]:
         return _typed(objs[:half]) + _typed(objs[half:])
 
 
+def _reference_millis(stamps: list[str | int]) -> tuple[np.ndarray, np.ndarray]:
+    millis, ok = np.zeros(len(stamps), np.int64), np.zeros(len(stamps), bool)
+    for k, stamp in enumerate(stamps):
+        try:
+            millis[k], ok[k] = parse_timestamp_ms(stamp), True
+        except InvalidRecord:
+            pass
+    return millis, ok
+
+
 def _epoch_millis(stamps: list[str | int]) -> tuple[np.ndarray, np.ndarray]:
     """Epoch ms of each timestamp and whether it was read and is in range (the others go to
-    :func:`parse_timestamp_ms`)."""
+    the per-record checks). Below :data:`FEW` timestamps the array steps cost more than they
+    save: those are read one by one by :func:`parse_timestamp_ms` itself."""
+    if len(stamps) < FEW:
+        return _reference_millis(stamps)
     kinds = set(map(type, stamps))
     if kinds == {str}:
         millis, ok = iso_millis(stamps)  # type: ignore[arg-type]
