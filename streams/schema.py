@@ -232,6 +232,8 @@ _COLUMNS = {name: attrgetter(name) for name in WireTransaction.__struct_fields__
 CHUNK = 64
 #: Fewer timestamps than this are read one at a time (numpy's fixed cost per call is larger).
 FEW = 128
+#: Batches smaller than this take the per-record path whole (one record: 12 µs against 23).
+TINY = 4
 
 
 def _decoded_one(raw: bytes | None, max_bytes: int) -> object:
@@ -325,6 +327,8 @@ def validate_transactions(
 ) -> TransactionBatch:
     """Decode and check a batch of raw transaction values a whole batch at a time: the
     batch :func:`validate_transactions_reference` gives (see module doc)."""
+    if len(values) < TINY:
+        return validate_transactions_reference(values, max_bytes, max_nesting)
     objs = _decoded(values, max_bytes)
     n = len(objs)
     at = list(range(n)) if set(map(type, objs)) <= {dict} else [

@@ -32,21 +32,22 @@ from flagstream.streams.schema import (
 
 
 @contextmanager
-def few_timestamps_below(count: int) -> Iterator[None]:
-    """Small batches read their timestamps one by one (``schema.FEW``); with 0 every batch,
-    however small, takes the numpy kernel."""
-    before = schema.FEW
-    schema.FEW = count
+def small_batches_below(count: int) -> Iterator[None]:
+    """Tiny batches take the per-record path (``schema.TINY``) and small ones read their
+    timestamps one by one (``schema.FEW``); with 0 every batch, however small, takes the
+    batch steps and the numpy kernel."""
+    before = schema.FEW, schema.TINY
+    schema.FEW = schema.TINY = count
     try:
         yield
     finally:
-        schema.FEW = before
+        schema.FEW, schema.TINY = before
 
 
 def assert_same(values, max_bytes: int = hc.MAX_RECORD_BYTES, max_nesting: int = hc.MAX_NESTING) -> None:
     ref = validate_transactions_reference(values, max_bytes, max_nesting)
     assert_batches_equal(validate_transactions(values, max_bytes, max_nesting), ref)
-    with few_timestamps_below(0):
+    with small_batches_below(0):
         assert_batches_equal(validate_transactions(values, max_bytes, max_nesting), ref)
 
 
