@@ -28,6 +28,15 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
     return orjson.loads(data)
 
 
+def loads_each(values: Iterable[bytes]) -> list[Any]:
+    """:func:`loads` of every value, in one C-level loop; raises on the first bad one.
+
+    >>> loads_each([b'{"a": 1}', b'[2]'])
+    [{'a': 1}, [2]]
+    """
+    return list(map(orjson.loads, values))
+
+
 def deeper_than(value: object, limit: int) -> bool:
     """Whether a decoded JSON value nests more than ``limit`` levels (a scalar is level 0).
 

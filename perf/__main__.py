@@ -1,9 +1,12 @@
-"""``python -m flagstream.perf compare``: the side-by-side benchmark.
+"""``python -m flagstream.perf compare``: the side-by-side benchmark; ``python -m flagstream.perf
+decode``: the transaction decoder's batch path against its per-record reference.
 
-See :mod:`flagstream.perf.bench.harness`.
+See :mod:`flagstream.perf.bench.harness` and :mod:`flagstream.perf.bench.decode`.
 
 >>> build_parser().parse_args(["compare", "--rates", "1000,5000"]).rates
 (1000, 5000)
+>>> build_parser().parse_args(["decode", "--batch", "500"]).batch
+500
 """
 
 from __future__ import annotations
@@ -51,7 +54,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--broker", default=d.broker)
     c.add_argument("--no-chart", dest="chart", action="store_false")
     c.add_argument("--keep-topics", action="store_true", help="leave the run's topics on the broker")
+    dec = sub.add_parser("decode", help="transaction decoding: batch path vs per-record reference, µs/record")
+    dec.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    dec.add_argument("--records", type=int, default=20_000, help="records decoded per repeat")
+    dec.add_argument("--batch", type=int, default=1_000, help="records per batch")
+    dec.add_argument("--repeats", type=int, default=7, help="timings per path (the median is reported)")
+    dec.add_argument("--bad-share", type=float, default=0.01, help="share of bad records, second workload")
+    dec.add_argument("--stream", help="recorded stream (default: the reference one, or a new one)")
+    dec.add_argument("--out-dir", default=d.out_dir, help="where a new stream is written")
     return parser
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from flagstream.codec import dumps
+    from flagstream.perf.bench import decode
+
+    report = decode.run(args.stream, args.out_dir, args.records, args.batch, args.repeats, args.bad_share)
+    print(dumps(report).decode() if args.json else decode.table(report))
+    if not all(r["agree"] for r in report.values()):
+        print("FAIL: the batch decoder's result differs from the reference's", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _table(report: dict) -> str:
@@ -81,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     from flagstream.perf.bench.harness import Options, passed, run
 
     args = build_parser().parse_args(argv)
+    if args.command == "decode":
+        return _decode(args)
     opts = Options(events=args.events, rates=args.rates, rate_seconds=args.rate_seconds, train=args.train,
                    partitions=args.partitions, threshold=args.threshold, contenders=args.contenders,
                    stream=args.stream, out_dir=args.out_dir, broker=args.broker, chart=args.chart,

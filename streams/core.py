@@ -60,6 +60,37 @@ CONTEXT_SHAPES = {
 CONTEXT_FIELDS = tuple(CONTEXT_SHAPES)
 
 
+def copy_context(decisions: Sequence[dict], records: Sequence[dict]) -> None:
+    """Copy each record's context fields of their allowed shape onto its decision, in
+    :data:`CONTEXT_SHAPES` order: each distinct text is matched once per batch, not once per
+    record (a stream has a handful of currencies and channels).
+
+    >>> decisions = [{}, {}, {}]
+    >>> copy_context(decisions, [{"currency": "USD", "channel": "card"}, {"currency": "usd"},
+    ...                          {"currency": ["USD"], "country": "FR"}])
+    >>> decisions
+    [{'currency': 'USD', 'channel': 'card'}, {}, {'country': 'FR'}]
+    """
+    for name, shape in CONTEXT_SHAPES.items():
+        values = [r.get(name) for r in records]
+        texts = {v for v in values if type(v) is str}
+        if not texts:
+            continue
+        allowed = {v for v in texts if shape.fullmatch(v)}
+        for decision, value in zip(decisions, values, strict=True):
+            if type(value) is str and value in allowed:
+                decision[name] = value
+
+
+def copy_context_reference(decisions: Sequence[dict], records: Sequence[dict]) -> None:
+    """:func:`copy_context` one record and field at a time: the rule it is held to."""
+    for decision, record in zip(decisions, records, strict=True):
+        for name, shape in CONTEXT_SHAPES.items():
+            value = record.get(name)
+            if isinstance(value, str) and shape.fullmatch(value):
+                decision[name] = value
+
+
 @njit(cache=True)
 def _murmur2_partitions(buf, ends, partitions, out):  # pragma: no cover - compiled
     """Kafka's murmur2 (as ``aiokafka.partitioner.murmur2``) of each key, mod partitions."""
@@ -277,12 +308,7 @@ class ScoringCore:
                 rows, amounts, stamps, rounded, route_list, feature_lists, strict=True
             )
         ]
-        for decision, i in zip(decisions, rows, strict=True):
-            record = recs[i]
-            for name, shape in CONTEXT_SHAPES.items():
-                value = record.get(name)
-                if isinstance(value, str) and shape.fullmatch(value):
-                    decision[name] = value
+        copy_context(decisions, [recs[i] for i in rows])
         outcome.indices.extend([batch.indices[i] for i in rows])
         outcome.decisions.extend(decisions)
         outcome.declined += int(np.count_nonzero(routes == "decline"))

@@ -32,7 +32,8 @@ from flagstream.streams.topics import SCORES, TRANSACTIONS
 #: Path fragment → category, matched against the innermost frames first.
 CATEGORIES = {
     "/streams/schema.py": "decode+validate (schema, orjson)",
-    "/streams/codec.py": "decode+validate (schema, orjson)",
+    "/streams/iso_times.py": "decode+validate (schema, orjson)",
+    "/flagstream/codec.py": "decode+validate (schema, orjson)",
     "/features/": "core (features, scoring, decisions)",
     "/scoring/": "core (features, scoring, decisions)",
     "/streams/core.py": "core (features, scoring, decisions)",
