@@ -155,7 +155,7 @@ def merchant_features(rows, row_of, ts_ms, delay_days, out):
     """Fill ``out[i, 9:15]``: the merchant's 1/7/30-day count and fraud rate (read only),
     over windows that end ``delay_days`` before the transaction's day; and its novelty
     (``MERCHANT_NOVELTY``): the share of new cards over the ``NOVELTY_DAYS`` and the new
-    cards over the ``NEW_CARDS_DAYS`` that end on the transaction's day."""
+    cards over the ``NEW_CARDS_DAYS`` that end the day before the transaction's."""
     for i in range(ts_ms.shape[0]):
         row = rows[row_of[i]]
         today = ts_ms[i] // DAY_MS
@@ -166,9 +166,10 @@ def merchant_features(rows, row_of, ts_ms, delay_days, out):
             out[i, col] = count
             out[i, col + 1] = frauds / count if count > 0 else 0.0
             col += 2
-        count, new = _new_cards(row, today - NOVELTY_DAYS + 1, today)
+        yesterday = today - 1
+        count, new = _new_cards(row, yesterday - NOVELTY_DAYS + 1, yesterday)
         out[i, MERCHANT_NOVELTY] = new / count if count > 0 else 0.0
-        out[i, MERCHANT_NOVELTY + 1] = _new_cards(row, today - NEW_CARDS_DAYS + 1, today)[1]
+        out[i, MERCHANT_NOVELTY + 1] = _new_cards(row, yesterday - NEW_CARDS_DAYS + 1, yesterday)[1]
 
 
 @njit

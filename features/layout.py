@@ -14,7 +14,8 @@ in the last 10 minutes and hour, small-amount probes in 48 hours, distinct merch
 24 hours, whether (and how long ago) the card used this merchant before, and the amount
 relative to the card's mean over its whole history (``TOTAL_SUM``). Merchants also count,
 per day, the transactions of cards new to them (a card's ``is_new_merchant``), for the
-share of new cards in the last week and their number in the last two days: a merchant
+share of new cards in the 7 days before the transaction's and their number in the 2 days
+before: a merchant
 suddenly charging many cards it never saw is what a bust-out looks like. Both are fixed
 size, so memory per account is bounded: an account row is ``ACCOUNT_WIDTH`` float64
 values, 2.8 KB (1.6 KB of windows, 0.5 KB of recent events, 0.8 KB of merchants), so a
@@ -82,7 +83,8 @@ MERCHANT_WIDTH = M_NEW_CARDS + N_MERCHANT_DAILY
 EARLIER_MERCHANT_WIDTHS = (M_NEW_CARDS,)
 #: Merchant windows end this many days before the transaction (the label delay).
 MERCHANT_DELAY_DAYS = 7
-#: Merchant novelty needs no labels: its windows end on the transaction's own day.
+#: Merchant novelty needs no labels: its windows end the day before the transaction's, so
+#: they hold complete days whose counts have come back by replication (seconds, not a day).
 NOVELTY_DAYS = 7
 NEW_CARDS_DAYS = 2
 
