@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -104,7 +105,13 @@ class _RecordingCore(ScoringCore):
 
     last: BatchOutcome | None = None
 
-    def process(self, values, offsets=None, partition=None, partitions=None) -> BatchOutcome:  # type: ignore[no-untyped-def]
+    def process(
+        self,
+        values: Sequence[bytes | None],
+        offsets: Sequence[int] | None = None,
+        partition: int | None = None,
+        partitions: int | None = None,
+    ) -> BatchOutcome:
         self.last = outcome = super().process(values, offsets, partition, partitions)
         return outcome
 
@@ -269,7 +276,8 @@ def format_table(out: dict[str, Any], file: str) -> str:
     row("Card precision@100", on["card_precision_at_100"], ba["card_precision_at_100"])
     row(f"recall at the same {out['alerts']:,} alerts", on["recall"], ba["recall"])
     for code, figures in on["by_scenario"].items():
-        row(f"  scenario {code} ({figures['n']:,} frauds)", figures["recall"], ba["by_scenario"][code]["recall"])
+        batch_recall = ba["by_scenario"][code]["recall"]
+        row(f"  scenario {code} ({figures['n']:,} frauds)", figures["recall"], batch_recall)
     row("training seconds", "live", fit["train_seconds"], ".1f")
     row("scoring us/event (batches of 2,000)", on["cost"]["us_per_event_batched"],
         ba["cost"]["us_per_event_batched"], ".2f")  # fmt: skip
