@@ -230,7 +230,8 @@ def compare(data: Collected, windows: Windows, params: BatchModelParams | None =
     out["windows"] = {"train": [windows.train_start, windows.train_end], "test": [windows.test_start,
                       windows.test_end], "early_stopping_days": windows.valid_days}  # fmt: skip
     out["protocol"] = protocol
-    out["backtest"] = {k: live.get(k) for k in ("n_events", "wall_seconds", "events_per_s", "policy")}
+    out["backtest"] = {k: live.get(k) for k in ("n_events", "wall_seconds", "events_per_s", "policy",
+                                                 "malformed_lines", "rejected_by_core")}
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import importlib.util
 import json
 
@@ -54,11 +55,14 @@ def parse(argv):
     return parser.parse_args(argv)
 
 
-def test_cli_runs_end_to_end(stream_path, capsys):
-    argv = [str(stream_path), "--json", "--train-start", WINDOWS.train_start, "--test-start",
+def test_cli_runs_end_to_end(stream_path, tmp_path, capsys):
+    hostile = tmp_path / "hostile.jsonl.gz"  # the stream, then two bad lines (a second gzip member)
+    hostile.write_bytes(stream_path.read_bytes() + gzip.compress(b'not json\n{"amount": 1}\n'))
+    argv = [str(hostile), "--json", "--train-start", WINDOWS.train_start, "--test-start",
             TEST["test_start"], "--test-end", TEST["test_end"]]  # fmt: skip
     assert run(parse(argv)) == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["backtest"]["malformed_lines"] == 2  # reported, skipped
     assert out["windows"]["train"] == ["2018-04-08", "2018-04-26"]  # --train-end's default: 8 days before
     for model in ("online", "batch"):
         for key in ("auc", "average_precision", "card_precision_at_100", "recall"):
@@ -81,6 +85,13 @@ def test_the_command_is_wired_and_says_when_scikit_learn_is_missing(stream_path,
                         lambda name, *a: None if name == "sklearn" else find_spec(name, *a))  # fmt: skip
     assert cli_main(["compare-batch", str(stream_path)]) == 2
     assert "pip install 'flagstream[batch]'" in capsys.readouterr().err
+
+
+def test_unreadable_files_and_empty_windows_end_with_status_2(stream_path, tmp_path, capsys):
+    assert run(parse([str(tmp_path / "missing.jsonl")])) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert run(parse([str(stream_path), "--test-start", "2019-01-01", "--test-end", "2019-01-07"])) == 2
+    assert "no scored event in the test window" in capsys.readouterr().err
 
 
 def test_a_training_window_reaching_the_test_week_is_refused(stream_path, capsys):
