@@ -27,7 +27,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
@@ -162,6 +162,8 @@ class Collected:
     cards: np.ndarray
     backtest: dict[str, Any]
     online_score: Any  # the online model at the end of the run: matrix -> scores
+    #: (line, reason) of every line left out: malformed, or rejected by the core
+    malformed: list[tuple[int, str]] = field(default_factory=list)
 
 
 def collect(source: str | os.PathLike, config: BacktestConfig) -> Collected:
@@ -174,7 +176,7 @@ def collect(source: str | os.PathLike, config: BacktestConfig) -> Collected:
     ok = ~np.isnan(bt.scores)
     return Collected(
         bt.features[ok], bt.scores[ok], bt.flagged[ok], stream.ts_ms[ok], stream.is_fraud[ok],
-        stream.scenario[ok], stream.cards[ok], result.metrics, bt.handle.model.score_batch,
+        stream.scenario[ok], stream.cards[ok], result.metrics, bt.handle.model.score_batch, result.malformed,
     )  # fmt: skip
 
 
@@ -313,6 +315,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # empty windows, one class only
         print(f"compare-batch: {exc}", file=sys.stderr)
         return 2
+    for line, reason in data.malformed[:20]:  # as flagstream backtest reports them
+        print(f"compare-batch: line {line}: {reason}", file=sys.stderr)
+    if len(data.malformed) > 20:
+        print(f"compare-batch: ... {len(data.malformed) - 20} more bad lines", file=sys.stderr)
     if args.json:
         sys.stdout.write(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
     else:

@@ -61,8 +61,10 @@ def test_cli_runs_end_to_end(stream_path, tmp_path, capsys):
     argv = [str(hostile), "--json", "--train-start", WINDOWS.train_start, "--test-start",
             TEST["test_start"], "--test-end", TEST["test_end"]]  # fmt: skip
     assert run(parse(argv)) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     assert out["backtest"]["malformed_lines"] == 2  # reported, skipped
+    assert captured.err.count("compare-batch: line ") == 2 and "not json" not in captured.out
     assert out["windows"]["train"] == ["2018-04-08", "2018-04-26"]  # --train-end's default: 8 days before
     for model in ("online", "batch"):
         for key in ("auc", "average_precision", "card_precision_at_100", "recall"):
