@@ -7,7 +7,7 @@ to import is an error that says why, never a subcommand that silently disappears
 >>> build_parser("worker").parse_args(["worker", "--role", "learner"]).role
 'learner'
 >>> sorted(COMMANDS)[:4]
-['api', 'backtest', 'config', 'demo']
+['api', 'backtest', 'compare-batch', 'config']
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ COMMANDS = {
     "reviewers": ("flagstream.simulation.reviewers",
                   "simulated reviewers and chargebacks answering on feedback"),
     "backtest": ("flagstream.evaluation.backtest", "run the pipeline in-process over a recorded stream"),
+    "compare-batch": ("flagstream.evaluation.compare_batch",
+                      "the online model against a batch gradient-boosted model on the same features"),
     "demo": ("flagstream.demo.orchestrator", "the whole product on a local broker, in accelerated time"),
 }
 

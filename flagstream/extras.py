@@ -1,4 +1,5 @@
-"""Optional parts: plotting and progress bars, installed with ``pip install 'flagstream[report]'``.
+"""Optional parts: plotting and progress bars (``pip install 'flagstream[report]'``) and the
+batch model of ``flagstream compare-batch`` (``pip install 'flagstream[batch]'``).
 
 The worker never needs them. A command that does checks for them when it starts,
 before any work, and stops with a message that says what to install: never a
@@ -9,6 +10,10 @@ silent fallback halfway through a long run.
 Traceback (most recent call last):
 ...
 flagstream.extras.MissingExtra: the report needs no_such_module_here: pip install 'flagstream[report]'
+>>> require("no_such_module_here", "the batch model", "batch")
+Traceback (most recent call last):
+...
+flagstream.extras.MissingExtra: the batch model needs no_such_module_here: pip install 'flagstream[batch]'
 >>> with progress_bar(3, "tx", enabled=False) as bar:
 ...     bar.update(3)
 """
@@ -28,10 +33,11 @@ class MissingExtra(FlagstreamError, ImportError):
     """An optional dependency a command needs is not installed."""
 
 
-def require(module: str, feature: str) -> None:
-    """Raise :class:`MissingExtra` unless ``module`` can be imported."""
+def require(module: str, feature: str, extra: str = "report") -> None:
+    """Raise :class:`MissingExtra` unless ``module`` can be imported (``extra``: the
+    optional part of flagstream that installs it)."""
     if importlib.util.find_spec(module) is None:
-        raise MissingExtra(f"{feature} needs {module}: pip install 'flagstream[report]'")
+        raise MissingExtra(f"{feature} needs {module}: pip install 'flagstream[{extra}]'")
 
 
 class _NoBar:
