@@ -155,21 +155,19 @@ def merchant_features(rows, row_of, ts_ms, delay_days, out):
     """Fill ``out[i, 9:15]``: the merchant's 1/7/30-day count and fraud rate (read only),
     over windows that end ``delay_days`` before the transaction's day; and its novelty
     (``MERCHANT_NOVELTY``): the share of new cards over the ``NOVELTY_DAYS`` and the new
-    cards over the ``NEW_CARDS_DAYS`` that end the day before the transaction's."""
+    cards over the ``NEW_CARDS_DAYS`` that end at the same day."""
     for i in range(ts_ms.shape[0]):
         row = rows[row_of[i]]
-        today = ts_ms[i] // DAY_MS
-        day = today - delay_days
+        day = ts_ms[i] // DAY_MS - delay_days
         col = 9
         for span in (1, 7, 30):
             count, frauds = _ring_window(row, M_DAILY, N_MERCHANT_DAILY, day - span + 1, day)
             out[i, col] = count
             out[i, col + 1] = frauds / count if count > 0 else 0.0
             col += 2
-        yesterday = today - 1
-        count, new = _new_cards(row, yesterday - NOVELTY_DAYS + 1, yesterday)
+        count, new = _new_cards(row, day - NOVELTY_DAYS + 1, day)
         out[i, MERCHANT_NOVELTY] = new / count if count > 0 else 0.0
-        out[i, MERCHANT_NOVELTY + 1] = _new_cards(row, yesterday - NEW_CARDS_DAYS + 1, yesterday)[1]
+        out[i, MERCHANT_NOVELTY + 1] = _new_cards(row, day - NEW_CARDS_DAYS + 1, day)[1]
 
 
 @njit

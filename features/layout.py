@@ -14,8 +14,8 @@ in the last 10 minutes and hour, small-amount probes in 48 hours, distinct merch
 24 hours, whether (and how long ago) the card used this merchant before, and the amount
 relative to the card's mean over its whole history (``TOTAL_SUM``). Merchants also count,
 per day, the transactions of cards new to them (a card's ``is_new_merchant``), for the
-share of new cards in the 7 days before the transaction's and their number in the 2 days
-before: a merchant
+share of new cards over 7 days and their number over 2 days, windows ending 7 days back like
+the merchant's other windows: a merchant
 suddenly charging many cards it never saw is what a bust-out looks like. Both are fixed
 size, so memory per account is bounded: an account row is ``ACCOUNT_WIDTH`` float64
 values, 2.8 KB (1.6 KB of windows, 0.5 KB of recent events, 0.8 KB of merchants), so a
@@ -83,8 +83,9 @@ MERCHANT_WIDTH = M_NEW_CARDS + N_MERCHANT_DAILY
 EARLIER_MERCHANT_WIDTHS = (M_NEW_CARDS,)
 #: Merchant windows end this many days before the transaction (the label delay).
 MERCHANT_DELAY_DAYS = 7
-#: Merchant novelty needs no labels: its windows end the day before the transaction's, so
-#: they hold complete days whose counts have come back by replication (seconds, not a day).
+#: Merchant novelty windows end MERCHANT_DELAY_DAYS back too: merchant rows come to every
+#: scorer by replication, so only settled days read the same in every worker, after a
+#: restart and in the backtest (windows ending the day before differed on bulk replays).
 NOVELTY_DAYS = 7
 NEW_CARDS_DAYS = 2
 

@@ -186,9 +186,8 @@ class ReferenceMerchants:
             frauds = sum(f for _, f, _ in window)
             out[f"merchant_count_{span}d"] = count
             out[f"merchant_fraud_rate_{span}d"] = frauds / count if count else 0.0
-        yesterday = ts_ms // DAY_MS - 1
-        week = kept(yesterday - NOVELTY_DAYS + 1, yesterday)
+        week = kept(last - NOVELTY_DAYS + 1, last)
         count, new = sum(c for c, _, _ in week), sum(n for _, _, n in week)
         out["merchant_new_card_share_7d"] = new / count if count else 0.0
-        out["merchant_new_cards_2d"] = sum(n for _, _, n in kept(yesterday - NEW_CARDS_DAYS + 1, yesterday))
+        out["merchant_new_cards_2d"] = sum(n for _, _, n in kept(last - NEW_CARDS_DAYS + 1, last))
         return out

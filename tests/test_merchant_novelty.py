@@ -15,6 +15,7 @@ from flagstream.features.layout import (
     DAY_MS,
     EARLIER_MERCHANT_WIDTHS,
     FEATURE_NAMES,
+    MERCHANT_DELAY_DAYS,
     new_merchant_row,
 )
 from flagstream.features.merchants import MerchantActivity, MerchantState, count_activity
@@ -32,27 +33,29 @@ def tx(i: int, card: str, merchant: str, day: int, minute: int) -> bytes:
 
 def test_a_merchant_suddenly_charging_cards_it_never_saw_stands_out():
     """A neighbourhood shop sees the same 30 cards every day; a bust-out merchant starts
-    charging a ring of 40 new cards a day. From the next day on their novelty features tell
-    them apart (the windows end the day before: whole days, no labels needed)."""
+    charging a ring of 40 new cards a day. Once those days are settled (the merchant's
+    windows end MERCHANT_DELAY_DAYS back, like its counts and fraud rates: every worker
+    then reads the same replicated rows), their novelty features tell them apart."""
     core = ScoringCore()
     records, i = [], 0
-    for day in range(8):
+    for day in range(14):
         for k in range(30):  # regulars
             records.append(tx(i, f"c-{k}", "m-shop", day, k))
             i += 1
-        if day >= 6:
+        if day in (5, 6):
             for k in range(40):  # the ring: cards that never bought here
                 records.append(tx(i, f"ring-{day}-{k}", "m-bust", day, 600 + k))
                 i += 1
-    features = []
-    for day_records in np.array_split(np.array(records, dtype=object), 16):  # as batches come
-        outcome = core.process(list(day_records))
+    for part in np.array_split(np.array(records, dtype=object), 20):  # as batches come
+        outcome = core.process(list(part))
         core.merchants.apply(outcome.activity)
-        features.append(outcome.features)
-    last = core.process([tx(i, "c-1", "m-shop", 7, 900), tx(i + 1, "c-2", "m-bust", 7, 901)])
-    shop, bust = last.features
-    assert bust[SHARE] > 0.9 and bust[NEW_CARDS] == 40, "day 6's ring; day 7's counts tomorrow"
+    settled = 6 + MERCHANT_DELAY_DAYS
+    last = core.process([tx(i, "c-1", "m-shop", settled, 900), tx(i + 1, "c-2", "m-bust", settled, 901),
+                         tx(i + 2, "c-3", "m-bust", settled - 3, 902)])
+    shop, bust, early = last.features
+    assert bust[SHARE] == 1.0 and bust[NEW_CARDS] == 80
     assert shop[SHARE] < 0.2 and shop[NEW_CARDS] == 0
+    assert early[SHARE] == 0.0 and early[NEW_CARDS] == 0, "not settled yet: not read"
     assert "cards new to this merchant" in describe("merchant_new_cards_2d", bust[NEW_CARDS])
 
 

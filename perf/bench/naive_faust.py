@@ -149,6 +149,7 @@ class NaiveAccount:
             c30, s30 / c30 if c30 > 0 else 0.0,
             0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
             gap, ratio, *velocity,
+            0.0, 0.0,  # merchant novelty (merchant state: not kept by this peer)
         ]
 
 
