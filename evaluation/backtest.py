@@ -407,10 +407,11 @@ class Backtest:
         if self.scores_out is not None:
             self.scores_out.write(outcome.decisions)
         if isinstance(self.policy, OperatingPoint):  # as the worker's learner counts them
-            self.policy.observe_decisions(outcome.decisions)
+            self.policy.observe_traffic(outcome.scores, outcome.routes != "approve",
+                                        float(np.median(outcome.times_ms)) / 1000)
         self.thresholds.append((int(stream.ts_ms[lo]), float(self.policy.threshold)))
         pos = lo + np.asarray(outcome.indices, dtype=np.int64)
-        routes = np.array([d["decision"] for d in outcome.decisions])
+        routes = outcome.routes
         is_review = routes == "review"  # people review these; declines wait for chargebacks
         scores[pos], flagged[pos] = outcome.scores, routes != "approve"
         self.declined[pos] = routes == "decline"

@@ -139,7 +139,7 @@ def update_accounts(rows, row_of, offsets, ts_ms, amounts, id_hashes, merchant_h
 
 @njit
 def _new_cards(row, first, last):
-    """Cards new to the merchant over days ``first..last`` inclusive, and all its transactions."""
+    """(all its transactions, those from cards new to it) over days ``first..last`` inclusive."""
     count = 0.0
     new = 0.0
     for k in range(N_MERCHANT_DAILY):
