@@ -44,9 +44,8 @@ from flagstream.scoring import registry as reg
 from flagstream.scoring.challengers import ShadowSet, challengers_from_spec
 from flagstream.scoring.champion_lifecycle import ChampionLifecycle, apply_writes
 from flagstream.scoring.gate import Gate
-from flagstream.scoring.handle import ModelHandle
+from flagstream.scoring.handle import LINEAGES, ModelHandle, new_model
 from flagstream.scoring.learner import Learner
-from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.scoring.policy import FixedThreshold
 from flagstream.simulation.simulator import MalformedLineError, StreamReader, read_stream
@@ -80,8 +79,10 @@ class BacktestConfig:
     on_error : ``"skip"`` bad lines (reported) or ``"raise"`` on the first.
     protocol : ``"reference"`` or ``"all"`` (see
         :func:`flagstream.evaluation.detection_metrics.evaluate_window`).
-    learning_rate, l2, fraud_weight, prior : :class:`LinearChampion` hyperparameters; the
-        defaults (0.005, 0, 10, 0.01) scored best on the reference stream's test week.
+    model : the champion's kind, ``binned`` or ``linear``; None: the worker's
+        (``FLAGSTREAM_MODEL``, default binned).
+    learning_rate, l2, fraud_weight, prior : the model's hyperparameters; learning_rate None:
+        the kind's own default (0.2 binned, 0.005 linear).
     auto_legit_fraction : learn only this random share of ``auto`` legit labels (speed).
     seed : seed of that subsample.
     challengers : shadow challengers (``name:param=value;...``); None: the live policy runs
@@ -103,7 +104,8 @@ class BacktestConfig:
     target_false_discovery_rate: float = 0.15
     on_error: str = "skip"
     protocol: str = "reference"
-    learning_rate: float = 0.005
+    model: str | None = None
+    learning_rate: float | None = None
     l2: float = 0.0
     fraud_weight: float = 1.0
     prior: float = 0.01
@@ -286,8 +288,10 @@ class Backtest:
 
     def __init__(self, config: BacktestConfig | None = None, settings: Settings | None = None) -> None:
         self.config = cfg = config or BacktestConfig()
-        model = LinearChampion(cfg.learning_rate, cfg.l2, cfg.fraud_weight, cfg.prior, cfg.seed)
-        self.handle = ModelHandle(model)
+        kind = cfg.model or (settings or Settings.from_env()).model
+        model = new_model(kind, cfg.learning_rate, l2=cfg.l2, fraud_weight=cfg.fraud_weight,
+                          prior=cfg.prior, seed=cfg.seed)
+        self.handle = ModelHandle(model, name=LINEAGES[kind])
         self.policy = cfg.decision_policy(settings)
         self.core = ScoringCore(self.handle, self.policy)
         #: (event time ms, threshold) after each step: the live policy's path.
@@ -546,7 +550,8 @@ OPTIONS: tuple[tuple[str, Any, str], ...] = (
     ("target_false_discovery_rate", float, "the live policy's target share of legitimate flags"),
     ("on_error", ("skip", "raise"), "bad lines: report and skip, or stop with status 1"),
     ("protocol", ("reference", "all"), "reference: drop known-compromised cards from ranking"),
-    ("learning_rate", float, "model SGD step"),
+    ("model", ("binned", "linear"), "the champion's kind (default: FLAGSTREAM_MODEL's, binned)"),
+    ("learning_rate", float, "the model's step size (default: its kind's)"),
     ("l2", float, "model L2 penalty"),
     ("fraud_weight", float, "sample weight of a fraud label"),
     ("prior", float, "fraud probability before any label"),

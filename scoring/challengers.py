@@ -22,6 +22,7 @@ empty value means none. Submitted candidates join the same set (see the registry
 
 >>> import numpy as np
 >>> from flagstream.features.layout import N_FEATURES
+>>> from flagstream.scoring.linear import LinearChampion
 >>> shadow = ShadowSet(challengers_from_spec("fast:learning_rate=0.5", LinearChampion()))
 >>> for _ in range(50):
 ...     shadow.learn_one(np.full(N_FEATURES, 5.0), 1)
@@ -44,8 +45,7 @@ from flagstream.codec import JSONDecodeError, loads
 from flagstream.errors import InvalidRecord
 from flagstream.features.layout import N_FEATURES
 from flagstream.scoring.feedback import check_decision
-from flagstream.scoring.handle import format_version, model_from_state
-from flagstream.scoring.linear import LinearChampion
+from flagstream.scoring.handle import format_version, model_from_state, new_model
 
 #: Used when ``FLAGSTREAM_CHALLENGERS`` is not set: none. Variants of the champion with
 #: another calibration (a faster rate, a heavier fraud weight) won the gate on the demo
@@ -102,37 +102,51 @@ class Challenger:
         )
 
 
-def parse_spec(text: str) -> list[tuple[str, dict[str, float]]]:
+def parse_spec(text: str) -> list[tuple[str, dict[str, Any]]]:
     """``"a:learning_rate=0.2;b:l2=0.001"`` → ``[("a", {...}), ("b", {...})]``.
 
-    >>> parse_spec("lr-fast:learning_rate=0.2; plain")
-    [('lr-fast', {'learning_rate': 0.2}), ('plain', {})]
+    Values are numbers, except ``model``, which names a model kind.
+
+    >>> parse_spec("lr-fast:learning_rate=0.2; plain; lin:model=linear")
+    [('lr-fast', {'learning_rate': 0.2}), ('plain', {}), ('lin', {'model': 'linear'})]
     """
     out = []
     for entry in filter(None, (e.strip() for e in text.split(";"))):
         name, _, params = entry.partition(":")
-        values = {}
+        values: dict[str, Any] = {}
         for item in filter(None, (p.strip() for p in params.split(","))):
             key, sep, value = item.partition("=")
             if not sep:
                 raise ValueError(f"challenger {name!r}: expected param=value, got {item!r}")
-            values[key.strip()] = float(value)
+            key = key.strip()
+            values[key] = value.strip() if key == "model" else float(value)
         out.append((name.strip(), values))
     return out
 
 
-def challengers_from_spec(text: str, base: LinearChampion) -> list[Challenger]:
-    """Linear challengers: ``base``'s hyperparameters with the spec's overrides."""
+def challengers_from_spec(text: str, base: Any) -> list[Challenger]:
+    """Challengers of ``base``'s kind and hyperparameters, with the spec's overrides.
+
+    ``model=<kind>`` makes another kind with the same shared hyperparameters (its own
+    default learning rate unless the spec sets one).
+
+    >>> from flagstream.scoring.linear import LinearChampion
+    >>> [c.model.kind for c in challengers_from_spec("a:learning_rate=0.1;b:model=binned", LinearChampion())]
+    ['linear', 'binned']
+    """
     params = base.to_state()["params"]
     out = []
     for name, overrides in parse_spec(text):
         cutoff = float(overrides.pop("cutoff", 0.0))
+        kind = overrides.pop("model", base.kind)
         unknown = set(overrides) - set(params)
         if unknown:
             raise ValueError(f"challenger {name!r}: unknown parameters {sorted(unknown)}")
         merged = {**params, **overrides}
+        if kind != base.kind and "learning_rate" not in overrides:
+            del merged["learning_rate"]  # a rate means something else in another kind
         merged["seed"] = int(merged["seed"])
-        out.append(Challenger(name, LinearChampion(**merged), cutoff=cutoff))
+        out.append(Challenger(name, new_model(kind, **merged), cutoff=cutoff))
     return out
 
 

@@ -27,7 +27,6 @@ from flagstream.features.layout import (
 )
 from flagstream.features.merchants import MerchantState
 from flagstream.scoring.handle import ModelHandle
-from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.model_key import ModelKey
 from flagstream.sinks.metrics import PipelineMetrics
 from flagstream.streams import topics as names
@@ -146,7 +145,7 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
     if settings.producer_idempotence:
         idempotent_producers()
     metrics = PipelineMetrics()
-    handle = ModelHandle(LinearChampion(learning_rate=settings.learning_rate))
+    handle = ModelHandle(settings.champion_model(), name=settings.champion_lineage())
     topic_map = {
         key: app.topic(settings.topic(name), partitions=parts, internal=False,
                        key_serializer="raw", value_serializer="raw")

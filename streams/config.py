@@ -27,6 +27,7 @@ from typing import Any
 from flagstream.errors import ConfigurationError
 from flagstream.scoring.challengers import DEFAULT_CHALLENGERS
 from flagstream.scoring.gate import GateConfig
+from flagstream.scoring.handle import DEFAULT_KIND, LINEAGES, new_model
 from flagstream.scoring.model_key import KEY_FILE, ModelKey
 from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.scoring.record_checks import MAX_WAITING
@@ -200,8 +201,13 @@ class Settings:
     #: 10,000 is 30 s of labels at the demo's full rate, ~50 KB in each learner snapshot.
     feedback_wait_s: float = 300.0
     feedback_wait_max: int = 10_000
-    #: The champion model's learning rate.
+    #: The model a worker starts with when no version is published yet: ``binned`` (a
+    #: logistic regression over binned inputs, non-linear) or ``linear``.
+    model: str = DEFAULT_KIND
+    #: The linear model's learning rate (SGD step).
     learning_rate: float = 0.005
+    #: The binned model's learning rate (AdaGrad's base step).
+    binned_learning_rate: float = 0.2
     #: Shadow challengers: ``name:param=value,...;name:...`` (empty: none).
     challengers: str = DEFAULT_CHALLENGERS
     #: The gate: labels a challenger needs, the relative margin it must win by, the loss.
@@ -274,9 +280,20 @@ class Settings:
         if self.review_session_lifetime_s <= 0:
             raise ConfigurationError("FLAGSTREAM_REVIEW_SESSION_LIFETIME_S must be positive")
         self._check_operating_point()
+        if self.model not in LINEAGES:
+            raise ConfigurationError(f"FLAGSTREAM_MODEL must be one of {sorted(LINEAGES)}")
         if self.feedback_wait_s <= 0 or not 0 <= self.feedback_wait_max <= MAX_WAITING:
             raise ConfigurationError("FLAGSTREAM_FEEDBACK_WAIT_S must be positive and "
                                      f"FLAGSTREAM_FEEDBACK_WAIT_MAX in 0..{MAX_WAITING}")
+
+    def champion_model(self) -> Any:
+        """The starting champion these settings name (``model`` and its learning rate)."""
+        rate = self.binned_learning_rate if self.model == "binned" else self.learning_rate
+        return new_model(self.model, rate)
+
+    def champion_lineage(self) -> str:
+        """The starting champion's lineage (``lr``, ``gam``)."""
+        return LINEAGES[self.model]
 
     def _check_operating_point(self) -> None:
         if not 0.0 <= self.target_false_discovery_rate < 1.0:

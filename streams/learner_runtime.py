@@ -62,7 +62,7 @@ class LearnerRuntime:
         self.metrics = p.metrics.lifecycle
         self.decisions = p.tables["decisions"]
         self.gate = Gate(s.gate())
-        base = LinearChampion(learning_rate=s.learning_rate)
+        base = s.champion_model()
         shadow = ShadowSet(challengers_from_spec(s.challengers, base))
         #: each transaction's effective label, written before a feedback batch is acked
         self.labels = LabelTable(p.tables["labels"], s.partitions)
@@ -70,7 +70,8 @@ class LearnerRuntime:
         #: labels that came before their decision (flagstream.scoring.feedback_wait)
         self.waiting = (WaitingRoom(s.feedback_wait_max, int(s.feedback_wait_s * 1000))
                         if s.feedback_wait_max else None)
-        self.learner = Learner(ModelHandle(base), self.lookup, int(s.feature_retention_s * 1000),
+        self.learner = Learner(ModelHandle(base, name=s.champion_lineage()), self.lookup,
+                               int(s.feature_retention_s * 1000),
                                shadow=shadow, gate=self.gate, publish_each_batch=False,
                                ledger=ledger, waiting=self.waiting)
         self.store_metrics = p.metrics.feedback_store  # one set per process, across restarts

@@ -15,7 +15,7 @@ from model_helpers import wait_until
 
 from flagstream.cli import main as cli_main
 from flagstream.codec import dumps, loads
-from flagstream.scoring.handle import ModelHandle, parse_version
+from flagstream.scoring.handle import ModelHandle, new_model, parse_version
 from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.registry import CHAMPION, PARTITION, RegistryView
 from flagstream.scoring.snapshots import seal
@@ -140,7 +140,10 @@ def start_together(worker_factory, *specs: tuple[str, dict]) -> list:
         return list(pool.map(start, range(len(specs))))
 
 
-def lifecycle_env(monkeypatch, challengers: str = "", min_labels: int = 100_000) -> None:
+def lifecycle_env(monkeypatch, challengers: str = "", min_labels: int = 100_000,
+                  model: str = "linear") -> None:
+    """The gate's and the registry's mechanics, on a linear champion unless ``model`` says."""
+    monkeypatch.setenv("FLAGSTREAM_MODEL", model)
     monkeypatch.setenv("FLAGSTREAM_CHALLENGERS", challengers)
     monkeypatch.setenv("FLAGSTREAM_GATE_MIN_LABELS", str(min_labels))
     monkeypatch.setenv("FLAGSTREAM_GATE_COOLDOWN_LABELS", str(min(min_labels, 2_000)))
@@ -245,8 +248,8 @@ def test_a_degraded_champion_is_rolled_back_to_the_last_good_version(
 def test_learner_killed_mid_learning_resumes_with_identical_weights(
     settings, worker_factory, monkeypatch, tmp_path
 ):
-    lifecycle_env(monkeypatch, challengers="lr-fast:learning_rate=0.2")
-    s1 = settings.with_(partitions=1)  # one feedback partition: one learning order to compare
+    lifecycle_env(monkeypatch, challengers="lr-fast:learning_rate=0.2", model="binned")
+    s1 = settings.with_(partitions=1, model="binned")  # one feedback partition: one learning order to compare
     worker, _ = start_together(worker_factory, ("learner", {"partitions": 1}),
                                ("scorer", {"partitions": 1}))  # the learner is killed, not the scorer
     stream = Stream(s1)
@@ -288,7 +291,8 @@ def test_learner_killed_mid_learning_resumes_with_identical_weights(
     features = {d["transaction_id"]: d["features"] for d in scored}
     assert len(scored) == len(features) == len(txs) + len(later)
     feedback = asyncio.run(read_topic(s1, "feedback", 300 + sum(len(r) for r in rounds)))
-    champion, fast = LinearChampion(learning_rate=s1.learning_rate), LinearChampion(learning_rate=0.2)
+    champion, fast = s1.champion_model(), new_model("binned", 0.2)
+    assert champion.kind == "binned" and view.champion["version"].startswith("gam-")
     learned: set[str] = set()
     for record in feedback:  # the run that was never interrupted: each first label, in order
         fb = loads(record.value)

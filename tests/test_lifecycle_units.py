@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from flagstream.codec import dumps, loads
 from flagstream.features.layout import N_FEATURES
 from flagstream.scoring.challengers import Challenger, ShadowSet, challengers_from_spec, parse_spec
 from flagstream.scoring.gate import Gate, GateConfig, compare_on, rollback_candidates
-from flagstream.scoring.handle import ModelHandle, parse_version
+from flagstream.scoring.handle import ModelHandle, new_model, parse_version
 from flagstream.scoring.learner import Learner
 from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.registry import CHAMPION, seat_change, version_key
@@ -27,9 +28,9 @@ def feedback(i: int) -> bytes:
     return dumps({"transaction_id": f"t-{i % 60}", "label": label})
 
 
-def make_learner() -> Learner:
-    shadow = ShadowSet(challengers_from_spec("fast:learning_rate=0.3", LinearChampion()))
-    return Learner(ModelHandle(LinearChampion()), DECISIONS.get, clock_ms=lambda: 0,
+def make_learner(kind: str = "linear") -> Learner:
+    shadow = ShadowSet(challengers_from_spec("fast:learning_rate=0.3", new_model(kind)))
+    return Learner(ModelHandle(new_model(kind)), DECISIONS.get, clock_ms=lambda: 0,
                    shadow=shadow, gate=Gate(GateConfig(min_labels=10)), publish_each_batch=False)
 
 
@@ -37,15 +38,16 @@ def states(learner: Learner) -> tuple[dict, dict]:
     return learner.handle.model.to_state(), learner.shadow.get("fast").model.to_state()
 
 
-def test_restored_learner_replaying_feedback_ends_with_the_uninterrupted_weights():
+@pytest.mark.parametrize("kind", ["linear", "binned"])
+def test_restored_learner_replaying_feedback_ends_with_the_uninterrupted_weights(kind):
     stream = {p: [(off, feedback(off * 3 + p)) for off in range(40)] for p in (0, 1)}
-    straight = make_learner()
+    straight = make_learner(kind)
     for lo in range(0, 40, 7):
         for p in (0, 1):
             chunk = stream[p][lo:lo + 7]
             straight.learn([v for _, v in chunk], [o for o, _ in chunk], p)
 
-    first = make_learner()
+    first = make_learner(kind)
     for lo in range(0, 21, 7):  # partition 0 up to offset 20, partition 1 up to 13
         for p in (0, 1):
             if p == 1 and lo > 7:
@@ -53,7 +55,7 @@ def test_restored_learner_replaying_feedback_ends_with_the_uninterrupted_weights
             chunk = stream[p][lo:lo + 7]
             first.learn([v for _, v in chunk], [o for o, _ in chunk], p)
     snapshot = loads(dumps(first.to_state()))
-    resumed = make_learner()
+    resumed = make_learner(kind)
     resumed.restore(snapshot)
     replayed = 0
     for lo in range(0, 40, 7):  # Faust redelivers from an older committed offset
@@ -62,6 +64,7 @@ def test_restored_learner_replaying_feedback_ends_with_the_uninterrupted_weights
             replayed += resumed.learn([v for _, v in chunk], [o for o, _ in chunk], p).replayed
     assert replayed == 21 + 14
     assert states(resumed) == states(straight)
+    assert resumed.handle.model.kind == resumed.shadow.get("fast").model.kind == kind
     assert resumed.offsets == straight.offsets == {0: 39, 1: 39}
 
 

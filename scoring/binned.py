@@ -1,0 +1,304 @@
+"""A non-linear online model: logistic regression over binned inputs, learned with AdaGrad.
+
+The linear champion gives every input one slope. Fraud risk is rarely a slope: a card
+with no purchase in a week and one with twenty are both unusual, a merchant's fraud
+share matters above a level and not below it. This model keeps the linear term and adds
+one learned weight per *bin* of each input, so each input's effect on the logit is a
+free step function plus a slope (a generalised additive model), learned online from the
+same delayed labels, one label at a time.
+
+Inputs are the linear model's (:func:`flagstream.scoring.linear.transform`), standardised
+with running statistics (Welford: mean and sum of squared deviations, one count for all
+inputs since every label carries every input). A standardised value ``z`` falls into one
+of ``len(BIN_EDGES) + 1`` bins: bin ``i`` holds ``BIN_EDGES[i-1] < z <= BIN_EDGES[i]``.
+Each step is AdaGrad (a per-weight step size that shrinks with the squared gradients that
+weight has seen): a rare bin, touched by few labels, still learns at full speed, where
+one global rate (plain SGD) would have to choose between the common and the rare ones.
+
+Learning (:func:`learn_rows`) is a Numba kernel over a batch of labelled rows, in order,
+exactly as one label at a time would be; :func:`learn_rows_reference` is the same in
+plain Python, and ``tests/test_binned.py`` checks they agree. Scoring a batch is numpy
+(one gather per input), no per-event call.
+
+Measured (issue #13, reference stream; the backtest ``--model binned`` against the
+default linear champion): see the README's detection table.
+
+Memory: ``n_inputs * (2 * n_bins + 4) + 4`` floats (32 inputs, 14 bins: 1,028 floats, 8 KB),
+whatever the traffic; the state is plain JSON (never pickle).
+
+>>> import numpy as np
+>>> from flagstream.features.layout import N_FEATURES
+>>> model = BinnedLogistic(seed=1)
+>>> rng = np.random.default_rng(0)
+>>> x = rng.normal(2.0, 1.0, size=(2_000, N_FEATURES))
+>>> y = (np.abs(x[:, 3] - 2.0) > 1.5).astype(np.int8)   # both tails: no single slope fits
+>>> model.learn_many(x, y)
+>>> p = model.score_batch(x)
+>>> bool(p[y == 1].mean() > 2 * p[y == 0].mean())
+True
+>>> again = BinnedLogistic.from_state(model.to_state())
+>>> bool(np.array_equal(again.score_batch(x), p))
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numba
+import numpy as np
+
+from flagstream.features.layout import N_FEATURES
+from flagstream.scoring.linear import INPUT_NAMES, MAX_STATISTIC, transform
+
+#: Edges of the bins on the standardised input (a bin per ``(edge[i-1], edge[i]]``).
+#: Finer near the mean, where most traffic is, and open at both ends.
+BIN_EDGES = np.array([-2.0, -1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0])
+N_INPUTS = len(INPUT_NAMES)
+N_BINS = len(BIN_EDGES) + 1
+#: Standardised inputs are clipped to ±this: beyond it a value says nothing more, and a
+#: bounded ``z`` keeps every term, and so every score, finite whatever a loaded state holds.
+Z_LIMIT = 1e3
+#: AdaGrad's starting sum of squared gradients (keeps the first step finite).
+ADAGRAD_EPS = 1e-8
+_AMOUNT = INPUT_NAMES.index("amount")
+#: The bin a standardised value of 0 (the input's mean) falls into: contributions are
+#: measured from there, so an average input explains nothing.
+_MEAN_BIN = int(np.searchsorted(BIN_EDGES, 0.0, side="left"))
+
+
+@numba.njit(cache=True, nogil=True)
+def _bin(z: float, edges: np.ndarray) -> int:
+    i = 0
+    while i < edges.shape[0] and z > edges[i]:
+        i += 1
+    return i
+
+
+@numba.njit(cache=True, nogil=True)
+def learn_rows(inputs: np.ndarray, labels: np.ndarray, sample_weights: np.ndarray,
+               count: np.ndarray, means: np.ndarray, m2: np.ndarray,
+               slopes: np.ndarray, steps: np.ndarray, bias: np.ndarray,
+               slope_g2: np.ndarray, step_g2: np.ndarray, bias_g2: np.ndarray,
+               edges: np.ndarray, learning_rate: float, l2: float) -> None:
+    """Learn ``inputs`` (n, k) row by row, in place (see the module docstring).
+
+    ``count``, ``bias`` and ``bias_g2`` are length-1 arrays (so they update in place).
+    """
+    n, k = inputs.shape
+    z = np.empty(k)
+    bins = np.empty(k, np.int64)
+    for r in range(n):
+        count[0] += 1.0
+        c = count[0]
+        logit = bias[0]
+        for j in range(k):
+            x = inputs[r, j]
+            delta = x - means[j]
+            means[j] += delta / c
+            m2[j] += delta * (x - means[j])
+            var = m2[j] / c
+            z[j] = min(max((x - means[j]) / math.sqrt(var), -Z_LIMIT), Z_LIMIT) if var > 0.0 else 0.0
+            bins[j] = _bin(z[j], edges)
+            logit += slopes[j] * z[j] + steps[j, bins[j]]
+        logit = min(max(logit, -50.0), 50.0)
+        g = (1.0 / (1.0 + math.exp(-logit)) - labels[r]) * sample_weights[r]
+        bias_g2[0] += g * g
+        bias[0] -= learning_rate * g / math.sqrt(bias_g2[0])
+        for j in range(k):
+            gs = g * z[j] + l2 * slopes[j]
+            slope_g2[j] += gs * gs
+            slopes[j] -= learning_rate * gs / math.sqrt(slope_g2[j])
+            b = bins[j]
+            step_g2[j, b] += g * g
+            steps[j, b] -= learning_rate * g / math.sqrt(step_g2[j, b])
+
+
+def learn_rows_reference(inputs: np.ndarray, labels: np.ndarray, sample_weights: np.ndarray,
+                         count: np.ndarray, means: np.ndarray, m2: np.ndarray,
+                         slopes: np.ndarray, steps: np.ndarray, bias: np.ndarray,
+                         slope_g2: np.ndarray, step_g2: np.ndarray, bias_g2: np.ndarray,
+                         edges: np.ndarray, learning_rate: float, l2: float) -> None:
+    """:func:`learn_rows` in plain Python, one row and one input at a time (for tests)."""
+    for row, label, weight in zip(inputs.tolist(), labels.tolist(), sample_weights.tolist(), strict=True):
+        count[0] += 1.0
+        zs, bins = [], []
+        for j, x in enumerate(row):
+            old = float(means[j])
+            means[j] = old + (x - old) / count[0]
+            m2[j] = m2[j] + (x - old) * (x - means[j])
+            var = m2[j] / count[0]
+            zs.append(min(max((x - means[j]) / math.sqrt(var), -Z_LIMIT), Z_LIMIT) if var > 0 else 0.0)
+            bins.append(sum(1 for e in edges.tolist() if zs[-1] > e))
+        logit = float(bias[0])
+        for j in range(len(row)):
+            logit += float(slopes[j]) * zs[j] + float(steps[j, bins[j]])
+        logit = min(max(logit, -50.0), 50.0)
+        g = (1.0 / (1.0 + math.exp(-logit)) - label) * weight
+        bias_g2[0] += g * g
+        bias[0] -= learning_rate * g / math.sqrt(bias_g2[0])
+        for j in range(len(row)):
+            gs = g * zs[j] + l2 * slopes[j]
+            slope_g2[j] += gs * gs
+            slopes[j] -= learning_rate * gs / math.sqrt(slope_g2[j])
+            step_g2[j, bins[j]] += g * g
+            steps[j, bins[j]] -= learning_rate * g / math.sqrt(step_g2[j, bins[j]])
+
+
+class BinnedLogistic:
+    """Logistic regression over standardised inputs plus one weight per input bin (AdaGrad).
+
+    Parameters
+    ----------
+    learning_rate
+        AdaGrad's base step size.
+    l2
+        L2 penalty on the slopes (the bin weights are bounded by AdaGrad's shrinking steps).
+    fraud_weight
+        Sample weight of a fraud label.
+    prior
+        Fraud probability before any label (the starting bias).
+    seed
+        Unused (the model is deterministic); kept so every model takes one.
+    """
+
+    kind = "binned"
+
+    def __init__(self, learning_rate: float = 0.2, l2: float = 0.0, fraud_weight: float = 1.0,
+                 prior: float = 0.01, seed: int = 0) -> None:
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.fraud_weight = fraud_weight
+        self.prior = prior
+        self.seed = seed
+        self.n_learned = 0
+        self.count = np.zeros(1)
+        self.means = np.zeros(N_INPUTS)
+        self.m2 = np.zeros(N_INPUTS)
+        self.slopes = np.zeros(N_INPUTS)
+        self.steps = np.zeros((N_INPUTS, N_BINS))
+        self.bias = np.array([math.log(prior / (1 - prior))])
+        self.slope_g2 = np.full(N_INPUTS, ADAGRAD_EPS)
+        self.step_g2 = np.full((N_INPUTS, N_BINS), ADAGRAD_EPS)
+        self.bias_g2 = np.array([ADAGRAD_EPS])
+
+    # --- learning -------------------------------------------------------------
+    def learn_many(self, matrix: np.ndarray, labels: np.ndarray) -> None:
+        """Learn labelled raw feature rows in order (the same as one ``learn_one`` each)."""
+        inputs = transform(matrix)
+        y = np.asarray(labels, dtype=np.float64).ravel()
+        if len(y) != len(inputs):
+            raise ValueError("one label per row")
+        weights = np.where(y > 0, self.fraud_weight, 1.0)
+        learn_rows(inputs, y, weights, self.count, self.means, self.m2, self.slopes, self.steps,
+                   self.bias, self.slope_g2, self.step_g2, self.bias_g2, BIN_EDGES,
+                   self.learning_rate, self.l2)
+        self.n_learned += len(y)
+
+    def learn_one(self, features: np.ndarray, label: int) -> None:
+        """Learn one labelled raw feature vector."""
+        self.learn_many(np.asarray(features, dtype=np.float64).reshape(1, -1), np.array([label]))
+
+    # --- scoring (per batch) --------------------------------------------------
+    def _standardised(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        var = self.m2 / self.count[0] if self.count[0] > 0 else np.zeros(N_INPUTS)
+        inv_std = np.where(var > 0, 1.0 / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
+        z = np.clip((transform(matrix) - self.means) * inv_std, -Z_LIMIT, Z_LIMIT)
+        return z, np.searchsorted(BIN_EDGES, z, side="left")
+
+    def _terms(self, matrix: np.ndarray) -> np.ndarray:
+        """Each input's term of the logit, (n, N_INPUTS)."""
+        z, bins = self._standardised(matrix)
+        return self.slopes * z + self.steps[np.arange(N_INPUTS), bins]
+
+    def score_batch(self, matrix: np.ndarray) -> np.ndarray:
+        """Fraud probabilities for a (n, N_FEATURES) raw feature matrix."""
+        if len(matrix) == 0:
+            return np.empty(0)
+        logits = self._terms(matrix).sum(axis=1) + self.bias[0]
+        return 1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))
+
+    def contributions(self, matrix: np.ndarray) -> np.ndarray:
+        """Per-feature contribution to the logit against an input at its mean, (n, N_FEATURES)
+        (the amount hinges count toward the amount)."""
+        per_input = self._terms(matrix) - self.steps[:, _MEAN_BIN]
+        per_feature = per_input[:, :N_FEATURES].copy()
+        per_feature[:, _AMOUNT] += per_input[:, N_FEATURES:].sum(axis=1)
+        return per_feature
+
+    # --- state (JSON, never pickle) --------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """Everything needed to resume learning exactly, as plain JSON values."""
+        return {
+            "kind": self.kind,
+            "params": {"learning_rate": self.learning_rate, "l2": self.l2,
+                       "fraud_weight": self.fraud_weight, "prior": self.prior, "seed": self.seed},
+            "n_learned": self.n_learned,
+            "inputs": list(INPUT_NAMES),
+            "bin_edges": BIN_EDGES.tolist(),
+            **{name: getattr(self, name).tolist() for name in _ARRAYS},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> BinnedLogistic:
+        """Rebuild a model from :meth:`to_state` output, every field checked first.
+
+        >>> bad = {**BinnedLogistic().to_state(), "steps": [[0.0]]}
+        >>> BinnedLogistic.from_state(bad)
+        Traceback (most recent call last):
+        ...
+        ValueError: model state: steps must have shape (32, 14)
+        """
+        if not isinstance(state, dict) or state.get("kind") != cls.kind:
+            kind = state.get("kind") if isinstance(state, dict) else None
+            raise ValueError(f"not a {cls.kind} model state: {kind!r}")
+        if set(state) != _STATE_KEYS:
+            raise ValueError(f"model state: expected fields {sorted(_STATE_KEYS)}")
+        if state["inputs"] != list(INPUT_NAMES) or state["bin_edges"] != BIN_EDGES.tolist():
+            raise ValueError("model state: made for other inputs or bins")
+        params = state["params"]
+        if not isinstance(params, dict) or set(params) != _PARAMS:
+            raise ValueError("model state: params must hold learning_rate, l2, fraud_weight, prior, seed")
+        for name in ("learning_rate", "l2", "fraud_weight"):
+            _finite(params[name], f"params.{name}", 0.0)
+        if not 0.0 < _finite(params["prior"], "params.prior") < 1.0:
+            raise ValueError("model state: params.prior must be in (0, 1)")
+        if not isinstance(params["seed"], int) or isinstance(params["seed"], bool):
+            raise ValueError("model state: params.seed must be an integer")
+        model = cls(**params)
+        model.n_learned = int(_finite(state["n_learned"], "n_learned", 0.0))
+        for name, shape in _ARRAYS.items():
+            try:
+                value = np.array(state[name], dtype=np.float64)
+            except (TypeError, ValueError, OverflowError):
+                raise ValueError(f"model state: {name} must be numbers") from None
+            if value.shape != shape:
+                raise ValueError(f"model state: {name} must have shape {shape}")
+            if not np.all(np.isfinite(value)) or np.any(np.abs(value) > MAX_STATISTIC):
+                raise ValueError(f"model state: {name} must be finite and within range")
+            setattr(model, name, value)
+        if model.count[0] < 0 or np.any(model.m2 < 0):
+            raise ValueError("model state: count and squared deviations must be >= 0")
+        if np.any(model.slope_g2 <= 0) or np.any(model.step_g2 <= 0) or model.bias_g2[0] <= 0:
+            raise ValueError("model state: AdaGrad sums must be > 0")
+        return model
+
+
+#: The model's arrays in its state, with their shapes.
+_ARRAYS: dict[str, tuple[int, ...]] = {
+    "count": (1,), "means": (N_INPUTS,), "m2": (N_INPUTS,), "slopes": (N_INPUTS,),
+    "steps": (N_INPUTS, N_BINS), "bias": (1,), "slope_g2": (N_INPUTS,),
+    "step_g2": (N_INPUTS, N_BINS), "bias_g2": (1,),
+}
+_PARAMS = frozenset({"learning_rate", "l2", "fraud_weight", "prior", "seed"})
+_STATE_KEYS = frozenset({"kind", "params", "n_learned", "inputs", "bin_edges", *_ARRAYS})
+
+
+def _finite(value: Any, what: str, low: float | None = None) -> float:
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or abs(value) > MAX_STATISTIC or not math.isfinite(value)):
+        raise ValueError(f"model state: {what} must be a finite number")
+    if low is not None and value < low:
+        raise ValueError(f"model state: {what} must be >= {low:g}")
+    return float(value)

@@ -1,0 +1,193 @@
+"""The binned model: its Numba learner against the pure-Python reference, what it can learn
+that a slope cannot, its explanations, and its state as untrusted JSON."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flagstream.codec import dumps, loads
+from flagstream.errors import ConfigurationError
+from flagstream.evaluation.detection_metrics import roc_auc
+from flagstream.features.layout import N_FEATURES
+from flagstream.scoring.binned import (
+    _MEAN_BIN,
+    BIN_EDGES,
+    N_BINS,
+    N_INPUTS,
+    Z_LIMIT,
+    BinnedLogistic,
+    learn_rows,
+    learn_rows_reference,
+)
+from flagstream.scoring.handle import ModelHandle, model_from_state
+from flagstream.scoring.linear import LinearChampion, transform
+from flagstream.streams.config import Settings
+
+values = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False)
+
+
+def fresh_arrays(prior: float = 0.01) -> list[np.ndarray]:
+    """count, means, m2, slopes, steps, bias, slope_g2, step_g2, bias_g2 of a new model."""
+    m = BinnedLogistic(prior=prior)
+    return [a.copy() for a in (m.count, m.means, m.m2, m.slopes, m.steps, m.bias, m.slope_g2,
+                               m.step_g2, m.bias_g2)]
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.lists(st.tuples(st.lists(values, min_size=N_INPUTS, max_size=N_INPUTS), st.booleans(),
+                       st.sampled_from([1.0, 5.0])), min_size=1, max_size=25),
+    st.sampled_from([0.01, 0.2, 1.0]),
+    st.sampled_from([0.0, 0.001]),
+    st.booleans(),
+)
+def test_numba_learner_matches_the_reference(rows, learning_rate, l2, constant_column):
+    inputs = np.array([r[0] for r in rows], dtype=np.float64)
+    if constant_column:
+        inputs[:, 3] = 7.0  # a column with no variance: z is 0, never NaN
+    labels = np.array([float(r[1]) for r in rows])
+    weights = np.array([r[2] for r in rows])
+    fast, slow = fresh_arrays(), fresh_arrays()
+    learn_rows(inputs, labels, weights, *fast, BIN_EDGES, learning_rate, l2)
+    learn_rows_reference(inputs, labels, weights, *slow, BIN_EDGES, learning_rate, l2)
+    for a, b in zip(fast, slow, strict=True):
+        assert np.all(np.isfinite(a))
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def score_reference(model: BinnedLogistic, row: np.ndarray) -> float:
+    """One row's probability, input by input, in plain Python."""
+    inputs = transform(row.reshape(1, -1))[0].tolist()
+    logit = float(model.bias[0])
+    for j, x in enumerate(inputs):
+        var = model.m2[j] / model.count[0]
+        z = min(max((x - model.means[j]) / math.sqrt(var), -Z_LIMIT), Z_LIMIT) if var > 0 else 0.0
+        b = sum(1 for e in BIN_EDGES.tolist() if z > e)
+        logit += model.slopes[j] * z + model.steps[j, b]
+    return 1.0 / (1.0 + math.exp(-min(max(logit, -50.0), 50.0)))
+
+
+def trained(n: int = 3_000, seed: int = 0) -> tuple[BinnedLogistic, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.gamma(2.0, 3.0, size=(n, N_FEATURES))
+    y = ((x[:, 2] < 1.5) | (x[:, 2] > 14.0)).astype(np.int8)  # both tails of one input
+    model = BinnedLogistic()
+    model.learn_many(x, y)
+    return model, x, y
+
+
+def test_scoring_a_batch_matches_the_row_by_row_reference():
+    model, x, _ = trained()
+    batch = model.score_batch(x[:200])
+    assert batch.tolist() == pytest.approx([score_reference(model, r) for r in x[:200]], rel=1e-9)
+
+
+def test_learning_a_batch_is_learning_its_rows_one_at_a_time():
+    _, x, y = trained(300)
+    many, one = BinnedLogistic(), BinnedLogistic()
+    many.learn_many(x, y)
+    for row, label in zip(x, y, strict=True):
+        one.learn_one(row, int(label))
+    assert many.to_state() == one.to_state()
+    assert many.n_learned == 300
+
+
+def test_it_learns_a_risk_at_both_ends_of_an_input_where_one_slope_cannot():
+    model, x, y = trained(6_000)
+    linear = LinearChampion(learning_rate=0.05)
+    for row, label in zip(x, y, strict=True):
+        linear.learn_one(row, int(label))
+    _, test_x, test_y = trained(3_000, seed=1)
+    binned_auc = roc_auc(test_y, model.score_batch(test_x))
+    linear_auc = roc_auc(test_y, linear.score_batch(test_x))
+    assert binned_auc > 0.95
+    assert linear_auc < 0.75
+
+
+def test_contributions_add_up_to_the_logit_and_name_the_input_that_mattered():
+    model, x, _ = trained()
+    contributions = model.contributions(x[:50])
+    p = model.score_batch(x[:50])
+    logits = np.log(p / (1 - p))
+    baseline = model.bias[0] + model.steps[:, _MEAN_BIN].sum()
+    np.testing.assert_allclose(contributions.sum(axis=1) + baseline, logits, rtol=1e-7, atol=1e-7)
+    risky = np.array([[3.0] * N_FEATURES])
+    risky[0, 2] = 30.0  # far in the risky upper tail of input 2
+    assert int(np.argmax(model.contributions(risky)[0])) == 2
+
+
+def test_state_round_trips_through_json_and_learning_resumes_exactly():
+    model, x, y = trained()
+    copy = model_from_state(loads(dumps(model.to_state())))
+    assert isinstance(copy, BinnedLogistic)
+    assert copy.score_batch(x).tolist() == model.score_batch(x).tolist()
+    model.learn_many(x[:100], y[:100])
+    copy.learn_many(x[:100], y[:100])
+    assert copy.to_state() == model.to_state()
+
+
+def mutate(state: dict, key: str, value) -> dict:
+    return {**state, key: value}
+
+
+GOOD = BinnedLogistic().to_state()
+HOSTILE = [
+    ("kind", "forest"),
+    ("steps", [[0.0] * N_BINS] * (N_INPUTS - 1)),
+    ("steps", [[float("nan")] * N_BINS] * N_INPUTS),
+    ("means", [1e300] * N_INPUTS),
+    ("means", ["a"] * N_INPUTS),
+    ("slope_g2", [0.0] * N_INPUTS),
+    ("m2", [-1.0] * N_INPUTS),
+    ("bin_edges", [0.0]),
+    ("inputs", ["amount"]),
+    ("params", {**GOOD["params"], "prior": 1.5}),
+    ("params", {**GOOD["params"], "seed": True}),
+    ("params", {**GOOD["params"], "learning_rate": float("inf")}),
+    ("params", {"learning_rate": 0.1}),
+    ("n_learned", -3),
+    ("n_learned", 10**400),
+    ("slopes", [10**400] * N_INPUTS),
+    ("bias", [[1.0]]),
+    ("extra", 1),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), HOSTILE, ids=[f"{k}-{i}" for i, (k, _) in enumerate(HOSTILE)])
+def test_a_hostile_state_is_refused_before_anything_scores(key, value):
+    with pytest.raises(ValueError, match="model state|not a binned"):
+        BinnedLogistic.from_state(mutate(GOOD, key, value))
+
+
+def test_extreme_but_finite_statistics_still_score_finite_probabilities():
+    state = {**GOOD, "count": [1e12], "m2": [1e-300] * N_INPUTS, "means": [-1e12] * N_INPUTS,
+             "slopes": [1e12, -1e12] * (N_INPUTS // 2), "steps": [[1e12] * N_BINS] * N_INPUTS}
+    model = BinnedLogistic.from_state(state)
+    rows = np.vstack([np.zeros(N_FEATURES), np.full(N_FEATURES, 1e12), np.full(N_FEATURES, -1e12)])
+    assert np.all(np.isfinite(model.score_batch(rows)))
+    assert np.all(np.isfinite(model.contributions(rows)))
+
+
+def test_a_state_missing_a_field_is_refused():
+    state = dict(GOOD)
+    del state["bias_g2"]
+    with pytest.raises(ValueError, match="expected fields"):
+        BinnedLogistic.from_state(state)
+
+
+def test_settings_choose_the_starting_champion_and_its_lineage():
+    default = Settings.from_env({})
+    assert isinstance(default.champion_model(), BinnedLogistic)
+    assert ModelHandle(default.champion_model(), name=default.champion_lineage()).version == "gam-000000"
+    linear = Settings.from_env({"FLAGSTREAM_MODEL": "linear", "FLAGSTREAM_LEARNING_RATE": "0.01"})
+    assert isinstance(linear.champion_model(), LinearChampion)
+    assert (linear.champion_model().learning_rate, linear.champion_lineage()) == (0.01, "lr")
+    slower = Settings.from_env({"FLAGSTREAM_BINNED_LEARNING_RATE": "0.05"})
+    assert slower.champion_model().learning_rate == 0.05
+    with pytest.raises(ConfigurationError, match="FLAGSTREAM_MODEL"):
+        Settings.from_env({"FLAGSTREAM_MODEL": "forest"})
