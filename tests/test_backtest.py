@@ -20,6 +20,7 @@ from flagstream.evaluation.backtest import (
     run,
 )
 from flagstream.features.layout import DAY_MS, HOUR_MS
+from flagstream.scoring.handle import DEFAULT_KIND, LINEAGES
 from flagstream.simulation.simulator import MalformedLineError, SimulationConfig, simulate, write_stream
 
 #: 200 customers for 40 days (~16k transactions); the radius keeps ~78 reachable terminals.
@@ -265,7 +266,7 @@ def test_the_live_policy_changes_champions_through_the_gate_as_the_worker_does(r
     first = m["champion_changes"][0]
     assert first["action"] == "promote" and first["by"] == "gate"
     assert first["version"].startswith("able-") and "frauds" in first["reason"]
-    assert m["model_version"].split("-")[0] in ("able", "lr")
+    assert m["model_version"].split("-")[0] in ("able", LINEAGES[DEFAULT_KIND])
     seat = run.registry[b"seat"]  # the registry records, as the worker writes them on `models`
     assert seat["history"][0]["version"] == first["version"]
     fixed = backtest(records, BacktestConfig(policy="fixed:0.5", learning_rate=1e-9,

@@ -29,6 +29,7 @@ from flagstream.cli import main as cli_main
 from flagstream.codec import dumps, loads
 from flagstream.errors import ConfigurationError
 from flagstream.features.layout import N_FEATURES
+from flagstream.scoring.handle import DEFAULT_KIND, LINEAGES
 from flagstream.scoring.linear import INPUT_NAMES, LinearChampion
 from flagstream.scoring.model_key import KEY_FILE, MIN_KEY_BYTES, create_key_file, read_key_file
 from flagstream.scoring.registry import (
@@ -132,7 +133,7 @@ def test_a_forged_champion_is_refused_and_scores_do_not_change(tmp_path, caplog)
 def test_a_scorer_in_another_process_verifies_with_the_learners_key(tmp_path):
     scorer, table = pipeline(tmp_path, "scorer")  # started first: no key yet
     table[CHAMPION] = seal(GOOD, b"whatever")
-    assert scorer.models.sync() is False and scorer.handle.version == "lr-000000"
+    assert scorer.models.sync() is False and scorer.handle.version == f"{LINEAGES[DEFAULT_KIND]}-000000"
     learner, _ = pipeline(tmp_path, "learner")  # the learner's first start makes the key
     table[CHAMPION] = seal(GOOD, learner.models.key)
     assert scorer.models.sync() and scorer.handle.version == "lr-000003"
