@@ -77,8 +77,7 @@ def check_decision(obj: object, n_features: int) -> dict:
     if not isinstance(obj, dict):
         raise InvalidRecord("invalid_decision", "recorded decision is not a JSON object")
     features = obj.get("features")
-    if (not isinstance(features, list) or len(features) != n_features
-            or not all(_finite(x) and abs(x) <= MAX_FEATURE for x in features)):
+    if not _features_ok(features, n_features):
         raise InvalidRecord("invalid_decision",
                             f"recorded decision: features must be {n_features} finite numbers")
     if deeper_than(obj, MAX_DECISION_NESTING):
@@ -98,6 +97,23 @@ def check_decision(obj: object, n_features: int) -> dict:
         if not _finite(value) or not 0 <= value < 10**15:
             raise InvalidRecord("invalid_decision", f"recorded decision: {name} must be epoch ms")
     return obj
+
+
+def _features_ok(features: object, n_features: int) -> bool:
+    """``n_features`` finite numbers within ±MAX_FEATURE (bools are not numbers).
+
+    The common case, floats as the JSON decoder gives them, is checked first in one pass
+    (a comparison with NaN is false, so it also refuses NaN and infinities); anything
+    else (integers, say) takes the general check.
+
+    >>> _features_ok([1.0, 2], 2), _features_ok([1.0, float("nan")], 2), _features_ok([True, 1.0], 2)
+    (True, False, False)
+    """
+    if not isinstance(features, list) or len(features) != n_features:
+        return False
+    if all(type(x) is float and -MAX_FEATURE <= x <= MAX_FEATURE for x in features):
+        return True
+    return all(_finite(x) and abs(x) <= MAX_FEATURE for x in features)
 
 
 def _finite(value: object) -> TypeGuard[int | float]:
