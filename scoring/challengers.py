@@ -35,7 +35,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,6 +148,22 @@ def challengers_from_spec(text: str, base: Any) -> list[Challenger]:
         merged["seed"] = int(merged["seed"])
         out.append(Challenger(name, new_model(kind, **merged), cutoff=cutoff))
     return out
+
+
+def new_lineages(configured: Sequence[Challenger], known: Iterable[str]) -> list[Challenger]:
+    """The configured challengers whose lineage this learner has never had.
+
+    A learner restored from a snapshot has the challengers it had then; a challenger added
+    to ``FLAGSTREAM_CHALLENGERS`` since joins them. A lineage seen before (the champion, a
+    shadow, a demoted or retired version) keeps what the learner decided about it.
+
+    >>> from flagstream.scoring.linear import LinearChampion
+    >>> configured = challengers_from_spec("a:learning_rate=0.1;b:model=binned", LinearChampion())
+    >>> [c.lineage for c in new_lineages(configured, ["lr", "a"])]
+    ['b']
+    """
+    seen = set(known)
+    return [c for c in configured if c.lineage not in seen]
 
 
 def parse_decision(value: bytes | None) -> dict | bytes | None:

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from flagstream.codec import loads
 from flagstream.scoring import registry as reg
-from flagstream.scoring.challengers import ShadowSet, challengers_from_spec
+from flagstream.scoring.challengers import ShadowSet, challengers_from_spec, new_lineages
 from flagstream.scoring.champion_lifecycle import ChampionLifecycle
 from flagstream.scoring.feedback_wait import WaitingRoom
 from flagstream.scoring.gate import Gate
@@ -64,6 +64,8 @@ class LearnerRuntime:
         self.gate = Gate(s.gate())
         base = s.champion_model()
         shadow = ShadowSet(challengers_from_spec(s.challengers, base))
+        #: FLAGSTREAM_CHALLENGERS's challengers (new ones join a restored learner)
+        self.configured = list(shadow)
         #: each transaction's effective label, written before a feedback batch is acked
         self.labels = LabelTable(p.tables["labels"], s.partitions)
         ledger = label_ledger(s, self.labels)
@@ -234,6 +236,7 @@ class LearnerRuntime:
             seq, _, payload, where = max(found, key=lambda f: (f[0], f[1]))
             learner.restore(payload)
             self.snapshot_seq = seq
+            self.add_configured_challengers()
             log.info("learner restored from %s: champion %s, offsets %s, challengers %s",
                      where, learner.handle.version, learner.offsets, learner.shadow.names())
         else:
@@ -253,6 +256,17 @@ class LearnerRuntime:
         learner.next_sequence = max(learner.next_sequence, floor + 1)
         self.publish_handle()
         return bool(found)
+
+    def add_configured_challengers(self) -> None:
+        """Challengers named in FLAGSTREAM_CHALLENGERS after the snapshot was taken join now."""
+        learner = self.learner
+        published = {parse_version(k[len(reg.VERSION_PREFIX):].decode())[0]
+                     for k in self._keys(reg.VERSION_PREFIX) if _is_version_key(k)}
+        known = {learner.handle.name, *learner.shadow.names(), *published}
+        for challenger in new_lineages(self.configured, known):
+            learner.shadow.add(challenger)
+            log.info("challenger %s joins from FLAGSTREAM_CHALLENGERS (not in the snapshot)",
+                     challenger.lineage)
 
     def check_snapshot(self, payload: dict) -> None:
         """Raise ``ValueError`` unless ``payload`` is a learner snapshot this learner can resume
@@ -440,3 +454,11 @@ def _event_time(ms: object) -> str:
     if not isinstance(ms, int):
         return "-"
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _is_version_key(key: bytes) -> bool:
+    try:
+        parse_version(key[len(reg.VERSION_PREFIX):].decode())
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return True

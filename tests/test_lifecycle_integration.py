@@ -351,3 +351,25 @@ def test_two_scorers_hot_swap_without_restart_or_gap(settings, worker_factory, t
     decided = {d["transaction_id"]: d for d in read_json(settings, "scores", len(sent) + len(tail))}
     assert {decided[t["transaction_id"]]["threshold"] for t in tail} == {learned}
     assert all(w.metric("flagstream_threshold") == learned for w in scorers)
+
+
+def test_a_challenger_configured_after_a_restart_joins_the_restored_learner(
+    settings, worker_factory, monkeypatch
+):
+    """A learner resumed from its snapshot keeps its challengers and takes new ones from
+    FLAGSTREAM_CHALLENGERS: the way to try another model kind on a running deployment."""
+    lifecycle_env(monkeypatch)  # a linear champion, no challengers
+    worker = worker_factory()
+    stream = Stream(settings)
+    teach(stream, worker, 100)
+    wait_until(lambda: (v := registry(settings)).champion and v.champion["labels"] == 100, 30,
+               "champion learned", worker)
+    worker.stop()
+    monkeypatch.setenv("FLAGSTREAM_CHALLENGERS", "gam:model=binned")
+    worker.start()
+    teach(stream, worker, 100)
+    view = wait_until(lambda: (v := registry(settings)) and (g := newest(v, "gam")) and g["labels"] == 100
+                      and v, 60, "the new challenger learned", worker)
+    assert "learner restored from" in worker.run_log().decode(errors="replace")
+    assert view.champion["version"].startswith("lr-") and view.champion["labels"] == 200
+    assert newest(view, "gam")["state"]["kind"] == "binned"
