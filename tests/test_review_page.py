@@ -182,7 +182,7 @@ def test_reviewer_labels_a_flagged_transaction_in_the_browser(settings, worker_f
             row.click()
             expect(page.locator("#d-tx")).to_have_text(TARGET)
             expect(page.locator("#d-claim")).to_contain_text("Reserved for you")
-            expect(page.locator("#d-model")).to_contain_text("lr-")
+            expect(page.locator("#d-model")).to_contain_text(f"{settings.champion_lineage()}-")
             expect(page.locator("#d-reasons li").first).to_be_visible()
             expect(page.locator("#d-card-history tbody tr")).to_have_count(8)  # c-1's eight earlier ones
             expect(page.locator("#d-card-history")).to_contain_text("Fraud")
