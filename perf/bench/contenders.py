@@ -6,7 +6,7 @@ prefix, partitions, threshold, ...) and consumes its own pre-loaded copy of the 
 >>> CONTENDERS["flagstream"].command()[1:5]
 ['-m', 'flagstream.cli', 'worker', '--role']
 >>> sorted(CONTENDERS)
-['aiokafka_ceiling', 'api', 'flagstream', 'naive_faust']
+['aiokafka_ceiling', 'api', 'flagstream', 'flagstream_traced', 'naive_faust']
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ CONTENDERS = {
                   "aiokafka getmany loop around the same ScoringCore, no Faust"),
         Contender("api", "flagstream.perf.bench.api_contender", (),
                   "flagstream api in front of the scorer worker; latency: call to answer"),
+        Contender("flagstream_traced", "flagstream.perf.bench.stage_trace", (),
+                  "the real worker with a timestamp per stage (BENCH_STAGE_TRACE); a diagnostic"),
     )
 }
 
@@ -65,6 +67,9 @@ def environment(settings: Settings, model_path: Path | None) -> dict[str, str]:
             "FLAGSTREAM_DATA_DIR": settings.data_dir,
             "FLAGSTREAM_WEB_PORT": str(settings.web_port),
             "FLAGSTREAM_THRESHOLD": str(settings.threshold),
+            # every contender decides by the fixed threshold: the worker's review capacity
+            # (which holds back flags past the day's share) is off, as the peers have none
+            "FLAGSTREAM_REVIEW_CAPACITY_PER_DAY": "0",
             # (read by the api contender only)
             "FLAGSTREAM_API_PORT": str(settings.api_port),
             "FLAGSTREAM_API_KEY": BENCH_KEY,
