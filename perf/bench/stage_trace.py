@@ -87,7 +87,7 @@ def install() -> None:
     from flagstream.streams.compat import faust_consumer
     from flagstream.streams.faust_batches import ack_all, records_by_partition
 
-    AIOKafkaConsumerThread._fetch_records = _fetch_wrapper(AIOKafkaConsumerThread._fetch_records)
+    AIOKafkaConsumerThread._fetch_records = _fetch_wrapper(AIOKafkaConsumerThread._fetch_records)  # type: ignore[method-assign]
     faust_consumer._deliver_chunk = _deliver_wrapper(faust_consumer._deliver_chunk)
     scorer = scorer_agent.Scorer
     original_score, original_commit = scorer.score_events, Consumer.commit
@@ -314,7 +314,7 @@ def main() -> int:
         await original_on_started(self)
         self.add_future(watch_loop())
 
-    App.on_started = on_started
+    App.on_started = on_started  # type: ignore[method-assign]
     from flagstream.cli import main as cli
 
     try:
