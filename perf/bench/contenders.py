@@ -6,7 +6,13 @@ prefix, partitions, threshold, ...) and consumes its own pre-loaded copy of the 
 >>> CONTENDERS["flagstream"].command()[1:5]
 ['-m', 'flagstream.cli', 'worker', '--role']
 >>> sorted(CONTENDERS)
-['aiokafka_ceiling', 'api', 'flagstream', 'flagstream_traced', 'naive_faust']
+['aiokafka_ceiling', 'api', 'api_2w', 'api_mixed', 'flagstream', 'flagstream_traced', 'naive_faust']
+>>> CONTENDERS["api_2w"].command()[-2:], CONTENDERS["api_2w"].path
+(['--workers', '2'], 'api')
+
+A contender's ``path`` says how its rate phases are driven: ``stream`` (records produced
+on ``transactions``, latency to the decision on ``scores``), ``api`` (calls to the
+scoring API, latency to the answer) or ``mixed`` (half of each, both measured).
 """
 
 from __future__ import annotations
@@ -34,9 +40,15 @@ class Contender:
     module: str
     args: tuple[str, ...] = ()
     about: str = ""
+    path: str = "stream"
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", self.module, *self.args]
+
+    @property
+    def workers(self) -> int:
+        """Scorer workers it runs (``--workers N``; one otherwise)."""
+        return int(self.args[self.args.index("--workers") + 1]) if "--workers" in self.args else 1
 
 
 CONTENDERS = {
@@ -49,7 +61,11 @@ CONTENDERS = {
         Contender("aiokafka_ceiling", "flagstream.perf.bench.aiokafka_ceiling", (),
                   "aiokafka getmany loop around the same ScoringCore, no Faust"),
         Contender("api", "flagstream.perf.bench.api_contender", (),
-                  "flagstream api in front of the scorer worker; latency: call to answer"),
+                  "flagstream api in front of one scorer worker; latency: call to answer", "api"),
+        Contender("api_2w", "flagstream.perf.bench.api_contender", ("--workers", "2"),
+                  "flagstream api in front of two scorer workers sharing the partitions", "api"),
+        Contender("api_mixed", "flagstream.perf.bench.api_contender", (),
+                  "one scorer worker; half the rate API calls, half stream records", "mixed"),
         Contender("flagstream_traced", "flagstream.perf.bench.stage_trace", (),
                   "the real worker with a timestamp per stage (BENCH_STAGE_TRACE); a diagnostic"),
     )
