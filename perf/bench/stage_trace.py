@@ -55,42 +55,15 @@ def emit(row: dict) -> None:
             _out.write(orjson.dumps(row) + b"\n")
 
 
-def _fetch_wrapper(original):
-    async def fetch_records(self, consumer, active_partitions, timeout=None, max_records=None):
-        records = await original(self, consumer, active_partitions, timeout=timeout,
-                                 max_records=max_records)
-        now = time.time()
-        for tp, chunk in (records or {}).items():
-            if chunk:
-                emit({"kind": "fetch", "t": now, "tp": [tp.topic, tp.partition],
-                      "first": chunk[0].offset, "last": chunk[-1].offset,
-                      "ts_ms": chunk[-1].timestamp, "n": len(chunk)})
-        return records
-    return fetch_records
-
-
-def _deliver_wrapper(original):
-    async def deliver_chunk(self, tuning, tp, chunk, callback, generation_id):
-        t0 = time.time()
-        await original(self, tuning, tp, chunk, callback, generation_id)
-        emit({"kind": "deliver", "t0": t0, "t1": time.time(), "tp": [tp.topic, tp.partition],
-              "first": chunk[0].offset, "last": chunk[-1].offset})
-    return deliver_chunk
-
-
 def install() -> None:
     """Wrap the worker's stages (call before the worker starts)."""
-    from faust.transport.consumer import Consumer
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-
     from flagstream.streams import scorer_agent
-    from flagstream.streams.compat import faust_consumer
+    from flagstream.streams.compat import stage_hooks
     from flagstream.streams.faust_batches import ack_all, records_by_partition
 
-    AIOKafkaConsumerThread._fetch_records = _fetch_wrapper(AIOKafkaConsumerThread._fetch_records)  # type: ignore[method-assign]
-    faust_consumer._deliver_chunk = _deliver_wrapper(faust_consumer._deliver_chunk)
+    stage_hooks.install(emit)  # (Faust's consumer: fetch, deliver, wait, buffer, commit)
     scorer = scorer_agent.Scorer
-    original_score, original_commit = scorer.score_events, Consumer.commit
+    original_score = scorer.score_events
     steps = iter(range(1, 1 << 62))
 
     async def score_events(self, events, finish):
@@ -124,37 +97,8 @@ def install() -> None:
             emit({"kind": "done", "step": item.trace_step, "t_acked": t_acked, "t_rows": t_rows,
                   "together": len(items)})
 
-    async def commit(self, *args, **kwargs):
-        t0 = time.time()
-        result = await original_commit(self, *args, **kwargs)
-        emit({"kind": "commit", "t0": t0, "t1": time.time(), "did": bool(result)})
-        return result
-
-    original_wait = Consumer._wait_next_records
-    original_full, original_drop = Consumer.on_buffer_full, Consumer.on_buffer_drop
-
-    async def wait_next_records(self, timeout):
-        t0 = time.time()
-        records, active = await original_wait(self, timeout)
-        emit({"kind": "wait", "t0": t0, "t1": time.time(), "timeout": timeout,
-              "active": len(active or ()), "got": sum(len(v) for v in (records or {}).values())})
-        return records, active
-
-    def on_buffer_full(self, tp):
-        emit({"kind": "buffer_full", "t": time.time(), "tp": [tp.topic, tp.partition]})
-        return original_full(self, tp)
-
-    def on_buffer_drop(self, tp):
-        emit({"kind": "buffer_drop", "t": time.time(), "tp": [tp.topic, tp.partition]})
-        return original_drop(self, tp)
-
-    for owner, name, wrapper in ((Consumer, "_wait_next_records", wait_next_records),
-                                 (Consumer, "on_buffer_full", on_buffer_full),
-                                 (Consumer, "on_buffer_drop", on_buffer_drop),
-                                 (Consumer, "commit", commit),
-                                 (scorer, "score_events", score_events),
-                                 (scorer, "complete_steps", complete_steps)):
-        setattr(owner, name, wrapper)
+    scorer.score_events = score_events  # type: ignore[method-assign]
+    scorer.complete_steps = complete_steps  # type: ignore[method-assign]
 
     gc_started: dict[str, float] = {}
 
@@ -315,10 +259,15 @@ def main() -> int:
         self.add_future(watch_loop())
 
     App.on_started = on_started  # type: ignore[method-assign]
-    from flagstream.cli import main as cli
+    import argparse
+
+    from flagstream.streams import worker
+
+    parser = argparse.ArgumentParser()
+    worker.add_arguments(parser)
 
     try:
-        return cli(["worker", "--role", "scorer", "--loglevel", "warning"])
+        return worker.run(parser.parse_args(["--role", "scorer", "--loglevel", "warning"]))
     finally:
         with _lock:
             _out.close()
