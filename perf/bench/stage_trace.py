@@ -165,11 +165,11 @@ async def read_paths(broker: str, prefix: str) -> dict[tuple[str, int, int], tup
     from flagstream.streams.config import Settings
     from flagstream.streams.topics import SCORES, TRANSACTIONS
 
-    settings = Settings(broker=broker, topic_prefix=prefix)
+    settings = Settings.from_env(broker=broker, topic_prefix=prefix)
     landed = {tx: d.landed_ms for tx, d in (await read_decisions(settings, SCORES))[0].items()}
     name = settings.topic(TRANSACTIONS)
     consumer = AIOKafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+                                auto_offset_reset="earliest", **settings.kafka_security())
     await start_client(consumer)
     out = {}
     try:
