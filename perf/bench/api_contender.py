@@ -10,10 +10,10 @@ authorization path would see it; in a mixed phase (:func:`mixed_at_rate`) half t
 load is API calls and half records produced on the stream, each path measured its own
 way. The sampled CPU and memory are this process's (the API's), not the workers'.
 
->>> worker_environment({"FLAGSTREAM_DATA_DIR": "/d", "FLAGSTREAM_WEB_PORT": "6066"}, 0, 7001)
-{'FLAGSTREAM_DATA_DIR': '/d', 'FLAGSTREAM_WEB_PORT': '6066'}
->>> worker_environment({"FLAGSTREAM_DATA_DIR": "/d", "FLAGSTREAM_WEB_PORT": "6066"}, 1, 7001)
-{'FLAGSTREAM_DATA_DIR': '/d/worker-1', 'FLAGSTREAM_WEB_PORT': '7001'}
+>>> worker_environment({"PATH": "/bin"}, 0, "/d", 7001)
+{'PATH': '/bin'}
+>>> worker_environment({"PATH": "/bin"}, 1, "/d", 7001)
+{'PATH': '/bin', 'FLAGSTREAM_DATA_DIR': '/d/worker-1', 'FLAGSTREAM_WEB_PORT': '7001'}
 """
 
 from __future__ import annotations
@@ -110,12 +110,13 @@ async def mixed_at_rate(url: str, settings: Any, topic: str, records: Sequence[R
     return lat, outcomes, called, produced
 
 
-def worker_environment(env: Mapping[str, str], index: int, web_port: int) -> dict[str, str]:
+def worker_environment(env: Mapping[str, str], index: int, data_dir: str,
+                       web_port: int) -> dict[str, str]:
     """The environment of worker ``index``: the first one's as given, every other one with its
-    own data directory (RocksDB stores are one process's) and web port."""
+    own data directory under ``data_dir`` (RocksDB stores are one process's) and web port."""
     out = dict(env)
     if index:
-        out["FLAGSTREAM_DATA_DIR"] = os.path.join(env["FLAGSTREAM_DATA_DIR"], f"worker-{index}")
+        out["FLAGSTREAM_DATA_DIR"] = os.path.join(data_dir, f"worker-{index}")
         out["FLAGSTREAM_WEB_PORT"] = str(web_port)
     return out
 
@@ -130,14 +131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flagstream.perf.bench.api_contender")
     parser.add_argument("--workers", type=int, default=1, help="scorer workers behind the API")
     args = parser.parse_args(argv)
+    settings = Settings.from_env()
     workers = [
         subprocess.Popen([sys.executable, "-m", "flagstream.cli", "worker", "--role", "scorer",
                           "--loglevel", "warning"],
-                         env=worker_environment(os.environ, i, free_port()))
+                         env=worker_environment(os.environ, i, settings.data_dir, free_port()))
         for i in range(args.workers)
     ]
     try:
-        asyncio.run(serve(Settings.from_env()))
+        asyncio.run(serve(settings))
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
