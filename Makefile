@@ -67,9 +67,13 @@ demo: install
 	bash scripts/kafka.sh start
 	$(BIN)/flagstream demo
 
+# Every contender (the three stream ones, then the scoring API in front of one worker, of two,
+# and with the load shared by API calls and stream records): about 8 minutes on 2 cores.
+BENCH_CONTENDERS := flagstream,naive_faust,aiokafka_ceiling,api,api_2w,api_mixed
 bench: install
 	bash scripts/kafka.sh start
-	$(BIN)/python -m flagstream.perf compare
+	$(BIN)/python -m flagstream.perf compare --contenders $(BENCH_CONTENDERS) --events 50000 \
+	  --rates 1000,5000 --api-rates 500,1000,2000 --rate-seconds 10
 
 clean:
 	rm -rf $(VENV) var artifacts *.egg-info build

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     c.add_argument("--events", type=int, default=d.events, help="records pre-loaded for throughput")
     c.add_argument("--rates", type=_ints, default=d.rates, help="fixed rates for latency, e.g. 1000,5000")
+    c.add_argument("--api-rates", type=_ints, default=d.api_rates,
+                   help="rates of the API and mixed contenders (calls per second), e.g. 500,1000,2000")
     c.add_argument("--rate-seconds", type=float, default=d.rate_seconds, help="seconds per rate")
     c.add_argument("--train", type=int, default=d.train, help="records the champion is trained on")
     c.add_argument("--partitions", type=int, default=d.partitions)
@@ -93,9 +95,16 @@ def _table(report: dict) -> str:
             f"{fmt(c.get('cpu_s_per_1k'), '.3f'):>9} {fmt(c.get('peak_rss_mb'), '.0f'):>8} "
             f"{fmt(share, '.4f'):>7}"
         )
-    first: dict[str, Any] = next(iter(contenders.values()), {})
-    rate = first.get("latency_rate")
-    lines.append(f"latency percentiles at {rate}/s; goals: {report['goals']}")
+    lines.append("p50 / p99 ms per rate (api: call to answer; stream: produce to decision)")
+    for name, c in contenders.items():
+        cells = []
+        for rate, lat in c.get("latency", {}).items():
+            cell = f"{rate}/s {fmt(lat.get('p50_ms'), '.0f')}/{fmt(lat.get('p99_ms'), '.0f')}"
+            if "api" in lat:
+                cell += f" (api {fmt(lat['api']['p50_ms'], '.0f')}/{fmt(lat['api']['p99_ms'], '.0f')})"
+            cells.append(cell)
+        lines.append(f"  {name:18} " + "  ".join(cells))
+    lines.append(f"goals: {report['goals']}")
     return "\n".join(lines)
 
 
@@ -106,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "decode":
         return _decode(args)
-    opts = Options(events=args.events, rates=args.rates, rate_seconds=args.rate_seconds, train=args.train,
+    opts = Options(events=args.events, rates=args.rates, api_rates=args.api_rates,
+                   rate_seconds=args.rate_seconds, train=args.train,
                    partitions=args.partitions, threshold=args.threshold, contenders=args.contenders,
                    stream=args.stream, out_dir=args.out_dir, broker=args.broker, chart=args.chart,
                    keep_topics=args.keep_topics)

@@ -31,6 +31,7 @@ from flagstream.scoring.model_key import ModelKey
 from flagstream.sinks.metrics import PipelineMetrics
 from flagstream.streams import topics as names
 from flagstream.streams.compat.internals import (
+    fetch_max_wait,
     idempotent_producers,
     no_builtin_web_views,
     read_row,
@@ -142,6 +143,7 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
         logging_config=None,
     )
     no_builtin_web_views(app)
+    fetch_max_wait(app, settings.fetch_max_wait_ms)
     if settings.producer_idempotence:
         idempotent_producers()
     metrics = PipelineMetrics()

@@ -160,6 +160,11 @@ class Settings:
     #: A stop signal (SIGTERM, SIGINT) ends the worker within this many seconds, whatever
     #: it is doing; what was not durable by then is replayed after a restart.
     shutdown_deadline_s: float = 30.0
+    #: Longest time the broker may hold one of the worker's fetch requests while none of
+    #: its partitions has new records, ms (Faust fixes 1,500). A request can hold only
+    #: idle partitions while the busy ones wait for it to return: the stream path's
+    #: 1.5–2 s latency tail (see :func:`flagstream.streams.compat.internals.fetch_max_wait`).
+    fetch_max_wait_ms: int = 20
     #: Hand the scorer whole fetched chunks (:mod:`flagstream.streams.compat.faust_consumer`);
     #: off, it takes events one by one through Faust's own ``noack_take``.
     faust_chunks: bool = True
@@ -277,6 +282,8 @@ class Settings:
         if self.api_deadline_ms <= 0 or self.api_max_batch < 1 or self.api_answers < 1:
             raise ConfigurationError("FLAGSTREAM_API_DEADLINE_MS, FLAGSTREAM_API_MAX_BATCH and "
                                      "FLAGSTREAM_API_ANSWERS must be positive")
+        if not 0 <= self.fetch_max_wait_ms <= 1_500:
+            raise ConfigurationError("FLAGSTREAM_FETCH_MAX_WAIT_MS must be in 0..1500")
         if self.review_session_lifetime_s <= 0:
             raise ConfigurationError("FLAGSTREAM_REVIEW_SESSION_LIFETIME_S must be positive")
         self._check_operating_point()

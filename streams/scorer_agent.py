@@ -22,6 +22,8 @@ without it, steps come from ``noack_take``. One step of the agent:
 Steps 3–4 of one step overlap with steps 1–2 of the next: completions run in a
 background task strictly in processing order (:class:`flagstream.streams.faust_batches.InOrder`),
 so rows and acks still land in order while the broker acknowledges the previous step.
+Steps that queued up meanwhile are completed together (:meth:`Scorer.complete_steps`): one
+changelog batch and one RocksDB write per partition for all of them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -63,6 +66,18 @@ log = logging.getLogger(__name__)
 
 #: One partition's share of a step: its records, what the core made of them, its changed rows.
 Staged = tuple[PartitionRecords, BatchOutcome, dict[str, Any]]
+
+
+@dataclass
+class Step:
+    """What completing one processed step needs: its events, what each partition staged,
+    the pending sends of its outputs, the producer, and when it started."""
+
+    events: list[Any]
+    staged: Sequence[Staged]
+    pending: Sequence[Awaitable]
+    producer: Any
+    started: float
 
 
 class Scorer:
@@ -111,7 +126,7 @@ class Scorer:
         async def score(stream: Any) -> None:
             # (re)started: only durable state counts, rows are read again from the table
             self.core.accounts.reset()
-            finish = self.finish = InOrder(p.app)
+            finish = self.finish = InOrder(p.app, self.complete_steps)
             if self.tuning is not None:  # each event is a fetched chunk: take what has arrived
                 async for events in ready_events(stream, max_records=s.batch_size):
                     await self.score_events(events, finish)
@@ -222,16 +237,24 @@ class Scorer:
         return sent
 
     async def write_accounts(self, staged: Sequence[Staged], producer: Any) -> None:
-        """Changed account rows: changelog first (acknowledged), then the local store."""
-        outbox, writes = Outbox(producer, self.partition_counts), []
+        """Changed account rows: changelog first (acknowledged), then the local store.
+
+        Rows of several steps (or pieces) of one partition are merged, the later one
+        winning: one changelog batch and one RocksDB write batch per partition.
+        """
+        merged: dict[int, dict[bytes, Any]] = {}
         for recs, _, rows in staged:
             if rows:
-                encoded = {key.encode(): row for key, row in rows.items()}
-                writes.append(stage_rows(self.accounts, recs.partition, encoded, outbox))
-        if writes:
-            last = outbox.last_offsets(await asyncio.gather(*await outbox.send()))
-            for write in writes:
-                write.apply(last)
+                into = merged.setdefault(recs.partition, {})
+                into.update((key.encode(), row) for key, row in rows.items())
+        if not merged:
+            return
+        outbox = Outbox(producer, self.partition_counts)
+        writes = [stage_rows(self.accounts, partition, rows, outbox)
+                  for partition, rows in merged.items()]
+        last = outbox.last_offsets(await asyncio.gather(*await outbox.send()))
+        for write in writes:
+            write.apply(last)
 
     async def score_events(self, events: list[Any], finish: InOrder) -> None:
         """Process one step now; its completion runs in ``finish``, in order."""
@@ -257,15 +280,16 @@ class Scorer:
                 staged.append((recs, outcome, rows))
                 pending.extend(await self.send_dead_letters(recs, outcome))
         pending.extend(await outbox.send())
-        await finish.put(self.complete(events, staged, pending, producer, started))
+        await finish.put(Step(events, staged, pending, producer, started))
 
-    async def complete(self, events: list[Any], staged: Sequence[Staged], pending: Sequence[Awaitable],
-                       producer: Any, started: float) -> None:
-        await deliver(pending)
+    async def complete_steps(self, steps: Sequence[Step]) -> None:
+        """Complete every step waiting (oldest first), together: outputs, rows, acks."""
+        await deliver([sent for step in steps for sent in step.pending])
         # outputs are durable: now the state rows, then the acks
-        await self.write_accounts(staged, producer)
-        ack_all(events)
-        self.observe(staged, started)
+        await self.write_accounts([s for step in steps for s in step.staged], steps[-1].producer)
+        for step in steps:
+            ack_all(step.events)
+            self.observe(step.staged, step.started)
 
     def observe(self, staged: Iterable[Staged], started: float) -> None:
         """Count a completed step on the worker's metrics."""

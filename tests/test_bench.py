@@ -39,6 +39,7 @@ from flagstream.streams.core import ScoringCore
 from flagstream.streams.topics import SCORES
 
 ALL = ("flagstream", "naive_faust", REFERENCE)
+API = ("api", "api_2w", "api_mixed")
 
 
 def decisions(n: int, flip: int | None = None, nudge: tuple[int, float] | None = None,
@@ -140,7 +141,7 @@ def in_process(report: dict, out: Path) -> tuple[list[str], dict[str, Decision]]
     benchmark's champion makes on them through the core, in this process."""
     o = report["options"]
     wl = workload.load_workload(Path(report["setup"]["stream"]), o["train"], o["events"],
-                                o["rates"], o["rate_seconds"], o["partitions"])
+                                report["setup"]["workload_rates"], o["rate_seconds"], o["partitions"])
     records = [*wl.preload, *(r for phase in wl.phases.values() for r in phase)]
     state = loads((out / "champion.json").read_bytes())["state"]
     core = ScoringCore(ModelHandle(model_from_state(state)), FixedThreshold(o["threshold"]))
@@ -180,8 +181,8 @@ def test_tiny_compare_run_runs_every_contender_on_the_same_decisions(kafka_broke
     assert report, result.stderr[-3000:]
     by_contender = read_back(report, kafka_broker)  # (before any assertion: topics are deleted)
     assert result.returncode == 0, result.stderr[-3000:]
-    # every contender runs by default except the scoring API's (``--contenders ...,api``)
-    assert sorted(CONTENDERS) == sorted([*ALL, "api"])
+    # every contender runs by default except the scoring API's and the stage tracer
+    assert sorted(CONTENDERS) == sorted([*ALL, *API, "flagstream_traced"])
     assert list(report["contenders"]) == list(ALL) == report["options"]["contenders"]
 
     for name, figures in report["contenders"].items():
@@ -217,3 +218,65 @@ def test_tiny_compare_run_runs_every_contender_on_the_same_decisions(kafka_broke
     assert report["memory_per_account"]["row_bytes"] == ACCOUNT_WIDTH * 8
     assert json.loads((out / "compare.json").read_bytes())["agreement"] == agreement_
     assert (out / "compare.png").stat().st_size > 10_000
+
+
+def test_the_issues_goals_are_judged_on_the_run():
+    lat = {"5000": {"p99_ms": 45.0}}
+    report = {"flagstream": {"events_per_s": 30_000.0, "latency": lat},
+              REFERENCE: {"events_per_s": 25_000.0, "latency": {"5000": {"p99_ms": 20.0}}},
+              "api": {"latency": {"1000": {"p50_ms": 8.0, "p99_ms": 31.0, "answered": 10}}}}
+    got = harness.goals(report)
+    assert got["vs_aiokafka_ceiling_met"] is True and got["vs_aiokafka_ceiling_target"] == 1.0
+    assert got["p99_le_50ms_at_5000"] is True
+    assert (got["p99_vs_ceiling_at_5000"], got["p99_le_2x_ceiling_at_5000"]) == (2.25, False)
+    assert (got["api_p50_le_10ms_at_1000"], got["api_p99_le_30ms_at_1000"]) == (True, False)
+    assert "api_p50_ms_at_1000" not in harness.goals({"flagstream": report["flagstream"]})
+
+
+def test_api_and_mixed_contenders_replay_their_own_rates():
+    opts = harness.Options(rates=(1_000, 5_000), api_rates=(500, 1_000, 2_000),
+                           contenders=("flagstream", "api_mixed"))
+    assert harness.contender_rates(CONTENDERS["flagstream"], opts) == (1_000, 5_000)
+    assert harness.contender_rates(CONTENDERS["api_mixed"], opts) == (500, 1_000, 2_000)
+    assert harness.workload_rates(opts) == (500, 1_000, 2_000, 5_000)
+    assert harness.workload_rates(harness.Options(contenders=ALL)) == (1_000, 5_000)
+    assert [CONTENDERS[n].workers for n in API] == [1, 2, 1]
+
+
+@pytest.mark.integration
+def test_tiny_api_run_measures_one_worker_two_workers_and_the_mixed_load(kafka_broker, tmp_path):
+    """The API contenders on a small input: every call answered (by a worker, or by the
+    fallback past the deadline), two workers in one group, both paths of the mixed run."""
+    out = tmp_path / "bench"
+    result = subprocess.run(
+        [sys.executable, "-m", "flagstream.perf", "compare", "--json", "--events", "3000",
+         "--rates", "300", "--api-rates", "100,200", "--rate-seconds", "2", "--train", "2000",
+         "--contenders", f"flagstream,{','.join(API)},{REFERENCE}", "--out-dir", str(out),
+         "--broker", kafka_broker, "--no-chart"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    report = json.loads(result.stdout) if result.stdout.strip() else {}
+    assert report, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert report["setup"]["workload_rates"] == [100, 200, 300]
+    figures = report["contenders"]
+    assert list(figures["flagstream"]["latency"]) == list(figures[REFERENCE]["latency"]) == ["300"]
+    for name in API:
+        c = figures[name]
+        assert c["complete"], (name, c.get("log_tail"))
+        assert c["path"] == CONTENDERS[name].path and c["workers"] == CONTENDERS[name].workers
+        assert c["group_members"] == c["workers"], name
+        assert list(c["latency"]) == ["100", "200"], name
+        for rate, lat in c["latency"].items():
+            api = lat["api"] if c["path"] == "mixed" else lat
+            calls = int(rate) * 2 // (2 if c["path"] == "mixed" else 1)
+            outcomes = api["outcomes"]
+            assert sum(outcomes.values()) == calls, (name, rate, outcomes)
+            assert set(outcomes) <= {"200", "fallback"}, (name, rate, outcomes)
+            assert api["answered"] == outcomes.get("200", 0) >= calls // 2, (name, rate, outcomes)
+            assert 0 < api["p50_ms"] <= api["p99_ms"] <= api["max_ms"], (name, rate, api)
+            if c["path"] == "mixed":  # the stream half: produced, decided, measured
+                assert lat["sent"] == lat["decided"] == int(rate), (name, rate, lat)
+                assert 0 <= lat["p50_ms"] <= lat["p99_ms"], (name, rate, lat)
+    assert report["agreement"]["flagstream_matches_ceiling"] is True
+    assert {"api_p50_ms_at_1000", "p99_ms_at_5000"}.isdisjoint(report["goals"])

@@ -15,6 +15,11 @@ harness
     ``artifacts/bench/compare.json`` and ``compare.png``.
 naive_faust, aiokafka_ceiling
     The two peers, each runnable as ``python -m flagstream.perf.bench.<name>``.
+api_contender
+    ``flagstream api`` in front of one or more scorer workers; API calls (and mixed
+    calls and stream records) at fixed rates.
+stage_trace
+    The worker with a timestamp per stage, and ``analyze``: where a decision's latency goes.
 chart
     The PNG summary (matplotlib, Agg backend).
 """

@@ -1,11 +1,19 @@
-"""The ``api`` contender: ``flagstream api`` in front of one scorer worker, as one process tree.
+"""The ``api`` contenders: ``flagstream api`` in front of scorer workers, as one process tree.
 
 This process runs the scoring API (:func:`flagstream.streams.api_cli.serve`) and starts
-the worker (``flagstream worker --role scorer``) as its child, stopping it on exit. The
-drain phase is the worker's; in the rate phases the harness calls the API at a fixed
-rate (:func:`call_at_rate`) and the latency is each call's, request sent to answer read,
-as a client in the authorization path would see it. The sampled CPU and memory are
-this process's (the API's), not the worker's.
+the workers (``flagstream worker --role scorer``, ``--workers N``, one by default) as its
+children, stopping them on exit. Workers share the partitions as one consumer group
+(each with its own data directory and web port). The drain phase is the workers'; in
+the rate phases the harness calls the API at a fixed rate (:func:`call_at_rate`) and
+the latency is each call's, request sent to answer read, as a client in the
+authorization path would see it; in a mixed phase (:func:`mixed_at_rate`) half the
+load is API calls and half records produced on the stream, each path measured its own
+way. The sampled CPU and memory are this process's (the API's), not the workers'.
+
+>>> worker_environment({"PATH": "/bin"}, 0, "/d", 7001)
+{'PATH': '/bin'}
+>>> worker_environment({"PATH": "/bin"}, 1, "/d", 7001)
+{'PATH': '/bin', 'FLAGSTREAM_DATA_DIR': '/d/worker-1', 'FLAGSTREAM_WEB_PORT': '7001'}
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from flagstream.perf.bench.workload import Record
 
@@ -86,21 +95,60 @@ async def wait_ready(url: str, timeout_s: float = 120.0) -> bool:
     return False
 
 
-def main() -> int:
+async def mixed_at_rate(url: str, settings: Any, topic: str, records: Sequence[Record], rate: float,
+                        key: str = BENCH_KEY) -> tuple[dict[str, float], Counter, dict[str, int],
+                                                      dict[str, int]]:
+    """Half of ``records`` (every other one) through the API, half produced on ``topic``,
+    both at ``rate / 2`` at the same time; the API calls' latencies, outcomes and send
+    times (as :func:`call_at_rate`), and each stream record's produce timestamp (ms)."""
+    from flagstream.perf.bench.workload import replay_at_rate
+
+    (lat, outcomes, called), produced = await asyncio.gather(
+        call_at_rate(url, records[0::2], rate / 2, key),
+        replay_at_rate(settings, topic, records[1::2], rate / 2),
+    )
+    return lat, outcomes, called, produced
+
+
+def worker_environment(env: Mapping[str, str], index: int, data_dir: str,
+                       web_port: int) -> dict[str, str]:
+    """The environment of worker ``index``: the first one's as given, every other one with its
+    own data directory under ``data_dir`` (RocksDB stores are one process's) and web port."""
+    out = dict(env)
+    if index:
+        out["FLAGSTREAM_DATA_DIR"] = os.path.join(data_dir, f"worker-{index}")
+        out["FLAGSTREAM_WEB_PORT"] = str(web_port)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    from flagstream.perf.bench.harness import free_port
     from flagstream.streams.api_cli import serve
     from flagstream.streams.config import Settings
 
-    worker = subprocess.Popen([sys.executable, "-m", "flagstream.cli", "worker", "--role", "scorer",
-                               "--loglevel", "warning"], env=dict(os.environ))
+    parser = argparse.ArgumentParser(prog="python -m flagstream.perf.bench.api_contender")
+    parser.add_argument("--workers", type=int, default=1, help="scorer workers behind the API")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "flagstream.cli", "worker", "--role", "scorer",
+                          "--loglevel", "warning"],
+                         env=worker_environment(os.environ, i, settings.data_dir, free_port()))
+        for i in range(args.workers)
+    ]
     try:
-        asyncio.run(serve(Settings.from_env()))
+        asyncio.run(serve(settings))
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
     return 0
 
 

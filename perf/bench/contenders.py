@@ -6,7 +6,13 @@ prefix, partitions, threshold, ...) and consumes its own pre-loaded copy of the 
 >>> CONTENDERS["flagstream"].command()[1:5]
 ['-m', 'flagstream.cli', 'worker', '--role']
 >>> sorted(CONTENDERS)
-['aiokafka_ceiling', 'api', 'flagstream', 'naive_faust']
+['aiokafka_ceiling', 'api', 'api_2w', 'api_mixed', 'flagstream', 'flagstream_traced', 'naive_faust']
+>>> CONTENDERS["api_2w"].command()[-2:], CONTENDERS["api_2w"].path
+(['--workers', '2'], 'api')
+
+A contender's ``path`` says how its rate phases are driven: ``stream`` (records produced
+on ``transactions``, latency to the decision on ``scores``), ``api`` (calls to the
+scoring API, latency to the answer) or ``mixed`` (half of each, both measured).
 """
 
 from __future__ import annotations
@@ -34,9 +40,15 @@ class Contender:
     module: str
     args: tuple[str, ...] = ()
     about: str = ""
+    path: str = "stream"
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", self.module, *self.args]
+
+    @property
+    def workers(self) -> int:
+        """Scorer workers it runs (``--workers N``; one otherwise)."""
+        return int(self.args[self.args.index("--workers") + 1]) if "--workers" in self.args else 1
 
 
 CONTENDERS = {
@@ -49,7 +61,13 @@ CONTENDERS = {
         Contender("aiokafka_ceiling", "flagstream.perf.bench.aiokafka_ceiling", (),
                   "aiokafka getmany loop around the same ScoringCore, no Faust"),
         Contender("api", "flagstream.perf.bench.api_contender", (),
-                  "flagstream api in front of the scorer worker; latency: call to answer"),
+                  "flagstream api in front of one scorer worker; latency: call to answer", "api"),
+        Contender("api_2w", "flagstream.perf.bench.api_contender", ("--workers", "2"),
+                  "flagstream api in front of two scorer workers sharing the partitions", "api"),
+        Contender("api_mixed", "flagstream.perf.bench.api_contender", (),
+                  "one scorer worker; half the rate API calls, half stream records", "mixed"),
+        Contender("flagstream_traced", "flagstream.perf.bench.stage_trace", (),
+                  "the real worker with a timestamp per stage (BENCH_STAGE_TRACE); a diagnostic"),
     )
 }
 
@@ -65,6 +83,9 @@ def environment(settings: Settings, model_path: Path | None) -> dict[str, str]:
             "FLAGSTREAM_DATA_DIR": settings.data_dir,
             "FLAGSTREAM_WEB_PORT": str(settings.web_port),
             "FLAGSTREAM_THRESHOLD": str(settings.threshold),
+            # every contender decides by the fixed threshold: the worker's review capacity
+            # (which holds back flags past the day's share) is off, as the peers have none
+            "FLAGSTREAM_REVIEW_CAPACITY_PER_DAY": "0",
             # (read by the api contender only)
             "FLAGSTREAM_API_PORT": str(settings.api_port),
             "FLAGSTREAM_API_KEY": BENCH_KEY,

@@ -187,6 +187,32 @@ async def wait_for_count(
         await consumer.stop()
 
 
+async def group_members(settings: Settings, group: str) -> int:
+    """Members of a consumer group now (0 when it has none or is unknown)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker, **settings.kafka_security())
+    await start_client(admin)
+    try:
+        for response in await admin.describe_consumer_groups([group]):
+            for described in response.to_object()["groups"]:
+                if described["group"] == group:
+                    return len(described["members"])
+    finally:
+        await admin.close()
+    return 0
+
+
+async def wait_for_members(settings: Settings, group: str, members: int, timeout_s: float) -> int:
+    """Wait until ``group`` has ``members`` members (or ``timeout_s``); how many it has."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        n = await group_members(settings, group)
+        if n >= members or time.monotonic() > deadline:
+            return n
+        await asyncio.sleep(0.5)
+
+
 def throughput(landed_ms: Iterable[int]) -> float:
     """Events per second from the first decision to the last.
 
