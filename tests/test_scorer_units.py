@@ -7,15 +7,14 @@ import shutil
 
 import numpy as np
 import pytest
+from scorer_helpers import home_accounts, scorer_app, tx
 
 from flagstream.codec import dumps, loads
 from flagstream.streams.agents import build_app
 from flagstream.streams.compat.internals import stage_rows
 from flagstream.streams.config import Settings
-from flagstream.streams.core import partitions_for
 from flagstream.streams.delivery import Outbox
 from flagstream.streams.faust_batches import PartitionRecords
-from flagstream.streams.scorer_agent import Scorer
 
 
 class RecordingProducer:
@@ -33,23 +32,7 @@ class RecordingProducer:
 
 @pytest.fixture
 def scorer(tmp_path):
-    p = build_app(Settings(data_dir=str(tmp_path), partitions=4, faust_chunks=False), "scorer")
-    assert isinstance(p.scorer, Scorer)
-    for name in ("scores", "review"):
-        p.scorer.partition_counts[p.scorer.names[name]] = 4
-    yield p.scorer
-    asyncio.run(p.stop())
-
-
-def tx(i: int, account: str, amount: float = 20.0) -> bytes:
-    return dumps({"transaction_id": f"t-{i}", "account_id": account, "merchant_id": f"m-{i % 3}",
-                  "amount": amount, "timestamp": 1_522_540_800_000 + i * 1000})
-
-
-def home_accounts(partition: int, n: int) -> list[str]:
-    names = [f"c-{k}" for k in range(200)]
-    return [a for a, part in zip(names, partitions_for(names, 4).tolist(), strict=True)
-            if part == partition][:n]
+    yield from scorer_app(tmp_path)
 
 
 def test_stage_decides_every_valid_record_once_and_queues_outputs(scorer):

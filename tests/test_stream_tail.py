@@ -23,16 +23,15 @@ import logging
 from types import SimpleNamespace
 
 import pytest
+from scorer_helpers import home_accounts, scorer_app, tx
 
-from flagstream.codec import dumps
 from flagstream.errors import ConfigurationError
 from flagstream.streams.agents import build_app
 from flagstream.streams.compat.internals import DeadlineWorker, read_row
 from flagstream.streams.config import Settings
-from flagstream.streams.core import partitions_for
 from flagstream.streams.delivery import Outbox
 from flagstream.streams.faust_batches import InOrder, PartitionRecords
-from flagstream.streams.scorer_agent import Scorer, Step
+from flagstream.streams.scorer_agent import Step
 
 
 class BatchingProducer:
@@ -113,27 +112,15 @@ def test_a_full_queue_blocks_put_until_the_completion_takes_it():
 
 @pytest.fixture
 def scorer(tmp_path):
-    p = build_app(Settings(data_dir=str(tmp_path), partitions=4, faust_chunks=False), "scorer")
-    assert isinstance(p.scorer, Scorer)
-    for name in ("scores", "review"):
-        p.scorer.partition_counts[p.scorer.names[name]] = 4
-    yield p.scorer
-    asyncio.run(p.stop())
-
-
-def tx(i: int, account: str, amount: float) -> bytes:
-    return dumps({"transaction_id": f"t-{i}", "account_id": account, "merchant_id": "m-1",
-                  "amount": amount, "timestamp": 1_522_540_800_000 + i * 1000})
+    yield from scorer_app(tmp_path)
 
 
 def test_rows_of_several_steps_are_written_once_per_partition_the_latest_winning(scorer):
-    names = [f"c-{k}" for k in range(200)]
-    homes = partitions_for(names, 4).tolist()
-    a, b = [n for n, part in zip(names, homes, strict=True) if part == 2][:2]
-    c = next(n for n, part in zip(names, homes, strict=True) if part == 3)
+    a, b = home_accounts(2, 2)
+    c = home_accounts(3, 1)[0]
     steps = []
     for i, (partition, accounts) in enumerate([(2, [a, b]), (2, [a]), (3, [c])]):
-        values = [tx(10 * i + k, acc, 10.0 + 5 * i + k) for k, acc in enumerate(accounts)]
+        values = [tx(10 * i + k, acc, 10.0 + 5 * i + k, merchant="m-1") for k, acc in enumerate(accounts)]
         recs = PartitionRecords(partition, "transactions", values, [None] * len(values),
                                 list(range(10 * i, 10 * i + len(values))), [0.0] * len(values))
         staged = scorer.stage(recs, Outbox(None, scorer.partition_counts))
