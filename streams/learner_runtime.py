@@ -260,8 +260,7 @@ class LearnerRuntime:
     def add_configured_challengers(self) -> None:
         """Challengers named in FLAGSTREAM_CHALLENGERS after the snapshot was taken join now."""
         learner = self.learner
-        published = {parse_version(k[len(reg.VERSION_PREFIX):].decode())[0]
-                     for k in self._keys(reg.VERSION_PREFIX) if _is_version_key(k)}
+        published = {lineage for k in self._keys(reg.VERSION_PREFIX) if (lineage := _lineage(k))}
         known = {learner.handle.name, *learner.shadow.names(), *published}
         for challenger in new_lineages(self.configured, known):
             learner.shadow.add(challenger)
@@ -456,9 +455,9 @@ def _event_time(ms: object) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _is_version_key(key: bytes) -> bool:
+def _lineage(key: bytes) -> str | None:
+    """The lineage of a ``version:<id>`` key of the models table; None if it names none."""
     try:
-        parse_version(key[len(reg.VERSION_PREFIX):].decode())
+        return parse_version(key[len(reg.VERSION_PREFIX):].decode())[0]
     except (UnicodeDecodeError, ValueError):
-        return False
-    return True
+        return None
