@@ -71,6 +71,18 @@ def status_without_token(url: str) -> int:
         return err.code
 
 
+def learned_as_much(view, lineage: str) -> dict | None:
+    """The lineage's newest version once it has learned every label the champion has.
+
+    A challenger's first version is published before any label (it scores the prior, 0.01,
+    below every threshold here); promoting that one would flag nothing for three days.
+    """
+    version, champion = newest(view, lineage), view.champion
+    if version is None or champion is None or version["labels"] == 0:
+        return None
+    return version if version["labels"] >= champion["labels"] else None
+
+
 class Desk:
     """Sends days of traffic, then the labels that come back for them."""
 
@@ -120,7 +132,8 @@ def test_a_fraud_lead_reads_model_health_in_the_browser(settings, worker_factory
 
     desk = Desk(settings, worker)
     desk.days(0, 4)
-    challenger = wait_until(lambda: newest(registry(settings), "lr-fast"), 60, "a challenger version")
+    challenger = wait_until(lambda: learned_as_much(registry(settings), "lr-fast"), 60,
+                            "a challenger version that learned every label the champion did")
     code, out, _ = cli(settings, monkeypatch, capsys, "promote", challenger["version"], "--reason",
                        "learns faster on this traffic")
     assert code == 0, out
