@@ -66,8 +66,11 @@ class KafkaLink:
         self.producer = AIOKafkaProducer(bootstrap_servers=s.broker, acks="all",
                                          enable_idempotence=s.producer_idempotence, linger_ms=1,
                                          **s.kafka_security())
+        # (the fetch wait as the worker's: a fetch holding only idle partitions, the dead
+        # letters, must not keep the answers unread for aiokafka's default 500 ms)
         self.consumer = AIOKafkaConsumer(bootstrap_servers=s.broker, group_id=None,
-                                         enable_auto_commit=False, **s.kafka_security())
+                                         enable_auto_commit=False,
+                                         fetch_max_wait_ms=s.fetch_max_wait_ms, **s.kafka_security())
         await self.producer.start()
         await self.consumer.start()
         for topic in (self.transactions, self.scores, self.dlq):

@@ -64,6 +64,9 @@ def test_api_and_stream_share_one_decision_and_one_state_update(settings, worker
 
     async def scenario() -> None:
         client, link = await running_api(s)
+        # the answers are read with the worker's fetch wait, not aiokafka's 500 ms: a fetch
+        # holding only the idle dead-letter partitions kept every answer unread that long
+        assert link.consumer is not None and link.consumer._fetch_max_wait_ms == s.fetch_max_wait_ms
         try:
             r = await client.post("/v1/score", data=dumps(first), headers=AUTH)
             assert r.status == 200, await r.text()
