@@ -201,6 +201,22 @@ class BinnedLogistic:
         self.learn_many(np.asarray(features, dtype=np.float64).reshape(1, -1), np.array([label]))
 
     # --- scoring (per batch) --------------------------------------------------
+    def predict_one(self, features: np.ndarray) -> float:
+        """One raw feature vector's probability, input by input in plain Python: the
+        reference :meth:`score_batch` is tested against (and a per-event scorer).
+
+        >>> round(BinnedLogistic(prior=0.02).predict_one(np.zeros(N_FEATURES)), 6)
+        0.02
+        """
+        inputs = transform(np.asarray(features, dtype=np.float64).reshape(1, -1))[0].tolist()
+        count, edges = float(self.count[0]), BIN_EDGES.tolist()
+        logit = float(self.bias[0])
+        for j, x in enumerate(inputs):
+            var = float(self.m2[j]) / count if count > 0 else 0.0
+            z = min(max((x - float(self.means[j])) / math.sqrt(var), -Z_LIMIT), Z_LIMIT) if var > 0 else 0.0
+            logit += float(self.slopes[j]) * z + float(self.steps[j, sum(1 for e in edges if z > e)])
+        return 1.0 / (1.0 + math.exp(-min(max(logit, -50.0), 50.0)))
+
     def _standardised(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         var = self.m2 / self.count[0] if self.count[0] > 0 else np.zeros(N_INPUTS)
         inv_std = np.where(var > 0, 1.0 / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)

@@ -164,6 +164,7 @@ class Settings:
     #: its partitions has new records, ms (Faust fixes 1,500). A request can hold only
     #: idle partitions while the busy ones wait for it to return: the stream path's
     #: 1.5–2 s latency tail (see :func:`flagstream.streams.compat.internals.fetch_max_wait`).
+    #: The scoring API reads its answers with the same wait.
     fetch_max_wait_ms: int = 20
     #: Hand the scorer whole fetched chunks (:mod:`flagstream.streams.compat.faust_consumer`);
     #: off, it takes events one by one through Faust's own ``noack_take``.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ from flagstream.perf.bench.measure import (
     read_decisions,
     throughput,
 )
-from flagstream.scoring.handle import ModelHandle, model_from_state
+from flagstream.scoring.handle import DEFAULT_KIND, LINEAGES, MODEL_KINDS, ModelHandle, model_from_state
 from flagstream.scoring.policy import FixedThreshold
 from flagstream.streams.config import Settings
 from flagstream.streams.core import ScoringCore
@@ -129,6 +130,30 @@ def test_compare_command_exit_status_follows_the_agreement(monkeypatch, capsys, 
     assert ("FAIL" in out.err) == bool(code)
 
 
+def test_a_run_without_flagstream_or_the_ceiling_says_nothing_was_compared(monkeypatch, capsys):
+    report = {"contenders": {}, "agreement": compare_decisions({"naive_faust": decisions(10)}),
+              "goals": {}}
+    monkeypatch.setattr(harness, "run", lambda opts: report)
+    assert perf_main(["compare", "--json", "--broker", "127.0.0.1:1"]) == 1
+    err = capsys.readouterr().err
+    assert "not compared" in err and "differ" not in err
+
+
+def test_the_benchmark_trains_the_default_champions_kind_unless_told():
+    assert harness.Options().model == DEFAULT_KIND
+    rng = random.Random(3)
+    records = [{"transaction_id": f"t-{i}", "account_id": f"c-{i % 7}", "merchant_id": "m-1",
+                "amount": round(rng.uniform(1, 900), 2),
+                "timestamp": f"2018-04-01T00:{i // 60:02d}:{i % 60:02d}Z"} for i in range(200)]
+    labels = [int(r["amount"] > 700) for r in records]
+    for kind in MODEL_KINDS:
+        state = workload.train_champion(records, labels, 20.0, kind)
+        record = workload.champion_record(state)
+        assert state["kind"] == kind and state["n_learned"] == 200
+        assert record["version"] == f"{LINEAGES[kind]}-000001"
+    assert workload.champion_record(state, "lr-000009")["version"] == "lr-000009"
+
+
 def test_throughput_and_percentiles():
     assert throughput([0, 0, 1000, 2000]) == 1.0
     assert math.isnan(throughput([5]))
@@ -144,6 +169,7 @@ def in_process(report: dict, out: Path) -> tuple[list[str], dict[str, Decision]]
                                 report["setup"]["workload_rates"], o["rate_seconds"], o["partitions"])
     records = [*wl.preload, *(r for phase in wl.phases.values() for r in phase)]
     state = loads((out / "champion.json").read_bytes())["state"]
+    assert state["kind"] == DEFAULT_KIND, "the benchmark measures the champion that ships"
     core = ScoringCore(ModelHandle(model_from_state(state)), FixedThreshold(o["threshold"]))
     outcome = core.process([r.value for r in records])
     assert not outcome.rejections

@@ -3,8 +3,6 @@ that a slope cannot, its explanations, and its state as untrusted JSON."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -19,13 +17,12 @@ from flagstream.scoring.binned import (
     BIN_EDGES,
     N_BINS,
     N_INPUTS,
-    Z_LIMIT,
     BinnedLogistic,
     learn_rows,
     learn_rows_reference,
 )
 from flagstream.scoring.handle import ModelHandle, model_from_state
-from flagstream.scoring.linear import LinearChampion, transform
+from flagstream.scoring.linear import LinearChampion
 from flagstream.streams.config import Settings
 
 values = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False)
@@ -60,18 +57,6 @@ def test_numba_learner_matches_the_reference(rows, learning_rate, l2, constant_c
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
-def score_reference(model: BinnedLogistic, row: np.ndarray) -> float:
-    """One row's probability, input by input, in plain Python."""
-    inputs = transform(row.reshape(1, -1))[0].tolist()
-    logit = float(model.bias[0])
-    for j, x in enumerate(inputs):
-        var = model.m2[j] / model.count[0]
-        z = min(max((x - model.means[j]) / math.sqrt(var), -Z_LIMIT), Z_LIMIT) if var > 0 else 0.0
-        b = sum(1 for e in BIN_EDGES.tolist() if z > e)
-        logit += model.slopes[j] * z + model.steps[j, b]
-    return 1.0 / (1.0 + math.exp(-min(max(logit, -50.0), 50.0)))
-
-
 def trained(n: int = 3_000, seed: int = 0) -> tuple[BinnedLogistic, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.gamma(2.0, 3.0, size=(n, N_FEATURES))
@@ -84,7 +69,7 @@ def trained(n: int = 3_000, seed: int = 0) -> tuple[BinnedLogistic, np.ndarray, 
 def test_scoring_a_batch_matches_the_row_by_row_reference():
     model, x, _ = trained()
     batch = model.score_batch(x[:200])
-    assert batch.tolist() == pytest.approx([score_reference(model, r) for r in x[:200]], rel=1e-9)
+    assert batch.tolist() == pytest.approx([model.predict_one(r) for r in x[:200]], rel=1e-9)
 
 
 def test_learning_a_batch_is_learning_its_rows_one_at_a_time():

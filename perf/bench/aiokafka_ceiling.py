@@ -25,7 +25,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from flagstream.codec import dumps, loads
 from flagstream.scoring.handle import ModelHandle, model_from_state
-from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.policy import FixedThreshold
 from flagstream.sinks.dead_letter import dead_letter, headers
 from flagstream.streams.config import Settings
@@ -47,7 +46,7 @@ log = logging.getLogger(__name__)
 
 def build_core(settings: Settings, model_path: str | None) -> ScoringCore:
     """The worker's core with the champion from ``model_path`` (or an untrained one)."""
-    handle = ModelHandle(LinearChampion(learning_rate=settings.learning_rate))
+    handle = ModelHandle(settings.champion_model())
     if model_path:
         with open(model_path, "rb") as fh:
             record = loads(fh.read())

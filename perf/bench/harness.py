@@ -40,6 +40,7 @@ from flagstream.codec import dumps, loads
 from flagstream.extras import require
 from flagstream.perf.bench import api_contender, measure, workload
 from flagstream.perf.bench import contenders as cont
+from flagstream.scoring.handle import DEFAULT_KIND
 from flagstream.streams.config import Settings
 from flagstream.streams.kafka_access import check_access
 from flagstream.streams.topics import SCORES, TRANSACTIONS
@@ -58,6 +59,8 @@ class Options:
     partitions: int = 4
     threshold: float = 0.1
     fraud_weight: float = 20.0
+    #: the kind of champion every contender scores with (the default champion's)
+    model: str = DEFAULT_KIND
     contenders: tuple[str, ...] = ("flagstream", "naive_faust", "aiokafka_ceiling")
     #: the rates of the API and mixed contenders' phases (calls, or calls + records, per second)
     api_rates: tuple[int, ...] = (500, 1_000, 2_000)
@@ -314,7 +317,7 @@ async def compare(opts: Options) -> dict:
     setup["stream"], setup["load_s"] = str(path), round(time.perf_counter() - t0, 3)
     setup["workload_rates"] = list(rates)
     t0 = time.perf_counter()
-    state = workload.train_champion(wl.train, wl.labels, 0.05, opts.fraud_weight)
+    state = workload.train_champion(wl.train, wl.labels, opts.fraud_weight, opts.model)
     setup["train_s"] = round(time.perf_counter() - t0, 3)
     model_path = out_dir / "champion.json"
     model_path.write_bytes(dumps(workload.champion_record(state)))

@@ -1,9 +1,10 @@
-"""The straightforward peer: a per-event Faust agent with dict state and River per event.
+"""The straightforward peer: a per-event Faust agent with dict state, the model per event.
 
 What one would write first with Faust and River: ``async for event in stream``,
 decode and validate the record, update the account's windows in plain Python
-dicts and lists, build the feature dict, call River's ``predict_proba_one`` through
-the champion's own reference path (:meth:`LinearChampion.predict_one`), and send
+dicts and lists, build the feature vector, score it alone through the champion's
+per-row path (``predict_one``: River's ``predict_proba_one`` for the linear model,
+plain Python for the binned one), and send
 the decision (and the flag) with ``topic.send`` — all per event, with Faust's
 default settings and per-event acks.
 
@@ -30,6 +31,7 @@ import os
 import sys
 import time
 from collections import OrderedDict, deque
+from typing import Any
 
 import faust
 import numpy as np
@@ -54,7 +56,6 @@ from flagstream.features.layout import (
     VELOCITY_WINDOWS_MS,
 )
 from flagstream.scoring.handle import model_from_state
-from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.reasons import explain
 from flagstream.sinks.dead_letter import dead_letter, headers
 from flagstream.streams.config import Settings
@@ -153,10 +154,10 @@ class NaiveAccount:
         ]
 
 
-def load_model(path: str | None, settings: Settings) -> tuple[LinearChampion, str]:
+def load_model(path: str | None, settings: Settings) -> tuple[Any, str]:
     """The champion (and its version) from a published record, or an untrained one."""
     if not path:
-        return LinearChampion(learning_rate=settings.learning_rate), "lr-000000"
+        return settings.champion_model(), f"{settings.champion_lineage()}-000000"
     with open(path, "rb") as fh:
         record = loads(fh.read())
     return model_from_state(record["state"]), record["version"]
@@ -205,7 +206,7 @@ def build_app(settings: Settings, model_path: str | None) -> faust.App:
                 continue
             account.recent.append(tx)
             features = account.apply(ts, amount, obj["merchant_id"])
-            p = model.predict_one(np.asarray(features))  # River predict_proba_one
+            p = model.predict_one(np.asarray(features))  # the model's own per-row path
             rounded = [round(v, 6) for v in features]
             decision = {
                 "transaction_id": tx, "account_id": account_id, "merchant_id": obj["merchant_id"],

@@ -62,7 +62,7 @@ async def _prepare(args: argparse.Namespace) -> tuple[Settings, int]:
                                  web_port=free_port(), threshold=args.threshold)
     await workload.create_bench_topics(settings)
     if args.model:
-        state = workload.train_champion(wl.train, wl.labels, 0.05, 20.0)
+        state = workload.train_champion(wl.train, wl.labels, 20.0)
         await workload.publish_champion(settings, state)
     await workload.preload(settings, TRANSACTIONS, wl.preload)
     return settings, wl.expected(wl.preload)

@@ -29,8 +29,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from flagstream.codec import dumps
 from flagstream.perf.bench.measure import start_client
-from flagstream.scoring.handle import ModelHandle
-from flagstream.scoring.linear import LinearChampion
+from flagstream.scoring.handle import DEFAULT_KIND, LINEAGES, ModelHandle, new_model
 from flagstream.scoring.registry import CHAMPION, version_record
 from flagstream.scoring.snapshots import seal
 from flagstream.simulation.simulator import SimulationConfig, read_stream, simulate, write_stream
@@ -117,10 +116,12 @@ def load_workload(
 
 
 def train_champion(
-    records: Sequence[dict], labels: Sequence[int], learning_rate: float, fraud_weight: float
+    records: Sequence[dict], labels: Sequence[int], fraud_weight: float, kind: str = DEFAULT_KIND,
+    learning_rate: float | None = None,
 ) -> dict:
-    """Learn a champion from labelled history with the real core's features; its state."""
-    model = LinearChampion(learning_rate=learning_rate, fraud_weight=fraud_weight)
+    """Learn a champion of ``kind`` (the default champion's, unless told) from labelled
+    history with the real core's features; its state. ``learning_rate`` None is the kind's."""
+    model = new_model(kind, learning_rate, fraud_weight=fraud_weight)
     core = ScoringCore(ModelHandle(model))
     by_id = {str(r.get("transaction_id")): y for r, y in zip(records, labels, strict=True)}
     for lo in range(0, len(records), 2_000):
@@ -131,8 +132,10 @@ def train_champion(
     return model.to_state()
 
 
-def champion_record(state: dict, version: str = "lr-000001") -> dict:
-    """The champion record the learner would publish on ``models`` for this state."""
+def champion_record(state: dict, version: str | None = None) -> dict:
+    """The champion record the learner would publish on ``models`` for this state (by
+    default the first version of the state's kind's lineage, ``gam-000001`` for a binned one)."""
+    version = version or f"{LINEAGES[state['kind']]}-000001"
     sequence = int(version.rsplit("-", 1)[1])
     return version_record(version, sequence, state, "champion", "trained for the benchmark", "bench")
 
