@@ -154,6 +154,15 @@ def test_the_benchmark_trains_the_default_champions_kind_unless_told():
     assert workload.champion_record(state, "lr-000009")["version"] == "lr-000009"
 
 
+def test_a_stream_generated_for_a_smaller_run_is_not_reused_for_a_larger_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(workload, "REFERENCE_STREAM", tmp_path / "absent.jsonl.gz")
+    small = workload.ensure_stream(None, tmp_path, 1_000)
+    assert workload.ensure_stream(None, tmp_path, 1_000) == small
+    large = workload.ensure_stream(None, tmp_path, 12_000)
+    assert large != small
+    assert len(workload.load_workload(large, 2_000, 10_000, (), 1.0, 4).preload) == 10_000
+
+
 def test_throughput_and_percentiles():
     assert throughput([0, 0, 1000, 2000]) == 1.0
     assert math.isnan(throughput([5]))

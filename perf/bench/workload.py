@@ -74,9 +74,10 @@ def ensure_stream(path: str | Path | None, out_dir: Path, need: int) -> Path:
         return Path(path)
     if REFERENCE_STREAM.exists():
         return REFERENCE_STREAM
-    out = out_dir / "bench_stream.jsonl.gz"
+    days = max(10, need // 1_000 + 5)  # ~1,150 transactions a day at this size
+    # (named by its length: a stream generated for a smaller run is never reused for a larger one)
+    out = out_dir / f"bench_stream_{days}d.jsonl.gz"
     if not out.exists():
-        days = max(10, need // 1_000 + 5)  # ~1,150 transactions a day at this size
         sim = simulate(SimulationConfig(customers=600, terminals=1_200, days=days))
         out.parent.mkdir(parents=True, exist_ok=True)
         write_stream(sim, out, progress=False)
