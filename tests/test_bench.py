@@ -113,6 +113,16 @@ def test_a_comparison_without_the_ceiling_or_flagstream_does_not_pass():
                                                        REFERENCE: decisions(40)})})
 
 
+def test_the_traced_worker_is_held_to_the_ceiling_like_the_worker():
+    ref = decisions(40)
+    assert passed({"agreement": compare_decisions({"flagstream_traced": decisions(40), REFERENCE: ref})})
+    assert not passed({"agreement": compare_decisions({"flagstream_traced": decisions(40, flip=3),
+                                                       REFERENCE: ref})})
+    assert not passed({"agreement": compare_decisions({"flagstream": decisions(40),
+                                                       "flagstream_traced": decisions(40, drop=1),
+                                                       REFERENCE: ref})})
+
+
 def fake_report(flagstream: dict[str, Decision]) -> dict:
     return {"contenders": {}, "agreement": compare_decisions({"flagstream": flagstream,
                                                               REFERENCE: decisions(10)}),

@@ -232,9 +232,24 @@ def report(rows: list[dict], paths: Mapping[tuple[str, int, int], tuple[int, int
     return "\n".join(lines)
 
 
+#: The traced contender's name: its topics are ``<the run's prefix><this>.<topic>``.
+TRACED = "flagstream_traced"
+
+
+def contender_prefix(prefix: str) -> str:
+    """The traced contender's topic prefix from the run's (the report's ``prefix``) or its own.
+
+    >>> contender_prefix("bench1342ab."), contender_prefix("bench1342ab.flagstream_traced.")
+    ('bench1342ab.flagstream_traced.', 'bench1342ab.flagstream_traced.')
+    """
+    return prefix if prefix.endswith(f".{TRACED}.") else f"{prefix}{TRACED}."
+
+
 def analyze(argv: list[str]) -> int:
-    """``analyze TRACE BROKER PREFIX``: the per-stage report of a traced run's rate phases."""
+    """``analyze TRACE BROKER PREFIX``: the per-stage report of a traced run's rate phases
+    (``PREFIX``: the run's, as ``compare --json`` reports it)."""
     trace, broker, prefix = argv
+    prefix = contender_prefix(prefix)
     rows = [orjson.loads(line) for line in open(trace, "rb") if line.strip()]
     paths = asyncio.run(read_paths(broker, prefix))
     for label, lo, hi in (("~1,000/s", 500, 1_800), ("~5,000/s", 3_000, 7_000)):
