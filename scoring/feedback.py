@@ -80,7 +80,9 @@ def check_decision(obj: object, n_features: int) -> dict:
     if not _features_ok(features, n_features):
         raise InvalidRecord("invalid_decision",
                             f"recorded decision: features must be {n_features} finite numbers")
-    if deeper_than(obj, MAX_DECISION_NESTING):
+    # ``features`` is a flat list of numbers by now: only the rest can nest (the list of the
+    # other values sits where the decision did, so every value keeps its depth)
+    if deeper_than([v for k, v in obj.items() if k != "features"], MAX_DECISION_NESTING):
         raise InvalidRecord("invalid_decision", "recorded decision: nested too deep")
     shadow = obj.get("shadow", {})
     if not isinstance(shadow, dict) or not all(
@@ -102,16 +104,19 @@ def check_decision(obj: object, n_features: int) -> dict:
 def _features_ok(features: object, n_features: int) -> bool:
     """``n_features`` finite numbers within ±MAX_FEATURE (bools are not numbers).
 
-    The common case, floats as the JSON decoder gives them, is checked first in one pass
-    (a comparison with NaN is false, so it also refuses NaN and infinities); anything
-    else (integers, say) takes the general check.
+    The common case, floats as the JSON decoder gives them, is checked first with C-level
+    passes (floats with a finite sum hold no NaN or infinity, and then the smallest and the
+    largest bound the rest); anything else (integers, say, or a sum that overflows) takes the
+    general check, which decides alone.
 
     >>> _features_ok([1.0, 2], 2), _features_ok([1.0, float("nan")], 2), _features_ok([True, 1.0], 2)
     (True, False, False)
     """
     if not isinstance(features, list) or len(features) != n_features:
         return False
-    if all(type(x) is float and -MAX_FEATURE <= x <= MAX_FEATURE for x in features):
+    # floats whose sum is finite hold no NaN or infinity; then the extremes say the rest
+    if set(map(type, features)) == {float} and math.isfinite(sum(features)) and (
+            -MAX_FEATURE <= min(features) and max(features) <= MAX_FEATURE):
         return True
     return all(_finite(x) and abs(x) <= MAX_FEATURE for x in features)
 

@@ -207,7 +207,9 @@ class ScoreTally:
         self.since_s, self.oldest_s = self.newest_s, math.inf
 
     def _bucket(self, at_s: float) -> np.ndarray:
-        key = int(at_s // self.bucket_s)
+        return self._bucket_at(int(at_s // self.bucket_s))
+
+    def _bucket_at(self, key: int) -> np.ndarray:
         rows = self.buckets.get(key)
         if rows is None:
             rows = self.buckets[key] = np.zeros((6, BINS), np.int64)
@@ -235,6 +237,37 @@ class ScoreTally:
             MISSED_FRAUD if fraud else MISSED_LEGIT)
         self._bucket(at_s)[kind, score_bins(np.array([score]))[0]] += 1
 
+    def add_labels(self, scores: np.ndarray, frauds: np.ndarray, flagged: np.ndarray,
+                   at_s: np.ndarray) -> None:
+        """Count labels at once: the same counts as one :meth:`add_label` per label (counts
+        add up in any order; labels do not move :attr:`newest_s`, so every label is judged
+        against the same cut-off).
+
+        >>> a, b = ScoreTally(), ScoreTally()
+        >>> a.add_labels(np.array([0.9, 0.2]), np.array([True, False]), np.array([True, False]),
+        ...              np.array([10.0, 7_300.0]))
+        >>> b.add_label(0.9, True, True, 10.0); b.add_label(0.2, False, False, 7_300.0)
+        >>> sorted(a.buckets) == sorted(b.buckets) and all(
+        ...     np.array_equal(a.buckets[k], b.buckets[k]) for k in a.buckets)
+        True
+        """
+        at = np.asarray(at_s, dtype=np.float64)
+        if len(at) == 0:
+            return
+        cut = max(self.newest_s - self.keep_s, self.since_s)
+        keep = np.isfinite(at) & ~(at < cut)
+        if not keep.any():
+            return
+        fraud = np.asarray(frauds, dtype=bool)[keep]
+        kinds = np.where(np.asarray(flagged, dtype=bool)[keep],
+                         np.where(fraud, REVIEWED_FRAUD, REVIEWED_LEGIT),
+                         np.where(fraud, MISSED_FRAUD, MISSED_LEGIT))
+        bins = score_bins(np.asarray(scores, dtype=np.float64)[keep])
+        keys = np.array([int(a // self.bucket_s) for a in at[keep].tolist()], dtype=np.int64)
+        for key in np.unique(keys).tolist():
+            mine = keys == key
+            np.add.at(self._bucket_at(key), (kinds[mine], bins[mine]), 1)
+
     def _forget(self) -> None:
         cutoff = int((self.newest_s - self.keep_s) // self.bucket_s)
         for key in [k for k in self.buckets if k < cutoff]:
@@ -244,8 +277,11 @@ class ScoreTally:
     def window(self, start_s: float, end_s: float) -> Counts:
         """Counts of transactions scored in ``[start_s, end_s]`` (whole buckets)."""
         lo, hi = start_s // self.bucket_s, end_s // self.bucket_s
-        inside = [counts for key, counts in self.buckets.items() if lo <= key <= hi]
-        return Counts(np.sum(inside, axis=0) if inside else np.zeros((6, BINS), np.int64))
+        total = np.zeros((6, BINS), np.int64)
+        for key, counts in self.buckets.items():  # (adding in place: no stacked copy)
+            if lo <= key <= hi:
+                total += counts
+        return Counts(total)
 
     def span_s(self, start_s: float, end_s: float) -> float:
         """Event seconds of traffic seen in the buckets :meth:`window` sums for these bounds."""
