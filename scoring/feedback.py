@@ -80,9 +80,10 @@ def check_decision(obj: object, n_features: int) -> dict:
     if not _features_ok(features, n_features):
         raise InvalidRecord("invalid_decision",
                             f"recorded decision: features must be {n_features} finite numbers")
-    # ``features`` is a flat list of numbers by now: only the rest can nest (the list of the
-    # other values sits where the decision did, so every value keeps its depth)
-    if deeper_than([v for k, v in obj.items() if k != "features"], MAX_DECISION_NESTING):
+    # ``features`` is a flat list of numbers by now: only the other containers can nest (their
+    # list sits where the decision did, so every one keeps its depth)
+    nested = [v for k, v in obj.items() if k != "features" and isinstance(v, dict | list)]
+    if nested and deeper_than(nested, MAX_DECISION_NESTING):
         raise InvalidRecord("invalid_decision", "recorded decision: nested too deep")
     shadow = obj.get("shadow", {})
     if not isinstance(shadow, dict) or not all(

@@ -184,3 +184,47 @@ def test_a_decision_is_refused_for_nesting_exactly_when_the_whole_record_is_too_
     except Exception as exc:  # noqa: BLE001 - only the nesting reason is compared
         refused = "nested too deep" in str(exc)
     assert refused == deeper_than(d, MAX_DECISION_NESTING)
+
+
+
+steps_in = st.lists(st.tuples(
+    st.sampled_from(["traffic", "traffic", "labels", "window", "window", "restart"]),
+    st.floats(0, 5 * 3_600.0), st.integers(1, 5), st.integers(0, 99)), max_size=80)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps_in)
+def test_kept_window_sums_equal_adding_up_every_bucket_afresh(steps):
+    tally, now = ScoreTally(bucket_s=3_600.0, keep_s=48 * 3_600.0), 0.0
+    roles = ((24, 0), (24, 10), (12, 0), (0, 0), (47, 0), (60, 3))  # (hours long, hours before now)
+    for op, dt, n, seed in steps:
+        rng = np.random.default_rng(seed)
+        if op == "traffic":  # time goes on (traffic moves it), sometimes by many buckets
+            now += dt * (1 if seed % 4 else 10)
+            tally.add_traffic(rng.random(n), rng.random(n) < 0.3, at_s=now)
+        elif op == "labels":  # labels of transactions up to two days old (some too old)
+            tally.add_labels(rng.random(n), rng.random(n) < 0.5, rng.random(n) < 0.5,
+                             now - rng.random(n) * 60 * 3_600.0)
+        elif op == "restart":
+            tally.restart()
+        for hours, before in roles if op == "window" or seed % 3 == 0 else ():
+            end = tally.newest_s - before * 3_600.0
+            start = end - hours * 3_600.0
+            assert np.array_equal(tally.window(start, end).rows, tally.window_reference(start, end).rows)
+    for hours, before in roles:
+        end = tally.newest_s - before * 3_600.0
+        start = end - hours * 3_600.0
+        assert np.array_equal(tally.window(start, end).rows, tally.window_reference(start, end).rows)
+
+
+def test_kept_window_sums_follow_a_steady_stream_past_forgotten_buckets():
+    tally, rng = ScoreTally(bucket_s=3_600.0, keep_s=48 * 3_600.0), np.random.default_rng(3)
+    for hour in range(120):
+        tally.add_traffic(rng.random(20), rng.random(20) < 0.3, at_s=hour * 3_600.0 + 5.0)
+        tally.add_labels(rng.random(5), rng.random(5) < 0.5, rng.random(5) < 0.5,
+                         hour * 3_600.0 - rng.random(5) * 50 * 3_600.0)
+        for hours, before in ((24, 0), (24, 10), (60, 3), (1, 0)):
+            end = tally.newest_s - before * 3_600.0
+            start = end - hours * 3_600.0
+            assert np.array_equal(tally.window(start, end).rows, tally.window_reference(start, end).rows)
+    assert len(tally._sums) == 4
