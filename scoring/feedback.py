@@ -22,6 +22,8 @@ MAX_FEATURE = 1e12
 MAX_DECISION_NESTING = 8
 FEEDBACK_LABELS = {"fraud": 1, "legit": 0}
 FEEDBACK_SOURCES = {"review", "chargeback", "auto"}
+#: What a decoded value can nest in (a tuple: ``isinstance`` is quicker with one than a union).
+CONTAINERS = (dict, list)
 #: The longest reviewer name accepted (the review page writes at most 64 characters).
 MAX_REVIEWER = 64
 
@@ -82,7 +84,7 @@ def check_decision(obj: object, n_features: int) -> dict:
                             f"recorded decision: features must be {n_features} finite numbers")
     # ``features`` is a flat list of numbers by now: only the other containers can nest (their
     # list sits where the decision did, so every one keeps its depth)
-    nested = [v for k, v in obj.items() if k != "features" and isinstance(v, dict | list)]
+    nested = [v for k, v in obj.items() if isinstance(v, CONTAINERS) and k != "features"]
     if nested and deeper_than(nested, MAX_DECISION_NESTING):
         raise InvalidRecord("invalid_decision", "recorded decision: nested too deep")
     shadow = obj.get("shadow", {})

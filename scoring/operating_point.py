@@ -424,12 +424,15 @@ class OperatingPoint(ThresholdPolicy):
         (:meth:`observe_labelled_reference`, compared in ``tests/test_operating_point.py``).
         """
         if labelled:
-            self.tally.add_labels(
-                np.array([float(d["score"]) for d, _, _ in labelled], dtype=np.float64),
-                np.array([bool(as_label(label)) for _, label, _ in labelled], dtype=bool),
-                np.array([d.get("decision") != "approve" for d, _, _ in labelled], dtype=bool),
-                np.array([float(d["event_time_ms"] / 1000) for d, _, _ in labelled], dtype=np.float64),
-            )
+            columns: tuple[list, list, list, list] = ([], [], [], [])
+            score, fraud, flagged, at = (column.append for column in columns)
+            for decision, label, _feedback in labelled:
+                score(float(decision["score"]))
+                fraud(bool(as_label(label)))
+                flagged(decision.get("decision") != "approve")
+                at(float(decision["event_time_ms"] / 1000))
+            self.tally.add_labels(np.array(columns[0], dtype=np.float64), np.array(columns[1], dtype=bool),
+                                  np.array(columns[2], dtype=bool), np.array(columns[3], dtype=np.float64))
             self.labels_since_move += len(labelled)
         return self.update()
 
