@@ -22,6 +22,7 @@ MAX_FEATURE = 1e12
 MAX_DECISION_NESTING = 8
 FEEDBACK_LABELS = {"fraud": 1, "legit": 0}
 FEEDBACK_SOURCES = {"review", "chargeback", "auto"}
+assert MAX_DECISION_NESTING >= 2  # (what _has_grandchildren relies on)
 #: What a decoded value can nest in (a tuple: ``isinstance`` is quicker with one than a union).
 CONTAINERS = (dict, list)
 #: The longest reviewer name accepted (the review page writes at most 64 characters).
@@ -84,8 +85,8 @@ def check_decision(obj: object, n_features: int) -> dict:
                             f"recorded decision: features must be {n_features} finite numbers")
     # ``features`` is a flat list of numbers by now: only the other containers can nest (their
     # list sits where the decision did, so every one keeps its depth)
-    nested = [v for k, v in obj.items() if isinstance(v, CONTAINERS) and k != "features"]
-    if nested and deeper_than(nested, MAX_DECISION_NESTING):
+    nested = [v for v in obj.values() if isinstance(v, CONTAINERS) and v is not features]
+    if nested and _has_grandchildren(nested) and deeper_than(nested, MAX_DECISION_NESTING):
         raise InvalidRecord("invalid_decision", "recorded decision: nested too deep")
     shadow = obj.get("shadow", {})
     if not isinstance(shadow, dict) or not all(
@@ -122,6 +123,21 @@ def _features_ok(features: object, n_features: int) -> bool:
             -MAX_FEATURE <= min(features) and max(features) <= MAX_FEATURE):
         return True
     return all(_finite(x) and abs(x) <= MAX_FEATURE for x in features)
+
+
+def _has_grandchildren(containers: list) -> bool:
+    """Whether one of ``containers`` holds a container. When none does, nothing is deeper than
+    the decision's own values, so no nesting limit of 2 or more can be passed (the usual case:
+    an approval's ``reasons`` is empty; :func:`deeper_than` decides the rest).
+
+    >>> _has_grandchildren([[], {"a": 1}]), _has_grandchildren([[{"feature": "amount"}]])
+    (False, True)
+    """
+    for value in containers:
+        children = value.values() if isinstance(value, dict) else value
+        if any(isinstance(child, CONTAINERS) for child in children):
+            return True
+    return False
 
 
 def _finite(value: object) -> TypeGuard[int | float]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from flagstream.codec import deeper_than, dumps
@@ -174,8 +174,19 @@ nested = st.recursive(
     max_leaves=20)
 
 
+def deep(kind: str, depth: int) -> object:
+    value: object = []
+    for _ in range(depth):
+        value = {"k": value} if kind == "dict" else [1, value]
+    return value
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.sampled_from(["reasons", "context", "x"]), nested, max_size=3))
+@example({"reasons": deep("list", MAX_DECISION_NESTING)})
+@example({"reasons": deep("list", MAX_DECISION_NESTING - 1)})
+@example({"context": deep("dict", MAX_DECISION_NESTING)})
+@example({"context": deep("dict", MAX_DECISION_NESTING - 1), "reasons": []})
 def test_a_decision_is_refused_for_nesting_exactly_when_the_whole_record_is_too_deep(extra):
     d = {**decisions_for(1, 0)["t-0"], **extra}
     try:
