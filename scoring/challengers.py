@@ -251,6 +251,15 @@ class ShadowSet:
             c.model.learn_one(features, label)
             c.dirty = True
 
+    def learn_many(self, matrix: np.ndarray, labels: np.ndarray) -> None:
+        """Every challenger learns labelled rows in order (the same as one
+        :meth:`learn_one` per row, through each model's batch learner)."""
+        if len(labels) == 0:
+            return
+        for c in self:
+            c.model.learn_many(matrix, labels)
+            c.dirty = True
+
     def to_state(self) -> list[dict[str, Any]]:
         return [c.to_state() for c in self]
 

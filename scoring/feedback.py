@@ -22,6 +22,9 @@ MAX_FEATURE = 1e12
 MAX_DECISION_NESTING = 8
 FEEDBACK_LABELS = {"fraud": 1, "legit": 0}
 FEEDBACK_SOURCES = {"review", "chargeback", "auto"}
+assert MAX_DECISION_NESTING >= 2  # (what _has_grandchildren relies on)
+#: What a decoded value can nest in (a tuple: ``isinstance`` is quicker with one than a union).
+CONTAINERS = (dict, list)
 #: The longest reviewer name accepted (the review page writes at most 64 characters).
 MAX_REVIEWER = 64
 
@@ -80,7 +83,10 @@ def check_decision(obj: object, n_features: int) -> dict:
     if not _features_ok(features, n_features):
         raise InvalidRecord("invalid_decision",
                             f"recorded decision: features must be {n_features} finite numbers")
-    if deeper_than(obj, MAX_DECISION_NESTING):
+    # ``features`` is a flat list of numbers by now: only the other containers can nest (their
+    # list sits where the decision did, so every one keeps its depth)
+    nested = [v for v in obj.values() if isinstance(v, CONTAINERS) and v is not features]
+    if nested and _has_grandchildren(nested) and deeper_than(nested, MAX_DECISION_NESTING):
         raise InvalidRecord("invalid_decision", "recorded decision: nested too deep")
     shadow = obj.get("shadow", {})
     if not isinstance(shadow, dict) or not all(
@@ -102,18 +108,36 @@ def check_decision(obj: object, n_features: int) -> dict:
 def _features_ok(features: object, n_features: int) -> bool:
     """``n_features`` finite numbers within ±MAX_FEATURE (bools are not numbers).
 
-    The common case, floats as the JSON decoder gives them, is checked first in one pass
-    (a comparison with NaN is false, so it also refuses NaN and infinities); anything
-    else (integers, say) takes the general check.
+    The common case, floats as the JSON decoder gives them, is checked first with C-level
+    passes (floats with a finite sum hold no NaN or infinity, and then the smallest and the
+    largest bound the rest); anything else (integers, say, or a sum that overflows) takes the
+    general check, which decides alone.
 
     >>> _features_ok([1.0, 2], 2), _features_ok([1.0, float("nan")], 2), _features_ok([True, 1.0], 2)
     (True, False, False)
     """
     if not isinstance(features, list) or len(features) != n_features:
         return False
-    if all(type(x) is float and -MAX_FEATURE <= x <= MAX_FEATURE for x in features):
+    # floats whose sum is finite hold no NaN or infinity; then the extremes say the rest
+    if set(map(type, features)) == {float} and math.isfinite(sum(features)) and (
+            -MAX_FEATURE <= min(features) and max(features) <= MAX_FEATURE):
         return True
     return all(_finite(x) and abs(x) <= MAX_FEATURE for x in features)
+
+
+def _has_grandchildren(containers: list) -> bool:
+    """Whether one of ``containers`` holds a container. When none does, nothing is deeper than
+    the decision's own values, so no nesting limit of 2 or more can be passed (the usual case:
+    an approval's ``reasons`` is empty; :func:`deeper_than` decides the rest).
+
+    >>> _has_grandchildren([[], {"a": 1}]), _has_grandchildren([[{"feature": "amount"}]])
+    (False, True)
+    """
+    for value in containers:
+        children = value.values() if isinstance(value, dict) else value
+        if any(isinstance(child, CONTAINERS) for child in children):
+            return True
+    return False
 
 
 def _finite(value: object) -> TypeGuard[int | float]:

@@ -192,6 +192,12 @@ class Gate:
         self.recent.append((decision.get("features") or [], label, score,
                             decision.get("model_version", ""), self.labels_seen))
 
+    def observe_many(self, labelled: Iterable[tuple[Mapping[str, Any], int]]) -> None:
+        """Account labels in order, each against its decision's recorded scores (one
+        :meth:`observe` each: the sums and the drift detector are sequential)."""
+        for decision, label in labelled:
+            self.observe(decision, label)
+
     def verdicts(self, active: Iterable[str]) -> list[Verdict]:
         """Refusals (once per challenger, when it first fails) then at most one promotion."""
         cfg = self.config

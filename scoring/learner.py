@@ -83,7 +83,11 @@ class LearnOutcome:
 
 
 class Learner:
-    """Updates the champion (and shadow challengers) from labelled feedback, one label at a time.
+    """Updates the champion (and shadow challengers) from labelled feedback.
+
+    Each label is judged on its own (decoded, checked, joined to its decision, admitted by
+    the ledger; a bad one is refused with its reason); the labels a batch admitted are then
+    learned together, in order, through the models' batch learners.
 
     Parameters
     ----------
@@ -168,7 +172,7 @@ class Learner:
             if at is not None and self.seen(*at):
                 out.replayed += 1
                 continue
-            self._learn_one(raw, index, at, now, out, merchants, days)
+            self._judge(raw, index, at, now, out, merchants, days)
         if offsets is not None and partition is not None and len(offsets):
             self.advance(partition, max(offsets))
         return self._finish(out, merchants, days)
@@ -187,7 +191,7 @@ class Learner:
         tried: list[Waiting] = []
         for w in ready:
             tried.append(w)
-            self._learn_one(w.value, len(tried) - 1, (w.partition, w.offset), now, out,
+            self._judge(w.value, len(tried) - 1, (w.partition, w.offset), now, out,
                             merchants, days, may_wait=False)
         for w in expired:
             tried.append(w)
@@ -201,13 +205,14 @@ class Learner:
     def _decision_or_none(self, transaction_id: str) -> dict | None:
         try:
             return self.lookup(transaction_id)
-        except Exception:  # unreadable: _learn_one rejects it with the reason
+        except Exception:  # unreadable: _judge rejects it with the reason
             return {}
 
-    def _learn_one(self, raw: bytes | None, index: int, at: tuple[int, int] | None, now: int,
-                   out: LearnOutcome, merchants: list[str], days: list[int],
-                   may_wait: bool = True) -> None:
-        """Judge and learn one label (see :meth:`learn`); what it did is added to ``out``."""
+    def _judge(self, raw: bytes | None, index: int, at: tuple[int, int] | None, now: int,
+               out: LearnOutcome, merchants: list[str], days: list[int],
+               may_wait: bool = True) -> None:
+        """Judge one label (see :meth:`learn`); what it did is added to ``out``, an admitted
+        label to ``out.labelled`` (learned with the rest of the batch by :meth:`_finish`)."""
         try:
             feedback = decode_object(raw, 16_384, 8)
             transaction_id, label = check_feedback(feedback)
@@ -252,11 +257,6 @@ class Learner:
                 out.repeats += 1
                 return
             out.replaced += verdict == "replace"
-        features = np.asarray(decision["features"], np.float64)
-        self.handle.model.learn_one(features, label)
-        self.shadow.learn_one(features, label)
-        if self.gate is not None:
-            self.gate.observe(decision, label)
         out.learned += 1
         out.frauds += label
         out.labelled.append((decision, label, feedback))
@@ -281,7 +281,34 @@ class Learner:
         return [Rejection(index, WAIT_FULL, f"{self.waiting.limit} labels already wait for "
                                             f"their decisions; no decision for {transaction_id!r}")]
 
+    def _learn_labelled(self, labelled: Sequence[tuple[dict, int, dict]]) -> None:
+        """Learn the labels a batch admitted, in order, as arrays: the champion and every
+        challenger through their batch learners, then the gate.
+
+        The same as learning each label in turn (champion, challengers, gate) because none of
+        them reads another's state, and each sees the labels in the order they were admitted
+        (``tests/test_learner_batch.py`` checks it against :meth:`_learn_labelled_reference`).
+        """
+        if not labelled:
+            return
+        features = np.asarray([d["features"] for d, _, _ in labelled], np.float64)
+        labels = np.asarray([label for _, label, _ in labelled], np.int64)
+        self.handle.model.learn_many(features, labels)
+        self.shadow.learn_many(features, labels)
+        if self.gate is not None:
+            self.gate.observe_many((d, label) for d, label, _ in labelled)
+
+    def _learn_labelled_reference(self, labelled: Sequence[tuple[dict, int, dict]]) -> None:
+        """:meth:`_learn_labelled` one label at a time (the per-label path, for tests)."""
+        for decision, label, _ in labelled:
+            features = np.asarray(decision["features"], np.float64)
+            self.handle.model.learn_one(features, label)
+            self.shadow.learn_one(features, label)
+            if self.gate is not None:
+                self.gate.observe(decision, label)
+
     def _finish(self, out: LearnOutcome, merchants: list[str], days: list[int]) -> LearnOutcome:
+        self._learn_labelled(out.labelled)
         if merchants:
             out.activity = MerchantActivity(
                 merchants, np.asarray(days, np.int64), np.zeros(len(days)), np.ones(len(days))

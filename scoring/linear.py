@@ -117,6 +117,22 @@ class LinearChampion:
         self.n_learned += 1
         self._arrays = None
 
+    def learn_many(self, matrix: np.ndarray, labels: np.ndarray) -> None:
+        """Learn labelled raw feature rows in order: one :meth:`learn_one` each (River learns
+        one example at a time; the transform is done once for the whole batch)."""
+        inputs = transform(matrix)
+        y = np.asarray(labels).ravel()
+        if len(y) != len(inputs):
+            raise ValueError("one label per row")
+        for row, label in zip(inputs.tolist(), y.tolist(), strict=True):
+            x = dict(zip(INPUT_NAMES, row, strict=True))
+            self.scaler.learn_one(x)
+            z = self.scaler.transform_one(x)
+            weight = self.fraud_weight if label else 1.0
+            self.classifier.learn_one(z, bool(label), w=weight)
+        self.n_learned += len(y)
+        self._arrays = None
+
     def predict_one(self, features: np.ndarray) -> float:
         """River's own prediction for one raw feature vector (reference path)."""
         x = dict(zip(INPUT_NAMES, transform(features)[0].tolist(), strict=True))

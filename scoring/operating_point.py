@@ -418,7 +418,26 @@ class OperatingPoint(ThresholdPolicy):
         self.observe_traffic(scores, flagged, at_ms / 1000)
 
     def observe_labelled(self, labelled: list[tuple[dict, int, Any]]) -> Estimate:
-        """Labels joined to their decisions (``Learner`` outcomes), then one :meth:`update`."""
+        """Labels joined to their decisions (``Learner`` outcomes), then one :meth:`update`.
+
+        Counted as arrays: the same as one :meth:`observe` per label
+        (:meth:`observe_labelled_reference`, compared in ``tests/test_operating_point.py``).
+        """
+        if labelled:
+            columns: tuple[list, list, list, list] = ([], [], [], [])
+            score, fraud, flagged, at = (column.append for column in columns)
+            for decision, label, _feedback in labelled:
+                score(float(decision["score"]))
+                fraud(bool(as_label(label)))
+                flagged(decision.get("decision") != "approve")
+                at(float(decision["event_time_ms"] / 1000))
+            self.tally.add_labels(np.array(columns[0], dtype=np.float64), np.array(columns[1], dtype=bool),
+                                  np.array(columns[2], dtype=bool), np.array(columns[3], dtype=np.float64))
+            self.labels_since_move += len(labelled)
+        return self.update()
+
+    def observe_labelled_reference(self, labelled: list[tuple[dict, int, Any]]) -> Estimate:
+        """:meth:`observe_labelled` one label at a time (the per-label path, for tests)."""
         for decision, label, _feedback in labelled:
             self.observe(decision["score"], label, decision.get("decision") != "approve",
                          at=decision["event_time_ms"] / 1000)

@@ -33,6 +33,8 @@ import numpy as np
 #: Score bins: thresholds live on the grid ``i / BINS``.
 BINS = 200
 FLAGGED, UNFLAGGED, REVIEWED_FRAUD, REVIEWED_LEGIT, MISSED_FRAUD, MISSED_LEGIT = range(6)
+#: Window sums a tally keeps up to date (one per role; the operating point asks for five).
+KEPT_WINDOWS = 8
 
 
 def score_bins(scores: np.ndarray) -> np.ndarray:
@@ -187,6 +189,14 @@ class ScoreTally:
     Event time, not wall time: labels arrive days after the transaction (a chargeback)
     and are counted in the bucket of the transaction they label, so a window's traffic
     and its labels describe the same transactions.
+
+    A window's sum is kept (one per window *role*: its width and its distance from the
+    newest bucket, at most :data:`KEPT_WINDOWS`) and moved as time goes on: every count
+    added to a bucket is added to the kept sums that cover it, a forgotten bucket is taken
+    out of them, and the next call for the same role adds the buckets it gained and takes
+    out those it lost, instead of adding up hundreds of buckets each time. Counts are
+    integers, so the sum is exact whichever way it is formed (:meth:`window_reference`
+    adds every bucket afresh; ``tests/test_learner_batch.py`` compares them).
     """
 
     def __init__(self, bucket_s: float = 3_600.0, keep_s: float = 30 * 86_400.0) -> None:
@@ -199,19 +209,26 @@ class ScoreTally:
         self.oldest_s = math.inf
         #: nothing scored before this counts (see :meth:`restart`)
         self.since_s = -math.inf
+        #: kept window sums by role (width, distance from the newest bucket): [lo, hi, sum]
+        self._sums: dict[tuple[int, int], tuple[int, int, np.ndarray]] = {}
 
     def restart(self) -> None:
         """Forget everything counted: from now on only transactions scored at or after the
         newest event time seen count (their scores come from another model)."""
         self.buckets.clear()
+        self._sums.clear()
         self.since_s, self.oldest_s = self.newest_s, math.inf
 
-    def _bucket(self, at_s: float) -> np.ndarray:
-        key = int(at_s // self.bucket_s)
+    def _touch(self, at_s: float) -> list[np.ndarray]:
+        return self._touch_key(int(at_s // self.bucket_s))
+
+    def _touch_key(self, key: int) -> list[np.ndarray]:
+        """The bucket ``key`` (made when new), then every kept window sum that covers it: a
+        count goes into each of them."""
         rows = self.buckets.get(key)
         if rows is None:
             rows = self.buckets[key] = np.zeros((6, BINS), np.int64)
-        return rows
+        return [rows, *(total for lo, hi, total in self._sums.values() if lo <= key <= hi)]
 
     def add_traffic(self, scores: np.ndarray, flagged: np.ndarray, at_s: float) -> None:
         """Count a batch of decisions scored at event time ``at_s``."""
@@ -219,9 +236,10 @@ class ScoreTally:
                 or at_s < self.since_s):
             return
         bins, flagged = score_bins(scores), np.asarray(flagged, dtype=bool)
-        rows = self._bucket(at_s)
-        rows[FLAGGED] += np.bincount(bins[flagged], minlength=BINS)
-        rows[UNFLAGGED] += np.bincount(bins[~flagged], minlength=BINS)
+        counted = np.bincount(bins[flagged], minlength=BINS), np.bincount(bins[~flagged], minlength=BINS)
+        for rows in self._touch(at_s):
+            rows[FLAGGED] += counted[0]
+            rows[UNFLAGGED] += counted[1]
         self.oldest_s = min(self.oldest_s, at_s)
         if at_s > self.newest_s:
             self.newest_s = at_s
@@ -233,19 +251,83 @@ class ScoreTally:
             return  # too old to matter, scored by an earlier model (or nonsense)
         kind = (REVIEWED_FRAUD if fraud else REVIEWED_LEGIT) if flagged else (
             MISSED_FRAUD if fraud else MISSED_LEGIT)
-        self._bucket(at_s)[kind, score_bins(np.array([score]))[0]] += 1
+        at = kind, score_bins(np.array([score]))[0]
+        for rows in self._touch(at_s):
+            rows[at] += 1
+
+    def add_labels(self, scores: np.ndarray, frauds: np.ndarray, flagged: np.ndarray,
+                   at_s: np.ndarray) -> None:
+        """Count labels at once: the same counts as one :meth:`add_label` per label (counts
+        add up in any order; labels do not move :attr:`newest_s`, so every label is judged
+        against the same cut-off).
+
+        >>> a, b = ScoreTally(), ScoreTally()
+        >>> a.add_labels(np.array([0.9, 0.2]), np.array([True, False]), np.array([True, False]),
+        ...              np.array([10.0, 7_300.0]))
+        >>> b.add_label(0.9, True, True, 10.0); b.add_label(0.2, False, False, 7_300.0)
+        >>> sorted(a.buckets) == sorted(b.buckets) and all(
+        ...     np.array_equal(a.buckets[k], b.buckets[k]) for k in a.buckets)
+        True
+        """
+        at = np.asarray(at_s, dtype=np.float64)
+        if len(at) == 0:
+            return
+        cut = max(self.newest_s - self.keep_s, self.since_s)
+        keep = np.isfinite(at) & ~(at < cut)
+        if not keep.any():
+            return
+        fraud = np.asarray(frauds, dtype=bool)[keep]
+        kinds = np.where(np.asarray(flagged, dtype=bool)[keep],
+                         np.where(fraud, REVIEWED_FRAUD, REVIEWED_LEGIT),
+                         np.where(fraud, MISSED_FRAUD, MISSED_LEGIT))
+        bins = score_bins(np.asarray(scores, dtype=np.float64)[keep])
+        keys = np.array([int(a // self.bucket_s) for a in at[keep].tolist()], dtype=np.int64)
+        for key in np.unique(keys).tolist():
+            mine = keys == key
+            cells = np.bincount(kinds[mine] * BINS + bins[mine], minlength=6 * BINS).reshape(6, BINS)
+            for rows in self._touch_key(key):
+                rows += cells
 
     def _forget(self) -> None:
         cutoff = int((self.newest_s - self.keep_s) // self.bucket_s)
         for key in [k for k in self.buckets if k < cutoff]:
+            for _, _, total in (s for s in self._sums.values() if s[0] <= key <= s[1]):
+                total -= self.buckets[key]
             del self.buckets[key]
         self.oldest_s = max(self.oldest_s, cutoff * self.bucket_s)
 
     def window(self, start_s: float, end_s: float) -> Counts:
         """Counts of transactions scored in ``[start_s, end_s]`` (whole buckets)."""
+        lo_f, hi_f = start_s // self.bucket_s, end_s // self.bucket_s
+        if not (math.isfinite(lo_f) and math.isfinite(hi_f) and math.isfinite(self.newest_s)) \
+                or hi_f < lo_f:
+            return self.window_reference(start_s, end_s)
+        lo, hi = int(lo_f), int(hi_f)
+        role = (hi - lo, int(self.newest_s // self.bucket_s) - hi)
+        kept = self._sums.pop(role, None)
+        if kept is None or abs(lo - kept[0]) + abs(hi - kept[1]) > min(hi - lo + 1, len(self.buckets)):
+            total = self.window_reference(start_s, end_s).rows
+        else:  # move the kept sum: add the buckets it gains, take out those it loses
+            old_lo, old_hi, total = kept
+            for first, last, sign in ((old_lo, min(old_hi, lo - 1), -1), (max(old_lo, hi + 1), old_hi, -1),
+                                      (lo, min(hi, old_lo - 1), 1), (max(lo, old_hi + 1), hi, 1)):
+                for key in range(first, last + 1):
+                    rows = self.buckets.get(key)
+                    if rows is not None:
+                        total += sign * rows
+        self._sums[role] = (lo, hi, total)
+        while len(self._sums) > KEPT_WINDOWS:
+            del self._sums[next(iter(self._sums))]
+        return Counts(total.copy())
+
+    def window_reference(self, start_s: float, end_s: float) -> Counts:
+        """:meth:`window` adding up every bucket in it afresh."""
         lo, hi = start_s // self.bucket_s, end_s // self.bucket_s
-        inside = [counts for key, counts in self.buckets.items() if lo <= key <= hi]
-        return Counts(np.sum(inside, axis=0) if inside else np.zeros((6, BINS), np.int64))
+        total = np.zeros((6, BINS), np.int64)
+        for key, counts in self.buckets.items():  # (adding in place: no stacked copy)
+            if lo <= key <= hi:
+                total += counts
+        return Counts(total)
 
     def span_s(self, start_s: float, end_s: float) -> float:
         """Event seconds of traffic seen in the buckets :meth:`window` sums for these bounds."""
