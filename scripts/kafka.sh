@@ -262,6 +262,10 @@ PY
 
 start() {
   if running && ready; then log "already running on 127.0.0.1:$KAFKA_PORT"; return 0; fi
+  if ! running && ready; then  # another data directory's broker (a demo's): use it as it is
+    log "a broker already answers on 127.0.0.1:$KAFKA_PORT (not this data directory's): using it"
+    return 0
+  fi
   fetch
   configure
   log "starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (log: $LOGFILE)"
