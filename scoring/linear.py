@@ -109,13 +109,7 @@ class LinearChampion:
     # --- learning (per labelled example) ------------------------------------
     def learn_one(self, features: np.ndarray, label: int) -> None:
         """Learn one labelled raw feature vector."""
-        x = dict(zip(INPUT_NAMES, transform(features)[0].tolist(), strict=True))
-        self.scaler.learn_one(x)
-        z = self.scaler.transform_one(x)
-        weight = self.fraud_weight if label else 1.0
-        self.classifier.learn_one(z, bool(label), w=weight)
-        self.n_learned += 1
-        self._arrays = None
+        self.learn_many(np.asarray(features, dtype=np.float64).reshape(1, -1), np.array([label]))
 
     def learn_many(self, matrix: np.ndarray, labels: np.ndarray) -> None:
         """Learn labelled raw feature rows in order: one :meth:`learn_one` each (River learns
