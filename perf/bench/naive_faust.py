@@ -170,6 +170,7 @@ def build_app(settings: Settings, model_path: str | None) -> faust.App:
         broker=[f"kafka://{b}" for b in settings.broker.split(",")],
         store="memory://", topic_partitions=settings.partitions, topic_disable_leader=True,
         web_enabled=False, logging_config=None, broker_credentials=faust_credentials(settings),
+        datadir=os.path.join(settings.data_dir, "naive-faust"),  # (Faust's default: the cwd)
     )
 
     def raw_topic(name: str) -> faust.TopicT:
