@@ -23,7 +23,7 @@ values, 2.8 KB (1.6 KB of windows, 0.5 KB of recent events, 0.8 KB of merchants,
 of usual area), so a million accounts take 2.9 GB.
 
 >>> ACCOUNT_WIDTH, ACCOUNT_WIDTH * 8, MERCHANT_WIDTH, len(FEATURE_NAMES)
-(358, 2864, 160, 28)
+(358, 2864, 160, 29)
 >>> float(new_account_row()[LAST_OFFSET])
 -1.0
 """
@@ -83,6 +83,11 @@ DISTINCT_WINDOW_MS = 24 * HOUR_MS
 MAX_MERCHANT_AGE_DAYS = 30.0
 #: A purchase counts as following probes after this many small ones in the small window.
 PROBES_BEFORE_CASHOUT = 2
+#: An amount above this many times the card's mean (over its history before it) is large;
+#: the card's large amounts are counted over LARGE_WINDOW_MS (a compromised card spends
+#: several times its usual amount, again and again, for days).
+LARGE_RATIO = 3.0
+LARGE_WINDOW_MS = 14 * DAY_MS
 
 # --- merchant rows ----------------------------------------------------------
 M_DAILY = 0
@@ -131,6 +136,7 @@ FEATURE_NAMES = (
     "merchant_new_card_share_7d",
     "merchant_new_cards_2d",
     "distance_from_usual_area",
+    "card_large_amounts_14d",
 )
 N_FEATURES = len(FEATURE_NAMES)
 N_ACCOUNT_FEATURES = 9  # columns 0..8 come from the account kernel, 9..14 from merchants
@@ -142,6 +148,8 @@ IS_NEW_MERCHANT = 21
 MERCHANT_NOVELTY = 25
 #: Column of the distance from the card's usual area (filled by the account kernel).
 DISTANCE = 27
+#: Column of the card's earlier large amounts in 14 days (filled with its velocity).
+LARGE_AMOUNTS = 28
 #: Feature counts of earlier layouts, each a prefix of this one: a stored feature vector of
 #: an earlier version is read with the later features at 0 (what "not known" scores as).
 EARLIER_FEATURE_COUNTS = (DISTANCE,)

@@ -30,6 +30,8 @@ from flagstream.features.layout import (
     DISTINCT_WINDOW_MS,
     DUPLICATE,
     HOUR_MS,
+    LARGE_RATIO,
+    LARGE_WINDOW_MS,
     MAX_GAP_S,
     MAX_MERCHANT_AGE_DAYS,
     N_DAILY,
@@ -201,7 +203,20 @@ def _velocity(acc: _Account, ts_ms: int, amount: float) -> dict[str, float]:
         "card_small_count_48h": small,
         "card_distinct_merchants_24h": len({m for _, m in within(DISTINCT_WINDOW_MS)}),
         "amount_after_probes": amount if probed else 0.0,
+        "card_large_amounts_14d": _large_amounts(acc, ts_ms),
     }
+
+
+def _large_amounts(acc: _Account, ts_ms: int) -> float:
+    """The card's earlier events among its last N_RECENT_EVENTS - 1 before this one, within
+    LARGE_WINDOW_MS, whose amount is above LARGE_RATIO times its mean before this event."""
+    before = acc.events[:-1]
+    total = sum(a for _, a in before)
+    if not before or total <= 0:
+        return 0.0
+    mean = total / len(before)
+    return float(sum(1 for t, a in before[-(N_RECENT_EVENTS - 1):]
+                     if 0 <= ts_ms - t <= LARGE_WINDOW_MS and a > LARGE_RATIO * mean))
 
 
 class ReferenceMerchants:

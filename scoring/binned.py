@@ -23,7 +23,7 @@ plain Python, and ``tests/test_binned.py`` checks they agree. Scoring a batch is
 Measured (issue #13, reference stream; the backtest ``--model binned`` against the
 default linear champion): see the README's detection table.
 
-Memory: ``n_inputs * (2 * n_bins + 4) + 4`` floats (33 inputs, 14 bins: 1,060 floats, 8 KB),
+Memory: ``n_inputs * (2 * n_bins + 4) + 4`` floats (34 inputs, 14 bins: 1,092 floats, 9 KB),
 whatever the traffic; the state is plain JSON (never pickle).
 
 >>> import numpy as np
@@ -264,7 +264,7 @@ class BinnedLogistic:
         >>> BinnedLogistic.from_state(bad)
         Traceback (most recent call last):
         ...
-        ValueError: model state: steps must have shape (33, 14)
+        ValueError: model state: steps must have shape (34, 14)
         """
         if not isinstance(state, dict) or state.get("kind") != cls.kind:
             kind = state.get("kind") if isinstance(state, dict) else None
@@ -307,7 +307,7 @@ class BinnedLogistic:
 #: an earlier version) loads with each missing one unlearned: weights at 0, and statistics
 #: as if every label so far had it at 0, which is what an earlier decision's feature vector
 #: reads as (``check_decision``'s ``earlier``).
-ADDED_INPUTS = frozenset({"distance_from_usual_area"})
+ADDED_INPUTS = frozenset({"distance_from_usual_area", "card_large_amounts_14d"})
 
 
 def _with_added_inputs(state: dict[str, Any]) -> dict[str, Any]:
@@ -318,7 +318,7 @@ def _with_added_inputs(state: dict[str, Any]) -> dict[str, Any]:
     >>> for name in ("inputs", "means", "m2", "slopes", "steps", "slope_g2", "step_g2"):
     ...     del old[name][at]
     >>> model = BinnedLogistic.from_state(old)
-    >>> float(model.slopes[at]), float(model.slopes[at + 1]), float(model.step_g2[at, 0]) == ADAGRAD_EPS
+    >>> float(model.slopes[at]), float(model.slopes[at - 1]), float(model.step_g2[at, 0]) == ADAGRAD_EPS
     (0.0, 1.0, True)
     """
     inputs = state["inputs"]

@@ -188,22 +188,22 @@ def test_a_state_stored_before_the_distance_input_loads_and_scores_as_before():
 
     rng = np.random.default_rng(5)
     x = rng.normal(1.0, 1.0, size=(500, N_FEATURES))
-    x[:, DISTANCE] = 0.0
+    x[:, DISTANCE:] = 0.0
     model = BinnedLogistic()
     model.learn_many(x, (x[:, 4] > 1.5).astype(np.int8))
     state = model.to_state()
-    at = INPUT_NAMES.index("distance_from_usual_area")
+    at = [INPUT_NAMES.index(n) for n in ADDED_INPUTS]
     old = {**state, "inputs": [n for n in INPUT_NAMES if n not in ADDED_INPUTS]}
     for name in ("means", "m2", "slopes", "slope_g2", "steps", "step_g2"):
-        old[name] = [v for k, v in enumerate(state[name]) if k != at]
+        old[name] = [v for k, v in enumerate(state[name]) if k not in at]
     again = BinnedLogistic.from_state(old)
-    unlearned = {**state}  # what the stored model was: the same, without the distance input
+    unlearned = {**state}  # what the stored model was: the same, without the added inputs
     for name in ("means", "m2", "slopes", "slope_g2", "steps", "step_g2"):
         unlearned[name] = np.array(state[name])
-        unlearned[name][at] = BinnedLogistic().to_state()[name][at]
+        unlearned[name][at] = np.array(BinnedLogistic().to_state()[name])[at]
         unlearned[name] = unlearned[name].tolist()
     np.testing.assert_array_equal(again.score_batch(x), BinnedLogistic.from_state(unlearned).score_batch(x))
-    assert not again.contributions(x)[:, DISTANCE].any()  # an earlier decision's vector: no say
+    assert not again.contributions(x)[:, DISTANCE:].any()  # an earlier decision's vector: no say
     assert DISTANCE in EARLIER_FEATURE_COUNTS
 
     for bad_inputs in (old["inputs"][1:], old["inputs"][::-1], [*old["inputs"], "x"], "amount"):

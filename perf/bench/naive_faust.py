@@ -45,6 +45,8 @@ from flagstream.features.layout import (
     DISTINCT_WINDOW_MS,
     FEATURE_NAMES,
     HOUR_MS,
+    LARGE_RATIO,
+    LARGE_WINDOW_MS,
     MAX_GAP_S,
     MAX_MERCHANT_AGE_DAYS,
     N_DAILY,
@@ -93,7 +95,7 @@ class NaiveAccount:
     and merchants."""
 
     __slots__ = ("count", "total", "last_ts", "hourly", "daily", "recent", "events", "merchants",
-                 "area")
+                 "area", "large")
 
     def __init__(self) -> None:
         self.count = 0
@@ -105,6 +107,7 @@ class NaiveAccount:
         self.events: deque[tuple[int, float, str]] = deque(maxlen=N_RECENT_EVENTS)
         self.merchants: OrderedDict[str, int] = OrderedDict()  # least recently used first
         self.area = [0.0, 0.0, 0.0]  # located transactions, centre x, centre y
+        self.large = 0.0  # the last transaction's earlier large amounts in 14 days
 
     def distance(self, x: float, y: float, home_x: float, home_y: float) -> float:
         """Distance from the usual area (the holder's address before there is one; 0 when
@@ -126,7 +129,9 @@ class NaiveAccount:
     def velocity(self, ts: int, amount: float, merchant: str) -> list[float]:
         """Add one transaction to the recent events and merchants; its 8 velocity features
         (call it before ``count`` and ``total`` count the transaction)."""
-        usual = amount / (self.total / self.count) if self.count and self.total > 0 else 1.0
+        known = self.count and self.total > 0
+        usual = amount / (self.total / self.count) if known else 1.0
+        large_above = LARGE_RATIO * (self.total / self.count) if known else math.inf
         last = self.merchants.pop(merchant, None)
         if last is None:
             new, age = 1.0, MAX_MERCHANT_AGE_DAYS
@@ -137,6 +142,8 @@ class NaiveAccount:
         self.merchants[merchant] = ts
         self.events.append((ts, amount, merchant))
         back = [(ts - t, a, m) for t, a, m in self.events if t <= ts]
+        large = sum(1.0 for b, a, _ in back if b <= LARGE_WINDOW_MS and a > large_above)
+        self.large = large - (amount > large_above)
         small = sum(1.0 for b, a, _ in back if b <= SMALL_WINDOW_MS and a < SMALL_AMOUNT)
         probed = small - (amount < SMALL_AMOUNT) >= PROBES_BEFORE_CASHOUT and amount >= SMALL_AMOUNT
         return [
@@ -177,6 +184,7 @@ class NaiveAccount:
             gap, ratio, *velocity,
             0.0, 0.0,  # merchant novelty (merchant state: not kept by this peer)
             distance,
+            self.large,
         ]
 
 
