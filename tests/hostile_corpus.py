@@ -382,6 +382,19 @@ def _extras() -> list[Case]:
     return [Case(f"extra_{name}", tx(**fields), DECIDED) for name, fields in shapes.items()]
 
 
+# --- optional coordinates: a bad one is unknown, the transaction is still decided -----------
+def _coordinates() -> list[Case]:
+    values: dict[str, object] = {
+        "text": "12.5", "bool": True, "null": None, "huge": Raw(b"1e308"),
+        "beyond_int64": Raw(str(2**70).encode()), "out_of_range": 1_000_001, "list": [1, 2],
+        "object": {"x": 1}, "negative_zero": -0.0,
+    }
+    cases = [Case(f"coordinate_{name}_{field}", tx(**{field: value, "merchant_y": 1.0}), DECIDED)
+             for name, value in values.items() for field in ("merchant_x", "customer_x")]
+    cases.append(Case("coordinates_half_a_pair", tx(merchant_x=1.0, customer_y=2.0), DECIDED))
+    return cases
+
+
 # --- card numbers in fields -----------------------------------------------------------
 def _card_numbers() -> list[Case]:
     cases = []
@@ -414,7 +427,7 @@ def nesting_cases(wrap: Callable[[bytes], bytes], fits: int) -> list[Case]:
 TRANSACTION_NESTING = nesting_cases(lambda v: tx(extra=Raw(v)), MAX_NESTING - 1)
 TRANSACTIONS: list[Case] = [
     Case("valid", VALID, DECIDED), *NOT_OBJECTS, *_missing_fields(), *_wrong_types(), *_timestamps(),
-    *_ids(), *_duplicates(), *_sizes(), *_extras(), *_card_numbers(),
+    *_ids(), *_duplicates(), *_sizes(), *_extras(), *_coordinates(), *_card_numbers(),
 ]
 assert len({c.name for c in TRANSACTIONS}) == len(TRANSACTIONS)
 
