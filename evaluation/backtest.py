@@ -367,8 +367,11 @@ class Backtest:
         if self.learner.dirty or any(c.dirty for c in self.shadow):
             writes += self.learner.publication()
         apply_writes(self.registry, writes)
+        most = 4 * max(self.keep_versions, 1) * (len(self.shadow) + 2)
+        if len(self.registry) <= most:  # (versions are some of its records: none to prune)
+            return
         versions = [r for k, r in self.registry.items() if k.startswith(reg.VERSION_PREFIX)]
-        if len(versions) > 4 * max(self.keep_versions, 1) * (len(self.shadow) + 2):
+        if len(versions) > most:
             apply_writes(self.registry, [(k, None) for k in life.prunable(versions, self.keep_versions)])
 
     def schedule(self, ts: np.ndarray, ids: np.ndarray, y: np.ndarray, flagged: np.ndarray) -> None:
