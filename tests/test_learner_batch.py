@@ -15,7 +15,7 @@ import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from flagstream.codec import deeper_than, dumps
+from flagstream.codec import deeper_than, deeper_than_reference, dumps
 from flagstream.features.layout import DAY_MS, N_FEATURES
 from flagstream.scoring.challengers import ShadowSet, challengers_from_spec
 from flagstream.scoring.feedback import (
@@ -212,6 +212,24 @@ class Listed(list):
 
 class Mapped(dict):
     """A dict subclass."""
+
+
+#: JSON-like values with scalars of every kind and, sometimes, containers of the subclasses.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=2),
+    lambda inner: (st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=4)
+                   | st.builds(lambda v: Listed(v), st.lists(inner, max_size=2))
+                   | st.builds(lambda v: Mapped(v), st.dictionaries(st.text(max_size=2), inner, max_size=2))),
+    max_leaves=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values, st.integers(-1, 4))
+@example({"a": 1, "b": "x", "c": None}, 0)
+@example({"a": 1, "b": "x", "c": None}, 1)
+@example({}, 0)
+def test_the_quick_nesting_check_decides_as_the_walk(value, limit):
+    assert deeper_than(value, limit) == deeper_than_reference(value, limit)
 
 
 #: Anything a field of a decision read from the topic may hold.
