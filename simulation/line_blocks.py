@@ -11,13 +11,19 @@ True
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Protocol
 
 #: Bytes read at a time.
 BLOCK = 1 << 20
 
 
-def lines_of(fh: BinaryIO, block: int = BLOCK) -> Iterator[bytes]:
+class Readable(Protocol):
+    """A binary file: a plain one, a :class:`gzip.GzipFile`, a :class:`io.BytesIO`."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+def lines_of(fh: Readable, block: int = BLOCK) -> Iterator[bytes]:
     """Every line of ``fh`` in order, each ending in ``b"\\n"`` but a last one without.
 
     A line longer than a block is gathered from its pieces once (never copied again for
