@@ -12,6 +12,7 @@ from orjson import OPT_SERIALIZE_NUMPY as NUMPY
 from flagstream.evaluation.backtest import Backtest, BacktestConfig
 from flagstream.evaluation.long_lived import frozen_between_steps
 from flagstream.perf.backtest_diff import differences
+from flagstream.scoring import registry as reg
 from flagstream.simulation.simulator import SimulationConfig, simulate, write_stream
 
 #: 120 customers for 30 days; the last week is the test window.
@@ -74,3 +75,38 @@ def test_a_caller_that_froze_objects_keeps_them_frozen():
         assert not steps.enabled and gc.get_freeze_count() == held and kept
     finally:
         gc.unfreeze()
+
+
+
+class Huge(dict):
+    """A registry that says it is too large: the backtest lists its versions after every step
+    (what it did before it looked at the registry's size first)."""
+
+    def __len__(self) -> int:
+        return 10**9
+
+
+def versions_after_each_step(path, registry: dict | None) -> list[list[bytes]]:
+    bt = Backtest(BacktestConfig(batch_size=500, **WINDOW))
+    if registry is not None:
+        bt.registry = registry
+        bt.lifecycle.remember = registry.__setitem__  # type: ignore[union-attr]
+        bt.lifecycle.get = registry.get  # type: ignore[union-attr]
+    seen: list[list[bytes]] = []
+    step = bt.step
+
+    def counted(*args, **kwargs):
+        step(*args, **kwargs)
+        seen.append(sorted(k for k in bt.registry if k.startswith(reg.VERSION_PREFIX)))
+
+    bt.step = counted  # type: ignore[method-assign]
+    bt.run(path)
+    return seen
+
+
+def test_old_versions_are_pruned_after_the_same_steps_as_when_listed_every_step(stream_path, monkeypatch):
+    monkeypatch.setenv("FLAGSTREAM_MODEL_KEEP_VERSIONS", "1")
+    quick, listed = versions_after_each_step(stream_path, None), versions_after_each_step(stream_path, Huge())
+    assert quick == listed
+    sizes = [len(v) for v in quick]
+    assert any(b < a for a, b in zip(sizes, sizes[1:], strict=False))  # some were pruned
