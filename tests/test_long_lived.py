@@ -1,5 +1,6 @@
 """The backtest's frozen steps (flagstream.evaluation.long_lived): the collector is kept off
-what each step leaves behind, and nothing a run computes changes."""
+what each step leaves behind, and nothing a run computes changes; and its registry, listed for
+pruning only when it could hold too many versions, prunes after the same steps as before."""
 
 from __future__ import annotations
 
