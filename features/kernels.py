@@ -19,6 +19,7 @@ from flagstream.features.layout import (
     APPLIED,
     DAILY,
     DAY_MS,
+    DISTANCE,
     DUPLICATE,
     HOUR_MS,
     HOURLY,
@@ -39,6 +40,7 @@ from flagstream.features.layout import (
     TOTAL_COUNT,
     TOTAL_SUM,
 )
+from flagstream.features.location import card_distance
 from flagstream.features.velocity import card_velocity
 
 
@@ -70,7 +72,8 @@ def _ring_window(row, base, n_slots, first, last):
 
 
 @njit
-def update_accounts(rows, row_of, offsets, ts_ms, amounts, id_hashes, merchant_hashes, out, status):
+def update_accounts(rows, row_of, offsets, ts_ms, amounts, id_hashes, merchant_hashes, places, out,
+                    status):
     """Apply a batch of transactions, in order, to account rows and fill account features.
 
     ``row_of[i]`` is the row of event ``i``; ``out[i, 0:9]`` receives amount, weekend,
@@ -78,7 +81,10 @@ def update_accounts(rows, row_of, offsets, ts_ms, amounts, id_hashes, merchant_h
     event); ``out[i, 15:17]`` receives seconds since the previous transaction and the
     amount relative to the 30-day mean before it; ``out[i, 17:25]`` the card's velocity
     and novelty (:func:`flagstream.features.velocity.card_velocity`; ``merchant_hashes[i]``
-    identifies the event's merchant). ``status[i]`` says whether the event
+    identifies the event's merchant); ``out[i, 27]`` the distance from the card's usual area
+    (:func:`flagstream.features.location.card_distance`; ``places[i]`` is the event's
+    location and its holder's address, ``(x, y, home x, home y)``, NaN where absent).
+    ``status[i]`` says whether the event
     was applied, already applied (offset replay), or a duplicate transaction id.
     Negative offsets skip the replay check.
     """
@@ -111,6 +117,7 @@ def update_accounts(rows, row_of, offsets, ts_ms, amounts, id_hashes, merchant_h
         _ring_add(row, HOURLY, N_HOURLY, hour, amount)
         _ring_add(row, DAILY, N_DAILY, day, amount)
         card_velocity(row, ts, amount, merchant_hashes[i], out, i)
+        out[i, DISTANCE] = card_distance(row, places[i, 0], places[i, 1], places[i, 2], places[i, 3])
         row[TOTAL_COUNT] += 1.0
         row[TOTAL_SUM] += amount
         row[LAST_TS] = max(row[LAST_TS], ts)
@@ -198,7 +205,9 @@ def warm_up() -> None:
     rows = np.zeros((1, ACCOUNT_WIDTH))
     out = np.zeros((1, N_FEATURES))
     one = np.zeros(1, np.int64)
-    update_accounts(rows, one, one - 1, one, np.ones(1), np.ones(1), np.ones(1), out, np.zeros(1, np.int8))
+    places = np.full((1, 4), np.nan)
+    update_accounts(rows, one, one - 1, one, np.ones(1), np.ones(1), np.ones(1), places, out,
+                    np.zeros(1, np.int8))
     mrows = np.zeros((1, MERCHANT_WIDTH))
     merchant_features(mrows, one, one, 7, out)
     update_merchants(mrows, one, one, np.zeros(1), np.zeros(1), np.zeros(1))

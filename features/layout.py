@@ -12,17 +12,18 @@ Accounts also keep their last ``N_RECENT_EVENTS`` (20) events and last
 ``N_KNOWN_MERCHANTS`` (32) distinct merchants, for velocity and novelty features: counts
 in the last 10 minutes and hour, small-amount probes in 48 hours, distinct merchants in
 24 hours, whether (and how long ago) the card used this merchant before, and the amount
-relative to the card's mean over its whole history (``TOTAL_SUM``). Merchants also count,
+relative to the card's mean over its whole history (``TOTAL_SUM``), and the centre of its
+usual area (where its transactions take place, when records carry coordinates). Merchants also count,
 per day, the transactions of cards new to them (a card's ``is_new_merchant``), for the
 share of new cards over 7 days and their number over 2 days, windows ending 7 days back like
 the merchant's other windows: a merchant
 suddenly charging many cards it never saw is what a bust-out looks like. Both are fixed
 size, so memory per account is bounded: an account row is ``ACCOUNT_WIDTH`` float64
-values, 2.8 KB (1.6 KB of windows, 0.5 KB of recent events, 0.8 KB of merchants), so a
-million accounts take 2.8 GB.
+values, 2.8 KB (1.6 KB of windows, 0.5 KB of recent events, 0.8 KB of merchants, 24 bytes
+of usual area), so a million accounts take 2.9 GB.
 
 >>> ACCOUNT_WIDTH, ACCOUNT_WIDTH * 8, MERCHANT_WIDTH, len(FEATURE_NAMES)
-(355, 2840, 160, 27)
+(358, 2864, 160, 29)
 >>> float(new_account_row()[LAST_OFFSET])
 -1.0
 """
@@ -57,10 +58,21 @@ RECENT_EVENTS = DAILY + 3 * N_DAILY
 N_RECENT_EVENTS = 20
 KNOWN_MERCHANTS = RECENT_EVENTS + 3 * N_RECENT_EVENTS
 N_KNOWN_MERCHANTS = 32
-ACCOUNT_WIDTH = KNOWN_MERCHANTS + 3 * N_KNOWN_MERCHANTS
+# The card's usual area: how many of its transactions had a location, and the centre of
+# those locations (a running mean over the first AREA_MEMORY, then a moving one).
+AREA = KNOWN_MERCHANTS + 3 * N_KNOWN_MERCHANTS
+AREA_COUNT, AREA_X, AREA_Y = AREA, AREA + 1, AREA + 2
+ACCOUNT_WIDTH = AREA + 3
 #: Widths of earlier account layouts, each a prefix of this one: rows stored by an earlier
-#: version are adopted with empty recent events and merchants (``Arena(prefix_widths=...)``).
-EARLIER_ACCOUNT_WIDTHS = (RECENT_EVENTS,)
+#: version are adopted with the new fields of an empty row (``Arena(prefix_widths=...)``):
+#: no recent events and merchants (before velocity), no usual area (before locations).
+EARLIER_ACCOUNT_WIDTHS = (RECENT_EVENTS, AREA)
+#: The usual area's centre moves by ``1 / min(n, AREA_MEMORY)`` of the way to the n-th
+#: location: the mean of the first AREA_MEMORY locations, then an exponential moving mean
+#: that follows a customer who moves (and forgets a one-off trip).
+AREA_MEMORY = 50
+#: Coordinates beyond ±this on either axis are not a location (the pair counts as absent).
+MAX_COORDINATE = 1e6
 #: Short-window velocity features look back this far (ms), at most N_RECENT_EVENTS events.
 VELOCITY_WINDOWS_MS = (600_000, HOUR_MS)
 #: An amount below this is "small" (a card-testing probe is 0.50-2.00 in the simulator).
@@ -71,6 +83,11 @@ DISTINCT_WINDOW_MS = 24 * HOUR_MS
 MAX_MERCHANT_AGE_DAYS = 30.0
 #: A purchase counts as following probes after this many small ones in the small window.
 PROBES_BEFORE_CASHOUT = 2
+#: An amount above this many times the card's mean (over its history before it) is large;
+#: the card's large amounts are counted over LARGE_WINDOW_MS (a compromised card spends
+#: several times its usual amount, again and again, for days).
+LARGE_RATIO = 3.0
+LARGE_WINDOW_MS = 14 * DAY_MS
 
 # --- merchant rows ----------------------------------------------------------
 M_DAILY = 0
@@ -118,6 +135,8 @@ FEATURE_NAMES = (
     "amount_to_card_mean",
     "merchant_new_card_share_7d",
     "merchant_new_cards_2d",
+    "distance_from_usual_area",
+    "card_large_amounts_14d",
 )
 N_FEATURES = len(FEATURE_NAMES)
 N_ACCOUNT_FEATURES = 9  # columns 0..8 come from the account kernel, 9..14 from merchants
@@ -127,6 +146,13 @@ VELOCITY = 17
 IS_NEW_MERCHANT = 21
 #: First column of the merchant novelty features (filled by the merchant kernel).
 MERCHANT_NOVELTY = 25
+#: Column of the distance from the card's usual area (filled by the account kernel).
+DISTANCE = 27
+#: Column of the card's earlier large amounts in 14 days (filled with its velocity).
+LARGE_AMOUNTS = 28
+#: Feature counts of earlier layouts, each a prefix of this one: a stored feature vector of
+#: an earlier version is read with the later features at 0 (what "not known" scores as).
+EARLIER_FEATURE_COUNTS = (DISTANCE,)
 
 # Outcome of applying one event to account state.
 APPLIED = 0

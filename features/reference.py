@@ -18,16 +18,20 @@ approximation, stated here once, in plain Python.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from flagstream.features.layout import (
     ALREADY_APPLIED,
     APPLIED,
+    AREA_MEMORY,
     DAY_MS,
     DISTINCT_WINDOW_MS,
     DUPLICATE,
     HOUR_MS,
+    LARGE_RATIO,
+    LARGE_WINDOW_MS,
     MAX_GAP_S,
     MAX_MERCHANT_AGE_DAYS,
     N_DAILY,
@@ -70,6 +74,7 @@ class _Account:
     events: list[tuple[int, float]] = field(default_factory=list)
     ids: list[float] = field(default_factory=list)
     merchants: list[float] = field(default_factory=list)  # merchant hash of each event
+    locations: list[tuple[float, float]] = field(default_factory=list)  # of located events
     last_offset: int = -1
     last_ts: int = 0
 
@@ -81,8 +86,10 @@ class ReferenceAccounts:
         self.accounts: dict[str, _Account] = defaultdict(_Account)
 
     def apply(
-        self, key: str, offset: int, ts_ms: int, amount: float, id_hash: float, merchant_hash: float
+        self, key: str, offset: int, ts_ms: int, amount: float, id_hash: float, merchant_hash: float,
+        place: tuple[float, float, float, float] = (math.nan,) * 4,
     ):
+        """``place``: the event's location and its holder's address, NaN where absent."""
         acc = self.accounts[key]
         if offset >= 0 and offset <= acc.last_offset:
             return None, ALREADY_APPLIED
@@ -98,6 +105,7 @@ class ReferenceAccounts:
         usual = amount / (total / len(acc.events)) if acc.events and total > 0 else 1.0
         ratio = amount / (s_before / c_before) if c_before else 1.0
         novelty = _merchant_novelty(acc, ts_ms, merchant_hash)
+        distance = _distance_from_usual_area(acc.locations, place)
         acc.events.append((ts_ms, amount))
         acc.merchants.append(merchant_hash)
         acc.ids.append(id_hash)
@@ -123,8 +131,45 @@ class ReferenceAccounts:
             **novelty,
             **_velocity(acc, ts_ms, amount),
             "amount_to_card_mean": usual,
+            "distance_from_usual_area": distance,
         }
         return features, APPLIED
+
+
+def usual_area(locations: list[tuple[float, float]]) -> tuple[float, float]:
+    """The centre of a card's locations: their mean while there are at most AREA_MEMORY,
+    then an exponential moving mean (weight ``1 / AREA_MEMORY`` on each newer one), written
+    out as the weighted sum it is.
+
+    >>> usual_area([(0.0, 0.0), (4.0, 2.0)])
+    (2.0, 1.0)
+    """
+    first, rest = locations[:AREA_MEMORY], locations[AREA_MEMORY:]
+    keep = 1.0 - 1.0 / AREA_MEMORY
+    centre = []
+    for axis in (0, 1):
+        value = sum(p[axis] for p in first) / len(first) * keep ** len(rest)
+        value += sum(p[axis] / AREA_MEMORY * keep ** (len(rest) - 1 - k) for k, p in enumerate(rest))
+        centre.append(value)
+    return centre[0], centre[1]
+
+
+def _distance_from_usual_area(
+    locations: list[tuple[float, float]], place: tuple[float, float, float, float]
+) -> float:
+    """From the event's location to the centre of the card's earlier ones (its holder's
+    address before it has any); 0 when unknown. A located event joins ``locations``."""
+    x, y, home_x, home_y = place
+    if math.isnan(x) or math.isnan(y):
+        return 0.0
+    if locations:
+        centre = usual_area(locations)
+    elif not (math.isnan(home_x) or math.isnan(home_y)):
+        centre = (home_x, home_y)
+    else:
+        centre = (x, y)
+    locations.append((x, y))
+    return math.dist((x, y), centre)
 
 
 def _merchant_novelty(acc: _Account, ts_ms: int, merchant: float) -> dict[str, float]:
@@ -158,7 +203,20 @@ def _velocity(acc: _Account, ts_ms: int, amount: float) -> dict[str, float]:
         "card_small_count_48h": small,
         "card_distinct_merchants_24h": len({m for _, m in within(DISTINCT_WINDOW_MS)}),
         "amount_after_probes": amount if probed else 0.0,
+        "card_large_amounts_14d": _large_amounts(acc, ts_ms),
     }
+
+
+def _large_amounts(acc: _Account, ts_ms: int) -> float:
+    """The card's earlier events among its last N_RECENT_EVENTS - 1 before this one, within
+    LARGE_WINDOW_MS, whose amount is above LARGE_RATIO times its mean before this event."""
+    before = acc.events[:-1]
+    total = sum(a for _, a in before)
+    if not before or total <= 0:
+        return 0.0
+    mean = total / len(before)
+    return float(sum(1 for t, a in before[-(N_RECENT_EVENTS - 1):]
+                     if 0 <= ts_ms - t <= LARGE_WINDOW_MS and a > LARGE_RATIO * mean))
 
 
 class ReferenceMerchants:

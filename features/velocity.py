@@ -23,12 +23,17 @@ merchants. Both are fixed-size parts of the row: the memory per account is bound
 
 from __future__ import annotations
 
+import math
+
 from numba import njit
 
 from flagstream.features.layout import (
     DAY_MS,
     DISTINCT_WINDOW_MS,
     KNOWN_MERCHANTS,
+    LARGE_AMOUNTS,
+    LARGE_RATIO,
+    LARGE_WINDOW_MS,
     MAX_MERCHANT_AGE_DAYS,
     N_KNOWN_MERCHANTS,
     N_RECENT_EVENTS,
@@ -72,10 +77,12 @@ def _remember_merchant(row, ts, merchant, sequence):
 @njit(inline="always")
 def card_velocity(row, ts, amount, merchant, out, i):
     """Add one applied event to the row's recent events and merchants and fill
-    ``out[i, VELOCITY:VELOCITY + 8]``. Call it before ``TOTAL_COUNT`` and ``TOTAL_SUM``
-    count the event."""
+    ``out[i, VELOCITY:VELOCITY + 8]`` and ``out[i, LARGE_AMOUNTS]``. Call it before
+    ``TOTAL_COUNT`` and ``TOTAL_SUM`` count the event."""
     n = int(row[TOTAL_COUNT])
-    usual = amount / (row[TOTAL_SUM] / n) if n > 0 and row[TOTAL_SUM] > 0 else 1.0
+    known = n > 0 and row[TOTAL_SUM] > 0
+    usual = amount / (row[TOTAL_SUM] / n) if known else 1.0
+    large_above = LARGE_RATIO * (row[TOTAL_SUM] / n) if known else math.inf
     age, new = _remember_merchant(row, ts, merchant, n + 1.0)
     slot = RECENT_EVENTS + 3 * (n % N_RECENT_EVENTS)
     row[slot] = ts
@@ -86,6 +93,7 @@ def card_velocity(row, ts, amount, merchant, out, i):
     hour = 0.0
     small = 0.0
     distinct = 0.0
+    large = 0.0
     for k in range(filled):
         at = row[RECENT_EVENTS + 3 * k]
         if at > ts:
@@ -97,6 +105,8 @@ def card_velocity(row, ts, amount, merchant, out, i):
             hour += 1.0
         if back <= SMALL_WINDOW_MS and row[RECENT_EVENTS + 3 * k + 1] < SMALL_AMOUNT:
             small += 1.0
+        if back <= LARGE_WINDOW_MS and row[RECENT_EVENTS + 3 * k + 1] > large_above:
+            large += 1.0
         if back <= DISTINCT_WINDOW_MS:
             first = True
             for j in range(k):
@@ -116,3 +126,4 @@ def card_velocity(row, ts, amount, merchant, out, i):
     out[i, VELOCITY + 5] = age
     out[i, VELOCITY + 6] = amount if probed else 0.0
     out[i, VELOCITY + 7] = usual
+    out[i, LARGE_AMOUNTS] = large - (1.0 if amount > large_above else 0.0)

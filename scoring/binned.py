@@ -23,7 +23,7 @@ plain Python, and ``tests/test_binned.py`` checks they agree. Scoring a batch is
 Measured (issue #13, reference stream; the backtest ``--model binned`` against the
 default linear champion): see the README's detection table.
 
-Memory: ``n_inputs * (2 * n_bins + 4) + 4`` floats (32 inputs, 14 bins: 1,028 floats, 8 KB),
+Memory: ``n_inputs * (2 * n_bins + 4) + 4`` floats (34 inputs, 14 bins: 1,092 floats, 9 KB),
 whatever the traffic; the state is plain JSON (never pickle).
 
 >>> import numpy as np
@@ -264,15 +264,17 @@ class BinnedLogistic:
         >>> BinnedLogistic.from_state(bad)
         Traceback (most recent call last):
         ...
-        ValueError: model state: steps must have shape (32, 14)
+        ValueError: model state: steps must have shape (34, 14)
         """
         if not isinstance(state, dict) or state.get("kind") != cls.kind:
             kind = state.get("kind") if isinstance(state, dict) else None
             raise ValueError(f"not a {cls.kind} model state: {kind!r}")
         if set(state) != _STATE_KEYS:
             raise ValueError(f"model state: expected fields {sorted(_STATE_KEYS)}")
-        if state["inputs"] != list(INPUT_NAMES) or state["bin_edges"] != BIN_EDGES.tolist():
+        if state["bin_edges"] != BIN_EDGES.tolist():
             raise ValueError("model state: made for other inputs or bins")
+        if state["inputs"] != list(INPUT_NAMES):
+            state = _with_added_inputs(state)
         params = state["params"]
         if not isinstance(params, dict) or set(params) != _PARAMS:
             raise ValueError("model state: params must hold learning_rate, l2, fraud_weight, prior, seed")
@@ -299,6 +301,48 @@ class BinnedLogistic:
         if np.any(model.slope_g2 <= 0) or np.any(model.step_g2 <= 0) or model.bias_g2[0] <= 0:
             raise ValueError("model state: AdaGrad sums must be > 0")
         return model
+
+
+#: Inputs added since a model state could first be stored. A state without some of them (from
+#: an earlier version) loads with each missing one unlearned: weights at 0, and statistics
+#: as if every label so far had it at 0, which is what an earlier decision's feature vector
+#: reads as (``check_decision``'s ``earlier``).
+ADDED_INPUTS = frozenset({"distance_from_usual_area", "card_large_amounts_14d"})
+
+
+def _with_added_inputs(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with the inputs it lacks (only those of ``ADDED_INPUTS``) added unlearned.
+
+    >>> old = {**BinnedLogistic().to_state(), "slopes": [1.0] * N_INPUTS}
+    >>> at = INPUT_NAMES.index("distance_from_usual_area")
+    >>> for name in ("inputs", "means", "m2", "slopes", "steps", "slope_g2", "step_g2"):
+    ...     del old[name][at]
+    >>> model = BinnedLogistic.from_state(old)
+    >>> float(model.slopes[at]), float(model.slopes[at - 1]), float(model.step_g2[at, 0]) == ADAGRAD_EPS
+    (0.0, 1.0, True)
+    """
+    inputs = state["inputs"]
+    if not isinstance(inputs, list) or not all(isinstance(n, str) for n in inputs):
+        raise ValueError("model state: inputs must be a list of names")
+    missing = set(INPUT_NAMES) - set(inputs)
+    keep = [n for n in INPUT_NAMES if n in set(inputs)]
+    if inputs != keep or not missing <= ADDED_INPUTS:
+        raise ValueError("model state: made for other inputs or bins")
+    at = [INPUT_NAMES.index(n) for n in inputs]
+    out = {**state, "inputs": list(INPUT_NAMES)}
+    for name, shape in _ARRAYS.items():
+        if shape[0] != N_INPUTS:
+            continue
+        try:
+            stored = np.array(state[name], dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"model state: {name} must be numbers") from None
+        if stored.shape != (len(inputs), *shape[1:]):
+            raise ValueError(f"model state: {name} must have shape {(len(inputs), *shape[1:])}")
+        full = np.full(shape, ADAGRAD_EPS if name.endswith("_g2") else 0.0)
+        full[at] = stored
+        out[name] = full.tolist()
+    return out
 
 
 #: The model's arrays in its state, with their shapes.

@@ -43,7 +43,7 @@ import numpy as np
 
 from flagstream.codec import JSONDecodeError, loads
 from flagstream.errors import InvalidRecord
-from flagstream.features.layout import N_FEATURES
+from flagstream.features.layout import EARLIER_FEATURE_COUNTS, N_FEATURES
 from flagstream.scoring.feedback import check_decision
 from flagstream.scoring.handle import format_version, model_from_state, new_model
 
@@ -177,7 +177,7 @@ def parse_decision(value: bytes | None) -> dict | bytes | None:
     ['event_time_ms', 'features', 'merchant_id', 'score', 'scored_at_ms']
     """
     try:
-        return check_decision(loads(value) if value is not None else None, N_FEATURES)
+        return check_decision(loads(value) if value is not None else None, N_FEATURES, EARLIER_FEATURE_COUNTS)
     except (JSONDecodeError, InvalidRecord):  # not ours to judge here: kept as it came
         return value
 

@@ -60,9 +60,11 @@ def feedback_identity(obj: dict) -> tuple[str, str]:
     return obj.get("source", "review"), reviewer
 
 
-def check_decision(obj: object, n_features: int) -> dict:
+def check_decision(obj: object, n_features: int, earlier: tuple[int, ...] = ()) -> dict:
     """A recorded decision fit to learn from: ``n_features`` finite numbers as ``features``, a
-    probability as ``score``, a merchant id and integer event and scoring times.
+    probability as ``score``, a merchant id and integer event and scoring times. A decision
+    recorded by an earlier layout, with as many features as one of ``earlier`` (each a prefix
+    of today's), gets the later features as 0 ("not known"), in place.
 
     The learner joins each label to the decision it read from the ``scores`` topic;
     that topic is as hostile as any other, so a decision is checked before any model
@@ -81,6 +83,8 @@ def check_decision(obj: object, n_features: int) -> dict:
     Traceback (most recent call last):
     ...
     flagstream.errors.InvalidRecord: recorded decision: features must be 2 finite numbers
+    >>> check_decision({**d, "features": [0.5]}, 2, earlier=(1,))["features"]
+    [0.5, 0.0]
     """
     if _plainly_fit(obj, n_features):
         return obj  # type: ignore[return-value]  # (a dict: _plainly_fit says so)
@@ -129,6 +133,9 @@ def check_decision_reference(obj: object, n_features: int) -> dict:
     if not isinstance(obj, dict):
         raise InvalidRecord("invalid_decision", "recorded decision is not a JSON object")
     features = obj.get("features")
+    if isinstance(features, list) and len(features) in earlier and len(features) < n_features \
+            and _features_ok(features, len(features)):
+        features = obj["features"] = [*features, *[0.0] * (n_features - len(features))]
     if not _features_ok(features, n_features):
         raise InvalidRecord("invalid_decision",
                             f"recorded decision: features must be {n_features} finite numbers")

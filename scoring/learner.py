@@ -45,7 +45,7 @@ import numpy as np
 
 from flagstream.codec import decode_object
 from flagstream.errors import InvalidRecord, Rejection
-from flagstream.features.layout import DAY_MS, N_FEATURES
+from flagstream.features.layout import DAY_MS, EARLIER_FEATURE_COUNTS, N_FEATURES
 from flagstream.features.merchants import MerchantActivity
 from flagstream.scoring.challengers import Challenger, ShadowSet
 from flagstream.scoring.feedback import check_decision, check_feedback, feedback_identity
@@ -235,7 +235,7 @@ class Learner:
                 index, "fallback_decision", "decided by the API's fallback: nothing scored to learn from"))
             return
         try:
-            check_decision(decision, N_FEATURES)
+            check_decision(decision, N_FEATURES, EARLIER_FEATURE_COUNTS)
         except InvalidRecord as exc:
             out.rejections.append(Rejection(index, exc.reason, str(exc)))
             return

@@ -32,6 +32,10 @@ _CARD_VELOCITY = {
     "merchant_new_card_share_7d": lambda v: f"{v:.0%} of this merchant's transactions in 7 days from "
                                             "cards new to it",
     "merchant_new_cards_2d": lambda v: f"{v:.0f} cards new to this merchant in 2 days",
+    "distance_from_usual_area": lambda v: f"{v:,.1f} from where this card is usually used"
+                                          if v else "location unknown or at the card's usual place",
+    "card_large_amounts_14d": lambda v: f"{v:.0f} earlier purchases of over 3× this card's average "
+                                        "in 14 days",
 }
 
 

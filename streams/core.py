@@ -44,6 +44,7 @@ from flagstream.scoring.handle import ModelHandle
 from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.policy import DecisionPolicy, FixedThreshold
 from flagstream.scoring.reasons import explain
+from flagstream.streams.coordinates import places_of
 from flagstream.streams.schema import validate_transactions
 
 #: Context fields copied from a transaction onto its decision, each only when it is a string
@@ -248,7 +249,7 @@ class ScoringCore:
         status = np.zeros(n, np.int8)
         update_accounts(
             self.accounts.rows, rows, offs, batch.timestamps_ms, batch.amounts, hashes,
-            id_hashes(batch.merchant_ids), features, status,
+            id_hashes(batch.merchant_ids), places_of(batch.records), features, status,
         )
         self.merchants.fill_features(batch.merchant_ids, batch.timestamps_ms, features)
         applied = np.flatnonzero(status == APPLIED)

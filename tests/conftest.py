@@ -60,6 +60,16 @@ def worker_factory(settings, tmp_path, request):
             print(f"\n----- {w.log_path} -----\n{w.log_tail(120)}")
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test that needs the broker (``kafka_broker``, through ``settings`` or any fixture) must
+    be marked ``integration``: ``make test-unit`` deselects those and must never start Kafka."""
+    unmarked = [item.nodeid for item in items if "kafka_broker" in getattr(item, "fixturenames", ())
+                and item.get_closest_marker("integration") is None]
+    if unmarked:
+        raise pytest.UsageError("tests that use the broker without the integration mark: "
+                                + ", ".join(unmarked))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -151,7 +151,7 @@ def test_a_hostile_state_is_refused_before_anything_scores(key, value):
 
 def test_extreme_but_finite_statistics_still_score_finite_probabilities():
     state = {**GOOD, "count": [1e12], "m2": [1e-300] * N_INPUTS, "means": [-1e12] * N_INPUTS,
-             "slopes": [1e12, -1e12] * (N_INPUTS // 2), "steps": [[1e12] * N_BINS] * N_INPUTS}
+             "slopes": ([1e12, -1e12] * N_INPUTS)[:N_INPUTS], "steps": [[1e12] * N_BINS] * N_INPUTS}
     model = BinnedLogistic.from_state(state)
     rows = np.vstack([np.zeros(N_FEATURES), np.full(N_FEATURES, 1e12), np.full(N_FEATURES, -1e12)])
     assert np.all(np.isfinite(model.score_batch(rows)))
@@ -176,3 +176,38 @@ def test_settings_choose_the_starting_champion_and_its_lineage():
     assert slower.champion_model().learning_rate == 0.05
     with pytest.raises(ConfigurationError, match="FLAGSTREAM_MODEL"):
         Settings.from_env({"FLAGSTREAM_MODEL": "forest"})
+
+
+def test_a_state_stored_before_the_distance_input_loads_and_scores_as_before():
+    """A champion stored by the version before ``distance_from_usual_area`` keeps every
+    learned weight, and the new input starts unlearned: on a feature vector without a
+    location (distance 0) it has no say, so the model scores as it did."""
+    from flagstream.features.layout import DISTANCE, EARLIER_FEATURE_COUNTS
+    from flagstream.scoring.binned import ADDED_INPUTS
+    from flagstream.scoring.linear import INPUT_NAMES
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(1.0, 1.0, size=(500, N_FEATURES))
+    x[:, DISTANCE:] = 0.0
+    model = BinnedLogistic()
+    model.learn_many(x, (x[:, 4] > 1.5).astype(np.int8))
+    state = model.to_state()
+    at = [INPUT_NAMES.index(n) for n in ADDED_INPUTS]
+    old = {**state, "inputs": [n for n in INPUT_NAMES if n not in ADDED_INPUTS]}
+    for name in ("means", "m2", "slopes", "slope_g2", "steps", "step_g2"):
+        old[name] = [v for k, v in enumerate(state[name]) if k not in at]
+    again = BinnedLogistic.from_state(old)
+    unlearned = {**state}  # what the stored model was: the same, without the added inputs
+    for name in ("means", "m2", "slopes", "slope_g2", "steps", "step_g2"):
+        unlearned[name] = np.array(state[name])
+        unlearned[name][at] = np.array(BinnedLogistic().to_state()[name])[at]
+        unlearned[name] = unlearned[name].tolist()
+    np.testing.assert_array_equal(again.score_batch(x), BinnedLogistic.from_state(unlearned).score_batch(x))
+    assert not again.contributions(x)[:, DISTANCE:].any()  # an earlier decision's vector: no say
+    assert DISTANCE in EARLIER_FEATURE_COUNTS
+
+    for bad_inputs in (old["inputs"][1:], old["inputs"][::-1], [*old["inputs"], "x"], "amount"):
+        with pytest.raises(ValueError, match="other inputs|list of names"):
+            BinnedLogistic.from_state({**old, "inputs": bad_inputs})
+    with pytest.raises(ValueError, match="slopes must have shape"):
+        BinnedLogistic.from_state({**old, "slopes": old["slopes"][1:]})

@@ -28,9 +28,17 @@ events = st.lists(
         st.integers(0, 12),  # id hash: small range makes duplicates likely
         st.booleans(),  # carries an offset?
         st.integers(0, 6),  # merchant hash
+        st.sampled_from([None, (3.0, 4.0), (-50.5, 20.25)]),  # location: absent or one of two
+        st.sampled_from([None, (0.0, 0.0)]),  # holder's address
     ),
     max_size=60,
 )
+
+
+def place(event) -> tuple[float, float, float, float]:
+    """(x, y, home x, home y) of a generated event, NaN where absent."""
+    nan = (float("nan"),) * 2
+    return (*(event[6] or nan), *(event[7] or nan))
 
 
 @settings(max_examples=150, deadline=None)
@@ -51,12 +59,13 @@ def test_account_kernel_matches_reference(batch, sort_by_time):
     out = np.zeros((n, N_FEATURES))
     status = np.zeros(n, np.int8)
     merchants = np.array([float(e[5]) for e in batch])
-    update_accounts(rows, row_of, offsets, ts, amounts, hashes, merchants, out, status)
+    places = np.array([place(e) for e in batch])
+    update_accounts(rows, row_of, offsets, ts, amounts, hashes, merchants, places, out, status)
 
     ref = ReferenceAccounts()
     for i, e in enumerate(batch):
         feats, ref_status = ref.apply(
-            str(e[0]), int(offsets[i]), int(ts[i]), e[2], float(e[3]), float(e[5])
+            str(e[0]), int(offsets[i]), int(ts[i]), e[2], float(e[3]), float(e[5]), place(e)
         )
         assert status[i] == ref_status, i
         if ref_status == APPLIED:
@@ -74,6 +83,7 @@ def test_replayed_offsets_are_not_applied_twice():
         np.ones(n),
         np.arange(n, dtype=np.float64),
         np.full(n, 3.0),
+        np.tile([1.0, 2.0, 0.0, 0.0], (n, 1)),
     )
     out, status = np.zeros((n, N_FEATURES)), np.zeros(n, np.int8)
     update_accounts(rows, *args, out, status)

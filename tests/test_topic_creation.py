@@ -8,6 +8,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from flagstream.streams.app import create_pipeline
+from flagstream.streams.config import Settings
 from flagstream.streams.topics import _ready, create_topics, topic_specs
 
 
@@ -29,9 +30,9 @@ def test_a_topic_is_ready_only_when_every_partition_has_a_leader():
     assert _ready(metadata, wanted) == {"a"}
 
 
-def test_the_worker_refreshes_its_consumer_metadata_within_seconds(settings):
+def test_the_worker_refreshes_its_consumer_metadata_within_seconds(tmp_path):
     """A topic missing from the metadata when the group formed is assigned at the next refresh."""
-    pipeline = create_pipeline(settings)
+    pipeline = create_pipeline(Settings(broker="127.0.0.1:9", data_dir=str(tmp_path)))
     assert pipeline.app.conf.consumer_metadata_max_age_ms <= 10_000
 
 

@@ -40,6 +40,7 @@ def run_kernel(events: list[tuple[int, int, float, int]], offsets: bool = False)
         np.array([e[2] for e in events], np.float64),
         np.arange(n, dtype=np.float64),  # distinct transaction ids
         np.array([float(e[3]) for e in events]),
+        np.full((n, 4), np.nan),  # no locations
         out,
         status,
     )
@@ -116,7 +117,7 @@ def test_replay_leaves_velocity_state_unchanged():
     update_accounts(
         again, np.array([e[0] for e in events], np.int64), np.arange(30, dtype=np.int64),
         np.array([START + e[1] for e in events], np.int64), np.ones(30), np.arange(30.0),
-        np.zeros(30), out, status,
+        np.zeros(30), np.full((30, 4), np.nan), out, status,
     )
     assert (status == 1).all()
     np.testing.assert_array_equal(again, rows)
@@ -137,7 +138,8 @@ def test_rows_stored_before_velocity_are_adopted():
     np.testing.assert_array_equal(row[width:], new_account_row()[width:])
     out, status = np.zeros((1, N_FEATURES)), np.zeros(1, np.int8)
     update_accounts(arena.rows, np.zeros(1, np.int64), np.array([5]), np.array([START + 6 * 60_000]),
-                    np.array([20.0]), np.array([99.0]), np.array([1.0]), out, status)
+                    np.array([20.0]), np.array([99.0]), np.array([1.0]), np.full((1, 4), np.nan), out,
+                    status)
     assert status[0] == APPLIED
     assert out[0, FEATURE_NAMES.index("card_count_1h")] == 1.0  # the old events are not in the ring
     assert out[0, FEATURE_NAMES.index("is_new_merchant")] == 1.0

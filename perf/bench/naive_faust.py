@@ -27,6 +27,7 @@ carries no feedback, so no contender learns during a run.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -39,10 +40,13 @@ import numpy as np
 from flagstream.codec import decode_object, dumps, loads
 from flagstream.errors import InvalidRecord
 from flagstream.features.layout import (
+    AREA_MEMORY,
     DAY_MS,
     DISTINCT_WINDOW_MS,
     FEATURE_NAMES,
     HOUR_MS,
+    LARGE_RATIO,
+    LARGE_WINDOW_MS,
     MAX_GAP_S,
     MAX_MERCHANT_AGE_DAYS,
     N_DAILY,
@@ -59,6 +63,7 @@ from flagstream.scoring.handle import model_from_state
 from flagstream.scoring.reasons import explain
 from flagstream.sinks.dead_letter import dead_letter, headers
 from flagstream.streams.config import Settings
+from flagstream.streams.coordinates import places_of_reference
 from flagstream.streams.kafka_security import faust_credentials
 from flagstream.streams.schema import check_transaction
 from flagstream.streams.topics import REVIEW, SCORES, TRANSACTIONS, TRANSACTIONS_DLQ
@@ -89,7 +94,8 @@ class NaiveAccount:
     """One account's state in plain Python: counters, two rings, recent ids, recent events
     and merchants."""
 
-    __slots__ = ("count", "total", "last_ts", "hourly", "daily", "recent", "events", "merchants")
+    __slots__ = ("count", "total", "last_ts", "hourly", "daily", "recent", "events", "merchants",
+                 "area", "large")
 
     def __init__(self) -> None:
         self.count = 0
@@ -100,11 +106,32 @@ class NaiveAccount:
         self.recent: deque[str] = deque(maxlen=N_RECENT_IDS)
         self.events: deque[tuple[int, float, str]] = deque(maxlen=N_RECENT_EVENTS)
         self.merchants: OrderedDict[str, int] = OrderedDict()  # least recently used first
+        self.area = [0.0, 0.0, 0.0]  # located transactions, centre x, centre y
+        self.large = 0.0  # the last transaction's earlier large amounts in 14 days
+
+    def distance(self, x: float, y: float, home_x: float, home_y: float) -> float:
+        """Distance from the usual area (the holder's address before there is one; 0 when
+        unknown); then the location joins the area."""
+        if math.isnan(x) or math.isnan(y):
+            return 0.0
+        n, cx, cy = self.area
+        if n > 0:
+            distance = math.hypot(x - cx, y - cy)
+        elif not (math.isnan(home_x) or math.isnan(home_y)):
+            distance = math.hypot(x - home_x, y - home_y)
+        else:
+            distance = 0.0
+        n += 1.0
+        step = 1.0 / min(n, AREA_MEMORY)
+        self.area = [n, cx + (x - cx) * step, cy + (y - cy) * step]
+        return distance
 
     def velocity(self, ts: int, amount: float, merchant: str) -> list[float]:
         """Add one transaction to the recent events and merchants; its 8 velocity features
         (call it before ``count`` and ``total`` count the transaction)."""
-        usual = amount / (self.total / self.count) if self.count and self.total > 0 else 1.0
+        known = self.count and self.total > 0
+        usual = amount / (self.total / self.count) if known else 1.0
+        large_above = LARGE_RATIO * (self.total / self.count) if known else math.inf
         last = self.merchants.pop(merchant, None)
         if last is None:
             new, age = 1.0, MAX_MERCHANT_AGE_DAYS
@@ -115,6 +142,8 @@ class NaiveAccount:
         self.merchants[merchant] = ts
         self.events.append((ts, amount, merchant))
         back = [(ts - t, a, m) for t, a, m in self.events if t <= ts]
+        large = sum(1.0 for b, a, _ in back if b <= LARGE_WINDOW_MS and a > large_above)
+        self.large = large - (amount > large_above)
         small = sum(1.0 for b, a, _ in back if b <= SMALL_WINDOW_MS and a < SMALL_AMOUNT)
         probed = small - (amount < SMALL_AMOUNT) >= PROBES_BEFORE_CASHOUT and amount >= SMALL_AMOUNT
         return [
@@ -128,8 +157,10 @@ class NaiveAccount:
             usual,
         ]
 
-    def apply(self, ts: int, amount: float, merchant: str = "") -> list[float]:
-        """Add one transaction; its features (merchant columns zero)."""
+    def apply(self, ts: int, amount: float, merchant: str = "",
+              place: tuple[float, ...] = (math.nan,) * 4) -> list[float]:
+        """Add one transaction; its features (merchant columns zero). ``place``: its location
+        and its holder's address, NaN where absent."""
         hour, day = ts // HOUR_MS, ts // DAY_MS
         gap = min(max((ts - self.last_ts) / 1000.0, 0.0), MAX_GAP_S) if self.count else MAX_GAP_S
         c30, s30 = _ring_window(self.daily, N_DAILY, day - 29, day)
@@ -137,6 +168,7 @@ class NaiveAccount:
         _ring_add(self.hourly, N_HOURLY, hour, amount)
         _ring_add(self.daily, N_DAILY, day, amount)
         velocity = self.velocity(ts, amount, merchant)
+        distance = self.distance(*place)
         self.count += 1
         self.total += amount
         self.last_ts = max(self.last_ts, float(ts))
@@ -151,6 +183,8 @@ class NaiveAccount:
             0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
             gap, ratio, *velocity,
             0.0, 0.0,  # merchant novelty (merchant state: not kept by this peer)
+            distance,
+            self.large,
         ]
 
 
@@ -170,6 +204,7 @@ def build_app(settings: Settings, model_path: str | None) -> faust.App:
         broker=[f"kafka://{b}" for b in settings.broker.split(",")],
         store="memory://", topic_partitions=settings.partitions, topic_disable_leader=True,
         web_enabled=False, logging_config=None, broker_credentials=faust_credentials(settings),
+        datadir=os.path.join(settings.data_dir, "naive-faust"),  # (Faust's default: the cwd)
     )
 
     def raw_topic(name: str) -> faust.TopicT:
@@ -205,7 +240,8 @@ def build_app(settings: Settings, model_path: str | None) -> faust.App:
                 await dlq.send(key=msg.key, value=dumps(letter), headers=headers("duplicate_transaction"))
                 continue
             account.recent.append(tx)
-            features = account.apply(ts, amount, obj["merchant_id"])
+            place = tuple(places_of_reference([obj])[0].tolist())
+            features = account.apply(ts, amount, obj["merchant_id"], place)
             p = model.predict_one(np.asarray(features))  # the model's own per-row path
             rounded = [round(v, 6) for v in features]
             decision = {

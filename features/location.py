@@ -1,0 +1,56 @@
+"""Distance from the card's usual area, from the account row's area fields.
+
+A transaction's location is where it took place (the merchant's coordinates), when the
+record carries them. The card's usual area is the centre of its earlier locations
+(``AREA_X``, ``AREA_Y``: the mean of the first ``AREA_MEMORY``, then a moving mean); a card
+with no located transaction yet has its holder's address instead (the customer's
+coordinates), when the record carries those. The feature is the straight-line distance
+from the location to that centre, in the coordinates' own unit (project latitude and
+longitude to a plane first), and 0 when either is unknown: no location scores as "usual".
+
+:func:`card_distance` is inlined into :func:`flagstream.features.kernels.update_accounts`;
+``ReferenceAccounts`` in :mod:`flagstream.features.reference` computes the same from the
+card's whole list of locations. Three floats per account, whatever its history.
+
+>>> from flagstream.features.layout import AREA_COUNT, AREA_X, AREA_Y, new_account_row
+>>> nan = float("nan")
+>>> row = new_account_row()
+>>> card_distance(row, 3.0, 4.0, 0.0, 0.0)   # first location: from the holder's address
+5.0
+>>> card_distance(row, 3.0, 8.0, nan, nan)   # then from the centre of (3, 4)
+4.0
+>>> float(row[AREA_COUNT]), float(row[AREA_X]), float(row[AREA_Y])
+(2.0, 3.0, 6.0)
+>>> card_distance(row, nan, nan, 0.0, 0.0)   # no location: 0, and the area stays put
+0.0
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import njit
+
+from flagstream.features.layout import AREA_COUNT, AREA_MEMORY, AREA_X, AREA_Y
+
+
+@njit(inline="always")
+def card_distance(row, x, y, home_x, home_y):
+    """Distance from ``(x, y)`` to the card's usual area (or its holder's ``(home_x,
+    home_y)`` while it has none), 0 when unknown; then ``(x, y)`` joins the area. Absent
+    coordinates are NaN (a pair is used whole or not at all)."""
+    if math.isnan(x) or math.isnan(y):
+        return 0.0
+    n = row[AREA_COUNT]
+    if n > 0:
+        distance = math.hypot(x - row[AREA_X], y - row[AREA_Y])
+    elif not (math.isnan(home_x) or math.isnan(home_y)):
+        distance = math.hypot(x - home_x, y - home_y)
+    else:
+        distance = 0.0
+    n += 1.0
+    step = 1.0 / min(n, AREA_MEMORY)
+    row[AREA_X] += (x - row[AREA_X]) * step
+    row[AREA_Y] += (y - row[AREA_Y]) * step
+    row[AREA_COUNT] = n
+    return distance
