@@ -88,7 +88,7 @@ def check_decision(obj: object, n_features: int, earlier: tuple[int, ...] = ()) 
     """
     if _plainly_fit(obj, n_features):
         return obj  # type: ignore[return-value]  # (a dict: _plainly_fit says so)
-    return check_decision_reference(obj, n_features)
+    return check_decision_reference(obj, n_features, earlier)
 
 
 #: Value types a decision's plain fields have (exact types: a subclass takes the full check).
@@ -127,9 +127,10 @@ def _plainly_fit(obj: object, n_features: int) -> bool:
     return type(at) is int and type(scored) is int and 0 <= at < 10**15 and 0 <= scored < 10**15
 
 
-def check_decision_reference(obj: object, n_features: int) -> dict:
+def check_decision_reference(obj: object, n_features: int, earlier: tuple[int, ...] = ()) -> dict:
     """:func:`check_decision`, every check in turn (what it is held to, and what decides
-    every decision its quick look does not accept)."""
+    every decision its quick look does not accept: one of an earlier layout among them, whose
+    quick look fails on its count of features)."""
     if not isinstance(obj, dict):
         raise InvalidRecord("invalid_decision", "recorded decision is not a JSON object")
     features = obj.get("features")
