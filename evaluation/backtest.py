@@ -37,6 +37,7 @@ import orjson
 
 from flagstream.errors import InvalidRecord
 from flagstream.evaluation import detection_metrics as metrics
+from flagstream.evaluation.long_lived import frozen_between_steps
 from flagstream.evaluation.scores_out import ScoresWriter
 from flagstream.extras import MissingExtra, progress_bar, require
 from flagstream.features.layout import DAY_MS, HOUR_MS
@@ -286,6 +287,10 @@ class Backtest:
     environment, as the worker reads them).
     """
 
+    #: keep what each step leaves behind out of the garbage collector's full passes
+    #: (:mod:`flagstream.evaluation.long_lived`; the same results, a ninth less time)
+    freeze_between_steps = True
+
     def __init__(self, config: BacktestConfig | None = None, settings: Settings | None = None) -> None:
         self.config = cfg = config or BacktestConfig()
         kind = cfg.model or (settings or Settings.from_env()).model
@@ -362,8 +367,11 @@ class Backtest:
         if self.learner.dirty or any(c.dirty for c in self.shadow):
             writes += self.learner.publication()
         apply_writes(self.registry, writes)
+        most = 4 * max(self.keep_versions, 1) * (len(self.shadow) + 2)
+        if len(self.registry) <= most:  # (versions are some of its records: none to prune)
+            return
         versions = [r for k, r in self.registry.items() if k.startswith(reg.VERSION_PREFIX)]
-        if len(versions) > 4 * max(self.keep_versions, 1) * (len(self.shadow) + 2):
+        if len(versions) > most:
             apply_writes(self.registry, [(k, None) for k in life.prunable(versions, self.keep_versions)])
 
     def schedule(self, ts: np.ndarray, ids: np.ndarray, y: np.ndarray, flagged: np.ndarray) -> None:
@@ -439,11 +447,13 @@ class Backtest:
         scores, flagged = np.full(n, np.nan), np.zeros(n, dtype=bool)
         self.decided_at = np.full(n, np.nan)  # the threshold each event was decided with
         self.declined = np.zeros(n, dtype=bool)  # flags declined with nobody looking
-        with progress_bar(n, "tx", cfg.progress) as bar, contextlib.ExitStack() as files:
+        with progress_bar(n, "tx", cfg.progress) as bar, contextlib.ExitStack() as files, \
+                frozen_between_steps(self.freeze_between_steps) as frozen:
             if cfg.scores_out:
                 self.scores_out = files.enter_context(ScoresWriter(cfg.scores_out))
             for lo, hi in steps(stream.ts_ms, cfg.batch_size, cfg.step_s):
                 self.step(stream, lo, hi, scores, flagged)
+                frozen.step_done()
                 bar.update(hi - lo)
         self.scores_out = None
         finished = time.perf_counter()

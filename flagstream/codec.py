@@ -37,19 +37,37 @@ def loads_each(values: Iterable[bytes]) -> list[Any]:
     return list(map(orjson.loads, values))
 
 
+#: Exact types of the JSON values that hold nothing (a subclass takes the walk).
+SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def deeper_than(value: object, limit: int) -> bool:
     """Whether a decoded JSON value nests more than ``limit`` levels (a scalar is level 0).
+
+    A flat object (every value a scalar: one level), the usual record, is told by one
+    C-level pass over its values; anything else takes :func:`deeper_than_reference`.
+
+    >>> deeper_than({"a": 1, "b": "x"}, 1), deeper_than({"a": 1, "b": "x"}, 0)
+    (False, True)
+    """
+    if limit >= 1 and type(value) is dict and SCALARS.issuperset(map(type, value.values())):
+        return False
+    return deeper_than_reference(value, limit)
+
+
+def deeper_than_reference(value: object, limit: int) -> bool:
+    """:func:`deeper_than`, walking every container (what the quick look is held to).
 
     Iterative and bounded: it never recurses and stops at the first container found
     below the limit, so a record nested to the parser's limit costs no more than one
     that is merely too deep.
 
-    >>> deeper_than({"a": [1, {"b": 2}]}, 3), deeper_than({"a": [1, {"b": 2}]}, 2)
+    >>> deeper_than_reference({"a": [1, {"b": 2}]}, 3), deeper_than_reference({"a": [1, {"b": 2}]}, 2)
     (False, True)
     >>> deep = []
     >>> for _ in range(100_000):
     ...     deep = [deep]
-    >>> deeper_than(deep, 8)
+    >>> deeper_than_reference(deep, 8)
     True
     """
     stack: list[tuple[object, int]] = [(value, 0)]

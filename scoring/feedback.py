@@ -70,6 +70,11 @@ def check_decision(obj: object, n_features: int, earlier: tuple[int, ...] = ()) 
     that topic is as hostile as any other, so a decision is checked before any model
     sees it. Raises :class:`InvalidRecord` (``invalid_decision``) otherwise.
 
+    A decision shaped as the scorer writes an approval (:func:`_plainly_fit`: exact types,
+    floats within bounds, nothing nested but its features) is accepted at once; every other
+    one takes :func:`check_decision_reference`, which decides alone (the quick look only
+    ever accepts what the reference accepts: ``tests/test_learner_batch.py``).
+
     >>> d = {"features": [0.5, 1.0], "score": 0.2, "merchant_id": "m-1", "event_time_ms": 0,
     ...      "scored_at_ms": 10}
     >>> check_decision(d, 2) is d
@@ -81,6 +86,51 @@ def check_decision(obj: object, n_features: int, earlier: tuple[int, ...] = ()) 
     >>> check_decision({**d, "features": [0.5]}, 2, earlier=(1,))["features"]
     [0.5, 0.0]
     """
+    if _plainly_fit(obj, n_features):
+        return obj  # type: ignore[return-value]  # (a dict: _plainly_fit says so)
+    return check_decision_reference(obj, n_features, earlier)
+
+
+#: Value types a decision's plain fields have (exact types: a subclass takes the full check).
+PLAIN_VALUES = frozenset({str, int, float, bool, type(None), list})
+
+
+def _plainly_fit(obj: object, n_features: int) -> bool:
+    """Whether ``obj`` is a decision as the scorer writes an approval, every check passed
+    in a few C-level passes: a dict whose values are strings, numbers, booleans or None
+    and one list (``features``: ``n_features`` floats whose absolute values add up to at
+    most :data:`MAX_FEATURE`, so each is finite and within bounds), no ``shadow``, a float
+    ``score`` in [0, 1], a merchant id and integer times. False says nothing: the
+    reference then decides.
+
+    >>> d = {"features": [0.5, 1.0], "score": 0.2, "merchant_id": "m-1", "event_time_ms": 0,
+    ...      "scored_at_ms": 10}
+    >>> _plainly_fit(d, 2), _plainly_fit({**d, "score": 1}, 2), _plainly_fit({**d, "x": {}}, 2)
+    (True, False, False)
+    """
+    if type(obj) is not dict:
+        return False
+    features = obj.get("features")
+    if type(features) is not list or len(features) != n_features or "shadow" in obj:
+        return False
+    kinds = list(map(type, obj.values()))
+    if kinds.count(list) != 1 or not PLAIN_VALUES.issuperset(kinds):
+        return False  # another container (``reasons``, ``shadow``, a nested field)
+    if set(map(type, features)) != {float} or not sum(map(abs, features)) <= MAX_FEATURE:
+        return False  # (a NaN or an infinity makes the sum fail the comparison)
+    score, merchant = obj.get("score"), obj.get("merchant_id")
+    if type(score) is not float or not 0.0 <= score <= 1.0:
+        return False
+    if type(merchant) is not str or not 0 < len(merchant) <= MAX_ID_LENGTH:
+        return False
+    at, scored = obj.get("event_time_ms"), obj.get("scored_at_ms")
+    return type(at) is int and type(scored) is int and 0 <= at < 10**15 and 0 <= scored < 10**15
+
+
+def check_decision_reference(obj: object, n_features: int, earlier: tuple[int, ...] = ()) -> dict:
+    """:func:`check_decision`, every check in turn (what it is held to, and what decides
+    every decision its quick look does not accept: one of an earlier layout among them, whose
+    quick look fails on its count of features)."""
     if not isinstance(obj, dict):
         raise InvalidRecord("invalid_decision", "recorded decision is not a JSON object")
     features = obj.get("features")

@@ -46,6 +46,7 @@ import numpy as np
 import orjson
 
 from flagstream.extras import progress_bar
+from flagstream.simulation.line_blocks import lines_of
 from flagstream.simulation.patterns import (
     PATTERN_CODES,
     AccountTakeover,
@@ -371,7 +372,7 @@ class StreamReader:
             gz = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)
             fh = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
-            for number, line in enumerate(fh, start=1):
+            for number, line in enumerate(lines_of(fh), start=1):  # (as iterating ``fh``)
                 try:
                     record = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:

@@ -9,16 +9,24 @@ must end with exactly the same models, gate, tally and outcome.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from flagstream.codec import deeper_than, dumps
+from flagstream.codec import deeper_than, deeper_than_reference, dumps
 from flagstream.features.layout import DAY_MS, N_FEATURES
 from flagstream.scoring.challengers import ShadowSet, challengers_from_spec
-from flagstream.scoring.feedback import MAX_DECISION_NESTING, MAX_FEATURE, _features_ok, check_decision
+from flagstream.scoring.feedback import (
+    MAX_DECISION_NESTING,
+    MAX_FEATURE,
+    _features_ok,
+    _plainly_fit,
+    check_decision,
+    check_decision_reference,
+)
 from flagstream.scoring.gate import Gate, GateConfig
 from flagstream.scoring.handle import ModelHandle, new_model
 from flagstream.scoring.label_ledger import DictMemory, HourlyBudget, LabelLedger
@@ -196,6 +204,99 @@ def test_a_decision_is_refused_for_nesting_exactly_when_the_whole_record_is_too_
         refused = "nested too deep" in str(exc)
     assert refused == deeper_than(d, MAX_DECISION_NESTING)
 
+
+
+
+class Listed(list):
+    """A list subclass (``isinstance`` says list, ``type`` does not)."""
+
+
+class Mapped(dict):
+    """A dict subclass."""
+
+
+#: JSON-like values with scalars of every kind and, sometimes, containers of the subclasses.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=2),
+    lambda inner: (st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=4)
+                   | st.builds(lambda v: Listed(v), st.lists(inner, max_size=2))
+                   | st.builds(lambda v: Mapped(v), st.dictionaries(st.text(max_size=2), inner, max_size=2))),
+    max_leaves=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values, st.integers(-1, 4))
+@example({"a": 1, "b": "x", "c": None}, 0)
+@example({"a": 1, "b": "x", "c": None}, 1)
+@example({}, 0)
+def test_the_quick_nesting_check_decides_as_the_walk(value, limit):
+    assert deeper_than(value, limit) == deeper_than_reference(value, limit)
+
+
+#: Anything a field of a decision read from the topic may hold.
+field_values = st.one_of(
+    values, st.text(max_size=3), st.none(), st.just(""), st.just("m" * 129),
+    st.integers(-1, 10**15 + 1), st.sampled_from([0.0, 1.0, -0.0, 1.5, 10**15 - 1]),
+    nested, st.builds(Listed, st.lists(st.floats(0, 1), max_size=2)),
+    st.builds(Mapped, st.dictionaries(st.text(max_size=2), st.floats(0, 1), max_size=2)),
+    st.dictionaries(st.text(max_size=2), st.floats(-1, 2), max_size=2),
+)
+#: A change to a recorded decision: a field set, a field removed, or a feature replaced.
+changes = st.one_of(
+    st.tuples(st.just("set"), st.sampled_from(
+        ["score", "merchant_id", "event_time_ms", "scored_at_ms", "shadow", "reasons", "features",
+         "decision", "x"]), field_values),
+    st.tuples(st.just("drop"), st.sampled_from(["score", "merchant_id", "event_time_ms", "features"]),
+              st.none()),
+    st.tuples(st.just("feature"), st.integers(0, N_FEATURES - 1), values),
+    st.tuples(st.just("features"), st.sampled_from(["short", "subclass", "alias", "huge"]), st.none()),
+)
+
+
+def outcome_of(check, d: object, earlier: tuple[int, ...]) -> object:
+    """What ``check`` says of a copy of ``d`` (it may fill in an earlier layout's features),
+    and the copy after it."""
+    mine = copy.deepcopy(d)
+    try:
+        return check(mine, N_FEATURES, earlier) is mine, mine
+    except Exception as exc:  # noqa: BLE001 - the reason and message are compared
+        return type(exc).__name__, getattr(exc, "reason", None), str(exc)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(changes, max_size=4), st.integers(0, 5),
+       st.sampled_from([(), (N_FEATURES - 1,), (N_FEATURES - 3, N_FEATURES - 1)]))
+@example([], 0, ())
+@example([("set", "shadow", None)], 0, ())
+@example([("features", "huge", None)], 0, ())
+@example([("features", "alias", None)], 0, ())
+@example([("features", "short", None)], 0, (N_FEATURES - 1,))
+def test_the_quick_decision_check_decides_as_the_reference(edits, seed, earlier):
+    d: dict = {k: v for k, v in decisions_for(6, seed)[f"t-{seed}"].items() if k != "shadow"}
+    for kind, key, value in edits:
+        if kind == "set":
+            d[key] = value
+        elif kind == "drop":
+            d.pop(key, None)
+        elif kind == "feature" and isinstance(d.get("features"), list) and key < len(d["features"]):
+            d["features"] = [*d["features"][:key], value, *d["features"][key + 1:]]
+        elif kind == "features" and isinstance(d.get("features"), list):
+            f = d["features"]
+            d["features"] = {"short": f[:-1], "subclass": Listed(f), "huge": [MAX_FEATURE / 2] * len(f),
+                             "alias": f}[key]
+            if key == "alias":
+                d["copy"] = f  # the same list twice
+    expected = outcome_of(check_decision_reference, d, earlier)
+    assert outcome_of(check_decision, d, earlier) == expected
+    if _plainly_fit(d, N_FEATURES):
+        assert expected == (True, d)
+
+
+def test_an_approval_as_the_scorer_writes_it_is_plainly_fit():
+    d = {k: v for k, v in decisions_for(1, 0)["t-0"].items() if k != "shadow"}
+    assert _plainly_fit(d, N_FEATURES)
+    assert not _plainly_fit({**d, "reasons": [{"feature": "amount"}]}, N_FEATURES)
+    assert check_decision({**d, "reasons": [{"feature": "amount"}]}, N_FEATURES)["reasons"]
 
 
 steps_in = st.lists(st.tuples(
