@@ -35,22 +35,40 @@ from flagstream.features.layout import AREA_COUNT, AREA_MEMORY, AREA_X, AREA_Y
 
 
 @njit(inline="always")
-def card_distance(row, x, y, home_x, home_y):
-    """Distance from ``(x, y)`` to the card's usual area (or its holder's ``(home_x,
-    home_y)`` while it has none), 0 when unknown; then ``(x, y)`` joins the area. Absent
-    coordinates are NaN (a pair is used whole or not at all)."""
+def area_step(n, centre_x, centre_y, x, y, home_x, home_y):
+    """One location against an area of ``n`` located transactions centred at
+    ``(centre_x, centre_y)``: ``(distance, n, centre_x, centre_y)`` after it joins. The
+    distance is from the centre (from the holder's ``(home_x, home_y)`` while ``n`` is 0),
+    0 when unknown. Absent coordinates are NaN (a pair is used whole or not at all). Plain
+    Python as ``area_step.py_func`` (the bench's per-event agent calls it so).
+
+    >>> area_step.py_func(0.0, 0.0, 0.0, 3.0, 4.0, 0.0, 0.0)
+    (5.0, 1.0, 3.0, 4.0)
+    """
     if math.isnan(x) or math.isnan(y):
-        return 0.0
-    n = row[AREA_COUNT]
+        return 0.0, n, centre_x, centre_y
     if n > 0:
-        distance = math.hypot(x - row[AREA_X], y - row[AREA_Y])
+        dx, dy = x - centre_x, y - centre_y
     elif not (math.isnan(home_x) or math.isnan(home_y)):
-        distance = math.hypot(x - home_x, y - home_y)
+        dx, dy = x - home_x, y - home_y
     else:
-        distance = 0.0
+        dx, dy = 0.0, 0.0
+    # (a square root of a sum, not math.hypot: Numba's and Python's hypot can differ in the
+    # last bit, and the bench's per-event agent must give the same values; coordinates are
+    # within ±1e6, so the squares cannot overflow)
+    distance = math.sqrt(dx * dx + dy * dy)
     n += 1.0
     step = 1.0 / min(n, AREA_MEMORY)
-    row[AREA_X] += (x - row[AREA_X]) * step
-    row[AREA_Y] += (y - row[AREA_Y]) * step
+    return distance, n, centre_x + (x - centre_x) * step, centre_y + (y - centre_y) * step
+
+
+@njit(inline="always")
+def card_distance(row, x, y, home_x, home_y):
+    """:func:`area_step` on the account row's area fields, which it updates; returns the
+    distance."""
+    distance, n, centre_x, centre_y = area_step(
+        row[AREA_COUNT], row[AREA_X], row[AREA_Y], x, y, home_x, home_y)
     row[AREA_COUNT] = n
+    row[AREA_X] = centre_x
+    row[AREA_Y] = centre_y
     return distance

@@ -40,7 +40,6 @@ import numpy as np
 from flagstream.codec import decode_object, dumps, loads
 from flagstream.errors import InvalidRecord
 from flagstream.features.layout import (
-    AREA_MEMORY,
     DAY_MS,
     DISTINCT_WINDOW_MS,
     FEATURE_NAMES,
@@ -59,6 +58,7 @@ from flagstream.features.layout import (
     SMALL_WINDOW_MS,
     VELOCITY_WINDOWS_MS,
 )
+from flagstream.features.location import area_step
 from flagstream.scoring.handle import model_from_state
 from flagstream.scoring.reasons import explain
 from flagstream.sinks.dead_letter import dead_letter, headers
@@ -110,20 +110,11 @@ class NaiveAccount:
         self.large = 0.0  # the last transaction's earlier large amounts in 14 days
 
     def distance(self, x: float, y: float, home_x: float, home_y: float) -> float:
-        """Distance from the usual area (the holder's address before there is one; 0 when
-        unknown); then the location joins the area."""
-        if math.isnan(x) or math.isnan(y):
-            return 0.0
-        n, cx, cy = self.area
-        if n > 0:
-            distance = math.hypot(x - cx, y - cy)
-        elif not (math.isnan(home_x) or math.isnan(home_y)):
-            distance = math.hypot(x - home_x, y - home_y)
-        else:
-            distance = 0.0
-        n += 1.0
-        step = 1.0 / min(n, AREA_MEMORY)
-        self.area = [n, cx + (x - cx) * step, cy + (y - cy) * step]
+        """Distance from the usual area (the kernel's step, in plain Python); then the
+        location joins the area."""
+        n, centre_x, centre_y = self.area
+        distance, n, centre_x, centre_y = area_step.py_func(n, centre_x, centre_y, x, y, home_x, home_y)
+        self.area = [n, centre_x, centre_y]
         return distance
 
     def velocity(self, ts: int, amount: float, merchant: str) -> list[float]:
