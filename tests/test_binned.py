@@ -29,10 +29,10 @@ values = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False)
 
 
 def fresh_arrays(prior: float = 0.01) -> list[np.ndarray]:
-    """count, means, m2, slopes, steps, bias, slope_g2, step_g2, bias_g2 of a new model."""
+    """count, means, m2, support, slopes, steps, bias, slope_g2, step_g2, bias_g2 of a new model."""
     m = BinnedLogistic(prior=prior)
-    return [a.copy() for a in (m.count, m.means, m.m2, m.slopes, m.steps, m.bias, m.slope_g2,
-                               m.step_g2, m.bias_g2)]
+    return [a.copy() for a in (m.count, m.means, m.m2, m.support, m.slopes, m.steps, m.bias,
+                               m.slope_g2, m.step_g2, m.bias_g2)]
 
 
 @settings(max_examples=120, deadline=None)
@@ -42,16 +42,17 @@ def fresh_arrays(prior: float = 0.01) -> list[np.ndarray]:
     st.sampled_from([0.01, 0.2, 1.0]),
     st.sampled_from([0.0, 0.001]),
     st.booleans(),
+    st.sampled_from([0.0, 3.0, 50.0]),
 )
-def test_numba_learner_matches_the_reference(rows, learning_rate, l2, constant_column):
+def test_numba_learner_matches_the_reference(rows, learning_rate, l2, constant_column, min_support):
     inputs = np.array([r[0] for r in rows], dtype=np.float64)
     if constant_column:
         inputs[:, 3] = 7.0  # a column with no variance: z is 0, never NaN
     labels = np.array([float(r[1]) for r in rows])
     weights = np.array([r[2] for r in rows])
     fast, slow = fresh_arrays(), fresh_arrays()
-    learn_rows(inputs, labels, weights, *fast, BIN_EDGES, learning_rate, l2)
-    learn_rows_reference(inputs, labels, weights, *slow, BIN_EDGES, learning_rate, l2)
+    learn_rows(inputs, labels, weights, *fast, BIN_EDGES, learning_rate, l2, min_support)
+    learn_rows_reference(inputs, labels, weights, *slow, BIN_EDGES, learning_rate, l2, min_support)
     for a, b in zip(fast, slow, strict=True):
         assert np.all(np.isfinite(a))
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
@@ -196,9 +197,10 @@ def test_a_state_stored_before_the_distance_input_loads_and_scores_as_before():
     old = {**state, "inputs": [n for n in INPUT_NAMES if n not in ADDED_INPUTS]}
     for name in ("means", "m2", "slopes", "slope_g2", "steps", "step_g2"):
         old[name] = [v for k, v in enumerate(state[name]) if k not in at]
+    del old["support"]  # a state from then had no support either
     again = BinnedLogistic.from_state(old)
     unlearned = {**state}  # what the stored model was: the same, without the added inputs
-    for name in ("means", "m2", "slopes", "slope_g2", "steps", "step_g2"):
+    for name in ("means", "m2", "support", "slopes", "slope_g2", "steps", "step_g2"):
         unlearned[name] = np.array(state[name])
         unlearned[name][at] = np.array(BinnedLogistic().to_state()[name])[at]
         unlearned[name] = unlearned[name].tolist()
@@ -211,3 +213,46 @@ def test_a_state_stored_before_the_distance_input_loads_and_scores_as_before():
             BinnedLogistic.from_state({**old, "inputs": bad_inputs})
     with pytest.raises(ValueError, match="slopes must have shape"):
         BinnedLogistic.from_state({**old, "slopes": old["slopes"][1:]})
+
+
+def test_an_input_that_only_starts_to_vary_has_no_say_until_labels_show_it():
+    """The demo's day-7 flood: an input at 0 on every label so far, then one label (a reviewed
+    flag, the first to arrive) at 1. Its standard deviation is tiny, so every later transaction
+    at 1 would be hundreds of deviations out, weighted by that one label."""
+    from flagstream.scoring.binned import MIN_SUPPORT
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(1.0, 1.0, size=(5_000, N_FEATURES))
+    x[:, 7] = 0.0
+    y = (rng.random(5_000) < 0.05).astype(np.int8)
+    model = BinnedLogistic()
+    model.learn_many(x, y)
+    x_new = x[:1].copy()
+    x_new[0, 7] = 1.0
+    model.learn_many(x_new, np.array([1]))  # the one label that has it
+    assert model.support[7] == 1
+    traffic = x[:200].copy()
+    traffic[:, 7] = 1.0  # now most transactions have it
+    assert not model.contributions(traffic)[:, 7].any()  # no say
+    before = model.score_batch(traffic)
+    np.testing.assert_allclose(before, model.score_batch(x[:200]))  # the same scores as without it
+
+    # once labels have shown it varying, it is learned and counts
+    varied = x[:int(MIN_SUPPORT) * 4].copy()
+    varied[: len(varied) // 2, 7] = 1.0
+    model.learn_many(varied, (varied[:, 7] > 0).astype(np.int8))
+    assert model.support[7] >= MIN_SUPPORT
+    assert model.contributions(traffic)[:, 7].min() > 0
+    assert model.score_batch(traffic).mean() > 2 * before.mean()
+
+
+def test_a_state_stored_before_support_was_counted_scores_as_it_did():
+    model, x, _ = trained()
+    old = model.to_state()
+    del old["support"]
+    again = BinnedLogistic.from_state(old)
+    assert again.score_batch(x).tolist() == model.score_batch(x).tolist()
+    with pytest.raises(ValueError, match="support must have shape"):
+        BinnedLogistic.from_state({**model.to_state(), "support": [1.0]})
+    with pytest.raises(ValueError, match="count, support and squared deviations"):
+        BinnedLogistic.from_state({**model.to_state(), "support": [-1.0] * N_INPUTS})
