@@ -109,5 +109,5 @@ def test_old_versions_are_pruned_after_the_same_steps_as_when_listed_every_step(
     monkeypatch.setenv("FLAGSTREAM_MODEL_KEEP_VERSIONS", "1")
     quick, listed = versions_after_each_step(stream_path, None), versions_after_each_step(stream_path, Huge())
     assert quick == listed
-    sizes = [len(v) for v in quick]
-    assert any(b < a for a, b in zip(sizes, sizes[1:], strict=False))  # some were pruned
+    ever = set().union(*map(set, quick))
+    assert len(ever) > max(len(v) for v in quick)  # some were pruned
