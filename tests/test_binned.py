@@ -214,7 +214,8 @@ def test_a_pair_learns_an_interaction_that_no_sum_of_steps_can():
     model.learn_many(x, y)
     test_x, test_y = xor_rows(4_000, seed=2)
     assert roc_auc(test_y, model.score_batch(test_x)) > 0.9
-    additive = BinnedLogistic.from_state({**model.to_state(), "pair_steps": BinnedLogistic().to_state()["pair_steps"]})
+    unlearned = BinnedLogistic().to_state()["pair_steps"]
+    additive = BinnedLogistic.from_state({**model.to_state(), "pair_steps": unlearned})
     assert roc_auc(test_y, additive.score_batch(test_x)) < 0.65  # the same model without its pairs
     # the pair's term, split between its two inputs, is what explains a flag
     from flagstream.scoring.linear import INPUT_NAMES
@@ -235,7 +236,8 @@ def test_a_state_stored_before_pairs_loads_with_them_unlearned_and_scores_as_bef
     for field in ("pairs", "pair_edges", "pair_steps", "pair_g2"):
         del old[field]
     inputs, _ = model._terms(x)  # each input's term
-    before = 1.0 / (1.0 + np.exp(-np.clip(inputs.sum(axis=1) + model.bias[0], -50, 50)))  # the model without pairs
+    # the model as it scored before pairs
+    before = 1.0 / (1.0 + np.exp(-np.clip(inputs.sum(axis=1) + model.bias[0], -50, 50)))
     again = BinnedLogistic.from_state(old)
     assert not np.array_equal(again.score_batch(x), model.score_batch(x))  # the pairs had a say
     assert not again.pair_steps.any() and np.all(again.pair_g2 == BinnedLogistic().pair_g2)
