@@ -321,7 +321,7 @@ def _with_added_inputs(state: dict[str, Any]) -> dict[str, Any]:
 
     >>> old = {**BinnedLogistic().to_state(), "slopes": [1.0] * N_INPUTS}
     >>> at = INPUT_NAMES.index("distance_from_usual_area")
-    >>> for name in ("inputs", "means", "m2", "slopes", "steps", "slope_g2", "step_g2"):
+    >>> for name in ("inputs", "means", "m2", "support", "slopes", "steps", "slope_g2", "step_g2"):
     ...     del old[name][at]
     >>> model = BinnedLogistic.from_state(old)
     >>> float(model.slopes[at]), float(model.slopes[at - 1]), float(model.step_g2[at, 0]) == ADAGRAD_EPS
