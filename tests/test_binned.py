@@ -280,8 +280,11 @@ def test_a_state_stored_before_the_distance_input_loads_and_scores_as_before():
     for name in ("means", "m2", "slopes", "slope_g2", "steps", "step_g2"):
         old[name] = [v for k, v in enumerate(state[name]) if k not in at]
     del old["support"]  # a state from then had no support either
+    for name in ("pairs", "pair_edges", "pair_steps", "pair_g2"):
+        del old[name]  # nor pairs
     again = BinnedLogistic.from_state(old)
-    unlearned = {**state}  # what the stored model was: the same, without the added inputs
+    # what the stored model was: the same, without the added inputs and the pairs
+    unlearned = {**state, **{k: v for k, v in BinnedLogistic().to_state().items() if k.startswith("pair")}}
     for name in ("means", "m2", "support", "slopes", "slope_g2", "steps", "step_g2"):
         unlearned[name] = np.array(state[name])
         unlearned[name][at] = np.array(BinnedLogistic().to_state()[name])[at]
