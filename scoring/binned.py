@@ -5,27 +5,36 @@ with no purchase in a week and one with twenty are both unusual, a merchant's fr
 share matters above a level and not below it. This model keeps the linear term and adds
 one learned weight per *bin* of each input, so each input's effect on the logit is a
 free step function plus a slope (a generalised additive model), learned online from the
-same delayed labels, one label at a time.
+same delayed labels, one label at a time. A sum of per-input steps cannot say "a large
+amount for *this card*, on a card that has just made large purchases": for a few pairs of
+inputs (:data:`PAIRS`) it also learns a coarse 2-D step function, one weight per cell of
+the two inputs' :data:`PAIR_EDGES` bins (a GA²M: the additive model plus pairwise terms).
 
 Inputs are the linear model's (:func:`flagstream.scoring.linear.transform`), standardised
 with running statistics (Welford: mean and sum of squared deviations, one count for all
 inputs since every label carries every input). An input counts only once labels have shown
-it varying (:data:`MIN_SUPPORT`); until then its ``z`` is 0. A standardised value ``z`` falls into one
-of ``len(BIN_EDGES) + 1`` bins: bin ``i`` holds ``BIN_EDGES[i-1] < z <= BIN_EDGES[i]``.
-Each step is AdaGrad (a per-weight step size that shrinks with the squared gradients that
-weight has seen): a rare bin, touched by few labels, still learns at full speed, where
+it varying (:data:`flagstream.scoring.linear.MIN_SUPPORT`); until then its ``z`` is 0. A
+standardised value ``z`` falls into one of ``len(BIN_EDGES) + 1`` bins: bin ``i`` holds
+``BIN_EDGES[i-1] < z <= BIN_EDGES[i]``. Each step is AdaGrad (a per-weight step size that
+shrinks with the squared gradients that weight has seen): a rare bin, touched by few labels, still learns at full speed, where
 one global rate (plain SGD) would have to choose between the common and the rare ones.
 
-Learning (:func:`learn_rows`) is a Numba kernel over a batch of labelled rows, in order,
-exactly as one label at a time would be; :func:`learn_rows_reference` is the same in
-plain Python, and ``tests/test_binned.py`` checks they agree. Scoring a batch is numpy
-(one gather per input), no per-event call.
+Learning (:func:`flagstream.scoring.binned_kernel.learn_rows`) is a Numba kernel over a
+batch of labelled rows, in order, exactly as one label at a time would be; its pure-Python
+reference is in the same module, and ``tests/test_binned.py`` checks they agree. Scoring a
+batch is numpy (one gather per input and one per pair), no per-event call.
 
-Measured (issue #13, reference stream; the backtest ``--model binned`` against the
-default linear champion): see the README's detection table.
+Measured (issue #13; the backtest ``--model binned`` against the default linear champion):
+see the README's detection table. The pairs (``flagstream compare-batch``, test week
+2018-08-08..14): average precision 0.657 -> 0.679 on the extended stream (the batch
+gradient-boosted model: 0.684), 0.704 -> 0.715 on the reference one (0.687 -> 0.702 and
+0.658 -> 0.666 on seeds 1 and 2). Costs (``python -m flagstream.perf.binned_cost``):
+scoring 1.28 -> 1.44 µs an event in batches of 2,000, learning 2.08 -> 2.18 µs a label in
+batches of 500 and 18.9 -> 20.0 µs one at a time.
 
-Memory: ``n_inputs * (2 * n_bins + 5) + 4`` floats (34 inputs, 14 bins: 1,126 floats, 9 KB),
-whatever the traffic; the state is plain JSON (never pickle).
+Memory: ``n_inputs * (2 * n_bins + 5) + 2 * n_pairs * pair_bins ** 2 + 4`` floats (34 inputs,
+14 bins, 3 pairs of 7 x 7 cells: 1,420 floats, 11 KB), whatever the traffic; the state is
+plain JSON (never pickle).
 
 >>> import numpy as np
 >>> from flagstream.features.layout import N_FEATURES
@@ -47,120 +56,46 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numba
 import numpy as np
 
 from flagstream.features.layout import N_FEATURES
-from flagstream.scoring.linear import INPUT_NAMES, MAX_STATISTIC, transform
+from flagstream.scoring.binned_kernel import Z_LIMIT, learn_rows
+from flagstream.scoring.linear import INPUT_NAMES, MAX_STATISTIC, MIN_SUPPORT, SUPPORT_Z, transform
 
 #: Edges of the bins on the standardised input (a bin per ``(edge[i-1], edge[i]]``).
 #: Finer near the mean, where most traffic is, and open at both ends.
 BIN_EDGES = np.array([-2.0, -1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0])
 N_INPUTS = len(INPUT_NAMES)
 N_BINS = len(BIN_EDGES) + 1
-#: Standardised inputs are clipped to ±this: beyond it a value says nothing more, and a
-#: bounded ``z`` keeps every term, and so every score, finite whatever a loaded state holds.
-Z_LIMIT = 1e3
 #: AdaGrad's starting sum of squared gradients (keeps the first step finite).
 ADAGRAD_EPS = 1e-8
-#: Labels an input must have shown away from its mean (more than one standard deviation)
-#: before it counts: until then its standardised value is 0 (no term, nothing learned
-#: for it). Without it, an input that starts to vary while most labels still lag behind
-#: (the merchant windows fill on day 7; unflagged transactions are labelled days later) is
-#: scaled and weighted by the one label that arrived first: in the demo's stream a
-#: reviewed flag gave a standard deviation of 0.005, every transaction at a merchant with
-#: any history a z of 200, and the review queue a day of 116 flags, 109 false. 50 was the
-#: best of 0, 50, 200 and 500 on the demo's stream and no worse on the reference one.
-MIN_SUPPORT = 50.0
 _AMOUNT = INPUT_NAMES.index("amount")
 #: The bin a standardised value of 0 (the input's mean) falls into: contributions are
 #: measured from there, so an average input explains nothing.
 _MEAN_BIN = int(np.searchsorted(BIN_EDGES, 0.0, side="left"))
-
-
-@numba.njit(cache=True, nogil=True)
-def _bin(z: float, edges: np.ndarray) -> int:
-    i = 0
-    while i < edges.shape[0] and z > edges[i]:
-        i += 1
-    return i
-
-
-@numba.njit(cache=True, nogil=True)
-def learn_rows(inputs: np.ndarray, labels: np.ndarray, sample_weights: np.ndarray,
-               count: np.ndarray, means: np.ndarray, m2: np.ndarray, support: np.ndarray,
-               slopes: np.ndarray, steps: np.ndarray, bias: np.ndarray,
-               slope_g2: np.ndarray, step_g2: np.ndarray, bias_g2: np.ndarray,
-               edges: np.ndarray, learning_rate: float, l2: float, min_support: float) -> None:
-    """Learn ``inputs`` (n, k) row by row, in place (see the module docstring).
-
-    ``count``, ``bias`` and ``bias_g2`` are length-1 arrays (so they update in place).
-    """
-    n, k = inputs.shape
-    z = np.empty(k)
-    bins = np.empty(k, np.int64)
-    for r in range(n):
-        count[0] += 1.0
-        c = count[0]
-        logit = bias[0]
-        for j in range(k):
-            x = inputs[r, j]
-            delta = x - means[j]
-            means[j] += delta / c
-            m2[j] += delta * (x - means[j])
-            var = m2[j] / c
-            z[j] = min(max((x - means[j]) / math.sqrt(var), -Z_LIMIT), Z_LIMIT) if var > 0.0 else 0.0
-            if abs(z[j]) > 1.0:
-                support[j] += 1.0
-            if support[j] < min_support:
-                z[j] = 0.0
-            bins[j] = _bin(z[j], edges)
-            logit += slopes[j] * z[j] + steps[j, bins[j]]
-        logit = min(max(logit, -50.0), 50.0)
-        g = (1.0 / (1.0 + math.exp(-logit)) - labels[r]) * sample_weights[r]
-        bias_g2[0] += g * g
-        bias[0] -= learning_rate * g / math.sqrt(bias_g2[0])
-        for j in range(k):
-            gs = g * z[j] + l2 * slopes[j]
-            slope_g2[j] += gs * gs
-            slopes[j] -= learning_rate * gs / math.sqrt(slope_g2[j])
-            b = bins[j]
-            step_g2[j, b] += g * g
-            steps[j, b] -= learning_rate * g / math.sqrt(step_g2[j, b])
-
-
-def learn_rows_reference(inputs: np.ndarray, labels: np.ndarray, sample_weights: np.ndarray,
-                         count: np.ndarray, means: np.ndarray, m2: np.ndarray,
-                         support: np.ndarray, slopes: np.ndarray, steps: np.ndarray,
-                         bias: np.ndarray, slope_g2: np.ndarray, step_g2: np.ndarray,
-                         bias_g2: np.ndarray, edges: np.ndarray, learning_rate: float, l2: float,
-                         min_support: float) -> None:
-    """:func:`learn_rows` in plain Python, one row and one input at a time (for tests)."""
-    for row, label, weight in zip(inputs.tolist(), labels.tolist(), sample_weights.tolist(), strict=True):
-        count[0] += 1.0
-        zs, bins = [], []
-        for j, x in enumerate(row):
-            old = float(means[j])
-            means[j] = old + (x - old) / count[0]
-            m2[j] = m2[j] + (x - old) * (x - means[j])
-            var = m2[j] / count[0]
-            z = min(max((x - means[j]) / math.sqrt(var), -Z_LIMIT), Z_LIMIT) if var > 0 else 0.0
-            support[j] = support[j] + (abs(z) > 1.0)
-            zs.append(z if support[j] >= min_support else 0.0)
-            bins.append(sum(1 for e in edges.tolist() if zs[-1] > e))
-        logit = float(bias[0])
-        for j in range(len(row)):
-            logit += float(slopes[j]) * zs[j] + float(steps[j, bins[j]])
-        logit = min(max(logit, -50.0), 50.0)
-        g = (1.0 / (1.0 + math.exp(-logit)) - label) * weight
-        bias_g2[0] += g * g
-        bias[0] -= learning_rate * g / math.sqrt(bias_g2[0])
-        for j in range(len(row)):
-            gs = g * zs[j] + l2 * slopes[j]
-            slope_g2[j] += gs * gs
-            slopes[j] -= learning_rate * gs / math.sqrt(slope_g2[j])
-            step_g2[j, bins[j]] += g * g
-            steps[j, bins[j]] -= learning_rate * g / math.sqrt(step_g2[j, bins[j]])
+#: Input pairs with a learned 2-D term. Chosen by FAST (Lou et al. 2013, the GA²M paper's
+#: pair ranking) on the extended stream's training weeks (2018-06-13..07-24, stored feature
+#: vectors): for every pair of the 29 features, how much a table of one Newton step per
+#: cell fitted to the live binned model's residual beats the better of the two 1-D tables;
+#: greedily, refitting after each pick, and kept while the fitted tables lowered the log loss
+#: of the held-out week 2018-07-25..31 (0.0494 -> 0.0482, 0.0474, 0.0466; a fourth pair
+#: 0.0464, within noise). The first is issue #13's scenario 3 (a compromised card spends
+#: far above its own mean after recent large purchases); the merchant pairs say that a fraud
+#: share means more at a merchant with many transactions. Inputs are referred to by name.
+PAIRS = (
+    ("amount_to_card_mean", "card_large_amounts_14d"),
+    ("merchant_count_7d", "merchant_fraud_rate_7d"),
+    ("merchant_count_30d", "merchant_fraud_rate_30d"),
+)
+#: Coarse bins of each pair axis on the standardised input (7 per axis, 49 cells a pair):
+#: open upward, where the heavy-tailed inputs (fraud shares, counts of large purchases)
+#: carry their risk; of the edges tried on the held-out week (``-1,0,1,2``,
+#: ``-1,-0.5,0.5,1,2`` and these) these fitted best.
+PAIR_EDGES = np.array([-1.5, -0.5, 0.5, 1.5, 3.0, 5.0])
+N_PAIRS = len(PAIRS)
+N_PAIR_BINS = len(PAIR_EDGES) + 1
+_PAIR_AT = np.array([[INPUT_NAMES.index(a), INPUT_NAMES.index(b)] for a, b in PAIRS], dtype=np.int64)
+_PAIR_MEAN_BIN = int(np.searchsorted(PAIR_EDGES, 0.0, side="left"))
 
 
 class BinnedLogistic:
@@ -200,6 +135,8 @@ class BinnedLogistic:
         self.slope_g2 = np.full(N_INPUTS, ADAGRAD_EPS)
         self.step_g2 = np.full((N_INPUTS, N_BINS), ADAGRAD_EPS)
         self.bias_g2 = np.array([ADAGRAD_EPS])
+        self.pair_steps = np.zeros((N_PAIRS, N_PAIR_BINS, N_PAIR_BINS))
+        self.pair_g2 = np.full((N_PAIRS, N_PAIR_BINS, N_PAIR_BINS), ADAGRAD_EPS)
 
     # --- learning -------------------------------------------------------------
     def learn_many(self, matrix: np.ndarray, labels: np.ndarray) -> None:
@@ -211,7 +148,8 @@ class BinnedLogistic:
         weights = np.where(y > 0, self.fraud_weight, 1.0)
         learn_rows(inputs, y, weights, self.count, self.means, self.m2, self.support, self.slopes,
                    self.steps, self.bias, self.slope_g2, self.step_g2, self.bias_g2, BIN_EDGES,
-                   self.learning_rate, self.l2, MIN_SUPPORT)
+                   self.learning_rate, self.l2, MIN_SUPPORT, SUPPORT_Z, _PAIR_AT, PAIR_EDGES, self.pair_steps,
+                   self.pair_g2)
         self.n_learned += len(y)
 
     def learn_one(self, features: np.ndarray, label: int) -> None:
@@ -228,40 +166,67 @@ class BinnedLogistic:
         """
         inputs = transform(np.asarray(features, dtype=np.float64).reshape(1, -1))[0].tolist()
         count, edges = float(self.count[0]), BIN_EDGES.tolist()
-        logit = float(self.bias[0])
+        logit, zs = float(self.bias[0]), []
         for j, x in enumerate(inputs):
             var = float(self.m2[j]) / count if count > 0 else 0.0
             known = var > 0 and float(self.support[j]) >= MIN_SUPPORT
             z = min(max((x - float(self.means[j])) / math.sqrt(var), -Z_LIMIT), Z_LIMIT) if known else 0.0
             logit += float(self.slopes[j]) * z + float(self.steps[j, sum(1 for e in edges if z > e)])
+            zs.append(z)
+        pair_edges = PAIR_EDGES.tolist()
+        cells = [[sum(1 for e in pair_edges if zs[j] > e) for j in at] for at in _PAIR_AT.tolist()]
+        for p, (a, b) in enumerate(cells):
+            logit += float(self.pair_steps[p, a, b])
         return 1.0 / (1.0 + math.exp(-min(max(logit, -50.0), 50.0)))
 
-    def _standardised(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _terms(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each input's term of the logit, (n, N_INPUTS), and each pair's, (n, N_PAIRS)."""
         var = self.m2 / self.count[0] if self.count[0] > 0 else np.zeros(N_INPUTS)
         known = (var > 0) & (self.support >= MIN_SUPPORT)
         inv_std = np.where(known, 1.0 / np.sqrt(np.where(known, var, 1.0)), 0.0)
         z = np.clip((transform(matrix) - self.means) * inv_std, -Z_LIMIT, Z_LIMIT)
-        return z, np.searchsorted(BIN_EDGES, z, side="left")
+        inputs = self.slopes * z + self.steps[np.arange(N_INPUTS), np.searchsorted(BIN_EDGES, z, side="left")]
+        return inputs, np.searchsorted(PAIR_EDGES, z[:, _PAIR_AT], side="left")
 
-    def _terms(self, matrix: np.ndarray) -> np.ndarray:
-        """Each input's term of the logit, (n, N_INPUTS)."""
-        z, bins = self._standardised(matrix)
-        return self.slopes * z + self.steps[np.arange(N_INPUTS), bins]
+    def _pair_terms(self, cells: np.ndarray) -> np.ndarray:
+        """Each pair's term of the logit, (n, N_PAIRS), from its cells (n, N_PAIRS, 2)."""
+        return self.pair_steps[np.arange(N_PAIRS), cells[:, :, 0], cells[:, :, 1]]
 
     def score_batch(self, matrix: np.ndarray) -> np.ndarray:
         """Fraud probabilities for a (n, N_FEATURES) raw feature matrix."""
         if len(matrix) == 0:
             return np.empty(0)
-        logits = self._terms(matrix).sum(axis=1) + self.bias[0]
+        inputs, cells = self._terms(matrix)
+        logits = inputs.sum(axis=1) + self.bias[0] + self._pair_terms(cells).sum(axis=1)
         return 1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
-        """Per-feature contribution to the logit against an input at its mean, (n, N_FEATURES)
-        (the amount hinges count toward the amount)."""
-        per_input = self._terms(matrix) - self.steps[:, _MEAN_BIN]
+        """Per-feature contribution to the logit against inputs at their means, (n, N_FEATURES).
+
+        The amount hinges count toward the amount. A pair's term, against its cell at both
+        means, is split between its two inputs by their Shapley values: each gets half of
+        what it moves alone (the other at its mean) and half of what it adds to the other,
+        so an input at its mean gets nothing of it. They add up to the logit less
+        :meth:`baseline`, the logit of an input at every mean.
+        """
+        inputs, cells = self._terms(matrix)
+        per_input = inputs - self.steps[:, _MEAN_BIN]
+        both = self._pair_terms(cells)
+        at_mean = np.full_like(cells[:, :, 0], _PAIR_MEAN_BIN)
+        only_a = self._pair_terms(np.stack([cells[:, :, 0], at_mean], axis=2))
+        only_b = self._pair_terms(np.stack([at_mean, cells[:, :, 1]], axis=2))
+        neither = self.pair_steps[:, _PAIR_MEAN_BIN, _PAIR_MEAN_BIN]
+        for p, (a, b) in enumerate(_PAIR_AT.tolist()):
+            per_input[:, a] += (only_a[:, p] - neither[p] + both[:, p] - only_b[:, p]) / 2.0
+            per_input[:, b] += (only_b[:, p] - neither[p] + both[:, p] - only_a[:, p]) / 2.0
         per_feature = per_input[:, :N_FEATURES].copy()
         per_feature[:, _AMOUNT] += per_input[:, N_FEATURES:].sum(axis=1)
         return per_feature
+
+    def baseline(self) -> float:
+        """The logit of an input at every mean (what :meth:`contributions` are measured from)."""
+        return float(self.bias[0] + self.steps[:, _MEAN_BIN].sum()
+                     + self.pair_steps[:, _PAIR_MEAN_BIN, _PAIR_MEAN_BIN].sum())
 
     # --- state (JSON, never pickle) --------------------------------------------
     def to_state(self) -> dict[str, Any]:
@@ -273,6 +238,8 @@ class BinnedLogistic:
             "n_learned": self.n_learned,
             "inputs": list(INPUT_NAMES),
             "bin_edges": BIN_EDGES.tolist(),
+            "pairs": [list(pair) for pair in PAIRS],
+            "pair_edges": PAIR_EDGES.tolist(),
             **{name: getattr(self, name).tolist() for name in _ARRAYS},
         }
 
@@ -289,6 +256,9 @@ class BinnedLogistic:
         if not isinstance(state, dict) or state.get("kind") != cls.kind:
             kind = state.get("kind") if isinstance(state, dict) else None
             raise ValueError(f"not a {cls.kind} model state: {kind!r}")
+        if not _PAIR_KEYS & set(state):
+            # stored before pairs: they start unlearned (all 0), so it scores as it did
+            state = {**state, **_unlearned_pairs()}
         if set(state) == _STATE_KEYS - {"support"}:
             # stored before inputs needed support: every input it has counts, as it did then
             stored = state["inputs"] if isinstance(state["inputs"], list) else INPUT_NAMES
@@ -297,6 +267,8 @@ class BinnedLogistic:
             raise ValueError(f"model state: expected fields {sorted(_STATE_KEYS)}")
         if state["bin_edges"] != BIN_EDGES.tolist():
             raise ValueError("model state: made for other inputs or bins")
+        if state["pairs"] != [list(pair) for pair in PAIRS] or state["pair_edges"] != PAIR_EDGES.tolist():
+            raise ValueError("model state: made for other input pairs or pair bins")
         if state["inputs"] != list(INPUT_NAMES):
             state = _with_added_inputs(state)
         params = state["params"]
@@ -322,7 +294,8 @@ class BinnedLogistic:
             setattr(model, name, value)
         if model.count[0] < 0 or np.any(model.m2 < 0) or np.any(model.support < 0):
             raise ValueError("model state: count, support and squared deviations must be >= 0")
-        if np.any(model.slope_g2 <= 0) or np.any(model.step_g2 <= 0) or model.bias_g2[0] <= 0:
+        if (np.any(model.slope_g2 <= 0) or np.any(model.step_g2 <= 0) or model.bias_g2[0] <= 0
+                or np.any(model.pair_g2 <= 0)):
             raise ValueError("model state: AdaGrad sums must be > 0")
         return model
 
@@ -375,9 +348,19 @@ _ARRAYS: dict[str, tuple[int, ...]] = {
     "slopes": (N_INPUTS,),
     "steps": (N_INPUTS, N_BINS), "bias": (1,), "slope_g2": (N_INPUTS,),
     "step_g2": (N_INPUTS, N_BINS), "bias_g2": (1,),
+    "pair_steps": (N_PAIRS, N_PAIR_BINS, N_PAIR_BINS), "pair_g2": (N_PAIRS, N_PAIR_BINS, N_PAIR_BINS),
 }
 _PARAMS = frozenset({"learning_rate", "l2", "fraud_weight", "prior", "seed"})
-_STATE_KEYS = frozenset({"kind", "params", "n_learned", "inputs", "bin_edges", *_ARRAYS})
+_STATE_KEYS = frozenset({"kind", "params", "n_learned", "inputs", "bin_edges", "pairs", "pair_edges",
+                         *_ARRAYS})
+#: The fields pairs added to the state: a state has all of them or (stored before) none.
+_PAIR_KEYS = frozenset({"pairs", "pair_edges", "pair_steps", "pair_g2"})
+
+
+def _unlearned_pairs() -> dict[str, Any]:
+    shape = (N_PAIRS, N_PAIR_BINS, N_PAIR_BINS)
+    return {"pairs": [list(pair) for pair in PAIRS], "pair_edges": PAIR_EDGES.tolist(),
+            "pair_steps": np.zeros(shape).tolist(), "pair_g2": np.full(shape, ADAGRAD_EPS).tolist()}
 
 
 def _finite(value: Any, what: str, low: float | None = None) -> float:

@@ -13,14 +13,17 @@ from flagstream.errors import ConfigurationError
 from flagstream.evaluation.detection_metrics import roc_auc
 from flagstream.features.layout import N_FEATURES
 from flagstream.scoring.binned import (
-    _MEAN_BIN,
+    _PAIR_AT,
     BIN_EDGES,
     N_BINS,
     N_INPUTS,
+    N_PAIR_BINS,
+    N_PAIRS,
+    PAIR_EDGES,
+    PAIRS,
     BinnedLogistic,
-    learn_rows,
-    learn_rows_reference,
 )
+from flagstream.scoring.binned_kernel import learn_rows, learn_rows_reference
 from flagstream.scoring.handle import ModelHandle, model_from_state
 from flagstream.scoring.linear import LinearChampion
 from flagstream.streams.config import Settings
@@ -35,6 +38,15 @@ def fresh_arrays(prior: float = 0.01) -> list[np.ndarray]:
                                m.slope_g2, m.step_g2, m.bias_g2)]
 
 
+def fresh_pairs() -> list[np.ndarray]:
+    m = BinnedLogistic()
+    return [m.pair_steps.copy(), m.pair_g2.copy()]
+
+
+#: Pairs for the comparison: the model's, plus one sharing an input and one of an input with itself.
+TEST_PAIRS = np.vstack([_PAIR_AT, [[3, _PAIR_AT[0, 0]], [5, 5]]])
+
+
 @settings(max_examples=120, deadline=None)
 @given(
     st.lists(st.tuples(st.lists(values, min_size=N_INPUTS, max_size=N_INPUTS), st.booleans(),
@@ -43,17 +55,24 @@ def fresh_arrays(prior: float = 0.01) -> list[np.ndarray]:
     st.sampled_from([0.0, 0.001]),
     st.booleans(),
     st.sampled_from([0.0, 3.0, 50.0]),
+    st.sampled_from([0.5, 1.0]),
 )
-def test_numba_learner_matches_the_reference(rows, learning_rate, l2, constant_column, min_support):
+def test_numba_learner_matches_the_reference(rows, learning_rate, l2, constant_column, min_support,
+                                             support_z):
     inputs = np.array([r[0] for r in rows], dtype=np.float64)
     if constant_column:
         inputs[:, 3] = 7.0  # a column with no variance: z is 0, never NaN
     labels = np.array([float(r[1]) for r in rows])
     weights = np.array([r[2] for r in rows])
+    shape = (len(TEST_PAIRS), N_PAIR_BINS, N_PAIR_BINS)
+    fast_pairs, slow_pairs = ([np.zeros(shape), np.full(shape, 1e-8)] for _ in range(2))
     fast, slow = fresh_arrays(), fresh_arrays()
-    learn_rows(inputs, labels, weights, *fast, BIN_EDGES, learning_rate, l2, min_support)
-    learn_rows_reference(inputs, labels, weights, *slow, BIN_EDGES, learning_rate, l2, min_support)
-    for a, b in zip(fast, slow, strict=True):
+    learn_rows(inputs, labels, weights, *fast, BIN_EDGES, learning_rate, l2, min_support,
+               support_z, TEST_PAIRS, PAIR_EDGES, *fast_pairs)
+    learn_rows_reference(inputs, labels, weights, *slow, BIN_EDGES, learning_rate, l2, min_support,
+                         support_z, TEST_PAIRS, PAIR_EDGES, *slow_pairs)
+    assert np.count_nonzero(fast_pairs[0]) > 0  # the pairs took part
+    for a, b in zip(fast + fast_pairs, slow + slow_pairs, strict=True):
         assert np.all(np.isfinite(a))
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
@@ -100,8 +119,8 @@ def test_contributions_add_up_to_the_logit_and_name_the_input_that_mattered():
     contributions = model.contributions(x[:50])
     p = model.score_batch(x[:50])
     logits = np.log(p / (1 - p))
-    baseline = model.bias[0] + model.steps[:, _MEAN_BIN].sum()
-    np.testing.assert_allclose(contributions.sum(axis=1) + baseline, logits, rtol=1e-7, atol=1e-7)
+    assert np.abs(model.pair_steps).max() > 0.01  # the pairs have a say in the sum
+    np.testing.assert_allclose(contributions.sum(axis=1) + model.baseline(), logits, rtol=1e-7, atol=1e-7)
     risky = np.array([[3.0] * N_FEATURES])
     risky[0, 2] = 30.0  # far in the risky upper tail of input 2
     assert int(np.argmax(model.contributions(risky)[0])) == 2
@@ -141,6 +160,17 @@ HOSTILE = [
     ("slopes", [10**400] * N_INPUTS),
     ("bias", [[1.0]]),
     ("extra", 1),
+    ("pair_steps", [[[0.0] * N_PAIR_BINS] * N_PAIR_BINS] * (N_PAIRS + 1)),
+    ("pair_steps", [[[float("inf")] * N_PAIR_BINS] * N_PAIR_BINS] * N_PAIRS),
+    ("pair_steps", [[["x"] * N_PAIR_BINS] * N_PAIR_BINS] * N_PAIRS),
+    ("pair_steps", 3.0),
+    ("pair_g2", [[[0.0] * N_PAIR_BINS] * N_PAIR_BINS] * N_PAIRS),
+    ("pair_g2", [[[-1.0] * N_PAIR_BINS] * N_PAIR_BINS] * N_PAIRS),
+    ("pairs", [list(p) for p in PAIRS][::-1]),
+    ("pairs", [["amount", "amount"]] * N_PAIRS),
+    ("pairs", {"a": 1}),
+    ("pair_edges", [0.0]),
+    ("pair_edges", None),
 ]
 
 
@@ -159,11 +189,65 @@ def test_extreme_but_finite_statistics_still_score_finite_probabilities():
     assert np.all(np.isfinite(model.contributions(rows)))
 
 
-def test_a_state_missing_a_field_is_refused():
+@pytest.mark.parametrize("field", ["bias_g2", "pair_g2", "pairs", "pair_steps"])
+def test_a_state_missing_a_field_is_refused(field):
     state = dict(GOOD)
-    del state["bias_g2"]
+    del state[field]  # (a state without any of the pair fields is an older one: see below)
     with pytest.raises(ValueError, match="expected fields"):
         BinnedLogistic.from_state(state)
+
+
+def xor_rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows where fraud is one of the first pair's inputs high but not both: no input alone
+    says anything, so a sum of per-input steps cannot rank them."""
+    from flagstream.scoring.linear import INPUT_NAMES
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(1.0, 1.0, size=(n, N_FEATURES))
+    a, b = (INPUT_NAMES.index(name) for name in PAIRS[0])
+    x[:, [a, b]] = rng.choice([-1.0, 1.0], size=(n, 2)) + rng.normal(0.0, 0.1, size=(n, 2))
+    y = ((x[:, a] > 0) ^ (x[:, b] > 0)).astype(np.int8)
+    return x, y
+
+
+def test_a_pair_learns_an_interaction_that_no_sum_of_steps_can():
+    x, y = xor_rows(20_000, seed=1)
+    model = BinnedLogistic()
+    model.learn_many(x, y)
+    test_x, test_y = xor_rows(4_000, seed=2)
+    assert roc_auc(test_y, model.score_batch(test_x)) > 0.9
+    unlearned = BinnedLogistic().to_state()["pair_steps"]
+    additive = BinnedLogistic.from_state({**model.to_state(), "pair_steps": unlearned})
+    assert roc_auc(test_y, additive.score_batch(test_x)) < 0.65  # the same model without its pairs
+    # the pair's term, split between its two inputs, is what explains a flag
+    from flagstream.scoring.linear import INPUT_NAMES
+
+    a, b = (INPUT_NAMES.index(name) for name in PAIRS[0])
+    risky = test_x[(test_y == 1)][:50]
+    contributions = model.contributions(risky)
+    assert set(np.argsort(-contributions.mean(axis=0))[:2].tolist()) == {a, b}
+    p = model.score_batch(risky)
+    np.testing.assert_allclose(contributions.sum(axis=1) + model.baseline(), np.log(p / (1 - p)), atol=1e-7)
+    assert model.score_batch(test_x[:300]).tolist() == pytest.approx(
+        [model.predict_one(r) for r in test_x[:300]], rel=1e-9)
+
+
+def test_a_state_stored_before_pairs_loads_with_them_unlearned_and_scores_as_before():
+    model, x, y = trained()
+    old = model.to_state()
+    for field in ("pairs", "pair_edges", "pair_steps", "pair_g2"):
+        del old[field]
+    inputs, _ = model._terms(x)  # each input's term
+    # the model as it scored before pairs
+    before = 1.0 / (1.0 + np.exp(-np.clip(inputs.sum(axis=1) + model.bias[0], -50, 50)))
+    again = BinnedLogistic.from_state(old)
+    assert not np.array_equal(again.score_batch(x), model.score_batch(x))  # the pairs had a say
+    assert not again.pair_steps.any() and np.all(again.pair_g2 == BinnedLogistic().pair_g2)
+    assert again.score_batch(x).tolist() == before.tolist()
+    again.learn_many(x, y)  # and they learn from the next labels on
+    assert again.pair_steps.any()
+    with pytest.raises(ValueError, match="expected fields"):  # some pair fields but not all
+        BinnedLogistic.from_state({**old, "pairs": [list(p) for p in PAIRS]})
 
 
 def test_settings_choose_the_starting_champion_and_its_lineage():
@@ -198,8 +282,11 @@ def test_a_state_stored_before_the_distance_input_loads_and_scores_as_before():
     for name in ("means", "m2", "slopes", "slope_g2", "steps", "step_g2"):
         old[name] = [v for k, v in enumerate(state[name]) if k not in at]
     del old["support"]  # a state from then had no support either
+    for name in ("pairs", "pair_edges", "pair_steps", "pair_g2"):
+        del old[name]  # nor pairs
     again = BinnedLogistic.from_state(old)
-    unlearned = {**state}  # what the stored model was: the same, without the added inputs
+    # what the stored model was: the same, without the added inputs and the pairs
+    unlearned = {**state, **{k: v for k, v in BinnedLogistic().to_state().items() if k.startswith("pair")}}
     for name in ("means", "m2", "support", "slopes", "slope_g2", "steps", "step_g2"):
         unlearned[name] = np.array(state[name])
         unlearned[name][at] = np.array(BinnedLogistic().to_state()[name])[at]
@@ -213,46 +300,3 @@ def test_a_state_stored_before_the_distance_input_loads_and_scores_as_before():
             BinnedLogistic.from_state({**old, "inputs": bad_inputs})
     with pytest.raises(ValueError, match="slopes must have shape"):
         BinnedLogistic.from_state({**old, "slopes": old["slopes"][1:]})
-
-
-def test_an_input_that_only_starts_to_vary_has_no_say_until_labels_show_it():
-    """The demo's day-7 flood: an input at 0 on every label so far, then one label (a reviewed
-    flag, the first to arrive) at 1. Its standard deviation is tiny, so every later transaction
-    at 1 would be hundreds of deviations out, weighted by that one label."""
-    from flagstream.scoring.binned import MIN_SUPPORT
-
-    rng = np.random.default_rng(3)
-    x = rng.normal(1.0, 1.0, size=(5_000, N_FEATURES))
-    x[:, 7] = 0.0
-    y = (rng.random(5_000) < 0.05).astype(np.int8)
-    model = BinnedLogistic()
-    model.learn_many(x, y)
-    x_new = x[:1].copy()
-    x_new[0, 7] = 1.0
-    model.learn_many(x_new, np.array([1]))  # the one label that has it
-    assert model.support[7] == 1
-    traffic = x[:200].copy()
-    traffic[:, 7] = 1.0  # now most transactions have it
-    assert not model.contributions(traffic)[:, 7].any()  # no say
-    before = model.score_batch(traffic)
-    np.testing.assert_allclose(before, model.score_batch(x[:200]))  # the same scores as without it
-
-    # once labels have shown it varying, it is learned and counts
-    varied = x[:int(MIN_SUPPORT) * 4].copy()
-    varied[: len(varied) // 2, 7] = 1.0
-    model.learn_many(varied, (varied[:, 7] > 0).astype(np.int8))
-    assert model.support[7] >= MIN_SUPPORT
-    assert model.contributions(traffic)[:, 7].min() > 0
-    assert model.score_batch(traffic).mean() > 2 * before.mean()
-
-
-def test_a_state_stored_before_support_was_counted_scores_as_it_did():
-    model, x, _ = trained()
-    old = model.to_state()
-    del old["support"]
-    again = BinnedLogistic.from_state(old)
-    assert again.score_batch(x).tolist() == model.score_batch(x).tolist()
-    with pytest.raises(ValueError, match="support must have shape"):
-        BinnedLogistic.from_state({**model.to_state(), "support": [1.0]})
-    with pytest.raises(ValueError, match="count, support and squared deviations"):
-        BinnedLogistic.from_state({**model.to_state(), "support": [-1.0] * N_INPUTS})

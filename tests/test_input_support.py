@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from flagstream.features.layout import N_FEATURES
-from flagstream.scoring.binned import BinnedLogistic
+from flagstream.scoring.binned import N_INPUTS, BinnedLogistic
 from flagstream.scoring.linear import MIN_SUPPORT, LinearChampion
 
 FRESH_INPUT = 7  # a feature that only starts to vary (is_ and fraud_rate columns excepted)
@@ -70,8 +70,15 @@ def test_a_state_stored_before_support_scores_as_it_did(kind):
                         else again.support)) >= MIN_SUPPORT
 
 
-def test_a_hostile_support_is_refused():
-    state = LinearChampion().to_state()
-    for bad in ({"amount": -1.0}, {"amount": float("nan")}, {"no_such_input": 1.0}, [1.0]):
+HOSTILE_SUPPORT = {
+    "binned": ([1.0], [-1.0] * N_INPUTS, [float("nan")] * N_INPUTS, "many"),
+    "linear": ({"amount": -1.0}, {"amount": float("nan")}, {"no_such_input": 1.0}, [1.0]),
+}
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_a_hostile_support_is_refused(kind):
+    model = MODELS[kind]()
+    for bad in HOSTILE_SUPPORT[kind]:
         with pytest.raises(ValueError, match="model state"):
-            LinearChampion.from_state({**state, "support": bad})
+            type(model).from_state({**model.to_state(), "support": bad})
