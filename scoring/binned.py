@@ -16,8 +16,9 @@ inputs since every label carries every input). An input counts only once labels 
 it varying (:data:`flagstream.scoring.linear.MIN_SUPPORT`); until then its ``z`` is 0. A
 standardised value ``z`` falls into one of ``len(BIN_EDGES) + 1`` bins: bin ``i`` holds
 ``BIN_EDGES[i-1] < z <= BIN_EDGES[i]``. Each step is AdaGrad (a per-weight step size that
-shrinks with the squared gradients that weight has seen): a rare bin, touched by few labels, still learns at full speed, where
-one global rate (plain SGD) would have to choose between the common and the rare ones.
+shrinks with the squared gradients that weight has seen): a rare bin, touched by few labels,
+still learns at full speed, where one global rate (plain SGD) would have to choose between
+the common and the rare ones.
 
 Learning (:func:`flagstream.scoring.binned_kernel.learn_rows`) is a Numba kernel over a
 batch of labelled rows, in order, exactly as one label at a time would be; its pure-Python
