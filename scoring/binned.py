@@ -27,9 +27,9 @@ batch is numpy (one gather per input and one per pair), no per-event call.
 
 Measured (issue #13; the backtest ``--model binned`` against the default linear champion):
 see the README's detection table. The pairs (``flagstream compare-batch``, test week
-2018-08-08..14): average precision 0.657 -> 0.679 on the extended stream (the batch
-gradient-boosted model: 0.684), 0.704 -> 0.715 on the reference one (0.687 -> 0.702 and
-0.658 -> 0.666 on seeds 1 and 2). Costs (``python -m flagstream.perf.binned_cost``):
+2018-08-08..14): average precision 0.657 -> 0.672 on the extended stream (the batch
+gradient-boosted model: 0.682), 0.704 -> 0.716 on the reference one (0.658 -> 0.664 and
+0.687 -> 0.701 on seeds 1 and 2). Costs (``python -m flagstream.perf.binned_cost``):
 scoring 1.28 -> 1.44 µs an event in batches of 2,000, learning 2.08 -> 2.18 µs a label in
 batches of 500 and 18.9 -> 20.0 µs one at a time.
 
