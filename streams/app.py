@@ -30,6 +30,7 @@ from flagstream.scoring.handle import ModelHandle
 from flagstream.scoring.model_key import ModelKey
 from flagstream.sinks.metrics import PipelineMetrics
 from flagstream.streams import topics as names
+from flagstream.streams.compat.in_loop_consumer import use_in_loop_consumer
 from flagstream.streams.compat.internals import (
     fetch_max_wait,
     idempotent_producers,
@@ -144,6 +145,7 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
     )
     no_builtin_web_views(app)
     fetch_max_wait(app, settings.fetch_max_wait_ms)
+    use_in_loop_consumer(app, settings.consumer_in_loop)
     if settings.producer_idempotence:
         idempotent_producers()
     metrics = PipelineMetrics()

@@ -169,6 +169,9 @@ class Settings:
     #: Hand the scorer whole fetched chunks (:mod:`flagstream.streams.compat.faust_consumer`);
     #: off, it takes events one by one through Faust's own ``noack_take``.
     faust_chunks: bool = True
+    #: Run Faust's Kafka consumer on the worker's event loop instead of a thread of its
+    #: own (:mod:`flagstream.streams.compat.in_loop_consumer`); off, Faust's thread.
+    consumer_in_loop: bool = True
 
     # --- decisions -------------------------------------------------------------------------
     #: Decision threshold used until the operating point has feedback to follow.

@@ -166,13 +166,15 @@ def wait_for_commit(settings, group: str, before: dict[int, int], ends: dict[int
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("chunks", [True, False], ids=["chunks", "faust-per-record"])
-def test_first_start_over_a_preloaded_topic_decides_everything(settings, worker_factory, chunks):
+@pytest.mark.parametrize(("chunks", "in_loop"), [(True, True), (False, True), (True, False)],
+                         ids=["chunks", "faust-per-record", "faust-consumer-thread"])
+def test_first_start_over_a_preloaded_topic_decides_everything(settings, worker_factory, chunks, in_loop):
     """Records already waiting when a new group starts are all scored (none dropped), with the
-    chunked hand-off and with Faust's own per-record path (``FLAGSTREAM_FAUST_CHUNKS=0``)."""
+    chunked hand-off and with Faust's own per-record path (``FLAGSTREAM_FAUST_CHUNKS=0``), and
+    with Faust's consumer in its own thread (``FLAGSTREAM_CONSUMER_IN_LOOP=0``)."""
     records = transactions(20_000)
     asyncio.run(preload(settings, records))
-    worker_factory(role="scorer", faust_chunks=chunks)
+    worker_factory(role="scorer", faust_chunks=chunks, consumer_in_loop=in_loop)
     ids = decided(settings, len(records))
     assert set(ids) == {tx for *_, tx in records}
 

@@ -5,8 +5,9 @@ prefix, partitions, threshold, ...) and consumes its own pre-loaded copy of the 
 
 >>> CONTENDERS["flagstream"].command()[1:5]
 ['-m', 'flagstream.cli', 'worker', '--role']
->>> sorted(CONTENDERS)
-['aiokafka_ceiling', 'api', 'api_2w', 'api_mixed', 'flagstream', 'flagstream_traced', 'naive_faust']
+>>> sorted(CONTENDERS)  # doctest: +NORMALIZE_WHITESPACE
+['aiokafka_ceiling', 'api', 'api_2w', 'api_mixed', 'flagstream', 'flagstream_threaded',
+ 'flagstream_traced', 'naive_faust']
 >>> CONTENDERS["api_2w"].command()[-2:], CONTENDERS["api_2w"].path
 (['--workers', '2'], 'api')
 
@@ -41,6 +42,8 @@ class Contender:
     args: tuple[str, ...] = ()
     about: str = ""
     path: str = "stream"
+    #: Variables set for this contender on top of the shared environment.
+    env: tuple[tuple[str, str], ...] = ()
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", self.module, *self.args]
@@ -51,11 +54,15 @@ class Contender:
         return int(self.args[self.args.index("--workers") + 1]) if "--workers" in self.args else 1
 
 
+_WORKER = ("worker", "--role", "scorer", "--loglevel", "warning")
+
 CONTENDERS = {
     c.name: c
     for c in (
-        Contender("flagstream", "flagstream.cli", ("worker", "--role", "scorer", "--loglevel", "warning"),
-                  "the real worker (scorer role), unchanged"),
+        Contender("flagstream", "flagstream.cli", _WORKER, "the real worker (scorer role), unchanged"),
+        Contender("flagstream_threaded", "flagstream.cli", _WORKER,
+                  "the real worker with Faust's consumer in its own thread (FLAGSTREAM_CONSUMER_IN_LOOP=off)",
+                  env=(("FLAGSTREAM_CONSUMER_IN_LOOP", "off"),)),
         Contender("naive_faust", "flagstream.perf.bench.naive_faust", (),
                   "per-event Faust agent, dict state, River predict_proba_one per event"),
         Contender("aiokafka_ceiling", "flagstream.perf.bench.aiokafka_ceiling", (),
@@ -138,7 +145,8 @@ def start(contender: Contender, settings: Settings, model_path: Path | None, log
     log_path = log_dir / f"{contender.name}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - owned by the child process
     started = time.time()
-    proc = subprocess.Popen(contender.command(), cwd=ROOT, env=environment(settings, model_path),
+    env = environment(settings, model_path) | dict(contender.env)
+    proc = subprocess.Popen(contender.command(), cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     log.close()
     sampler = ProcessSampler(proc.pid)
