@@ -71,6 +71,33 @@ def status_without_token(url: str) -> int:
         return err.code
 
 
+def settled_challenger(settings, lineage: str, quiet_s: float = 2.0) -> dict:
+    """The challenger version to promote, read once the registry has stopped changing.
+
+    The learner publishes what it learned at most every publish interval (0.5 s here) and
+    on its 0.5 s timer: right after it learned the last labels, the registry can still hold
+    versions of both lineages from halfway through, equal in labels. Promoting such a
+    challenger (and rolling back to such a champion) left three to seven days unflagged
+    (a CI failure). Here the newest version of both lineages must stay the same for
+    ``quiet_s`` before :func:`learned_as_much` is asked.
+    """
+    seen: dict[str, object] = {"versions": None, "since": 0.0}
+
+    def check() -> dict | None:
+        view = registry(settings)
+        champion = view.champion
+        versions = ((newest(view, lineage) or {}).get("version"),
+                    (newest(view, champion["lineage"]) or {}).get("version") if champion else None)
+        if versions != seen["versions"]:
+            seen.update(versions=versions, since=time.monotonic())
+            return None
+        if time.monotonic() - float(seen["since"]) < quiet_s:  # type: ignore[arg-type]
+            return None
+        return learned_as_much(view, lineage)
+
+    return wait_until(check, 60, "a challenger version that learned every label the champion did")
+
+
 def learned_as_much(view, lineage: str) -> dict | None:
     """The lineage's newest version once it has learned every label the champion has.
 
@@ -132,8 +159,7 @@ def test_a_fraud_lead_reads_model_health_in_the_browser(settings, worker_factory
 
     desk = Desk(settings, worker)
     desk.days(0, 4)
-    challenger = wait_until(lambda: learned_as_much(registry(settings), "lr-fast"), 60,
-                            "a challenger version that learned every label the champion did")
+    challenger = settled_challenger(settings, "lr-fast")
     code, out, _ = cli(settings, monkeypatch, capsys, "promote", challenger["version"], "--reason",
                        "learns faster on this traffic")
     assert code == 0, out
