@@ -40,30 +40,31 @@ async def call_at_rate(url: str, records: Sequence[Record], rate: float,
     """Call ``POST url`` once per record at ``rate`` per second (open loop: a slow answer
     does not delay the next call); each call's latency in ms by transaction id, how many
     calls ended how (HTTP status, ``fallback``, or the exception's name), and when each
-    call was made (epoch ms)."""
-    import aiohttp
+    call was made (epoch ms). Calls go through :class:`~flagstream.perf.bench.http_load.
+    KeepAliveClient` (aiohttp's client took more CPU than the API it measured)."""
+    import orjson
+
+    from flagstream.perf.bench.http_load import KeepAliveClient
 
     latencies: dict[str, float] = {}
     outcomes: Counter = Counter()
     sent: dict[str, int] = {}
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
-    async def call(session: aiohttp.ClientSession, record: Record) -> None:
+    async def call(client: KeepAliveClient, record: Record) -> None:
         started = time.perf_counter()
         try:
-            async with session.post(url, data=record.value, headers=headers) as resp:
-                body = await resp.json(content_type=None)
-                outcome = "fallback" if resp.status == 200 and body.get("fallback") else str(resp.status)
+            status, answer = await client.post(record.value)
+            fallback = status == 200 and orjson.loads(answer).get("fallback")
         except Exception as exc:  # counted, never raised: the run reports it
             outcomes[type(exc).__name__] += 1
             return
+        outcome = "fallback" if fallback else str(status)
         outcomes[outcome] += 1
         if outcome == "200":
             latencies[record.transaction_id] = (time.perf_counter() - started) * 1000.0
 
-    connector = aiohttp.TCPConnector(limit=256)
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    client = KeepAliveClient(url, key, limit=256, timeout_s=timeout_s)
+    try:
         loop = asyncio.get_running_loop()
         start, i, tasks = loop.time(), 0, []
         while i < len(records):
@@ -71,10 +72,12 @@ async def call_at_rate(url: str, records: Sequence[Record], rate: float,
             now_ms = int(time.time() * 1000)
             while i < due:
                 sent[records[i].transaction_id] = now_ms
-                tasks.append(asyncio.ensure_future(call(session, records[i])))
+                tasks.append(asyncio.ensure_future(call(client, records[i])))
                 i += 1
             await asyncio.sleep(0.001)
         await asyncio.gather(*tasks)
+    finally:
+        await client.close()
     return latencies, outcomes, sent
 
 
