@@ -1,9 +1,9 @@
 """A lean HTTP/1.1 client for the benchmark's API load: keep-alive connections, one call each.
 
 The load generator shares the 2-core machine with the broker, the API and the worker it
-measures. Driven with aiohttp's client, the harness took ~0.7 ms of CPU per call (74% of a
-core at 1,000 calls/s, more than the API process it measured), so the API's latency
-measured the CPU the harness took from it. This client writes pre-built request bytes on
+measures. Driven with aiohttp's client, the harness process took 34% of a core at 1,000
+calls/s (``top``, one run), CPU the API and the worker it measured did not get; with this
+client, 18–20%. It writes pre-built request bytes on
 persistent connections and reads the status line, the headers it needs and the body:
 the same calls, the same caller-side latency (from before the request is written to the
 whole answer read), a fraction of the CPU.
