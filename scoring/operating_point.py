@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 
 from flagstream.features.layout import HOUR_MS
+from flagstream.quick_stats import median
 from flagstream.scoring.policy import ThresholdPolicy
 from flagstream.scoring.score_tally import (
     BINS,
@@ -266,12 +267,12 @@ class OperatingPoint(ThresholdPolicy):
             return super().routes(scores)
         hours = np.asarray(times_ms, dtype=np.int64) // HOUR_MS
         if (hours == hours[0]).all():
-            self.deciding_at(float(np.median(times_ms)) / 1000.0)
+            self.deciding_at(median(times_ms) / 1000.0)
             return super().routes(scores)
         routes = np.empty(len(scores), dtype=object)
         for hour in np.unique(hours):
             part = hours == hour
-            self.deciding_at(float(np.median(times_ms[part])) / 1000.0)
+            self.deciding_at(median(times_ms[part]) / 1000.0)
             routes[part] = super().routes(scores[part])
         return routes
 
@@ -414,7 +415,7 @@ class OperatingPoint(ThresholdPolicy):
             return
         scores = np.array([d["score"] for d in decisions], dtype=np.float64)
         flagged = np.array([d.get("decision") != "approve" for d in decisions])
-        at_ms = float(np.median([d["event_time_ms"] for d in decisions]))
+        at_ms = median([d["event_time_ms"] for d in decisions])
         self.observe_traffic(scores, flagged, at_ms / 1000)
 
     def observe_labelled(self, labelled: list[tuple[dict, int, Any]]) -> Estimate:

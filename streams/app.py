@@ -211,6 +211,8 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
     learns = role in LEARNING_ROLES  # the learner owns the operating point; scorers follow it
     models = ModelSync(models_table, handle, metrics, model_key(settings, role),
                        threshold_follower=None if learns else policy)
+    if not learns:  # only the learner writes the models table: here it changes by replication
+        models.follow_replication()
     return Pipeline(settings, role, app, metrics, handle, core, models, topic_map, tables)
 
 

@@ -16,7 +16,7 @@ scoring with the version it has: nothing here raises on the scoring path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from flagstream.errors import ConfigurationError
@@ -32,6 +32,7 @@ from flagstream.scoring.registry import (
 )
 from flagstream.scoring.snapshots import IntegrityError, unseal
 from flagstream.sinks.metrics import PipelineMetrics
+from flagstream.streams.compat.internals import on_replicated
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,22 @@ class ModelSync:
         self._verified: dict[bytes, tuple[bytes, dict | None]] = {}
         self._unloadable: tuple | None = None
         self._waiting_logged = False
+        #: with :meth:`follow_replication`: whether the table changed since the last read
+        #: (None: not following it, every :meth:`sync` reads)
+        self._changed: bool | None = None
+
+    def follow_replication(self) -> None:
+        """Read the table only when replication changed it: for a process whose models
+        table changes no other way (a scorer that does not learn). Each read costs three
+        table lookups and a signature comparison; a scorer syncs before every step, which
+        at a thousand API calls a second is hundreds of steps of one or two records.
+        The first sync after this reads, and so does every sync while no signing key is
+        available yet (records are not followed until one is)."""
+        self._changed = True
+        on_replicated(self.table, self._note_changes)
+
+    def _note_changes(self, _keys: Iterable[bytes]) -> None:
+        self._changed = True
 
     @property
     def key(self) -> bytes | None:
@@ -141,6 +158,11 @@ class ModelSync:
         A record that cannot be followed (malformed, unloadable) is refused, logged and
         counted once, and the worker keeps the version it has: it never raises.
         """
+        if self._changed is False:
+            return False
+        if self._changed:
+            # (cleared before reading: a change replicated while this runs is read next time)
+            self._changed = self.key is None and not self.keys.unsigned
         try:
             self._follow_threshold()
             return self._sync()

@@ -39,6 +39,7 @@ import numpy as np
 
 from flagstream.codec import dumps
 from flagstream.errors import Rejection
+from flagstream.quick_stats import median, quantiles
 from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.sinks.dead_letter import dead_letter, dead_letter_key, headers
 from flagstream.streams.app import Pipeline
@@ -209,7 +210,7 @@ class Scorer:
         if not self.p.learns and isinstance(self.core.policy, OperatingPoint) and outcome.decisions:
             # (the learner's process counts decisions as they come back from ``scores``)
             self.core.policy.observe_traffic(outcome.scores, outcome.routes != "approve",
-                                             float(np.median(outcome.times_ms)) / 1000)
+                                             median(outcome.times_ms) / 1000)
         rows = self.core.accounts.take_touched()
         for index, account in outcome.misrouted:
             outbox.add(names["transactions"], partition_for(account, s.partitions),
@@ -313,6 +314,6 @@ class Scorer:
                 stamps = recs.timestamps_ms[np.asarray(outcome.indices)]
                 observe_many(metrics.latency, np.maximum(now_ms - stamps, 0.0) / 1000.0)
             if len(outcome.scores):
-                for q in np.quantile(outcome.scores, (0.1, 0.5, 0.9, 0.99)):
+                for q in quantiles(outcome.scores, (0.1, 0.5, 0.9, 0.99)):
                     metrics.scores.observe(q)
         metrics.tracked_accounts.set(len(self.core.accounts))

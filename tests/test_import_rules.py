@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, str]] = [
     ("flagstream.extras", "flagstream/extras.py"),
     ("flagstream.cards", "flagstream/cards.py"),
     ("flagstream.throttle", "flagstream/throttle.py"),
+    ("flagstream.quick_stats", "flagstream/quick_stats.py"),
     ("flagstream.features", "features"),
     ("flagstream.scoring", "scoring"),
     ("flagstream.sinks", "sinks"),

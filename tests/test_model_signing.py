@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import stat
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -65,12 +66,25 @@ def refused(p, reason: str | None = None) -> float:
     return total
 
 
+class ReplicatedTable(dict):
+    """A models table whose writes arrive as a replicated one's do: as changelog batches."""
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.apply_changelog_batch([SimpleNamespace(message=SimpleNamespace(key=key, value=value))])
+
+    def apply_changelog_batch(self, events) -> None:
+        for event in events:
+            dict.__setitem__(self, event.message.key, event.message.value)
+
+
 def pipeline(tmp_path, role: str = "all", **settings):
-    """A worker's pipeline with a plain dict as its replicated models table."""
+    """A worker's pipeline with a dict as its replicated models table."""
     p = create_pipeline(Settings(data_dir=str(tmp_path / "data"), **settings), role)
-    table: dict[bytes, bytes] = {}
+    table = ReplicatedTable()
     p.models.table = table
     p.tables["models"] = table
+    if not p.learns:  # (as create_pipeline does with the real table)
+        p.models.follow_replication()
     return p, table
 
 
@@ -314,3 +328,23 @@ def test_a_scorer_decides_with_the_threshold_the_learner_signed_and_no_other(tmp
     learner.models.table = table
     learner.models.sync()
     assert learner.core.policy.threshold == 0.7
+
+
+def test_a_scorer_reads_the_models_table_only_after_replication_changed_it(tmp_path):
+    learner, _ = pipeline(tmp_path, "learner")
+    scorer, table = pipeline(tmp_path, "scorer")
+    table[CHAMPION] = seal(GOOD, learner.models.key)
+    lookups = []
+    table.get = lambda key, default=None: lookups.append(key) or dict.get(table, key, default)
+    assert scorer.models.sync() and scorer.handle.version == "lr-000003"
+    assert lookups, "the first sync reads the table"
+    lookups.clear()
+    for _ in range(5):  # the sync runs before every step: nothing replicated, nothing read
+        assert scorer.models.sync() is False
+    assert lookups == []
+    newer = version_record("lr-000004", 4, LinearChampion().to_state(), "champion", "learned", "learner")
+    table[CHAMPION] = seal(newer, learner.models.key)  # arrives as a changelog batch
+    assert scorer.models.sync() and scorer.handle.version == "lr-000004" and lookups
+    # the learner's own process writes its table directly: it reads on every sync
+    learner.models.table = {CHAMPION: seal(GOOD, learner.models.key)}
+    assert learner.models.sync() and learner.handle.version == "lr-000003"
