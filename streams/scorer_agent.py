@@ -117,7 +117,8 @@ class Scorer:
         """Install the chunked consumer path (unless turned off) and register the agent."""
         p, s = self.p, self.settings
         if s.faust_chunks:
-            self.tuning = faust_consumer.install(p.app, [p.topics["transactions"]])
+            self.tuning = faust_consumer.install(p.app, [p.topics["transactions"]],
+                                                 faust_consumer.queue_chunks_for(s.partitions))
         tune_allocator()
         p.app.on_partitions_revoked.connect(self._forget_accounts)
         if not p.learns:  # (in the same process the learner updates the shared rows directly)

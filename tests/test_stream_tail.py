@@ -27,6 +27,7 @@ from scorer_helpers import home_accounts, scorer_app, tx
 
 from flagstream.errors import ConfigurationError
 from flagstream.streams.agents import build_app
+from flagstream.streams.compat import faust_consumer
 from flagstream.streams.compat.internals import DeadlineWorker, read_row
 from flagstream.streams.config import Settings
 from flagstream.streams.delivery import Outbox
@@ -171,6 +172,35 @@ def test_the_fetch_wait_comes_from_the_environment_and_is_bounded():
     for bad in ("-1", "1501"):
         with pytest.raises(ConfigurationError):
             Settings.from_env({"FLAGSTREAM_FETCH_MAX_WAIT_MS": bad})
+
+
+def chunks_before_pressure(size: int) -> int:
+    """How many chunks Faust's own channel queue of ``size`` takes before it puts their
+    partition under pressure (out of the consumer's active set)."""
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    async def fill() -> int:
+        queue: FlowControlQueue = FlowControlQueue(size, flow_control=FlowControlEvent())
+        for n in range(size):
+            if queue.in_pressure_high_state(lambda: None):
+                return n
+            queue.force_put_nowait(n)
+        return size
+
+    return asyncio.run(fill())
+
+
+@pytest.mark.parametrize("partitions", [1, 4, 8, 24])
+def test_a_worker_is_many_fetches_behind_before_a_partition_is_paused(tmp_path, partitions):
+    """A paused partition's fetched records wait in aiokafka, which then sends no fetch at
+    all for 100 ms: the channel must take several fetches' worth of chunks (one per
+    partition each) before Faust pauses one, so one slow step never stops the worker."""
+    p = build_app(Settings(data_dir=str(tmp_path), partitions=partitions), "scorer")
+    [agent] = [a for name, a in p.app.agents.items() if name.endswith("score")]
+    size = agent.channel.maxsize
+    assert size == faust_consumer.queue_chunks_for(partitions)
+    assert chunks_before_pressure(size) >= 6 * partitions  # six fetches for every partition
+    assert chunks_before_pressure(8) < 8  # the size before: one fetch of 8 partitions paused one
 
 
 @pytest.fixture

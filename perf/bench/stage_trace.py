@@ -225,6 +225,13 @@ def report(rows: list[dict], paths: Mapping[tuple[str, int, int], tuple[int, int
             ms = [(r["t1"] - r["t0"]) * 1000 for r in spans]
         if ms:
             lines.append(f"{kind}: {len(ms)} in the window, ms p50 {np.median(ms):.1f} max {max(ms):.1f}")
+    paused = [r for r in rows if r["kind"] == "buffer_full" and t0 <= r["t"] <= t1]
+    lines.append(f"pressure (a partition out of the fetch): {len(paused)} in the window")
+    fetched = np.sort([r["t"] for r in rows if r["kind"] == "fetch" and t0 <= r["t"] <= t1])
+    if len(fetched) > 1:
+        gaps = np.diff(fetched) * 1000
+        lines.append(f"fetch returns over 50 ms apart: {int(np.count_nonzero(gaps > 50))}, "
+                     f"longest {gaps.max():.1f} ms")
     deliver = [(r["t1"] - r["t0"]) * 1000 for r in rows if r["kind"] == "deliver" and t0 <= r["t0"] <= t1]
     if deliver:
         lines.append(f"deliver (chunk → stream): {len(deliver)}, ms p50 {np.median(deliver):.1f} "

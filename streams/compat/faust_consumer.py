@@ -144,7 +144,34 @@ def ack_batch(consumer: Any, message: BatchMessage) -> bool:
             notify(consumer._waiting_for_ack)
 
 
-def install(app: Any, topics: Iterable[Any], queue_chunks: int = 8) -> Tuning:
+#: Chunks a batched topic's channel holds at least (see :func:`queue_chunks_for`).
+MIN_QUEUE_CHUNKS = 64
+#: ... and per partition of the topic: one fetch can bring a chunk for each.
+QUEUE_CHUNKS_PER_PARTITION = 8
+
+
+def queue_chunks_for(partitions: int) -> int:
+    """The channel size, in chunks, for a batched topic of ``partitions`` partitions.
+
+    Faust puts a partition under *pressure* once its channel holds 80% of its size: the
+    partition leaves the consumer's active set until the agent catches up. Its fetched
+    records then wait in aiokafka, and aiokafka sends the broker no fetch at all while a
+    partition's records younger than its ``prefetch_backoff`` (100 ms) wait to be taken:
+    every partition of the worker stops for 100 ms. With 8 chunks (pressure at 6) that
+    happened dozens of times a minute at 5,000 events/s, whenever a step took a few
+    milliseconds longer than the fetches behind it (fetch returns 102 ms apart in the
+    stage trace, a p99 of ~100 ms). A fetch brings at most one chunk per partition, so the
+    size is counted in fetches: pressure now means the agent is many fetches behind (a
+    real overload), not one slow step. Memory stays bounded: at most 80% of this many
+    chunks of at most ``broker_max_poll_records`` records each.
+
+    >>> queue_chunks_for(4), queue_chunks_for(32)
+    (64, 256)
+    """
+    return max(MIN_QUEUE_CHUNKS, QUEUE_CHUNKS_PER_PARTITION * int(partitions))
+
+
+def install(app: Any, topics: Iterable[Any], queue_chunks: int = MIN_QUEUE_CHUNKS) -> Tuning:
     """Deliver the given topics to their agents a fetched chunk at a time.
 
     Call before the worker starts (e.g. while registering agents).
@@ -158,7 +185,8 @@ def install(app: Any, topics: Iterable[Any], queue_chunks: int = 8) -> Tuning:
         :class:`BatchMessage` events.
     queue_chunks
         Channel buffer of those topics, counted in chunks rather than records, so a
-        slow agent pauses fetching after a few chunks instead of ~20,000.
+        slow agent pauses fetching after tens of fetches instead of ~20,000 records
+        (:func:`queue_chunks_for` sizes it).
 
     Returns
     -------
