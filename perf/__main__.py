@@ -1,12 +1,16 @@
 """``python -m flagstream.perf compare``: the side-by-side benchmark; ``python -m flagstream.perf
-decode``: the transaction decoder's batch path against its per-record reference.
+decode``: the transaction decoder's batch path against its per-record reference; ``python -m
+flagstream.perf steps``: the scoring core's cost per call by step size.
 
-See :mod:`flagstream.perf.bench.harness` and :mod:`flagstream.perf.bench.decode`.
+See :mod:`flagstream.perf.bench.harness`, :mod:`flagstream.perf.bench.decode` and
+:mod:`flagstream.perf.bench.step_cost`.
 
 >>> build_parser().parse_args(["compare", "--rates", "1000,5000"]).rates
 (1000, 5000)
 >>> build_parser().parse_args(["decode", "--batch", "500"]).batch
 500
+>>> build_parser().parse_args(["steps", "--sizes", "1,2"]).sizes
+(1, 2)
 """
 
 from __future__ import annotations
@@ -67,7 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--bad-share", type=float, default=0.01, help="share of bad records, second workload")
     dec.add_argument("--stream", help="recorded stream (default: the reference one, or a new one)")
     dec.add_argument("--out-dir", default=d.out_dir, help="where a new stream is written")
+    st = sub.add_parser("steps", help="the scoring core's CPU per call and per record, by step size")
+    st.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    st.add_argument("--sizes", type=_ints, default=(1, 2, 4, 64), help="records per step, e.g. 1,2,64")
+    st.add_argument("--calls", type=int, default=2_000, help="calls per size and repeat")
+    st.add_argument("--repeats", type=int, default=5, help="timings per size (the median is reported)")
+    st.add_argument("--train", type=int, default=10_000, help="records the champion is trained on")
+    st.add_argument("--stream", help="recorded stream (default: the reference one, or a new one)")
+    st.add_argument("--out-dir", default=d.out_dir, help="where a new stream is written")
     return parser
+
+
+def _steps(args: argparse.Namespace) -> int:
+    from flagstream.codec import dumps
+    from flagstream.perf.bench import step_cost
+
+    report = step_cost.run(args.stream, args.out_dir, args.train, args.sizes, args.calls, args.repeats)
+    print(dumps({str(k): v for k, v in report.items()}).decode() if args.json else step_cost.table(report))
+    return 0
 
 
 def _decode(args: argparse.Namespace) -> int:
@@ -118,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "decode":
         return _decode(args)
+    if args.command == "steps":
+        return _steps(args)
     opts = Options(events=args.events, rates=args.rates, api_rates=args.api_rates,
                    rate_seconds=args.rate_seconds, train=args.train,
                    partitions=args.partitions, threshold=args.threshold, model=args.model,

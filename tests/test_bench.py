@@ -326,3 +326,18 @@ def test_tiny_api_run_measures_one_worker_two_workers_and_the_mixed_load(kafka_b
                 assert 0 <= lat["p50_ms"] <= lat["p99_ms"], (name, rate, lat)
     assert report["agreement"]["flagstream_matches_ceiling"] is True
     assert {"api_p50_ms_at_1000", "p99_ms_at_5000"}.isdisjoint(report["goals"])
+
+
+def test_the_steps_benchmark_scores_steps_of_each_size_with_a_trained_champion(tmp_path, capsys):
+    from flagstream.simulation.simulator import SimulationConfig, simulate, write_stream
+
+    stream = tmp_path / "stream.jsonl.gz"
+    write_stream(simulate(SimulationConfig(customers=120, terminals=240, days=8, seed=3)), stream,
+                 progress=False)
+    assert perf_main(["steps", "--json", "--sizes", "1,3", "--calls", "20", "--repeats", "1",
+                      "--train", "400", "--stream", str(stream)]) == 0
+    report = loads(capsys.readouterr().out)
+    assert sorted(report) == ["1", "3"]
+    for size, row in report.items():
+        assert row["calls"] == 20 and row["us_per_call"] > 0
+        assert row["us_per_record"] == pytest.approx(row["us_per_call"] / int(size), rel=0.01, abs=0.01)

@@ -20,6 +20,8 @@ api_contender
     calls and stream records) at fixed rates.
 stage_trace
     The worker with a timestamp per stage, and ``analyze``: where a decision's latency goes.
+step_cost
+    ``python -m flagstream.perf steps``: the scoring core's CPU per call by step size.
 chart
     The PNG summary (matplotlib, Agg backend).
 """
