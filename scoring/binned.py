@@ -97,8 +97,6 @@ N_PAIRS = len(PAIRS)
 N_PAIR_BINS = len(PAIR_EDGES) + 1
 _PAIR_AT = np.array([[INPUT_NAMES.index(a), INPUT_NAMES.index(b)] for a, b in PAIRS], dtype=np.int64)
 _PAIR_MEAN_BIN = int(np.searchsorted(PAIR_EDGES, 0.0, side="left"))
-#: No input is in two pairs (each pair's shares then add to inputs of their own).
-_PAIRS_DISJOINT = len(set(_PAIR_AT.ravel().tolist())) == _PAIR_AT.size
 
 
 class BinnedLogistic:
@@ -232,13 +230,9 @@ class BinnedLogistic:
         neither = self.pair_steps[:, _PAIR_MEAN_BIN, _PAIR_MEAN_BIN]
         share_a = (only_a - neither + both - only_b) / 2.0
         share_b = (only_b - neither + both - only_a) / 2.0
-        if _PAIRS_DISJOINT:  # one addition per input: the loop's result, in two calls
-            per_input[:, _PAIR_AT[:, 0]] += share_a
-            per_input[:, _PAIR_AT[:, 1]] += share_b
-        else:
-            for p, (a, b) in enumerate(_PAIR_AT.tolist()):
-                per_input[:, a] += share_a[:, p]
-                per_input[:, b] += share_b[:, p]
+        # (columns of the transposed view; unbuffered: an input in two pairs gets both shares)
+        np.add.at(per_input.T, _PAIR_AT[:, 0], share_a.T)
+        np.add.at(per_input.T, _PAIR_AT[:, 1], share_b.T)
         per_feature = per_input[:, :N_FEATURES].copy()
         per_feature[:, _AMOUNT] += per_input[:, N_FEATURES:].sum(axis=1)
         return per_feature

@@ -42,27 +42,20 @@ def coordinate(value: object) -> float:
 
 
 def places_of_reference(records: Sequence[dict]) -> np.ndarray:
-    """``places_of``, one value at a time: the definition the fast path is held to."""
-    out = np.array([[coordinate(r.get(name)) for name in COORDINATE_FIELDS] for r in records],
-                   dtype=np.float64).reshape(len(records), len(COORDINATE_FIELDS))
-    _pairs_whole(out)
-    return out
-
-
-#: Up to this many records, reading value by value in Python beats the column calls.
-FEW = 4
-
-
-def _places_of_few(records: Sequence[dict]) -> np.ndarray:
-    """:func:`places_of` of a handful of records: each value read alone, pairs made whole."""
+    """``places_of``, one value at a time: the definition the fast path is held to (and
+    the fast path itself for a handful of records)."""
     rows = []
     for r in records:
         row = [coordinate(r.get(name)) for name in COORDINATE_FIELDS]
-        for first in (0, 2):
+        for first in (0, 2):  # a pair with one coordinate unknown is unknown whole
             if math.isnan(row[first]) or math.isnan(row[first + 1]):
                 row[first] = row[first + 1] = math.nan
         rows.append(row)
     return np.array(rows, dtype=np.float64).reshape(len(records), len(COORDINATE_FIELDS))
+
+
+#: Up to this many records, reading value by value in Python beats the column calls.
+FEW = 4
 
 
 def places_of(records: Sequence[dict]) -> np.ndarray:
@@ -70,7 +63,7 @@ def places_of(records: Sequence[dict]) -> np.ndarray:
     not a coordinate. A column of plain numbers and gaps converts in one numpy call; any
     other column goes value by value (and up to :data:`FEW` records, every value does)."""
     if len(records) <= FEW:
-        return _places_of_few(records)
+        return places_of_reference(records)
     out = np.empty((len(records), len(COORDINATE_FIELDS)), dtype=np.float64)
     for k, name in enumerate(COORDINATE_FIELDS):
         values = [r.get(name) for r in records]

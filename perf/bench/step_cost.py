@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
 
+from flagstream.perf.bench.harness import Options
 from flagstream.perf.bench.workload import encode, ensure_stream, train_champion
 from flagstream.scoring.handle import ModelHandle, model_from_state
 from flagstream.simulation.simulator import read_stream
@@ -64,7 +65,7 @@ def run(stream: str | None, out_dir: str, train: int, sizes: Sequence[int], call
     path = ensure_stream(stream, Path(out_dir), needed)
     records = [rec for _, rec in islice(read_stream(path, on_error="skip"), needed)]
     head = records[:train]
-    state = train_champion(head, [int(r.get("is_fraud", 0)) for r in head], fraud_weight=20.0)
+    state = train_champion(head, [int(r.get("is_fraud", 0)) for r in head], Options().fraud_weight)
     core = ScoringCore(ModelHandle(model_from_state(state)))
     values = [r.value for r in encode(records[train:], 1)]
     measure(core, values, sizes=sizes[:1], calls=min(calls, 200), repeats=1)  # warm up: compile, caches
