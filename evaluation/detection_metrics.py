@@ -253,6 +253,44 @@ REFERENCE_TRAIN_DAYS, REFERENCE_DELAY_DAYS = 7, 7
 DAY_MS = 86_400_000
 
 
+def ranked_window(ts_ms: np.ndarray, labels: np.ndarray, cards: np.ndarray, start_ms: int,
+                  end_ms: int, protocol: str = "reference") -> tuple[np.ndarray, np.ndarray]:
+    """``(test, ranked)``: the transactions in ``[start_ms, end_ms)``, and those of them the
+    ranking metrics count (``protocol`` ``"reference"`` leaves known-compromised cards out,
+    :func:`known_compromised_mask`; ``"all"`` keeps every one).
+
+    >>> day = DAY_MS
+    >>> ts = np.array([0, 10 * day, 20 * day, 20 * day])
+    >>> test, ranked = ranked_window(ts, np.array([0, 1, 0, 0]), np.array([7, 7, 7, 8]),
+    ...                              20 * day, 21 * day)
+    >>> test.tolist(), ranked.tolist()
+    ([False, False, True, True], [False, False, False, True])
+    """
+    ts = np.asarray(ts_ms, dtype=np.int64)
+    y = np.asarray(labels).astype(bool)
+    test = (ts >= start_ms) & (ts < end_ms)
+    if protocol == "all":
+        return test, test
+    if protocol != "reference":
+        raise ValueError(f"protocol must be 'reference' or 'all', got {protocol!r}")
+    known_from = start_ms // DAY_MS - REFERENCE_TRAIN_DAYS - REFERENCE_DELAY_DAYS
+    exclude = known_compromised_mask(ts // DAY_MS, cards, y, test, known_from, REFERENCE_DELAY_DAYS)
+    return test, test & ~exclude
+
+
+def ranking_figures(days: np.ndarray, cards: np.ndarray, labels: np.ndarray,
+                    scores: np.ndarray) -> dict[str, float]:
+    """AUC, AP and CP@100 of ranked transactions (the benchmark's three figures).
+
+    >>> ranking_figures(np.zeros(4), np.arange(4), np.array([0, 0, 1, 1]),
+    ...                 np.array([0.1, 0.4, 0.35, 0.8]))["auc"]
+    0.75
+    """
+    cp, _, _ = card_precision_at_k(days, cards, scores, labels, k=100)
+    return {"auc": roc_auc(labels, scores), "average_precision": average_precision(labels, scores),
+            "card_precision_at_100": cp}
+
+
 def evaluate_window(
     ts_ms: np.ndarray,
     labels: np.ndarray,
@@ -295,21 +333,12 @@ def evaluate_window(
     f = np.asarray(flagged, dtype=bool)
     cards, scen = np.asarray(cards, dtype=np.int64), np.asarray(scenarios)
     days = ts // DAY_MS
-    test = (ts >= start_ms) & (ts < end_ms)
-    exclude = np.zeros_like(test)
-    if protocol == "reference":
-        known_from = start_ms // DAY_MS - REFERENCE_TRAIN_DAYS - REFERENCE_DELAY_DAYS
-        exclude = known_compromised_mask(days, cards, y, test, known_from, REFERENCE_DELAY_DAYS)
-    elif protocol != "all":
-        raise ValueError(f"protocol must be 'reference' or 'all', got {protocol!r}")
-    ev = test & ~exclude
-    cp, _, _ = card_precision_at_k(days[ev], cards[ev], s[ev], y[ev], k=100)
+    test, ev = ranked_window(ts, y, cards, start_ms, end_ms, protocol)
+    exclude = test & ~ev
     op = flagging_outcome(y[test], f[test], (end_ms - start_ms) / DAY_MS, threshold)
     precision, recall, _ = precision_recall_curve(y[ev], s[ev])
     out: dict[str, Any] = {
-        "auc": roc_auc(y[ev], s[ev]),
-        "average_precision": average_precision(y[ev], s[ev]),
-        "card_precision_at_100": cp,
+        **ranking_figures(days[ev], cards[ev], y[ev], s[ev]),
         "recall": op.recall,
         "false_discovery_rate": op.false_discovery_rate,
         "flags_per_day": op.flags_per_day,

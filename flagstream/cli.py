@@ -7,7 +7,7 @@ to import is an error that says why, never a subcommand that silently disappears
 >>> build_parser("worker").parse_args(["worker", "--role", "learner"]).role
 'learner'
 >>> sorted(COMMANDS)[:4]
-['api', 'backtest', 'compare-batch', 'config']
+['api', 'backtest', 'ceiling', 'compare-batch']
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ COMMANDS = {
     "backtest": ("flagstream.evaluation.backtest", "run the pipeline in-process over a recorded stream"),
     "compare-batch": ("flagstream.evaluation.compare_batch",
                       "the online model against a batch gradient-boosted model on the same features"),
+    "ceiling": ("flagstream.evaluation.ceiling",
+                "how well any model could rank a simulated test week, given when labels arrive"),
     "demo": ("flagstream.demo.orchestrator", "the whole product on a local broker, in accelerated time"),
 }
 
