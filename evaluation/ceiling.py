@@ -46,8 +46,6 @@ summed over the kind, over the number of frauds.
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import os
 import sys
 from dataclasses import dataclass
@@ -58,6 +56,7 @@ import orjson
 
 from flagstream.evaluation.backtest import BacktestConfig
 from flagstream.evaluation.detection_metrics import DAY_MS, ranked_window, ranking_figures, roc_auc
+from flagstream.evaluation.scores_out import read_scores
 from flagstream.simulation.simulator import read_stream
 from flagstream.streams.schema import validate_transactions
 
@@ -133,10 +132,10 @@ def days_unconfirmed(
 
 
 @dataclass(frozen=True)
-class Ceiling:
+class OracleFigures:
     """The oracle's figures over the ranked test transactions: (mean, min, max) over draws.
 
-    >>> c = Ceiling(frauds=4, seen=3, auc=(0.9, 0.9, 0.9), average_precision=(0.8, 0.7, 0.9),
+    >>> c = OracleFigures(frauds=4, seen=3, auc=(0.9, 0.9, 0.9), average_precision=(0.8, 0.7, 0.9),
     ...             card_precision_at_100=(0.3, 0.3, 0.3))
     >>> c.unseen
     1
@@ -153,7 +152,7 @@ class Ceiling:
         return self.frauds - self.seen
 
 
-def ceiling(
+def oracle_figures(
     days: np.ndarray,
     cards: np.ndarray,
     is_fraud: np.ndarray,
@@ -161,12 +160,12 @@ def ceiling(
     unconfirmed: np.ndarray | None = None,
     draws: int = 20,
     seed: int = 0,
-) -> Ceiling:
+) -> OracleFigures:
     """The oracle's figures over ranked transactions (arrays already restricted to them):
     seen frauds first, the rest by ``unconfirmed`` days (none: all tied), ties in random order.
 
-    >>> c = ceiling(np.zeros(4), np.arange(4), np.array([1, 1, 0, 0]), np.array([True, False, False, False]),
-    ...             unconfirmed=np.array([0, 5, 1, 2]))
+    >>> c = oracle_figures(np.zeros(4), np.arange(4), np.array([1, 1, 0, 0]),
+    ...                    np.array([True, False, False, False]), unconfirmed=np.array([0, 5, 1, 2]))
     >>> c.auc, c.seen, c.unseen
     ((1.0, 1.0, 1.0), 1, 1)
     """
@@ -182,7 +181,7 @@ def ceiling(
         for name, value in ranking_figures(days, cards, y, scores).items():
             figures[name].append(value)
     spread = {name: _spread(values) for name, values in figures.items()}
-    return Ceiling(int(y.sum()), int(seen.sum()), spread["auc"], spread["average_precision"],
+    return OracleFigures(int(y.sum()), int(seen.sum()), spread["auc"], spread["average_precision"],
                    spread["card_precision_at_100"])  # fmt: skip
 
 
@@ -284,32 +283,6 @@ class ScoresMismatch(ValueError):
     """A scores file that is not of the stream it is read with."""
 
 
-def read_scores(path: str | os.PathLike[str]) -> dict[str, tuple[float, int]]:
-    """``transaction_id -> (score, event_time_ms)`` from a ``backtest --scores-out`` file (CSV
-    or JSON Lines, gzip or not; :mod:`flagstream.evaluation.scores_out`). Unreadable rows, and
-    rows without a finite score or an integer event time, are left out."""
-    name = os.fspath(path).lower()
-    opener: Any = gzip.open if name.endswith(".gz") else open
-    scores: dict[str, tuple[float, int]] = {}
-    with opener(path, "rt", encoding="utf-8", newline="") as f:
-        rows = csv.DictReader(f) if name.removesuffix(".gz").endswith(".csv") else map(_json_row, f)
-        for row in rows:
-            try:
-                tx, score, at = row["transaction_id"], float(row["score"]), int(row["event_time_ms"])
-            except (KeyError, TypeError, ValueError, OverflowError):
-                continue
-            if isinstance(tx, str) and np.isfinite(score):
-                scores[tx] = (score, at)
-    return scores
-
-
-def _json_row(line: str) -> Any:
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-
-
 def model_scores(stream: Labelled, scores: dict[str, tuple[float, int]]) -> np.ndarray:
     """The model's score of each transaction of ``stream`` (NaN: not in ``scores``).
 
@@ -354,7 +327,9 @@ def analyse(
     unconfirmed = days_unconfirmed(stream.ts_ms, stream.merchants, y, chargeback_ms, memory_ms)
     _, ranked = ranked_window(stream.ts_ms, y, stream.cards, start_ms, end_ms, config.protocol)
     days = stream.ts_ms // DAY_MS
-    oracle = ceiling(days[ranked], stream.cards[ranked], y[ranked], seen[ranked], unconfirmed[ranked], draws)
+    oracle = oracle_figures(
+        days[ranked], stream.cards[ranked], y[ranked], seen[ranked], unconfirmed[ranked], draws
+    )
     fraud_in_window = y & ranked
     rest = ranked & ~seen  # genuine transactions and unseen frauds
     out: dict[str, Any] = {

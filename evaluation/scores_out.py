@@ -7,6 +7,7 @@ A name ending ``.csv`` or ``.csv.gz`` is CSV with a header row; any other name i
 A name ending ``.gz`` is gzip-compressed. Rows are written batch by batch as the backtest
 decides them (nothing is held back), in the order it scored them, into ``FILE.part``; the file
 gets its name only when the run completes, and a failed run leaves no file.
+:func:`read_scores` reads such a file back.
 
 >>> import gzip, tempfile, pathlib
 >>> rows = [{"transaction_id": "t-1", "event_time_ms": 1522540800000, "score": 0.25,
@@ -26,6 +27,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -38,6 +40,16 @@ import orjson
 COLUMNS = ("transaction_id", "event_time_ms", "score", "threshold", "decision", "model_version")
 
 
+def file_kind(path: str | os.PathLike[str]) -> tuple[bool, bool]:
+    """``(gzip, csv)`` of a scores file, from its name (see the module).
+
+    >>> file_kind("out.CSV.gz"), file_kind("out.jsonl")
+    ((True, True), (False, False))
+    """
+    name = Path(path).name.lower()
+    return name.endswith(".gz"), name.removesuffix(".gz").endswith(".csv")
+
+
 class ScoresWriter:
     """Streams decisions' :data:`COLUMNS` to ``path`` (CSV or JSON Lines, see the module).
 
@@ -48,9 +60,7 @@ class ScoresWriter:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.part = self.path.with_name(self.path.name + ".part")
-        name = self.path.name.lower()
-        self.gzip = name.endswith(".gz")
-        self.csv = name.removesuffix(".gz").endswith(".csv")
+        self.gzip, self.csv = file_kind(self.path)
         self.rows = 0
         self._raw: IO[bytes] | None = None
         self._sink: IO[bytes] | gzip.GzipFile | None = None
@@ -60,9 +70,7 @@ class ScoresWriter:
     def __enter__(self) -> ScoresWriter:
         raw = self._raw = open(self.part, "wb")  # noqa: SIM115 - closed in __exit__
         sink = self._sink = (
-            gzip.GzipFile(filename="", mode="wb", compresslevel=3, fileobj=raw, mtime=0)
-            if self.gzip
-            else raw
+            gzip.GzipFile(filename="", mode="wb", compresslevel=3, fileobj=raw, mtime=0) if self.gzip else raw
         )
         if self.csv:
             self._text = io.TextIOWrapper(sink, encoding="utf-8", newline="", write_through=True)
@@ -101,3 +109,29 @@ class ScoresWriter:
             os.replace(self.part, self.path)
         else:
             self.part.unlink(missing_ok=True)
+
+
+def read_scores(path: str | os.PathLike[str]) -> dict[str, tuple[float, int]]:
+    """``transaction_id -> (score, event_time_ms)`` from a ``backtest --scores-out`` file (CSV
+    or JSON Lines, gzip or not; :mod:`flagstream.evaluation.scores_out`). Unreadable rows, and
+    rows without a finite score or an integer event time, are left out."""
+    name = os.fspath(path).lower()
+    opener: Any = gzip.open if name.endswith(".gz") else open
+    scores: dict[str, tuple[float, int]] = {}
+    with opener(path, "rt", encoding="utf-8", newline="") as f:
+        rows = csv.DictReader(f) if name.removesuffix(".gz").endswith(".csv") else map(_json_row, f)
+        for row in rows:
+            try:
+                tx, score, at = row["transaction_id"], float(row["score"]), int(row["event_time_ms"])
+            except (KeyError, TypeError, ValueError, OverflowError):
+                continue
+            if isinstance(tx, str) and math.isfinite(score):
+                scores[tx] = (score, at)
+    return scores
+
+
+def _json_row(line: str) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None

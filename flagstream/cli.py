@@ -37,7 +37,7 @@ COMMANDS = {
     "compare-batch": ("flagstream.evaluation.compare_batch",
                       "the online model against a batch gradient-boosted model on the same features"),
     "ceiling": ("flagstream.evaluation.ceiling",
-                "how well any model could rank a simulated test week, given when labels arrive"),
+                "an oracle's ranking of a simulated test week: what its labels reveal in time"),
     "demo": ("flagstream.demo.orchestrator", "the whole product on a local broker, in accelerated time"),
 }
 

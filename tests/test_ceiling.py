@@ -20,14 +20,14 @@ from flagstream.evaluation.ceiling import (
     ScoresMismatch,
     analyse,
     auc_shortfall,
-    ceiling,
     days_unconfirmed,
     model_scores,
+    oracle_figures,
     read_labelled,
-    read_scores,
     seen_frauds,
 )
 from flagstream.evaluation.detection_metrics import DAY_MS, roc_auc
+from flagstream.evaluation.scores_out import read_scores
 from flagstream.simulation.simulator import SimulationConfig, simulate, write_stream
 
 SMALL = SimulationConfig(customers=200, terminals=400, days=40, radius=25.0, seed=3)
@@ -128,18 +128,18 @@ def test_the_oracle_ranks_seen_frauds_first_and_the_rest_by_days_unconfirmed():
     n = 20_000
     y = rng.random(n) < 0.02
     days, cards = rng.integers(0, 7, n), rng.integers(0, 3_000, n)
-    every = ceiling(days, cards, y, y, draws=3)
+    every = oracle_figures(days, cards, y, y, draws=3)
     assert every.auc == every.average_precision == (1.0, 1.0, 1.0)
-    none = ceiling(days, cards, y, np.zeros(n, bool), draws=40)
+    none = oracle_figures(days, cards, y, np.zeros(n, bool), draws=40)
     assert none.auc[0] == pytest.approx(0.5, abs=0.01) and none.average_precision[0] == pytest.approx(
         y.mean(), abs=0.01
     )
     half = y & (rng.random(n) < 0.5)
-    part = ceiling(days, cards, y, half, draws=40)
+    part = oracle_figures(days, cards, y, half, draws=40)
     assert part.auc[0] == pytest.approx((half.sum() + (y.sum() - half.sum()) / 2) / y.sum(), abs=0.01)
     assert none.average_precision[0] < part.average_precision[0] < 1.0
     # unconfirmed days that tell frauds from genuine ones lift the unseen frauds
-    told = ceiling(days, cards, y, half, unconfirmed=np.where(y, 5, rng.integers(0, 6, n)), draws=10)
+    told = oracle_figures(days, cards, y, half, unconfirmed=np.where(y, 5, rng.integers(0, 6, n)), draws=10)
     assert told.auc[0] > part.auc[0] + 0.05
 
 
