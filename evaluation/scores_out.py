@@ -68,6 +68,7 @@ class ScoresWriter:
         self._csv: Any = None
 
     def __enter__(self) -> ScoresWriter:
+        self.part.parent.mkdir(parents=True, exist_ok=True)
         raw = self._raw = open(self.part, "wb")  # noqa: SIM115 - closed in __exit__
         sink = self._sink = (
             gzip.GzipFile(filename="", mode="wb", compresslevel=3, fileobj=raw, mtime=0) if self.gzip else raw

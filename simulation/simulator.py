@@ -297,9 +297,9 @@ def write_stream(
     ----------
     sim : Simulation
     path : path-like
-        Output file; gzip-compressed when it ends with ``.gz``. Written to ``path + ".part"``
-        and renamed when complete; gzip output has a zero mtime, so equal simulations give
-        byte-identical files.
+        Output file; gzip-compressed when it ends with ``.gz``; its folder is created if
+        missing. Written to ``path + ".part"`` and renamed when complete; gzip output has a
+        zero mtime, so equal simulations give byte-identical files.
     progress : bool
         Show a progress bar on stderr (needs the ``report`` extra).
     chunk : int
@@ -312,6 +312,7 @@ def write_stream(
     """
     path = Path(path)
     part = path.with_name(path.name + ".part")
+    path.parent.mkdir(parents=True, exist_ok=True)
     n, gz = len(sim), path.suffix == ".gz"
     try:
         with (

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from flagstream.evaluation.backtest import Backtest, BacktestConfig, BacktestInputError, add_arguments, run
-from flagstream.evaluation.scores_out import COLUMNS
+from flagstream.evaluation.scores_out import COLUMNS, ScoresWriter
 from flagstream.simulation.patterns import AccountTakeover, BustOut, CardTesting
 from flagstream.simulation.simulator import SimulationConfig, simulate, write_stream
 
@@ -76,6 +76,15 @@ def test_scores_out_has_one_row_per_decision_as_the_backtest_made_it(stream_path
     assert not list(tmp_path.glob("*.part"))
     if name == "scores.jsonl":  # written as the batches are scored, not at the end
         assert bt.part_sizes[-1] > 0 and bt.part_sizes[len(bt.part_sizes) // 2] > 0
+
+
+def test_scores_out_goes_into_a_folder_that_does_not_exist_yet(tmp_path):
+    out = tmp_path / "var" / "runs" / "scores.csv"
+    row = {"transaction_id": "t-1", "event_time_ms": 1, "score": 0.5, "threshold": 0.5,
+           "decision": "approve", "model_version": "v1"}
+    with ScoresWriter(out) as writer:
+        assert writer.write([row]) == 1
+    assert read_rows(out) == [{**row, "event_time_ms": 1}]
 
 
 def test_a_failed_run_leaves_no_scores_file(stream_path, tmp_path):

@@ -67,6 +67,13 @@ def test_determinism_under_seed(tiny, tmp_path):
     assert a.read_bytes() == b.read_bytes()  # gzip mtime is pinned
 
 
+def test_a_stream_is_written_into_a_folder_that_does_not_exist_yet(tiny, tmp_path):
+    # a fresh clone has no var/: the README's `flagstream simulate --out var/ref.jsonl.gz`
+    path = tmp_path / "var" / "nested" / "s.jsonl.gz"
+    assert write_stream(tiny, path, progress=False) == len(tiny)
+    assert len(gzip.decompress(path.read_bytes()).splitlines()) == len(tiny)
+
+
 def test_per_line_schema(tiny, tmp_path):
     path = tmp_path / "s.jsonl"
     assert write_stream(tiny, path, progress=False) == len(tiny) > 0
