@@ -75,9 +75,10 @@ demo: install
 	$(BIN)/flagstream demo
 
 # Every contender (the stream ones: the worker, the worker with Faust's consumer thread, the naive
-# agent, the plain loop; then the scoring API in front of one worker, of two,
-# and with the load shared by API calls and stream records): about 10 minutes on 2 cores.
-BENCH_CONTENDERS := flagstream,flagstream_threaded,naive_faust,aiokafka_ceiling,api,api_2w,api_mixed
+# agent, the plain loop; then the scoring API in front of one worker, of two, and with the
+# load shared by API calls and stream records; the same three with the API served by the
+# workers themselves, FLAGSTREAM_WORKER_API): about 14 minutes on 2 cores.
+BENCH_CONTENDERS := flagstream,flagstream_threaded,naive_faust,aiokafka_ceiling,api,api_2w,api_mixed,api_worker,api_worker_2w,api_worker_mixed
 bench: install
 	bash scripts/kafka.sh start
 	$(BIN)/python -m flagstream.perf compare --contenders $(BENCH_CONTENDERS) --events 50000 \

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from flagstream.streams.api_worker import WorkerApiRuntime
 from flagstream.streams.app import Pipeline, create_pipeline
 from flagstream.streams.config import Settings
 from flagstream.streams.learner_agents import learner
@@ -22,7 +23,10 @@ def build_app(settings: Settings, role: str = "all") -> Pipeline:
     """The Faust app for ``role`` with its agents, timers and pages registered."""
     p = create_pipeline(settings, role)
     if p.scores:
-        p.scorer = Scorer(p)
+        scorer = p.scorer = Scorer(p)
+        if settings.worker_api:  # the scoring API on this worker's web server
+            api = p.api = WorkerApiRuntime(p)
+            scorer.api_calls = api.calls
     if p.learns:
         learning = p.learner = learner(p)
         p.review = ReviewRuntime(p, health=learning.health.report, decision_of_record=learning.lookup)

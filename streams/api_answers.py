@@ -37,6 +37,7 @@ import time
 from collections import OrderedDict
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from flagstream.codec import JSONDecodeError, dumps, loads
 from flagstream.errors import InvalidRecord
@@ -221,6 +222,27 @@ def dead_letter_of(value: bytes | None) -> tuple[str, str, str] | None:
         return None
     detail = letter.get("detail")
     return tx, reason, detail if isinstance(detail, str) else ""
+
+
+def api_refusal(value: bytes | None, rejection: Any) -> tuple[str, str, str] | None:
+    """``(transaction_id, reason, detail)`` when a refused record is one the API produced.
+
+    >>> from flagstream.errors import Rejection
+    >>> api_refusal(b'{"transaction_id":"t-1","origin":"api"}', Rejection(0, "duplicate_transaction", "seen"))
+    ('t-1', 'duplicate_transaction', 'seen')
+    >>> api_refusal(b'{"transaction_id":"t-1"}', Rejection(0, "duplicate_transaction", "seen")) is None
+    True
+    """
+    if value is None or b'"origin":"api"' not in value:
+        return None
+    try:
+        record = loads(value)
+    except JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or record.get("origin") != ORIGIN:
+        return None
+    tx = record.get("transaction_id")
+    return (tx, rejection.reason, rejection.detail) if isinstance(tx, str) else None
 
 
 def is_fallback(value: object) -> bool:

@@ -109,7 +109,7 @@ class KafkaLink:
         self.consumer = self.producer = None
 
     # --- produce -----------------------------------------------------------------------------
-    async def send_transaction(self, account_id: str, value: bytes) -> None:
+    async def send_transaction(self, transaction_id: str, account_id: str, value: bytes) -> None:
         """One transaction to its account's partition; returns once the broker has it."""
         assert self.producer is not None
         n = self.partitions[self.transactions]
@@ -125,8 +125,9 @@ class KafkaLink:
                                                  key=transaction_id.encode(), partition=part)
         return meta.partition, meta.offset
 
-    async def passed(self, partition: int, offset: int, timeout_s: float) -> bool:
-        """Whether the consumer reads ``scores`` ``partition`` past ``offset`` within the time."""
+    async def passed(self, transaction_id: str, partition: int, offset: int, timeout_s: float) -> bool:
+        """Whether the consumer reads ``scores`` ``partition`` past ``offset`` within the time
+        (so the book holds ``transaction_id``'s first record, whichever it is)."""
         if self.positions.get(partition, 0) > offset:
             return True
         waiter = asyncio.get_running_loop().create_future()

@@ -45,6 +45,9 @@ from flagstream.streams.api_answers import AnswerBook, Request, fallback_record,
 from flagstream.streams.config import Settings
 from flagstream.throttle import FailureThrottle
 
+#: Marks a call one API forwarded to another (the worker holding the account).
+FORWARDED = "X-Flagstream-Forwarded"
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -55,11 +58,14 @@ class Link(Protocol):
 
     ready: asyncio.Event
 
-    async def send_transaction(self, account_id: str, value: bytes) -> None: ...
+    async def send_transaction(self, transaction_id: str, account_id: str, value: bytes) -> None: ...
 
-    async def send_fallback(self, transaction_id: str, record: dict) -> tuple[int, int]: ...
+    async def send_fallback(self, transaction_id: str, record: dict) -> tuple[int, int]:
+        """Record a fallback; its ``(partition, offset)``, or ``(-1, -1)`` when none was
+        recorded because the transaction is decided already (its answer is coming)."""
+        ...
 
-    async def passed(self, partition: int, offset: int, timeout_s: float) -> bool: ...
+    async def passed(self, transaction_id: str, partition: int, offset: int, timeout_s: float) -> bool: ...
 
 
 class ScoringApi:
@@ -95,6 +101,14 @@ class ScoringApi:
         app.router.add_post("/v1/score/batch", self.score_batch)
         return app
 
+    def guarded(self, handler: Handler) -> Handler:
+        """``handler`` behind the same checks as :meth:`application`'s (served elsewhere)."""
+
+        async def checked(request: web.Request) -> web.StreamResponse:
+            return await self._guard(request, handler)
+
+        return checked
+
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """401 without the key, 429 after too many wrong keys from the address; 413 for
@@ -126,7 +140,7 @@ class ScoringApi:
 
     async def score(self, request: web.Request) -> web.Response:
         [req] = requests(await request.read(), self.settings, batch=False)
-        status, body = await self.answer(req)
+        status, body = await self.answer(req, forwarded(request))
         return reply(status, body)
 
     async def score_batch(self, request: web.Request) -> web.Response:
@@ -134,12 +148,12 @@ class ScoringApi:
         if len(reqs) == 1 and reqs[0].error is not None and reqs[0].error["error"] in (
                 "invalid_json", "invalid_batch", "too_many"):
             return reply(reqs[0].status, reqs[0].error)
-        results = await asyncio.gather(*(self.answer(r) for r in reqs))
+        results = await asyncio.gather(*(self.answer(r, forwarded(request)) for r in reqs))
         return reply(200, {"results": [{"status": status, **body} for status, body in results]})
 
     # --- one transaction -----------------------------------------------------------------------
-    async def answer(self, req: Request) -> tuple[int, dict]:
-        """``(status, body)`` for one transaction of a call."""
+    async def answer(self, req: Request, forwarded: bool = False) -> tuple[int, dict]:
+        """``(status, body)`` for one transaction of a call (``forwarded``: by another API)."""
         if req.error is not None:
             self.counts["refused"] += 1
             return req.status, req.error
@@ -148,21 +162,30 @@ class ScoringApi:
         first = self.book.first(req.transaction_id)
         if first is not None:  # a retry, or decided on the stream already
             return 200, first
+        elsewhere = await self.route(req, forwarded)
+        if elsewhere is not None:
+            return elsewhere
         attempt = self.attempts.get(req.transaction_id)
         if attempt is None:
-            attempt = asyncio.ensure_future(self._attempt(req))
+            attempt = asyncio.ensure_future(self.attempt(req))
             self.attempts[req.transaction_id] = attempt
             attempt.add_done_callback(lambda _t: self.attempts.pop(req.transaction_id, None))
         return await asyncio.shield(attempt)
 
-    async def _attempt(self, req: Request) -> tuple[int, dict]:
+    async def route(self, req: Request, forwarded: bool) -> tuple[int, dict] | None:
+        """The answer from elsewhere, or None to answer here (here: always; an API served by
+        the workers forwards to the worker holding the account)."""
+        return None
+
+    async def attempt(self, req: Request) -> tuple[int, dict]:
+        """Decide one accepted transaction (the one attempt concurrent calls for it share)."""
         started = time.monotonic()
         tx = req.transaction_id
         waiter = self.book.expect(tx)
         # the send is never cancelled: once handed to the producer the transaction may
         # reach the topic whatever the call does, so past the deadline the fallback is
         # recorded and the first record on scores decides
-        send = asyncio.ensure_future(self.link.send_transaction(req.account_id, req.value))
+        send = asyncio.ensure_future(self.link.send_transaction(tx, req.account_id, req.value))
         send.add_done_callback(_retrieved)
         try:
             try:
@@ -190,10 +213,13 @@ class ScoringApi:
         except Exception as exc:  # neither recorded nor decided yet: the stream will decide
             log.warning("could not record a fallback: %s", type(exc).__name__)
             return 503, {"error": "unavailable", "detail": "no decision in time, fallback not recorded"}
-        if not await self.link.passed(partition, offset, self.deadline_s):
+        if not await self.link.passed(tx, partition, offset, self.deadline_s):
             log.warning("answers lag: fallback for a call returned before it was read back")
         if waiter.done():
             return self._outcome(tx, waiter.result())
+        if partition < 0:  # decided, not delivered within a second deadline: nothing to say yet
+            return 503, {"error": "unavailable", "detail": "decided, but the decision was not "
+                                                           "recorded in time: retry for it"}
         self.counts["fallback"] += 1
         first = self.book.first(tx)
         return self._outcome(tx, first if first is not None else {
@@ -212,6 +238,11 @@ class ScoringApi:
                          "detail": "already decided, and the first decision is older than this "
                                    "API remembers: read it from the scores topic"}
         return 500, outcome
+
+
+def forwarded(request: web.Request) -> bool:
+    """Whether another API forwarded the call (it is never forwarded again)."""
+    return FORWARDED in request.headers
 
 
 def _retrieved(task: asyncio.Future) -> None:

@@ -57,7 +57,7 @@ LEARNING_ROLES = frozenset({"all", "learner"})
 class Pipeline:
     """Everything one worker process owns, wired together.
 
-    The runtime pieces (``scorer``, ``learner``, ``review``) are None until
+    The runtime pieces (``scorer``, ``learner``, ``review``, ``api``) are None until
     :func:`flagstream.streams.agents.build_app` attaches those the role runs; each
     has ``register()`` (its agents and timers on ``app``) and ``stop()``.
     """
@@ -74,6 +74,7 @@ class Pipeline:
     scorer: Runtime | None = None
     learner: Runtime | None = None
     review: Runtime | None = None
+    api: Runtime | None = None
 
     @property
     def scores(self) -> bool:
@@ -85,7 +86,7 @@ class Pipeline:
 
     def runtimes(self) -> list[Runtime]:
         """The runtime pieces attached, in the order they were started."""
-        return [r for r in (self.scorer, self.learner, self.review) if r is not None]
+        return [r for r in (self.scorer, self.learner, self.review, self.api) if r is not None]
 
     async def stop(self) -> None:
         """Stop every runtime piece, last started first (called when the app shuts down)."""

@@ -131,6 +131,13 @@ class Settings:
     #: it behind a proxy that terminates TLS (browsers then send them over HTTPS only).
     web_secure_cookies: bool = False
     # --- the scoring API (``flagstream api``, :mod:`flagstream.streams.api_service`) -------
+    #: Serve the API on every scoring worker's web server (``FLAGSTREAM_WEB_PORT``) instead
+    #: of (or beside) ``flagstream api``: calls are decided by the worker holding the account,
+    #: without reading answers back (:mod:`flagstream.streams.api_worker`).
+    worker_api: bool = False
+    #: There, API steps start at least this far apart (ms): calls that arrive meanwhile are
+    #: staged together (fewer, larger steps under load; an idle worker stages a call at once).
+    api_step_gap_ms: float = 4.0
     #: Where the API listens; bound to localhost unless configured.
     api_host: str = "127.0.0.1"
     api_port: int = 6070
@@ -281,6 +288,10 @@ class Settings:
                                      "characters (or unset: reviewers get their own tokens)")
         if self.api_key and len(self.api_key.reveal()) < MIN_TOKEN_LENGTH:
             raise ConfigurationError(f"FLAGSTREAM_API_KEY must be at least {MIN_TOKEN_LENGTH} characters")
+        if not 0 <= self.api_step_gap_ms <= 1_000:
+            raise ConfigurationError("FLAGSTREAM_API_STEP_GAP_MS must be in 0..1000")
+        if self.worker_api and not self.api_key:
+            raise ConfigurationError("FLAGSTREAM_WORKER_API needs FLAGSTREAM_API_KEY")
         if self.api_fallback not in ("review", "approve"):
             raise ConfigurationError("FLAGSTREAM_API_FALLBACK must be review or approve")
         if self.api_deadline_ms <= 0 or self.api_max_batch < 1 or self.api_answers < 1:

@@ -31,9 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from flagstream.errors import Rejection
 from flagstream.quick_stats import median, quantiles
 from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.sinks.dead_letter import dead_letter, dead_letter_key, headers
+from flagstream.streams.api_answers import api_refusal
 from flagstream.streams.app import Pipeline
 from flagstream.streams.compat import faust_consumer
 from flagstream.streams.compat.internals import (
@@ -63,7 +64,18 @@ from flagstream.streams.faust_batches import (
 from flagstream.streams.process_tuning import tune_allocator, tune_gc
 from flagstream.streams.topics import partition_for
 
+if TYPE_CHECKING:
+    from flagstream.streams.api_worker import ApiCalls
+
 log = logging.getLogger(__name__)
+
+#: The source named on dead letters of transactions the scoring API handed over directly.
+API_SOURCE = "api"
+
+
+class NotScoring(RuntimeError):
+    """The scorer cannot decide now (not started, or stopping)."""
+
 
 #: One partition's share of a step: its records, what the core made of them, its changed rows.
 Staged = tuple[PartitionRecords, BatchOutcome, dict[str, Any]]
@@ -108,6 +120,16 @@ class Scorer:
         self.tuning: faust_consumer.Tuning | None = None
         self.finish: InOrder | None = None
         self.revoked = False
+        #: shared with the scoring API when this worker serves it (``FLAGSTREAM_WORKER_API``)
+        self.api_calls: ApiCalls | None = None
+        #: decisions of API transactions held back while their fallback is recorded
+        self.held: list[dict] = []
+        #: one step staged at a time, the agent's or the API's (see :meth:`decide_now`)
+        self.step_lock = asyncio.Lock()
+        #: API transactions waiting to be staged, and the task staging them
+        self.api_waiting: list[tuple[int, bytes, bytes, Callable[[int], bool], asyncio.Future]] = []
+        self.api_stager: asyncio.Future | None = None
+        self.api_step_started = 0.0
         if not can_write_rows(self.accounts, p.app):
             raise RuntimeError("the accounts table must be RocksDB-backed (rocksdict) without "
                                "transactions or a partitioner; check the Faust store settings")
@@ -217,6 +239,9 @@ class Scorer:
             outbox.add(names["transactions"], partition_for(account, s.partitions),
                        account.encode(), recs.values[index])
         decisions, flagged = outcome.decisions, outcome.flagged
+        if self.api_calls is not None:
+            decisions, held = self.api_calls.staging(decisions)
+            self.held.extend(held)
         outbox.add_keyed(names["scores"], [d["transaction_id"] for d in decisions],
                          [dumps(d) for d in decisions], counts[names["scores"]])
         outbox.add_keyed(names["review"], [f["transaction_id"] for f in flagged],
@@ -260,6 +285,68 @@ class Scorer:
 
     async def score_events(self, events: list[Any], finish: InOrder) -> None:
         """Process one step now; its completion runs in ``finish``, in order."""
+        async with self.step_lock:
+            await self._step(records_by_partition(events).values(), events, finish)
+
+    async def decide_now(self, partition: int, key: bytes, value: bytes,
+                         holds: Callable[[int], bool]) -> None:
+        """Decide a transaction of the scoring API here and now; returns once it is staged.
+
+        Nothing goes through Kafka before it is decided: the calls that arrive while a
+        step is being staged are staged together in a step of their own (between the
+        agent's steps, never inside one; no source offsets), which completes in order
+        with the agent's steps; the calls are answered once its outputs and rows are
+        written (:meth:`complete_steps`). A transaction that reached the account before
+        (an API retry, or the same id on the stream) is refused as
+        ``duplicate_transaction`` by the account's recent ids, as on the stream.
+
+        Raises :class:`NotScoring` (nothing decided) unless the agent runs and
+        ``holds(partition)`` is still true when its step is staged.
+        """
+        taken = asyncio.get_running_loop().create_future()
+        self.api_waiting.append((partition, key, value, holds, taken))
+        if self.api_stager is None or self.api_stager.done():
+            self.api_stager = asyncio.ensure_future(self._stage_api_calls())
+        await taken
+
+    async def _stage_api_calls(self) -> None:
+        """Stage every API transaction waiting, one step at a time, until none is left."""
+        while self.api_waiting:
+            wait = self.api_step_started + self.settings.api_step_gap_ms / 1000 - time.perf_counter()
+            if wait > 0:  # (calls arriving meanwhile join this step: fewer, larger steps)
+                await asyncio.sleep(wait)
+            self.api_step_started = time.perf_counter()
+            async with self.step_lock:
+                waiting, self.api_waiting = self.api_waiting, []
+                finish, now_ms = self.finish, time.time() * 1000.0
+                groups: dict[int, PartitionRecords] = {}
+                taken = []
+                for partition, key, value, holds, future in waiting:
+                    if finish is None or not holds(partition):
+                        future.set_exception(NotScoring("not scoring this partition now"))
+                        continue
+                    recs = groups.get(partition)
+                    if recs is None:
+                        recs = groups[partition] = PartitionRecords(partition, API_SOURCE)
+                    recs.values.append(value)
+                    recs.keys.append(key)
+                    recs.offsets.append(-1)
+                    recs.timestamps.append(now_ms)
+                    taken.append(future)
+                if not taken:
+                    continue
+                assert finish is not None
+                try:
+                    await self._step(groups.values(), [], finish)
+                except Exception as exc:  # (not staged: the calls say so; nothing was decided)
+                    for future in taken:
+                        future.set_exception(NotScoring(f"staging failed: {type(exc).__name__}"))
+                    continue
+                for future in taken:
+                    future.set_result(None)
+
+    async def _step(self, groups: Iterable[PartitionRecords], events: list[Any],
+                    finish: InOrder) -> None:
         if not finish.started:  # first step: the worker is up, freeze what it holds
             tune_gc()
         if self.revoked:  # partitions moved: only the table is current now
@@ -277,18 +364,46 @@ class Scorer:
             await outbox.partition_count(topic)
         staged: list[Staged] = []
         pending: list[Awaitable] = []
-        for records in records_by_partition(events).values():
+        for records in groups:
             for recs, outcome, rows in self.stage_isolated(records, outbox):
                 staged.append((recs, outcome, rows))
                 pending.extend(await self.send_dead_letters(recs, outcome))
         pending.extend(await outbox.send())
+        if self.held:
+            pending.extend(self.release_held(producer))
         await finish.put(Step(events, staged, pending, producer, started))
+
+    def release_held(self, producer: Any) -> list[asyncio.Future]:
+        """Send the held-back decisions once their fallbacks are settled (pending sends)."""
+        assert self.api_calls is not None
+        topic = self.names["scores"]
+        count = self.partition_counts[topic]
+
+        async def send(d: dict) -> None:
+            tx = d["transaction_id"]
+            await producer.send_and_wait(topic, dumps(d), key=tx.encode(),
+                                         partition=partition_for(tx, count))
+
+        held, self.held = self.held, []
+        return [asyncio.ensure_future(self.api_calls.release(d, send)) for d in held]
+
+    def answer_api_calls(self, steps: Sequence[Step]) -> None:
+        """The API transactions of delivered steps: their decisions and refusals."""
+        assert self.api_calls is not None
+        for step in steps:
+            for recs, outcome, _ in step.staged:
+                refused = [] if not outcome.rejections else [
+                    refusal for r in outcome.rejections
+                    if (refusal := api_refusal(recs.values[r.index], r)) is not None]
+                self.api_calls.delivered(outcome.decisions, refused)
 
     async def complete_steps(self, steps: Sequence[Step]) -> None:
         """Complete every step waiting (oldest first), together: outputs, rows, acks."""
         await deliver([sent for step in steps for sent in step.pending])
         # outputs are durable: now the state rows, then the acks
         await self.write_accounts([s for step in steps for s in step.staged], steps[-1].producer)
+        if self.api_calls is not None:  # (decisions and rows durable: answer the calls)
+            self.answer_api_calls(steps)
         for step in steps:
             ack_all(step.events)
             self.observe(step.staged, step.started)

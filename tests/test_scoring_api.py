@@ -44,7 +44,7 @@ class FakeLink:
         self.fallbacks: list[dict] = []
         self.late: list[bytes] = []  # decisions that reach scores just before a fallback
 
-    async def send_transaction(self, account_id: str, value: bytes) -> None:
+    async def send_transaction(self, transaction_id: str, account_id: str, value: bytes) -> None:
         self.sent.append(value)
         record = loads(value)
         key = record["transaction_id"].encode()
@@ -64,7 +64,7 @@ class FakeLink:
         self.book.record(transaction_id.encode(), dumps(record))
         return 0, len(self.fallbacks)
 
-    async def passed(self, partition: int, offset: int, timeout_s: float) -> bool:
+    async def passed(self, transaction_id: str, partition: int, offset: int, timeout_s: float) -> bool:
         return True
 
 

@@ -2,13 +2,14 @@
 
 This process runs the scoring API (:func:`flagstream.streams.api_cli.serve`) and starts
 the workers (``flagstream worker --role scorer``, ``--workers N``, one by default) as its
-children, stopping them on exit. Workers share the partitions as one consumer group
-(each with its own data directory and web port). The drain phase is the workers'; in
-the rate phases the harness calls the API at a fixed rate (:func:`call_at_rate`) and
-the latency is each call's, request sent to answer read, as a client in the
-authorization path would see it; in a mixed phase (:func:`mixed_at_rate`) half the
-load is API calls and half records produced on the stream, each path measured its own
-way. The sampled CPU and memory are this process's (the API's), not the workers'.
+children, stopping them on exit; with ``--in-worker`` the workers serve the API themselves
+(``FLAGSTREAM_WORKER_API``) and this process only starts and stops them. Workers share the
+partitions as one consumer group (each with its own data directory and web port). The
+drain phase is the workers'; in the rate phases the harness calls the API at a fixed rate
+(:func:`call_at_rate`) and the latency is each call's, request sent to answer read, as a
+client in the authorization path would see it; in a mixed phase (:func:`mixed_at_rate`)
+half the load is API calls and half records produced on the stream, each path measured its
+own way. The sampled CPU and memory are this process's (the API's), not the workers'.
 
 >>> worker_environment({"PATH": "/bin"}, 0, "/d", 7001)
 {'PATH': '/bin'}
@@ -124,6 +125,14 @@ def worker_environment(env: Mapping[str, str], index: int, data_dir: str,
     return out
 
 
+async def _until_stopped() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
@@ -133,16 +142,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m flagstream.perf.bench.api_contender")
     parser.add_argument("--workers", type=int, default=1, help="scorer workers behind the API")
+    parser.add_argument("--in-worker", action="store_true",
+                        help="the workers serve the API themselves (FLAGSTREAM_WORKER_API); "
+                             "calls go to the first one's web port")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
+    env = {**os.environ, "FLAGSTREAM_WORKER_API": "1"} if args.in_worker else os.environ
     workers = [
         subprocess.Popen([sys.executable, "-m", "flagstream.cli", "worker", "--role", "scorer",
                           "--loglevel", "warning"],
-                         env=worker_environment(os.environ, i, settings.data_dir, free_port()))
+                         env=worker_environment(env, i, settings.data_dir, free_port()))
         for i in range(args.workers)
     ]
     try:
-        asyncio.run(serve(settings))
+        if args.in_worker:
+            asyncio.run(_until_stopped())
+        else:
+            asyncio.run(serve(settings))
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)

@@ -6,8 +6,8 @@ prefix, partitions, threshold, ...) and consumes its own pre-loaded copy of the 
 >>> CONTENDERS["flagstream"].command()[1:5]
 ['-m', 'flagstream.cli', 'worker', '--role']
 >>> sorted(CONTENDERS)  # doctest: +NORMALIZE_WHITESPACE
-['aiokafka_ceiling', 'api', 'api_2w', 'api_mixed', 'flagstream', 'flagstream_threaded',
- 'flagstream_traced', 'naive_faust']
+['aiokafka_ceiling', 'api', 'api_2w', 'api_mixed', 'api_worker', 'api_worker_2w',
+ 'api_worker_mixed', 'flagstream', 'flagstream_threaded', 'flagstream_traced', 'naive_faust']
 >>> CONTENDERS["api_2w"].command()[-2:], CONTENDERS["api_2w"].path
 (['--workers', '2'], 'api')
 
@@ -49,6 +49,11 @@ class Contender:
         return [sys.executable, "-m", self.module, *self.args]
 
     @property
+    def api_on_worker(self) -> bool:
+        """Whether the workers serve the API (on the first one's web port)."""
+        return "--in-worker" in self.args
+
+    @property
     def workers(self) -> int:
         """Scorer workers it runs (``--workers N``; one otherwise)."""
         return int(self.args[self.args.index("--workers") + 1]) if "--workers" in self.args else 1
@@ -73,6 +78,15 @@ CONTENDERS = {
                   "flagstream api in front of two scorer workers sharing the partitions", "api"),
         Contender("api_mixed", "flagstream.perf.bench.api_contender", (),
                   "one scorer worker; half the rate API calls, half stream records", "mixed"),
+        Contender("api_worker", "flagstream.perf.bench.api_contender", ("--in-worker",),
+                  "the API served by one scorer worker itself (FLAGSTREAM_WORKER_API)", "api"),
+        Contender("api_worker_2w", "flagstream.perf.bench.api_contender",
+                  ("--in-worker", "--workers", "2"),
+                  "the API served by two scorer workers (calls to the first; it forwards the "
+                  "other's accounts)", "api"),
+        Contender("api_worker_mixed", "flagstream.perf.bench.api_contender", ("--in-worker",),
+                  "one scorer worker serving the API; half the rate API calls, half stream "
+                  "records", "mixed"),
         Contender("flagstream_traced", "flagstream.perf.bench.stage_trace", (),
                   "the real worker with a timestamp per stage (BENCH_STAGE_TRACE); a diagnostic"),
     )

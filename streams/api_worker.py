@@ -1,0 +1,448 @@
+"""The scoring API served by the scoring workers themselves (``FLAGSTREAM_WORKER_API=1``).
+
+``flagstream api`` is a process of its own: it produces a call's transaction and reads
+the decision back from ``scores``, so every call crosses Kafka twice and three processes.
+With ``FLAGSTREAM_WORKER_API`` each scoring worker serves ``POST /v1/score`` (and the
+batch form) on its own web server, with the same handlers
+(:class:`~flagstream.streams.api_service.ScoringApi`) over a :class:`WorkerLink`:
+
+- a call for an account whose ``transactions`` partition this worker holds is produced
+  to that partition, decided by this worker's own scorer like any streamed record
+  (same validation, state, model, policy; one state update; replays idempotent), and
+  answered from memory once the decision is on ``scores``: nothing is read back;
+- a call for an account another worker holds is forwarded once to that worker's web
+  server (its address from the consumer group's assignment, as Faust's router knows
+  it), with the caller's key; during a rebalance, when no worker holds the partition,
+  the call gets 503 ``unavailable`` (retry);
+- past the deadline the fallback is recorded on ``scores`` exactly as ``flagstream api``
+  records it, and the first record there is the answer. While this worker holds the
+  partition that is known without reading: a transaction its scorer has already decided
+  is answered with that decision (no fallback); otherwise the scorer holds back the
+  decision of a transaction that fell back until the fallback is acknowledged, so the
+  fallback is first. After a rebalance the partition is read back instead.
+
+So the records on ``scores`` are the same as with ``flagstream api`` and the learner's
+rule for them (:func:`~flagstream.streams.api_answers.first_on_scores`) is unchanged.
+What this gives up: answers are remembered per worker (a retry after the worker
+restarted, or a transaction the stream decided first, gets 409 ``duplicate_transaction``
+instead of the first answer), and the API stops while its worker restarts.
+
+>>> calls = ApiCalls()
+>>> calls.staging([{"transaction_id": "t-1", "origin": "api"}, {"transaction_id": "t-2"}])
+([{'transaction_id': 't-1', 'origin': 'api'}, {'transaction_id': 't-2'}], [])
+>>> sorted(calls.staged)
+['t-1']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, cast
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from flagstream.codec import dumps
+from flagstream.errors import ConfigurationError
+from flagstream.sinks.review.views import Route
+from flagstream.streams.api_answers import ORIGIN, AnswerBook, Request
+from flagstream.streams.api_service import FORWARDED, ScoringApi
+from flagstream.streams.app import Pipeline
+from flagstream.streams.compat.internals import kafka_producer
+from flagstream.streams.config import Settings
+from flagstream.streams.review_page import serve_on_faust
+from flagstream.streams.scorer_agent import NotScoring, Scorer
+from flagstream.streams.topics import partition_for
+
+log = logging.getLogger(__name__)
+
+#: How far before a call a read-back starts (covers clock skew between hosts), ms.
+READ_BACK_MARGIN_MS = 60_000
+#: A transaction whose partition is in no one's hands this many deadlines goes to Kafka.
+HAND_OVER_DEADLINES = 4
+
+
+class ApiCalls:
+    """What the scorer and the API share about API transactions in one worker.
+
+    The scorer calls :meth:`staging` (synchronously, while it builds a step's outputs)
+    and :meth:`delivered` (once the step's outputs are acknowledged); the API marks a
+    transaction as fallen back (:meth:`falling_back`) only when its scorer has not
+    staged it, in one synchronous step too, so the two never race.
+    """
+
+    def __init__(self, book: AnswerBook | None = None) -> None:
+        self.book = book if book is not None else AnswerBook()
+        #: API transactions decided by the scorer whose decisions are not acknowledged yet
+        self.staged: set[str] = set()
+        #: transactions whose fallback is being recorded: True once acknowledged
+        self.fallen_back: dict[str, asyncio.Future] = {}
+
+    def staging(self, decisions: list[dict]) -> tuple[list[dict], list[dict]]:
+        """Split a step's decisions into those to send now and those to hold back (API
+        transactions whose fallback is being recorded); marks the API ones as staged."""
+        send, held = decisions, []
+        for d in decisions:
+            if d.get("origin") != ORIGIN:
+                continue
+            tx = d["transaction_id"]
+            if tx in self.fallen_back:
+                held.append(d)
+            else:
+                self.staged.add(tx)
+        if held:
+            send = [d for d in decisions if not any(d is h for h in held)]
+        return send, held
+
+    async def release(self, decision: dict, send: Any) -> None:
+        """Send a held-back decision once its transaction's fallback is settled (it then
+        lands after the fallback, and the learner ignores it, as with ``flagstream api``)."""
+        settled = self.fallen_back.get(decision["transaction_id"])
+        if settled is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(settled)
+        await send(decision)
+        self.book.record(decision["transaction_id"].encode(), dumps(decision))
+
+    def delivered(self, decisions: Sequence[dict], refused: Sequence[tuple[str, str, str]]) -> None:
+        """A step's API decisions and refusals are on Kafka: answer the calls waiting."""
+        staged = self.staged
+        if not staged:
+            return self._refused(refused)
+        for d in decisions:
+            tx = d["transaction_id"]
+            if tx in staged:  # (an API transaction's, not held back)
+                staged.discard(tx)
+                self.book.record(tx.encode(), dumps(d))
+        self._refused(refused)
+
+    def _refused(self, refused: Sequence[tuple[str, str, str]]) -> None:
+        for tx, reason, detail in refused:
+            self.book.dead_lettered(tx, reason, detail)
+
+    def falling_back(self, transaction_id: str) -> asyncio.Future | None:
+        """Mark a transaction as falling back; None when the scorer has already decided it."""
+        if transaction_id in self.staged:
+            return None
+        settled = asyncio.get_running_loop().create_future()
+        self.fallen_back[transaction_id] = settled
+        return settled
+
+    def settled(self, transaction_id: str, recorded: bool) -> None:
+        settled = self.fallen_back.pop(transaction_id, None)
+        if settled is not None and not settled.done():
+            settled.set_result(recorded)
+
+
+class WorkerLink:
+    """The :class:`~flagstream.streams.api_service.Link` of an API served by a scoring worker.
+
+    Parameters
+    ----------
+    settings
+        The worker's settings (topics, partitions, deadline, security).
+    calls
+        Shared with the worker's scorer.
+    decide
+        The scorer's :meth:`~flagstream.streams.scorer_agent.Scorer.decide_now`.
+    producer
+        A callable returning the worker's ``AIOKafkaProducer`` (available once it started).
+    """
+
+    def __init__(self, settings: Settings, calls: ApiCalls, decide: Any, producer: Any) -> None:
+        self.settings = settings
+        self.calls = calls
+        self.book = calls.book
+        self._decide = decide
+        self._producer = producer
+        self.transactions = settings.topic("transactions")
+        self.scores = settings.topic("scores")
+        #: set at the first assignment (then always: calls wait out rebalances in ``assignment``)
+        self.ready = asyncio.Event()
+        #: set while an assignment is current, clear during a rebalance
+        self.assignment = asyncio.Event()
+        #: ``transactions`` partitions this worker holds, and a count of assignments
+        self.owned: frozenset[int] = frozenset()
+        self.generation = 0
+        #: calls in flight: transaction id -> (generation, call start in epoch ms, decided here)
+        self.in_flight: dict[str, tuple[int, int, bool]] = {}
+        #: read-backs of calls handed over to the stream path
+        self.following: dict[str, asyncio.Future] = {}
+        #: owner URL of each partition another worker holds (from the group's assignment)
+        self.owners: dict[int, str] = {}
+
+    def assigned(self, owned: set[int], owners: dict[int, str]) -> None:
+        """The group's assignment changed: what this worker holds, who holds the rest."""
+        self.owned = frozenset(owned)
+        self.owners = {part: url for part, url in owners.items() if part not in owned}
+        self.generation += 1
+        self.ready.set()
+        self.assignment.set()
+
+    def revoked(self) -> None:
+        """A rebalance began: nothing is held until the next assignment."""
+        self.owned, self.owners = frozenset(), {}
+        self.generation += 1
+        self.assignment.clear()
+
+    def owner_of(self, account_id: str) -> str | None:
+        """None when this worker holds the account's partition, else the holder's URL
+        (``""`` when no worker holds it now)."""
+        part = partition_for(account_id, self.settings.partitions)
+        if part in self.owned:
+            return None
+        return self.owners.get(part, "")
+
+    # --- the Link protocol ---------------------------------------------------------------------
+    async def send_transaction(self, transaction_id: str, account_id: str, value: bytes) -> None:
+        """Hand a transaction to this worker's scorer, which decides it at once.
+
+        While this worker holds the account's partition (assignment current, tables
+        recovered) the scorer stages it in a step of its own; if the partition moved
+        since the call was routed, it goes to ``transactions`` instead and the worker
+        now holding it decides it (the call then settles through the fallback path).
+        """
+        loop = asyncio.get_running_loop()
+        self.in_flight[transaction_id] = (self.generation, int(time.time() * 1000), True)
+        part = partition_for(account_id, self.settings.partitions)
+        key = account_id.encode()
+        give_up = loop.time() + HAND_OVER_DEADLINES * self.settings.api_deadline_ms / 1000
+        while loop.time() <= give_up:
+            if part in self.owned:
+                try:
+                    await self._decide(part, key, value, self.holds)
+                    return
+                except NotScoring:
+                    pass
+            elif self.assignment.is_set():
+                break
+            await asyncio.sleep(0.005)
+        await self.hand_over(transaction_id, part, key, value)
+
+    async def hand_over(self, transaction_id: str, partition: int, key: bytes, value: bytes) -> None:
+        """The stream path: the transaction to ``transactions``; whichever worker holds the
+        partition decides it, and its first record on ``scores`` is read back for the call."""
+        self.in_flight[transaction_id] = (-1, int(time.time() * 1000), False)
+        await self._send_now(self.transactions, partition, key, value)
+        scores_partition = partition_for(transaction_id, self.settings.partitions)
+        follow = asyncio.ensure_future(self._read_back(transaction_id, scores_partition, None))
+        self.following[transaction_id] = follow
+        follow.add_done_callback(_retrieved)
+
+    def finished(self, transaction_id: str) -> None:
+        """A call ended: forget it (and stop reading back for it)."""
+        self.in_flight.pop(transaction_id, None)
+        follow = self.following.pop(transaction_id, None)
+        if follow is not None:
+            follow.cancel()
+
+    def holds(self, partition: int) -> bool:
+        """Whether this worker holds ``partition`` of ``transactions`` now."""
+        return partition in self.owned
+
+    async def send_fallback(self, transaction_id: str, record: dict) -> tuple[int, int]:
+        settled = self.calls.falling_back(transaction_id)
+        if settled is None:  # decided already; its delivery is under way
+            return -1, -1
+        part = partition_for(transaction_id, self.settings.partitions)
+        value = dumps(record)
+        try:
+            meta = await self._send_now(self.scores, part, transaction_id.encode(), value)
+        except BaseException:
+            self.calls.settled(transaction_id, False)
+            raise
+        if self._exact(transaction_id):
+            self.book.record(transaction_id.encode(), value)
+        self.calls.settled(transaction_id, True)
+        return meta.partition, meta.offset
+
+    async def passed(self, transaction_id: str, partition: int, offset: int, timeout_s: float) -> bool:
+        """Whether the first record of ``transaction_id`` on ``scores`` is known (in the book)."""
+        try:
+            if partition < 0:  # decided before its deadline: wait for its delivery
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self.book.expect(transaction_id)), timeout_s)
+                return self.book.first(transaction_id) is not None
+            if self._exact(transaction_id):
+                return True
+            return await asyncio.wait_for(self._read_back(transaction_id, partition, offset), timeout_s)
+        except TimeoutError:
+            return False
+
+    async def _send_now(self, topic: str, partition: int, key: bytes, value: bytes) -> Any:
+        """One record as a closed batch: it leaves at once instead of lingering for more
+        (the worker's producer lingers 5 ms for its own records); its ``RecordMetadata``."""
+        producer = self._producer()
+        batch = producer.create_batch()
+        batch.append(key=key, value=value, timestamp=None)
+        batch.close()
+        return await (await producer.send_batch(batch, topic, partition=partition))
+
+    def _exact(self, transaction_id: str) -> bool:
+        """Whether this worker's scorer alone can have decided the transaction since its call
+        began: its partition held all along (no assignment since)."""
+        started = self.in_flight.get(transaction_id)
+        return started is not None and started[2] and started[0] == self.generation
+
+    async def _read_back(self, transaction_id: str, partition: int, offset: int | None) -> bool:
+        """Read ``scores`` ``partition`` from before the call into the book: to past
+        ``offset``, or (None) until the transaction's first record is there."""
+        started = self.in_flight.get(transaction_id, (0, int(time.time() * 1000), False))[1]
+        s, tp = self.settings, TopicPartition(self.scores, partition)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.broker, group_id=None, enable_auto_commit=False, **s.kafka_security()
+        )
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            found = (await consumer.offsets_for_times({tp: started - READ_BACK_MARGIN_MS})).get(tp)
+            if found is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, found.offset)
+            key = transaction_id.encode()
+            while (
+                await consumer.position(tp) <= offset
+                if offset is not None
+                else self.book.first(transaction_id) is None
+            ):
+                for records in (await consumer.getmany(tp, timeout_ms=200)).values():
+                    for r in records:
+                        if r.key == key:
+                            self.book.record(r.key, r.value)
+            return True
+        finally:
+            await consumer.stop()
+
+
+class WorkerApi(ScoringApi):
+    """:class:`ScoringApi` on a scoring worker: calls for accounts another worker holds
+    are forwarded to it once (with the caller's key)."""
+
+    link: WorkerLink
+
+    def __init__(self, settings: Settings, link: WorkerLink) -> None:
+        super().__init__(settings, link.book, link)
+        self.session: Any = None
+        #: calls whose forwarding failed, decided through ``transactions`` instead
+        self.handed_over = 0
+
+    async def route(self, req: Request, forwarded: bool) -> tuple[int, dict] | None:
+        owner = self.link.owner_of(req.account_id)
+        if owner == "":  # rebalancing: wait for the next assignment, within the deadline
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.link.assignment.wait(), self.deadline_s)
+            owner = self.link.owner_of(req.account_id)
+        if owner is None:
+            return None
+        if owner == "" or forwarded:
+            return 503, {
+                "error": "unavailable",
+                "detail": "no worker holds this account's partition now: retry",
+            }
+        try:
+            return await forward(
+                self._session(), owner, req, self.settings.api_key.reveal(), self.deadline_s * 2
+            )
+        except Exception as exc:  # (the holder is gone or stuck: the stream path decides it)
+            log.warning(
+                "forwarding a call to %s failed (%s): handed to the stream", owner, type(exc).__name__
+            )
+            self.handed_over += 1
+            return None
+
+    async def attempt(self, req: Request) -> tuple[int, dict]:
+        try:
+            return await super().attempt(req)
+        finally:
+            self.link.finished(req.transaction_id)
+
+    def _session(self) -> Any:
+        if self.session is None:
+            import aiohttp
+
+            self.session = aiohttp.ClientSession()
+        return self.session
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+
+class WorkerApiRuntime:
+    """The API on a scoring worker: its routes on the worker's web server, its link
+    following the group's assignment (``register()``/``stop()`` as every runtime piece).
+
+    Parameters
+    ----------
+    p
+        A pipeline whose role scores; ``FLAGSTREAM_API_KEY`` must be set.
+    """
+
+    def __init__(self, p: Pipeline) -> None:
+        s = p.settings
+        if not s.api_key:
+            raise ConfigurationError("FLAGSTREAM_WORKER_API needs FLAGSTREAM_API_KEY")
+        self.p = p
+        self.calls = ApiCalls(AnswerBook(s.api_answers))
+        assert isinstance(p.scorer, Scorer)
+        self.scorer = p.scorer
+        self.link = WorkerLink(s, self.calls, p.scorer.decide_now, lambda: kafka_producer(p.app))
+        self.api = WorkerApi(s, self.link)
+
+    def register(self) -> None:
+        api = self.api
+        serve_on_faust(
+            self.p.app,
+            [
+                Route("/v1/score", "POST", cast(Any, api.guarded(api.score))),
+                Route("/v1/score/batch", "POST", cast(Any, api.guarded(api.score_batch))),
+            ],
+        )
+        self.p.app.on_partitions_revoked.connect(self._revoked)
+        # (after the tables recovered: only then are the rows current)
+        self.p.app.on_rebalance_complete.connect(self._assigned)
+
+    async def _revoked(self, *_args: Any, **_kwargs: Any) -> None:
+        self.link.revoked()
+
+    async def _assigned(self, *_args: Any, **_kwargs: Any) -> None:
+        app = self.p.app
+        transactions = self.link.transactions
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == transactions}
+        changelog = self.p.tables["accounts"].changelog_topic.get_topic_name()
+        owners = {
+            part: str(url)
+            for url, topics in app.router.tables_metadata().items()
+            for part in topics.get(changelog, ())
+        }
+        self.link.assigned(owned, owners)
+        log.info("scoring API: %d partitions decided here, %d forwarded", len(owned), len(self.link.owners))
+
+    async def stop(self) -> None:
+        await self.api.close()
+
+
+async def forward(session: Any, url: str, req: Request, key: str, timeout_s: float) -> tuple[int, dict]:
+    """One transaction of a call, forwarded to the worker at ``url`` that holds its account."""
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {key}", FORWARDED: "1", "Content-Type": "application/json"}
+    async with session.post(
+        f"{url.rstrip('/')}/v1/score",
+        data=req.value,
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+    ) as r:
+        body = await r.json(content_type=None)
+        return r.status, body if isinstance(body, dict) else {"error": "bad_gateway", "detail": ""}
+
+
+def _retrieved(task: asyncio.Future) -> None:
+    """(A read-back that failed: said in the log, never raised.)"""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("reading an answer back failed: %s", type(task.exception()).__name__)
