@@ -45,8 +45,11 @@ from flagstream.streams.api_answers import AnswerBook, Request, fallback_record,
 from flagstream.streams.config import Settings
 from flagstream.throttle import FailureThrottle
 
-#: Marks a call one API forwarded to another (the worker holding the account).
+#: Marks a call one API forwarded to another (the worker holding the account); its value
+#: is the call's signature (:func:`forward_signature`).
 FORWARDED = "X-Flagstream-Forwarded"
+#: A forwarded call's signature is accepted this long (seconds; clocks of the hosts apart).
+FORWARD_MAX_AGE_S = 60
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +123,14 @@ class ScoringApi:
             return reply(429, {"error": "too_many_wrong_keys",
                                "detail": f"too many wrong keys from this address; retry in {wait:.0f} s"},
                          {"Retry-After": str(max(1, round(wait)))})
-        given = request.headers.get("Authorization", "").encode("utf-8", "replace")
-        if not hmac.compare_digest(given, self.key):
-            self.throttle.failed(address)
-            return reply(401, {"error": "unauthorized", "detail": "send Authorization: Bearer <key>"},
-                         {"WWW-Authenticate": "Bearer"})
         size = request.content_length
         if size is not None and size > self.settings.api_max_body_bytes:
             return too_large(self.settings)
         try:
+            if not await self._authorized(request):
+                self.throttle.failed(address)
+                return reply(401, {"error": "unauthorized", "detail": "send Authorization: Bearer <key>"},
+                             {"WWW-Authenticate": "Bearer"})
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
             return too_large(self.settings)
@@ -137,6 +139,14 @@ class ScoringApi:
         except Exception:
             log.exception("the scoring API failed a call")
             return reply(500, {"error": "internal_error", "detail": "the call failed"})
+
+    async def _authorized(self, request: web.Request) -> bool:
+        """The key, or (a call another worker forwarded) a fresh signature of the body by it."""
+        signed = request.headers.get(FORWARDED)
+        if signed is not None:
+            return forward_signature_ok(self.settings.api_key.reveal(), signed, await request.read())
+        given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+        return hmac.compare_digest(given, self.key)
 
     async def score(self, request: web.Request) -> web.Response:
         [req] = requests(await request.read(), self.settings, batch=False)
@@ -241,8 +251,36 @@ class ScoringApi:
 
 
 def forwarded(request: web.Request) -> bool:
-    """Whether another API forwarded the call (it is never forwarded again)."""
+    """Whether another API forwarded the call (it is never forwarded again; a call gets
+    this far with the header only when its signature was checked)."""
     return FORWARDED in request.headers
+
+
+def forward_signature(key: str, body: bytes, now_s: float | None = None) -> str:
+    """``<unix seconds>:<hex HMAC-SHA256>`` of a forwarded call's body under the API key.
+
+    >>> sig = forward_signature("k" * 16, b"{}", now_s=1_000.0)
+    >>> forward_signature_ok("k" * 16, sig, b"{}", now_s=1_030.0)
+    True
+    >>> forward_signature_ok("k" * 16, sig, b"{ }", now_s=1_030.0), forward_signature_ok(
+    ...     "k" * 16, sig, b"{}", now_s=1_000.0 + FORWARD_MAX_AGE_S + 1)
+    (False, False)
+    """
+    stamp = str(int(time.time() if now_s is None else now_s))
+    mac = hmac.new(key.encode(), b"flagstream-forward\n" + stamp.encode() + b"\n" + body, "sha256")
+    return f"{stamp}:{mac.hexdigest()}"
+
+
+def forward_signature_ok(key: str, signed: str, body: bytes, now_s: float | None = None) -> bool:
+    """Whether ``signed`` is :func:`forward_signature` of ``body`` from the last minute."""
+    stamp, _, _ = signed.partition(":")
+    if not stamp.isdigit() or len(stamp) > 12:
+        return False
+    now = time.time() if now_s is None else now_s
+    if abs(now - int(stamp)) > FORWARD_MAX_AGE_S:
+        return False
+    want = forward_signature(key, body, int(stamp)).encode()
+    return hmac.compare_digest(signed.encode("utf-8", "replace"), want)
 
 
 def _retrieved(task: asyncio.Future) -> None:

@@ -6,18 +6,22 @@ With ``FLAGSTREAM_WORKER_API`` each scoring worker serves ``POST /v1/score`` (an
 batch form) on its own web server, with the same handlers
 (:class:`~flagstream.streams.api_service.ScoringApi`) over a :class:`WorkerLink`:
 
-- a call for an account whose ``transactions`` partition this worker holds is produced
-  to that partition, decided by this worker's own scorer like any streamed record
-  (same validation, state, model, policy; one state update; replays idempotent), and
-  answered from memory once the decision is on ``scores``: nothing is read back;
+- a call for an account whose ``transactions`` partition this worker holds is handed
+  to the worker's own scorer (:meth:`~flagstream.streams.scorer_agent.Scorer.decide_now`):
+  decided at once, with no Kafka before deciding, by the same validation, state, model
+  and policy as a streamed record, and answered from memory once its decision is on
+  ``scores`` and the account's row in the changelog: nothing is read back. The
+  transaction also goes to ``transactions`` beside its decision, so that a worker that
+  stops before the row is written applies it on replay;
 - a call for an account another worker holds is forwarded once to that worker's web
   server (its address from the consumer group's assignment, as Faust's router knows
-  it), with the caller's key; during a rebalance, when no worker holds the partition,
-  the call gets 503 ``unavailable`` (retry);
+  it), signed with the API key rather than carrying it
+  (:func:`~flagstream.streams.api_service.forward_signature`); if that worker does not
+  answer, the transaction goes to ``transactions`` and its answer is read back;
 - past the deadline the fallback is recorded on ``scores`` exactly as ``flagstream api``
   records it, and the first record there is the answer. While this worker holds the
-  partition that is known without reading: a transaction its scorer has already decided
-  is answered with that decision (no fallback); otherwise the scorer holds back the
+  partition that is known without reading: a transaction its scorer has already staged
+  is answered with its decision (no fallback); otherwise the scorer holds back the
   decision of a transaction that fell back until the fallback is acknowledged, so the
   fallback is first. After a rebalance the partition is read back instead.
 
@@ -45,11 +49,11 @@ from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from flagstream.codec import dumps
+from flagstream.codec import dumps, loads
 from flagstream.errors import ConfigurationError
 from flagstream.sinks.review.views import Route
 from flagstream.streams.api_answers import ORIGIN, AnswerBook, Request
-from flagstream.streams.api_service import FORWARDED, ScoringApi
+from flagstream.streams.api_service import FORWARDED, ScoringApi, forward_signature
 from flagstream.streams.app import Pipeline
 from flagstream.streams.compat.internals import kafka_producer
 from flagstream.streams.config import Settings
@@ -59,6 +63,8 @@ from flagstream.streams.topics import partition_for
 
 log = logging.getLogger(__name__)
 
+#: Largest answer read from another worker, bytes.
+MAX_FORWARDED_ANSWER_BYTES = 65_536
 #: How far before a call a read-back starts (covers clock skew between hosts), ms.
 READ_BACK_MARGIN_MS = 60_000
 #: A transaction whose partition is in no one's hands this many deadlines goes to Kafka.
@@ -81,9 +87,11 @@ class ApiCalls:
         #: transactions whose fallback is being recorded: True once acknowledged
         self.fallen_back: dict[str, asyncio.Future] = {}
 
-    def staging(self, decisions: list[dict]) -> tuple[list[dict], list[dict]]:
-        """Split a step's decisions into those to send now and those to hold back (API
-        transactions whose fallback is being recorded); marks the API ones as staged."""
+    def staging(self, decisions: list[dict], refused: Sequence[str] = ()) -> tuple[list[dict], list[dict]]:
+        """Split an API step's decisions into those to send now and those to hold back
+        (transactions whose fallback is being recorded); marks the others, and the
+        transactions the step refused, as staged: their answers are on their way."""
+        self.staged.update(refused)
         send, held = decisions, []
         for d in decisions:
             if d.get("origin") != ORIGIN:
@@ -105,7 +113,6 @@ class ApiCalls:
             with contextlib.suppress(Exception):
                 await asyncio.shield(settled)
         await send(decision)
-        self.book.record(decision["transaction_id"].encode(), dumps(decision))
 
     def delivered(self, decisions: Sequence[dict], refused: Sequence[tuple[str, str, str]]) -> None:
         """A step's API decisions and refusals are on Kafka: answer the calls waiting."""
@@ -121,6 +128,7 @@ class ApiCalls:
 
     def _refused(self, refused: Sequence[tuple[str, str, str]]) -> None:
         for tx, reason, detail in refused:
+            self.staged.discard(tx)
             self.book.dead_lettered(tx, reason, detail)
 
     def falling_back(self, transaction_id: str) -> asyncio.Future | None:
@@ -169,6 +177,8 @@ class WorkerLink:
         self.generation = 0
         #: calls in flight: transaction id -> (generation, call start in epoch ms, decided here)
         self.in_flight: dict[str, tuple[int, int, bool]] = {}
+        #: calls not ended yet
+        self.active: set[str] = set()
         #: read-backs of calls handed over to the stream path
         self.following: dict[str, asyncio.Future] = {}
         #: owner URL of each partition another worker holds (from the group's assignment)
@@ -206,6 +216,7 @@ class WorkerLink:
         now holding it decides it (the call then settles through the fallback path).
         """
         loop = asyncio.get_running_loop()
+        self.active.add(transaction_id)
         self.in_flight[transaction_id] = (self.generation, int(time.time() * 1000), True)
         part = partition_for(account_id, self.settings.partitions)
         key = account_id.encode()
@@ -225,15 +236,23 @@ class WorkerLink:
     async def hand_over(self, transaction_id: str, partition: int, key: bytes, value: bytes) -> None:
         """The stream path: the transaction to ``transactions``; whichever worker holds the
         partition decides it, and its first record on ``scores`` is read back for the call."""
-        self.in_flight[transaction_id] = (-1, int(time.time() * 1000), False)
         await self._send_now(self.transactions, partition, key, value)
+        if transaction_id not in self.active:  # (its call has ended: nobody to tell)
+            return
+        self.in_flight[transaction_id] = (-1, int(time.time() * 1000), False)
         scores_partition = partition_for(transaction_id, self.settings.partitions)
-        follow = asyncio.ensure_future(self._read_back(transaction_id, scores_partition, None))
+        follow = asyncio.ensure_future(
+            asyncio.wait_for(
+                self._read_back(transaction_id, scores_partition, None),
+                2 * self.settings.api_deadline_ms / 1000,
+            )
+        )
         self.following[transaction_id] = follow
         follow.add_done_callback(_retrieved)
 
     def finished(self, transaction_id: str) -> None:
         """A call ended: forget it (and stop reading back for it)."""
+        self.active.discard(transaction_id)
         self.in_flight.pop(transaction_id, None)
         follow = self.following.pop(transaction_id, None)
         if follow is not None:
@@ -393,6 +412,7 @@ class WorkerApiRuntime:
         self.scorer = p.scorer
         self.link = WorkerLink(s, self.calls, p.scorer.decide_now, lambda: kafka_producer(p.app))
         self.api = WorkerApi(s, self.link)
+        self.settling: asyncio.Future | None = None
 
     def register(self) -> None:
         api = self.api
@@ -403,15 +423,23 @@ class WorkerApiRuntime:
                 Route("/v1/score/batch", "POST", cast(Any, api.guarded(api.score_batch))),
             ],
         )
-        self.p.app.on_partitions_revoked.connect(self._revoked)
+        # (first thing at a revocation, before the scorer waits for its steps)
+        self.scorer.revoke_hooks.append(self.link.revoked)
         # (after the tables recovered: only then are the rows current)
         self.p.app.on_rebalance_complete.connect(self._assigned)
 
-    async def _revoked(self, *_args: Any, **_kwargs: Any) -> None:
-        self.link.revoked()
-
     async def _assigned(self, *_args: Any, **_kwargs: Any) -> None:
+        """Recovery is complete: once the rebalance has ended (and no other began since),
+        take the assignment."""
+        generation = self.link.generation
+        self.settling = asyncio.ensure_future(self._settle(generation))
+
+    async def _settle(self, generation: int) -> None:
         app = self.p.app
+        while app.rebalancing and self.link.generation == generation:
+            await asyncio.sleep(0.01)
+        if self.link.generation != generation:  # revoked again meanwhile: wait for the next
+            return
         transactions = self.link.transactions
         owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == transactions}
         changelog = self.p.tables["accounts"].changelog_topic.get_topic_name()
@@ -424,22 +452,33 @@ class WorkerApiRuntime:
         log.info("scoring API: %d partitions decided here, %d forwarded", len(owned), len(self.link.owners))
 
     async def stop(self) -> None:
+        if self.settling is not None:
+            self.settling.cancel()
         await self.api.close()
 
 
 async def forward(session: Any, url: str, req: Request, key: str, timeout_s: float) -> tuple[int, dict]:
-    """One transaction of a call, forwarded to the worker at ``url`` that holds its account."""
+    """One transaction of a call, forwarded to the worker at ``url`` that holds its account.
+
+    The call is signed with the API key (:func:`forward_signature`), not given it: a
+    worker never hands the key itself to an address it learned from the group."""
     import aiohttp
 
-    headers = {"Authorization": f"Bearer {key}", FORWARDED: "1", "Content-Type": "application/json"}
+    headers = {FORWARDED: forward_signature(key, req.value), "Content-Type": "application/json"}
     async with session.post(
         f"{url.rstrip('/')}/v1/score",
         data=req.value,
         headers=headers,
         timeout=aiohttp.ClientTimeout(total=timeout_s),
     ) as r:
-        body = await r.json(content_type=None)
-        return r.status, body if isinstance(body, dict) else {"error": "bad_gateway", "detail": ""}
+        body = await r.content.read(MAX_FORWARDED_ANSWER_BYTES + 1)
+    answer = None
+    if len(body) <= MAX_FORWARDED_ANSWER_BYTES:
+        with contextlib.suppress(ValueError):
+            answer = loads(body)
+    if not isinstance(answer, dict):
+        return 502, {"error": "bad_gateway", "detail": "the worker holding this account answered badly"}
+    return r.status, answer
 
 
 def _retrieved(task: asyncio.Future) -> None:

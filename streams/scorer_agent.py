@@ -81,6 +81,22 @@ class NotScoring(RuntimeError):
 Staged = tuple[PartitionRecords, BatchOutcome, dict[str, Any]]
 
 
+def settled_by_api(recs: PartitionRecords, outcome: BatchOutcome) -> None:
+    """Pass over the API's own transactions that the worker's API already applied.
+
+    A worker that decides an API call writes the transaction to ``transactions`` too
+    (:meth:`Scorer.stage_api`); when the agent reads it there the account already holds
+    its id, and it is counted as a replay, not dead-lettered as a duplicate.
+    """
+    keep = []
+    for r in outcome.rejections:
+        if r.reason == "duplicate_transaction" and api_refusal(recs.values[r.index], r) is not None:
+            outcome.replayed += 1
+        else:
+            keep.append(r)
+    outcome.rejections = keep
+
+
 @dataclass
 class Step:
     """What completing one processed step needs: its events, what each partition staged,
@@ -130,6 +146,8 @@ class Scorer:
         self.api_waiting: list[tuple[int, bytes, bytes, Callable[[int], bool], asyncio.Future]] = []
         self.api_stager: asyncio.Future | None = None
         self.api_step_started = 0.0
+        #: called first when partitions are revoked
+        self.revoke_hooks: list[Callable[[], None]] = []
         if not can_write_rows(self.accounts, p.app):
             raise RuntimeError("the accounts table must be RocksDB-backed (rocksdict) without "
                                "transactions or a partitioner; check the Faust store settings")
@@ -174,8 +192,11 @@ class Scorer:
         this worker already advanced.
         """
         self.revoked = True
+        for hook in self.revoke_hooks:  # (the API stops deciding here before anything waits)
+            hook()
         if self.finish is not None:
-            await self.finish.join()
+            async with self.step_lock:  # (an API step being staged is queued first)
+                await self.finish.join()
 
     # --- one step ------------------------------------------------------------------------------
     def refresh_merchants(self) -> None:
@@ -239,9 +260,10 @@ class Scorer:
             outbox.add(names["transactions"], partition_for(account, s.partitions),
                        account.encode(), recs.values[index])
         decisions, flagged = outcome.decisions, outcome.flagged
-        if self.api_calls is not None:
-            decisions, held = self.api_calls.staging(decisions)
-            self.held.extend(held)
+        if recs.topic == API_SOURCE:
+            decisions = self.stage_api(recs, outcome, outbox)
+        elif outcome.rejections:
+            settled_by_api(recs, outcome)
         outbox.add_keyed(names["scores"], [d["transaction_id"] for d in decisions],
                          [dumps(d) for d in decisions], counts[names["scores"]])
         outbox.add_keyed(names["review"], [f["transaction_id"] for f in flagged],
@@ -249,6 +271,25 @@ class Scorer:
         for part, value in activity_records(outcome.activity, s.partitions):
             outbox.add(names["merchant_activity"], part, None, value)
         return recs, outcome, rows
+
+    def stage_api(self, recs: PartitionRecords, outcome: BatchOutcome, outbox: Outbox) -> list[dict]:
+        """The part of :meth:`stage` that only a step of API calls has; returns the
+        decisions to send now (the others are held back until their fallback is recorded).
+
+        Each transaction it decided also goes to its ``transactions`` partition, beside its
+        decision: if the worker stops before the account's row is written, the agent reads
+        it there and applies it (a replay, as for any record); otherwise the agent finds it
+        among the account's recent ids and passes over it (:func:`settled_by_api`).
+        """
+        assert self.api_calls is not None
+        topic = self.names["transactions"]
+        for i in outcome.indices:
+            outbox.add(topic, recs.partition, recs.keys[i], recs.values[i])
+        refused = [api_refusal(recs.values[r.index], r) for r in outcome.rejections]
+        decisions, held = self.api_calls.staging(
+            outcome.decisions, [x[0] for x in refused if x is not None])
+        self.held.extend(held)
+        return decisions
 
     async def send_dead_letters(self, recs: PartitionRecords, outcome: BatchOutcome) -> list[Awaitable]:
         """One dead letter per rejected record; returns the pending sends."""
@@ -322,6 +363,8 @@ class Scorer:
                 groups: dict[int, PartitionRecords] = {}
                 taken = []
                 for partition, key, value, holds, future in waiting:
+                    if future.done():  # (its call is gone)
+                        continue
                     if finish is None or not holds(partition):
                         future.set_exception(NotScoring("not scoring this partition now"))
                         continue
@@ -338,12 +381,30 @@ class Scorer:
                 assert finish is not None
                 try:
                     await self._step(groups.values(), [], finish)
-                except Exception as exc:  # (not staged: the calls say so; nothing was decided)
+                except Exception as exc:
+                    # (as if the agent had crashed: the arena is read again from the table
+                    # before the next step, the calls try again; outputs already sent are
+                    # repeated decisions at worst)
+                    log.error("an API step failed: %s", type(exc).__name__)
+                    self.revoked = True
+                    self.api_calls_failed(groups.values())
                     for future in taken:
-                        future.set_exception(NotScoring(f"staging failed: {type(exc).__name__}"))
+                        if not future.done():
+                            future.set_exception(NotScoring(f"staging failed: {type(exc).__name__}"))
                     continue
                 for future in taken:
-                    future.set_result(None)
+                    if not future.done():
+                        future.set_result(None)
+
+    def api_calls_failed(self, groups: Iterable[PartitionRecords]) -> None:
+        if self.api_calls is None:
+            return
+        for recs in groups:
+            for value in recs.values:
+                refusal = api_refusal(value, Rejection(0, "", ""))
+                if refusal is not None:
+                    self.api_calls.staged.discard(refusal[0])
+        self.held.clear()
 
     async def _step(self, groups: Iterable[PartitionRecords], events: list[Any],
                     finish: InOrder) -> None:

@@ -41,6 +41,7 @@ from flagstream.streams.topics import SCORES
 
 ALL = ("flagstream", "naive_faust", REFERENCE)
 API = ("api", "api_2w", "api_mixed")
+API_ON_WORKERS = ("api_worker", "api_worker_2w", "api_worker_mixed")
 
 
 def decisions(n: int, flip: int | None = None, nudge: tuple[int, float] | None = None,
@@ -228,7 +229,8 @@ def test_tiny_compare_run_runs_every_contender_on_the_same_decisions(kafka_broke
     assert result.returncode == 0, result.stderr[-3000:]
     # every contender runs by default except the scoring API's, the stage tracer and the
     # worker with Faust's consumer thread (``make bench`` runs that one for the comparison)
-    assert sorted(CONTENDERS) == sorted([*ALL, *API, "flagstream_traced", "flagstream_threaded"])
+    assert sorted(CONTENDERS) == sorted([*ALL, *API, *API_ON_WORKERS, "flagstream_traced",
+                                         "flagstream_threaded"])
     assert list(report["contenders"]) == list(ALL) == report["options"]["contenders"]
 
     for name, figures in report["contenders"].items():
@@ -293,18 +295,21 @@ def test_api_and_mixed_contenders_replay_their_own_rates():
     assert harness.contender_rates(CONTENDERS["api_mixed"], opts) == (500, 1_000, 2_000)
     assert harness.workload_rates(opts) == (500, 1_000, 2_000, 5_000)
     assert harness.workload_rates(harness.Options(contenders=ALL)) == (1_000, 5_000)
-    assert [CONTENDERS[n].workers for n in API] == [1, 2, 1]
+    workers = [CONTENDERS[n].workers for n in API + API_ON_WORKERS]
+    assert workers == [1, 2, 1, 1, 2, 1]
+    assert [CONTENDERS[n].api_on_worker for n in API + API_ON_WORKERS] == [False] * 3 + [True] * 3
 
 
 @pytest.mark.integration
 def test_tiny_api_run_measures_one_worker_two_workers_and_the_mixed_load(kafka_broker, tmp_path):
     """The API contenders on a small input: every call answered (by a worker, or by the
-    fallback past the deadline), two workers in one group, both paths of the mixed run."""
+    fallback past the deadline), two workers in one group, both paths of the mixed run;
+    with ``flagstream api`` and with the API on the workers."""
     out = tmp_path / "bench"
     result = subprocess.run(
         [sys.executable, "-m", "flagstream.perf", "compare", "--json", "--events", "3000",
          "--rates", "300", "--api-rates", "100,200", "--rate-seconds", "2", "--train", "2000",
-         "--contenders", f"flagstream,{','.join(API)},{REFERENCE}", "--out-dir", str(out),
+         "--contenders", f"flagstream,{','.join(API + API_ON_WORKERS)},{REFERENCE}", "--out-dir", str(out),
          "--broker", kafka_broker, "--no-chart"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
@@ -314,7 +319,7 @@ def test_tiny_api_run_measures_one_worker_two_workers_and_the_mixed_load(kafka_b
     assert report["setup"]["workload_rates"] == [100, 200, 300]
     figures = report["contenders"]
     assert list(figures["flagstream"]["latency"]) == list(figures[REFERENCE]["latency"]) == ["300"]
-    for name in API:
+    for name in API + API_ON_WORKERS:
         c = figures[name]
         assert c["complete"], (name, c.get("log_tail"))
         assert c["path"] == CONTENDERS[name].path and c["workers"] == CONTENDERS[name].workers

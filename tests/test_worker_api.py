@@ -8,6 +8,7 @@ there can be checked; two APIs in one test forward to each other over real HTTP.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from flagstream.codec import dumps, loads
 from flagstream.streams.api_answers import AnswerBook, is_fallback
-from flagstream.streams.api_service import FORWARDED
+from flagstream.streams.api_service import FORWARDED, forward_signature
 from flagstream.streams.api_worker import ApiCalls, WorkerApi, WorkerLink
 from flagstream.streams.config import Secret, Settings
 from flagstream.streams.topics import partition_for
@@ -218,11 +219,20 @@ def test_an_account_another_worker_holds_is_forwarded_once_with_the_key():
             assert not any(x["fallback"] for x in results)
             assert (a.scorer.decided, b.scorer.decided) == (["t-1"], ["t-2"])
             # a forwarded call is never forwarded again (no loops while owners change)
-            looped = await cb.post("/v1/score", data=dumps(tx(3, here)), headers={**AUTH, FORWARDED: "1"})
+            body = dumps(tx(3, here))
+            looped = await cb.post("/v1/score", data=body, headers={FORWARDED: forward_signature(KEY, body)})
             assert looped.status == 503 and (await looped.json())["error"] == "unavailable"
-            # the holder refuses a forwarded call without the key like any other
-            r = await cb.post("/v1/score", data=dumps(tx(4, there)), headers={FORWARDED: "1"})
-            assert r.status == 401
+            # a forward carries a signature of its body, never the key; a wrong one is refused
+            body = dumps(tx(4, there))
+            for signed in (
+                "1",
+                forward_signature("another-key-00000000", body),
+                forward_signature(KEY, dumps(tx(5, there))),
+                forward_signature(KEY, body, time.time() - 3_600),
+            ):
+                r = await cb.post("/v1/score", data=body, headers={FORWARDED: signed})
+                assert r.status == 401, signed
+            assert b.scorer.decided == ["t-2"]
         finally:
             await a.stop()
             await b.stop()

@@ -45,12 +45,12 @@ async def call(
         await asyncio.sleep(0.2)
 
 
-async def events_in(session: aiohttp.ClientSession, url: str) -> int:
-    """The records a worker has decided (its ``flagstream_events_in_total``)."""
+async def decisions_made(session: aiohttp.ClientSession, url: str) -> int:
+    """The decisions a worker has made (its ``flagstream_decisions_total``, every kind)."""
     async with session.get(url + "/metrics") as r:
         text = await r.text()
-    [line] = [x for x in text.splitlines() if x.startswith("flagstream_events_in_total ")]
-    return int(float(line.split()[1]))
+    return int(sum(float(x.split()[-1]) for x in text.splitlines()
+                   if x.startswith("flagstream_decisions_total{")))
 
 
 def test_a_worker_decides_api_calls_itself_once_with_the_stream(settings, worker_factory):
@@ -155,7 +155,7 @@ def test_two_workers_answer_every_account_and_a_killed_workers_accounts_after_th
                 assert status == 200, answer
                 answered_before.append(answer)
             # each worker decided the calls for the accounts it holds (the first forwarded)
-            decided_by = [await events_in(session, w.url) for w in (first, second)]
+            decided_by = [await decisions_made(session, w.url) for w in (first, second)]
             assert sum(decided_by) == len(accounts) and min(decided_by) > 0, decided_by
             second.kill()  # its partitions move to the first worker after the session timeout
             answered_after = []
