@@ -290,6 +290,9 @@ class WorkerLink:
             return await asyncio.wait_for(self._read_back(transaction_id, partition, offset), timeout_s)
         except TimeoutError:
             return False
+        except Exception as exc:  # (Kafka unreachable: answered with the fallback, said once)
+            log.warning("could not read scores back: %s", type(exc).__name__)
+            return False
 
     async def _send_now(self, topic: str, partition: int, key: bytes, value: bytes) -> Any:
         """One record as a closed batch: it leaves at once instead of lingering for more
@@ -350,20 +353,14 @@ class WorkerApi(ScoringApi):
         self.handed_over = 0
 
     async def route(self, req: Request, forwarded: bool) -> tuple[int, dict] | None:
+        """Forward the call to the worker holding the account; None to handle it here
+        (held here; or held by no one now, a rebalance: the call waits for the next
+        assignment; or forwarded already: the holder moved, the stream path decides it)."""
         owner = self.link.owner_of(req.account_id)
-        if owner == "":  # rebalancing: wait for the next assignment, within the deadline
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.link.assignment.wait(), self.deadline_s)
-            owner = self.link.owner_of(req.account_id)
-        if owner is None:
+        if owner is None or owner == "" or forwarded:
             return None
-        if owner == "" or forwarded:
-            return 503, {
-                "error": "unavailable",
-                "detail": "no worker holds this account's partition now: retry",
-            }
         try:
-            return await forward(
+            status, answer = await forward(
                 self._session(), owner, req, self.settings.api_key.reveal(), self.deadline_s * 2
             )
         except Exception as exc:  # (the holder is gone or stuck: the stream path decides it)
@@ -372,6 +369,10 @@ class WorkerApi(ScoringApi):
             )
             self.handed_over += 1
             return None
+        if status == 503:  # (it does not hold the account either, or cannot say yet)
+            self.handed_over += 1
+            return None
+        return status, answer
 
     async def attempt(self, req: Request) -> tuple[int, dict]:
         try:

@@ -152,9 +152,27 @@ class Worker:
         self.calls = ApiCalls(AnswerBook(100))
         self.scorer = FakeScorer(self.calls, self.producer, s)
         self.link = WorkerLink(s, self.calls, self.scorer.decide_now, lambda: self.producer)
+        self.link._read_back = self.read_back  # type: ignore[method-assign]
         self.api = WorkerApi(s, self.link)
         self.owned = owned
         self.client: TestClient | None = None
+
+    async def read_back(self, transaction_id: str, partition: int, offset: int | None) -> bool:
+        """``scores`` read back as the link would, from this worker's fake producer."""
+        key = transaction_id.encode()
+        while True:
+            log = self.producer.topics.get((self.settings.topic("scores"), partition), [])
+            for at, (k, v) in enumerate(log):
+                if k == key:
+                    self.book_first(k, v)
+                if offset is not None and at >= offset:
+                    return True
+            if offset is None and self.calls.book.first(transaction_id) is not None:
+                return True
+            await asyncio.sleep(0.005)
+
+    def book_first(self, key: bytes, value: bytes) -> None:
+        self.calls.book.record(key, value)
 
     async def start(self) -> TestClient:
         app = web.Application()
@@ -219,9 +237,12 @@ def test_an_account_another_worker_holds_is_forwarded_once_with_the_key():
             assert not any(x["fallback"] for x in results)
             assert (a.scorer.decided, b.scorer.decided) == (["t-1"], ["t-2"])
             # a forwarded call is never forwarded again (no loops while owners change)
+            # (here: nothing decides what goes to transactions, so its fallback answers)
             body = dumps(tx(3, here))
             looped = await cb.post("/v1/score", data=body, headers={FORWARDED: forward_signature(KEY, body)})
-            assert looped.status == 503 and (await looped.json())["error"] == "unavailable"
+            assert looped.status == 200 and (await looped.json())["fallback"] is True
+            assert a.scorer.decided == ["t-1"] and b.scorer.decided == ["t-2"]
+            assert [k for k, _ in b.producer.on(s.topic("transactions"))] == [here.encode()]
             # a forward carries a signature of its body, never the key; a wrong one is refused
             body = dumps(tx(4, there))
             for signed in (
@@ -342,5 +363,25 @@ def test_a_decision_staged_while_its_fallback_is_in_flight_is_sent_only_after_it
         await release
         assert order == ["fallback", "decision"]
         assert calls.book.first("t-10")["fallback"] is True, "the fallback stays the first answer"
+
+    asyncio.run(go())
+
+
+def test_a_holder_that_does_not_answer_gets_the_call_through_the_stream_path():
+    async def go() -> None:
+        s = settings(api_deadline_ms=100)
+        w = Worker(s, {0, 1})
+        c = await w.start()
+        w.link.assigned(w.owned, {2: "http://127.0.0.1:9", 3: "http://127.0.0.1:9"})  # (nothing listens)
+        there = account_on(2)
+        try:
+            r = await c.post("/v1/score", data=dumps(tx(11, there)), headers=AUTH)
+            assert r.status == 200 and (await r.json())["fallback"] is True
+            assert w.api.handed_over == 1 and w.scorer.decided == []
+            assert [k for k, _ in w.producer.on(s.topic("transactions"))] == [there.encode()]
+            assert [is_fallback(v) for _, v in w.producer.on(s.topic("scores"))] == [True]
+            assert not w.link.in_flight and not w.link.following and not w.link.active
+        finally:
+            await w.stop()
 
     asyncio.run(go())
