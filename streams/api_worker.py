@@ -6,13 +6,14 @@ With ``FLAGSTREAM_WORKER_API`` each scoring worker serves ``POST /v1/score`` (an
 batch form) on its own web server, with the same handlers
 (:class:`~flagstream.streams.api_service.ScoringApi`) over a :class:`WorkerLink`:
 
-- a call for an account whose ``transactions`` partition this worker holds is handed
-  to the worker's own scorer (:meth:`~flagstream.streams.scorer_agent.Scorer.decide_now`):
-  decided at once, with no Kafka before deciding, by the same validation, state, model
-  and policy as a streamed record, and answered from memory once its decision is on
-  ``scores`` and the account's row in the changelog: nothing is read back. The
-  transaction also goes to ``transactions`` beside its decision, so that a worker that
-  stops before the row is written applies it on replay;
+- a call for an account whose ``transactions`` partition this worker holds is produced
+  there (one produce, where replays and the stream find it) and handed to the worker's
+  own scorer (:meth:`~flagstream.streams.scorer_agent.Scorer.decide_now`), which decides
+  it at once when it comes right after what it has staged on that partition (else when
+  the agent reads it): nothing is consumed before deciding, the same validation, state,
+  model and policy as a streamed record, the account rows' offsets making the agent's
+  later read a replay. The call is answered from memory once its decision is on
+  ``scores`` and the account's row in the changelog: nothing is read back;
 - a call for an account another worker holds is forwarded once to that worker's web
   server (its address from the consumer group's assignment, as Faust's router knows
   it), signed with the API key rather than carrying it
@@ -32,6 +33,7 @@ restarted, or a transaction the stream decided first, gets 409 ``duplicate_trans
 instead of the first answer), and the API stops while its worker restarts.
 
 >>> calls = ApiCalls()
+>>> calls.expecting.add("t-1")  # (a call of this worker's; t-2 came on the stream)
 >>> calls.staging([{"transaction_id": "t-1", "origin": "api"}, {"transaction_id": "t-2"}])
 ([{'transaction_id': 't-1', 'origin': 'api'}, {'transaction_id': 't-2'}], [])
 >>> sorted(calls.staged)
@@ -52,7 +54,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from flagstream.codec import dumps, loads
 from flagstream.errors import ConfigurationError
 from flagstream.sinks.review.views import Route
-from flagstream.streams.api_answers import ORIGIN, AnswerBook, Request
+from flagstream.streams.api_answers import AnswerBook, Request
 from flagstream.streams.api_service import FORWARDED, ScoringApi, forward_signature
 from flagstream.streams.app import Pipeline
 from flagstream.streams.compat.internals import kafka_producer
@@ -82,21 +84,24 @@ class ApiCalls:
 
     def __init__(self, book: AnswerBook | None = None) -> None:
         self.book = book if book is not None else AnswerBook()
-        #: API transactions decided by the scorer whose decisions are not acknowledged yet
+        #: transactions of this worker's calls that this worker's scorer may decide
+        self.expecting: set[str] = set()
+        #: those decided (or refused) whose outputs are not acknowledged yet
         self.staged: set[str] = set()
         #: transactions whose fallback is being recorded: True once acknowledged
         self.fallen_back: dict[str, asyncio.Future] = {}
 
     def staging(self, decisions: list[dict], refused: Sequence[str] = ()) -> tuple[list[dict], list[dict]]:
-        """Split an API step's decisions into those to send now and those to hold back
-        (transactions whose fallback is being recorded); marks the others, and the
-        transactions the step refused, as staged: their answers are on their way."""
-        self.staged.update(refused)
+        """Split a step's decisions into those to send now and those to hold back (this
+        worker's calls whose fallback is being recorded); marks this worker's other calls
+        among them, and those the step refused, as staged: their answers are on the way."""
+        expecting = self.expecting
+        self.staged.update(tx for tx in refused if tx in expecting)
         send, held = decisions, []
         for d in decisions:
-            if d.get("origin") != ORIGIN:
-                continue
             tx = d["transaction_id"]
+            if tx not in expecting:
+                continue
             if tx in self.fallen_back:
                 held.append(d)
             else:
@@ -128,8 +133,9 @@ class ApiCalls:
 
     def _refused(self, refused: Sequence[tuple[str, str, str]]) -> None:
         for tx, reason, detail in refused:
-            self.staged.discard(tx)
-            self.book.dead_lettered(tx, reason, detail)
+            if tx in self.staged:
+                self.staged.discard(tx)
+                self.book.dead_lettered(tx, reason, detail)
 
     def falling_back(self, transaction_id: str) -> asyncio.Future | None:
         """Mark a transaction as falling back; None when the scorer has already decided it."""
@@ -208,38 +214,40 @@ class WorkerLink:
 
     # --- the Link protocol ---------------------------------------------------------------------
     async def send_transaction(self, transaction_id: str, account_id: str, value: bytes) -> None:
-        """Hand a transaction to this worker's scorer, which decides it at once.
+        """Produce a transaction to its ``transactions`` partition and have it decided.
 
-        While this worker holds the account's partition (assignment current, tables
-        recovered) the scorer stages it in a step of its own; if the partition moved
-        since the call was routed, it goes to ``transactions`` instead and the worker
-        now holding it decides it (the call then settles through the fallback path).
+        Held here (assignment current, tables recovered): produced, then handed to this
+        worker's scorer, which decides it at once if its turn has come on the partition,
+        else when the agent reads it. Held by another worker (the holder moved since the
+        call was routed, or did not answer): :meth:`hand_over`. While no worker holds it (a
+        rebalance) the call waits for the assignment, at most a few deadlines.
         """
         loop = asyncio.get_running_loop()
         self.active.add(transaction_id)
-        self.in_flight[transaction_id] = (self.generation, int(time.time() * 1000), True)
         part = partition_for(account_id, self.settings.partitions)
         key = account_id.encode()
         give_up = loop.time() + HAND_OVER_DEADLINES * self.settings.api_deadline_ms / 1000
-        while loop.time() <= give_up:
-            if part in self.owned:
-                try:
-                    await self._decide(part, key, value, self.holds)
-                    return
-                except NotScoring:
-                    pass
-            elif self.assignment.is_set():
-                break
+        while part not in self.owned and not self.assignment.is_set() and loop.time() <= give_up:
             await asyncio.sleep(0.005)
-        await self.hand_over(transaction_id, part, key, value)
+        if part not in self.owned:
+            await self.hand_over(transaction_id, part, key, value)
+            return
+        self.in_flight[transaction_id] = (self.generation, int(time.time() * 1000), True)
+        self.calls.expecting.add(transaction_id)
+        meta = await self._send_now(self.transactions, part, key, value)
+        try:
+            await self._decide(part, meta.offset, key, value, self.holds)
+        except NotScoring:  # (on its partition already: whoever holds that decides it)
+            pass
 
     async def hand_over(self, transaction_id: str, partition: int, key: bytes, value: bytes) -> None:
         """The stream path: the transaction to ``transactions``; whichever worker holds the
         partition decides it, and its first record on ``scores`` is read back for the call."""
+        self.in_flight[transaction_id] = (-1, int(time.time() * 1000), False)
+        self.calls.expecting.add(transaction_id)  # (should this worker come to hold it)
         await self._send_now(self.transactions, partition, key, value)
         if transaction_id not in self.active:  # (its call has ended: nobody to tell)
             return
-        self.in_flight[transaction_id] = (-1, int(time.time() * 1000), False)
         scores_partition = partition_for(transaction_id, self.settings.partitions)
         follow = asyncio.ensure_future(
             asyncio.wait_for(
@@ -253,6 +261,7 @@ class WorkerLink:
     def finished(self, transaction_id: str) -> None:
         """A call ended: forget it (and stop reading back for it)."""
         self.active.discard(transaction_id)
+        self.calls.expecting.discard(transaction_id)
         self.in_flight.pop(transaction_id, None)
         follow = self.following.pop(transaction_id, None)
         if follow is not None:

@@ -69,10 +69,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The source named on dead letters of transactions the scoring API handed over directly.
-API_SOURCE = "api"
-
-
 class NotScoring(RuntimeError):
     """The scorer cannot decide now (not started, or stopping)."""
 
@@ -81,20 +77,34 @@ class NotScoring(RuntimeError):
 Staged = tuple[PartitionRecords, BatchOutcome, dict[str, Any]]
 
 
-def settled_by_api(recs: PartitionRecords, outcome: BatchOutcome) -> None:
-    """Pass over the API's own transactions that the worker's API already applied.
+#: An API transaction waiting to be staged: partition, offset, key, value, the ownership
+#: check and the future its call awaits.
+ApiWaiting = tuple[int, int, bytes, bytes, Callable[[int], bool], asyncio.Future]
 
-    A worker that decides an API call writes the transaction to ``transactions`` too
-    (:meth:`Scorer.stage_api`); when the agent reads it there the account already holds
-    its id, and it is counted as a replay, not dead-lettered as a duplicate.
+
+def in_turn(waiting: Sequence[ApiWaiting], staged_through: dict[int, int]) -> list[ApiWaiting]:
+    """The waiting API transactions whose turn has come: per partition, the run of offsets
+    right after the last one staged there (none while that is unknown), in order.
+
+    >>> f = None
+    >>> [w[1] for w in in_turn([(0, 12, b"", b"", f, f), (0, 11, b"", b"", f, f),
+    ...                         (0, 14, b"", b"", f, f), (1, 3, b"", b"", f, f)], {0: 10})]
+    [11, 12]
     """
-    keep = []
-    for r in outcome.rejections:
-        if r.reason == "duplicate_transaction" and api_refusal(recs.values[r.index], r) is not None:
-            outcome.replayed += 1
-        else:
-            keep.append(r)
-    outcome.rejections = keep
+    out = []
+    by_partition: dict[int, list[ApiWaiting]] = {}
+    for w in waiting:
+        by_partition.setdefault(w[0], []).append(w)
+    for partition, group in by_partition.items():
+        last = staged_through.get(partition)
+        if last is None:
+            continue
+        for w in sorted(group, key=lambda w: w[1]):
+            if w[1] != last + 1:
+                break
+            out.append(w)
+            last = w[1]
+    return out
 
 
 @dataclass
@@ -143,9 +153,11 @@ class Scorer:
         #: one step staged at a time, the agent's or the API's (see :meth:`decide_now`)
         self.step_lock = asyncio.Lock()
         #: API transactions waiting to be staged, and the task staging them
-        self.api_waiting: list[tuple[int, bytes, bytes, Callable[[int], bool], asyncio.Future]] = []
+        self.api_waiting: list[ApiWaiting] = []
         self.api_stager: asyncio.Future | None = None
         self.api_step_started = 0.0
+        #: the last offset staged per ``transactions`` partition (what API steps continue)
+        self.staged_through: dict[int, int] = {}
         #: called first when partitions are revoked
         self.revoke_hooks: list[Callable[[], None]] = []
         if not can_write_rows(self.accounts, p.app):
@@ -168,6 +180,7 @@ class Scorer:
         async def score(stream: Any) -> None:
             # (re)started: only durable state counts, rows are read again from the table
             self.core.accounts.reset()
+            self.staged_through.clear()
             finish = self.finish = InOrder(p.app, self.complete_steps)
             if self.tuning is not None:  # each event is a fetched chunk: take what has arrived
                 async for events in ready_events(stream, max_records=s.batch_size):
@@ -192,6 +205,7 @@ class Scorer:
         this worker already advanced.
         """
         self.revoked = True
+        self.staged_through.clear()
         for hook in self.revoke_hooks:  # (the API stops deciding here before anything waits)
             hook()
         if self.finish is not None:
@@ -260,10 +274,8 @@ class Scorer:
             outbox.add(names["transactions"], partition_for(account, s.partitions),
                        account.encode(), recs.values[index])
         decisions, flagged = outcome.decisions, outcome.flagged
-        if recs.topic == API_SOURCE:
-            decisions = self.stage_api(recs, outcome, outbox)
-        elif outcome.rejections:
-            settled_by_api(recs, outcome)
+        if self.api_calls is not None and self.api_calls.expecting:
+            decisions = self.stage_api_calls(recs, outcome)
         outbox.add_keyed(names["scores"], [d["transaction_id"] for d in decisions],
                          [dumps(d) for d in decisions], counts[names["scores"]])
         outbox.add_keyed(names["review"], [f["transaction_id"] for f in flagged],
@@ -272,22 +284,13 @@ class Scorer:
             outbox.add(names["merchant_activity"], part, None, value)
         return recs, outcome, rows
 
-    def stage_api(self, recs: PartitionRecords, outcome: BatchOutcome, outbox: Outbox) -> list[dict]:
-        """The part of :meth:`stage` that only a step of API calls has; returns the
-        decisions to send now (the others are held back until their fallback is recorded).
-
-        Each transaction it decided also goes to its ``transactions`` partition, beside its
-        decision: if the worker stops before the account's row is written, the agent reads
-        it there and applies it (a replay, as for any record); otherwise the agent finds it
-        among the account's recent ids and passes over it (:func:`settled_by_api`).
-        """
+    def stage_api_calls(self, recs: PartitionRecords, outcome: BatchOutcome) -> list[dict]:
+        """The decisions to send now, the calls of this worker's API among them marked as
+        staged (or held back while their fallback is recorded); see :class:`ApiCalls`."""
         assert self.api_calls is not None
-        topic = self.names["transactions"]
-        for i in outcome.indices:
-            outbox.add(topic, recs.partition, recs.keys[i], recs.values[i])
-        refused = [api_refusal(recs.values[r.index], r) for r in outcome.rejections]
-        decisions, held = self.api_calls.staging(
-            outcome.decisions, [x[0] for x in refused if x is not None])
+        refused = [] if not outcome.rejections else [
+            x[0] for r in outcome.rejections if (x := api_refusal(recs.values[r.index], r)) is not None]
+        decisions, held = self.api_calls.staging(outcome.decisions, refused)
         self.held.extend(held)
         return decisions
 
@@ -329,29 +332,31 @@ class Scorer:
         async with self.step_lock:
             await self._step(records_by_partition(events).values(), events, finish)
 
-    async def decide_now(self, partition: int, key: bytes, value: bytes,
-                         holds: Callable[[int], bool]) -> None:
-        """Decide a transaction of the scoring API here and now; returns once it is staged.
+    async def decide_now(self, partition: int, offset: int, key: bytes, value: bytes,
+                         holds: Callable[[int], bool]) -> bool:
+        """Decide a transaction of the scoring API at once, if its turn has come.
 
-        Nothing goes through Kafka before it is decided: the calls that arrive while a
-        step is being staged are staged together in a step of their own (between the
-        agent's steps, never inside one; no source offsets), which completes in order
-        with the agent's steps; the calls are answered once its outputs and rows are
-        written (:meth:`complete_steps`). A transaction that reached the account before
-        (an API retry, or the same id on the stream) is refused as
-        ``duplicate_transaction`` by the account's recent ids, as on the stream.
+        The API has produced it to ``transactions`` already (at ``offset``); nothing is
+        consumed before deciding. The calls that arrive while a step is being staged are
+        staged together, as a step of their own between the agent's steps (never inside
+        one), when they come right after what this scorer has staged on their partition
+        (offset by offset, so the partition's order holds); the agent later reads them as
+        already applied (the account rows' offsets). The others are left to the agent,
+        which decides them when it reads them. Either way the call is answered once the
+        decision and the row are written (:meth:`complete_steps`). Returns whether it was
+        staged here.
 
-        Raises :class:`NotScoring` (nothing decided) unless the agent runs and
+        Raises :class:`NotScoring` (nothing decided here) unless the agent runs and
         ``holds(partition)`` is still true when its step is staged.
         """
         taken = asyncio.get_running_loop().create_future()
-        self.api_waiting.append((partition, key, value, holds, taken))
+        self.api_waiting.append((partition, offset, key, value, holds, taken))
         if self.api_stager is None or self.api_stager.done():
             self.api_stager = asyncio.ensure_future(self._stage_api_calls())
-        await taken
+        return bool(await taken)
 
     async def _stage_api_calls(self) -> None:
-        """Stage every API transaction waiting, one step at a time, until none is left."""
+        """Stage every API transaction waiting whose turn has come, until none is left."""
         while self.api_waiting:
             wait = self.api_step_started + self.settings.api_step_gap_ms / 1000 - time.perf_counter()
             if wait > 0:  # (calls arriving meanwhile join this step: fewer, larger steps)
@@ -360,22 +365,25 @@ class Scorer:
             async with self.step_lock:
                 waiting, self.api_waiting = self.api_waiting, []
                 finish, now_ms = self.finish, time.time() * 1000.0
+                live = [w for w in waiting if not w[-1].done()]  # (calls gone: nothing to do)
+                for w in live:
+                    if finish is None or not w[4](w[0]):
+                        w[-1].set_exception(NotScoring("not scoring this partition now"))
                 groups: dict[int, PartitionRecords] = {}
                 taken = []
-                for partition, key, value, holds, future in waiting:
-                    if future.done():  # (its call is gone)
-                        continue
-                    if finish is None or not holds(partition):
-                        future.set_exception(NotScoring("not scoring this partition now"))
-                        continue
+                for partition, offset, key, value, _holds, future in in_turn(
+                        [w for w in live if not w[-1].done()], self.staged_through):
                     recs = groups.get(partition)
                     if recs is None:
-                        recs = groups[partition] = PartitionRecords(partition, API_SOURCE)
+                        recs = groups[partition] = PartitionRecords(partition, self.names["transactions"])
                     recs.values.append(value)
                     recs.keys.append(key)
-                    recs.offsets.append(-1)
+                    recs.offsets.append(offset)
                     recs.timestamps.append(now_ms)
                     taken.append(future)
+                for w in live:  # (not their turn: the agent decides them)
+                    if not w[-1].done() and w[-1] not in taken:
+                        w[-1].set_result(False)
                 if not taken:
                     continue
                 assert finish is not None
@@ -383,28 +391,17 @@ class Scorer:
                     await self._step(groups.values(), [], finish)
                 except Exception as exc:
                     # (as if the agent had crashed: the arena is read again from the table
-                    # before the next step, the calls try again; outputs already sent are
-                    # repeated decisions at worst)
+                    # before the next step; the transactions are on Kafka, the agent decides them)
                     log.error("an API step failed: %s", type(exc).__name__)
                     self.revoked = True
-                    self.api_calls_failed(groups.values())
+                    self.held.clear()
                     for future in taken:
                         if not future.done():
-                            future.set_exception(NotScoring(f"staging failed: {type(exc).__name__}"))
+                            future.set_result(False)
                     continue
                 for future in taken:
                     if not future.done():
-                        future.set_result(None)
-
-    def api_calls_failed(self, groups: Iterable[PartitionRecords]) -> None:
-        if self.api_calls is None:
-            return
-        for recs in groups:
-            for value in recs.values:
-                refusal = api_refusal(value, Rejection(0, "", ""))
-                if refusal is not None:
-                    self.api_calls.staged.discard(refusal[0])
-        self.held.clear()
+                        future.set_result(True)
 
     async def _step(self, groups: Iterable[PartitionRecords], events: list[Any],
                     finish: InOrder) -> None:
@@ -426,6 +423,8 @@ class Scorer:
         staged: list[Staged] = []
         pending: list[Awaitable] = []
         for records in groups:
+            if records.offsets and records.offsets[-1] >= 0:
+                self.staged_through[records.partition] = records.offsets[-1]
             for recs, outcome, rows in self.stage_isolated(records, outbox):
                 staged.append((recs, outcome, rows))
                 pending.extend(await self.send_dead_letters(recs, outcome))

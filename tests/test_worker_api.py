@@ -75,12 +75,14 @@ class FakeProducer:
     def __init__(self) -> None:
         self.topics: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
         self.fail = False
+        #: topics whose sends fail (all of them while ``fail``)
+        self.failing: set[str] = set()
 
     def create_batch(self) -> FakeBatch:
         return FakeBatch()
 
     async def send_batch(self, batch: FakeBatch, topic: str, partition: int) -> asyncio.Future:
-        if self.fail:
+        if self.fail or topic in self.failing:
             raise ConnectionError("broker down")
         log = self.topics.setdefault((topic, partition), [])
         first = len(log)
@@ -103,7 +105,7 @@ class FakeScorer:
         self.decided: list[str] = []
         self.tasks: list[asyncio.Future] = []
 
-    async def decide_now(self, partition: int, key: bytes, value: bytes, holds: Any) -> None:
+    async def decide_now(self, partition: int, offset: int, key: bytes, value: bytes, holds: Any) -> bool:
         await self.gate.wait()
         assert holds(partition)
         record = loads(value)
@@ -119,6 +121,7 @@ class FakeScorer:
         }
         send, held = self.calls.staging([d])
         self.tasks.append(asyncio.ensure_future(self._complete(send, held)))
+        return True
 
     async def _complete(self, send: list[dict], held: list[dict]) -> None:
         await asyncio.sleep(0.005)
@@ -214,7 +217,8 @@ def test_an_owned_account_is_decided_here_and_a_retry_gets_the_first_answer():
             again = await c.post("/v1/score", data=dumps(tx(1, "c-1")), headers=AUTH)
             assert await again.json() == answer
             assert w.scorer.decided == ["t-1"], "a retry is answered from memory, not decided again"
-            assert w.producer.on(w.settings.topic("transactions")) == [], "nothing read back"
+            # produced once to its account's partition (where replays find it), decided once
+            assert [k for k, _ in w.producer.on(w.settings.topic("transactions"))] == [b"c-1"]
             assert (await c.post("/v1/score", data=dumps(tx(2, "c-1")))).status == 401
         finally:
             await w.stop()
@@ -242,7 +246,8 @@ def test_an_account_another_worker_holds_is_forwarded_once_with_the_key():
             looped = await cb.post("/v1/score", data=body, headers={FORWARDED: forward_signature(KEY, body)})
             assert looped.status == 200 and (await looped.json())["fallback"] is True
             assert a.scorer.decided == ["t-1"] and b.scorer.decided == ["t-2"]
-            assert [k for k, _ in b.producer.on(s.topic("transactions"))] == [here.encode()]
+            produced = sorted(k for k, _ in b.producer.on(s.topic("transactions")))
+            assert produced == sorted([there.encode(), here.encode()])
             # a forward carries a signature of its body, never the key; a wrong one is refused
             body = dumps(tx(4, there))
             for signed in (
@@ -307,13 +312,18 @@ def test_past_the_deadline_the_fallback_is_recorded_first_and_the_late_decision_
 def test_a_transaction_staged_before_its_deadline_gets_its_decision_and_no_fallback():
     async def go() -> None:
         calls = ApiCalls()
+        calls.expecting.update({"t-7", "t-8"})  # (this worker's calls)
         sent, held = calls.staging([{"transaction_id": "t-7", "origin": "api"}])
         assert held == [] and calls.falling_back("t-7") is None
-        # a stream decision (no origin) is neither staged nor held
-        assert calls.staging([{"transaction_id": "t-8"}]) == ([{"transaction_id": "t-8"}], [])
-        assert calls.falling_back("t-8") is not None
+        # a decision of another transaction (the stream's, another API's) is neither staged nor held
+        assert calls.staging([{"transaction_id": "t-9", "origin": "api"}]) == (
+            [{"transaction_id": "t-9", "origin": "api"}], [])
+        assert "t-9" not in calls.staged and calls.falling_back("t-8") is not None
         _, held = calls.staging([{"transaction_id": "t-8", "origin": "api"}])
         assert held == [{"transaction_id": "t-8", "origin": "api"}]
+        # a refusal answers only a call of this worker's
+        calls.staging([], ["t-7", "t-9"])
+        assert "t-9" not in calls.staged
 
     asyncio.run(go())
 
@@ -325,11 +335,11 @@ def test_a_fallback_that_could_not_be_recorded_releases_the_decision_and_says_50
         c = await w.start()
         w.link.assigned(w.owned, {})
         w.scorer.gate.clear()
-        w.producer.fail = True
+        w.producer.failing.add(s.topic("scores"))  # (the fallback cannot be recorded)
         try:
             r = await c.post("/v1/score", data=dumps(tx(9, "c-9")), headers=AUTH)
             assert r.status == 503
-            w.producer.fail = False
+            w.producer.failing.clear()
             w.scorer.gate.set()
             await asyncio.sleep(0.05)
             await asyncio.gather(*w.scorer.tasks)
@@ -345,6 +355,7 @@ def test_a_fallback_that_could_not_be_recorded_releases_the_decision_and_says_50
 def test_a_decision_staged_while_its_fallback_is_in_flight_is_sent_only_after_it():
     async def go() -> None:
         calls = ApiCalls()
+        calls.expecting.add("t-10")
         settled = calls.falling_back("t-10")
         assert settled is not None
         sent, held = calls.staging([{"transaction_id": "t-10", "origin": "api"}])
@@ -381,6 +392,25 @@ def test_a_holder_that_does_not_answer_gets_the_call_through_the_stream_path():
             assert [k for k, _ in w.producer.on(s.topic("transactions"))] == [there.encode()]
             assert [is_fallback(v) for _, v in w.producer.on(s.topic("scores"))] == [True]
             assert not w.link.in_flight and not w.link.following and not w.link.active
+        finally:
+            await w.stop()
+
+    asyncio.run(go())
+
+
+def test_a_transaction_kafka_does_not_take_gets_503_and_nothing_is_decided():
+    async def go() -> None:
+        s = settings()
+        w = Worker(s, set(range(PARTITIONS)))
+        c = await w.start()
+        w.link.assigned(w.owned, {})
+        w.producer.fail = True
+        try:
+            r = await c.post("/v1/score", data=dumps(tx(12, "c-12")), headers=AUTH)
+            assert r.status == 503 and w.scorer.decided == []
+            w.producer.fail = False
+            retry = await c.post("/v1/score", data=dumps(tx(12, "c-12")), headers=AUTH)
+            assert retry.status == 200 and w.scorer.decided == ["t-12"]
         finally:
             await w.stop()
 

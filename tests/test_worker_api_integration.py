@@ -45,12 +45,17 @@ async def call(
         await asyncio.sleep(0.2)
 
 
-async def decisions_made(session: aiohttp.ClientSession, url: str) -> int:
-    """The decisions a worker has made (its ``flagstream_decisions_total``, every kind)."""
+async def metric(session: aiohttp.ClientSession, url: str, name: str) -> int:
+    """A worker's counter, summed over its labels."""
     async with session.get(url + "/metrics") as r:
         text = await r.text()
-    return int(sum(float(x.split()[-1]) for x in text.splitlines()
-                   if x.startswith("flagstream_decisions_total{")))
+    lines = [x for x in text.splitlines() if x.startswith((f"{name} ", f"{name}{{"))]
+    return int(sum(float(x.split()[-1]) for x in lines))
+
+
+async def decisions_made(session: aiohttp.ClientSession, url: str) -> int:
+    """The decisions a worker has made (its ``flagstream_decisions_total``, every kind)."""
+    return await metric(session, url, "flagstream_decisions_total")
 
 
 def test_a_worker_decides_api_calls_itself_once_with_the_stream(settings, worker_factory):
@@ -61,6 +66,9 @@ def test_a_worker_decides_api_calls_itself_once_with_the_stream(settings, worker
     wait_until(lambda: serving_version(worker) == version, 60, "the published champion in use", worker)
     first = transaction(1, 900.0, "c-api")
     then = transaction(2, 25.0, "c-api")  # same account, later, sent on the stream
+    home = partition_for("c-api", settings.partitions)
+    neighbours = [a for a in (f"c-n{i}" for i in range(200))
+                  if partition_for(a, settings.partitions) == home][:4]
 
     async def scenario() -> tuple[dict, list, dict, list]:
         async with aiohttp.ClientSession() as session:
@@ -77,14 +85,22 @@ def test_a_worker_decides_api_calls_itself_once_with_the_stream(settings, worker
                 path="/v1/score/batch",
             )
             assert status == 200 and [x["status"] for x in batch["results"]] == [200, 400]
+            # more calls on the first one's partition: each comes right after what the scorer
+            # staged there, so it is decided at once, and the agent reads it as a replay
+            for i, account in enumerate(neighbours):
+                status, answer_n = await call(session, worker.url, transaction(10 + i, 20.0, account))
+                assert status == 200 and answer_n["fallback"] is False, answer_n
+            await asyncio.sleep(1.0)  # (the agent reads them)
+            replayed = await metric(session, worker.url, "flagstream_replayed_total")
+            assert replayed >= len(neighbours) - 1, replayed
         # the same transaction replayed on the stream, then the account's next one
         await produce(s, "transactions", [(b"c-api", dumps(first)), (b"c-api", dumps(then))])
-        scores = by_transaction(await read_topic(s, "scores", 3, distinct_keys=True))
+        scores = by_transaction(await read_topic(s, "scores", 3 + len(neighbours), distinct_keys=True))
         dlq = [loads(x.value) for x in await read_topic(s, "transactions.dlq", 1)]
         return answer, batch["results"], scores, dlq
 
     answer, results, scores, dlq = asyncio.run(scenario())
-    assert sorted(scores) == ["t-00001", "t-00002", "t-00003"]
+    assert sorted(scores) == ["t-00001", "t-00002", "t-00003", "t-00010", "t-00011", "t-00012", "t-00013"]
     assert all(len(v) == 1 for v in scores.values()), "one decision per transaction"
     [recorded] = scores["t-00001"]
     assert answer == answer_of(recorded) and answer["fallback"] is False
