@@ -265,6 +265,8 @@ def forward_signature(key: str, body: bytes, now_s: float | None = None) -> str:
     >>> forward_signature_ok("k" * 16, sig, b"{ }", now_s=1_030.0), forward_signature_ok(
     ...     "k" * 16, sig, b"{}", now_s=1_000.0 + FORWARD_MAX_AGE_S + 1)
     (False, False)
+    >>> forward_signature_ok("k" * 16, "\u00b2:" + sig.partition(":")[2], b"{}", now_s=1_000.0)
+    False
     """
     stamp = str(int(time.time() if now_s is None else now_s))
     mac = hmac.new(key.encode(), b"flagstream-forward\n" + stamp.encode() + b"\n" + body, "sha256")
@@ -274,7 +276,7 @@ def forward_signature(key: str, body: bytes, now_s: float | None = None) -> str:
 def forward_signature_ok(key: str, signed: str, body: bytes, now_s: float | None = None) -> bool:
     """Whether ``signed`` is :func:`forward_signature` of ``body`` from the last minute."""
     stamp, _, _ = signed.partition(":")
-    if not stamp.isdigit() or len(stamp) > 12:
+    if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
         return False
     now = time.time() if now_s is None else now_s
     if abs(now - int(stamp)) > FORWARD_MAX_AGE_S:

@@ -65,6 +65,9 @@ from flagstream.streams.topics import partition_for
 
 log = logging.getLogger(__name__)
 
+#: Answers of the worker holding an account that are passed on as they are (any other
+#: hands the call to the stream path: the caller's key was good, whatever it said).
+RELAYED = frozenset({200, 400, 409, 413})
 #: Largest answer read from another worker, bytes.
 MAX_FORWARDED_ANSWER_BYTES = 65_536
 #: How far before a call a read-back starts (covers clock skew between hosts), ms.
@@ -183,6 +186,8 @@ class WorkerLink:
         self.generation = 0
         #: calls in flight: transaction id -> (generation, call start in epoch ms, decided here)
         self.in_flight: dict[str, tuple[int, int, bool]] = {}
+        #: fallbacks recorded while the partition changed hands (until read back)
+        self.fallbacks: dict[str, bytes] = {}
         #: calls not ended yet
         self.active: set[str] = set()
         #: read-backs of calls handed over to the stream path
@@ -284,6 +289,8 @@ class WorkerLink:
             raise
         if self._exact(transaction_id):
             self.book.record(transaction_id.encode(), value)
+        else:  # (what the caller is told if scores cannot be read back)
+            self.fallbacks[transaction_id] = value
         self.calls.settled(transaction_id, True)
         return meta.partition, meta.offset
 
@@ -302,6 +309,11 @@ class WorkerLink:
         except Exception as exc:  # (Kafka unreachable: answered with the fallback, said once)
             log.warning("could not read scores back: %s", type(exc).__name__)
             return False
+        finally:
+            fallback = self.fallbacks.pop(transaction_id, None)
+            if fallback is not None and self.book.first(transaction_id) is None:
+                # not read back: the caller is told the fallback, and so is a retry
+                self.book.record(transaction_id.encode(), fallback)
 
     async def _send_now(self, topic: str, partition: int, key: bytes, value: bytes) -> Any:
         """One record as a closed batch: it leaves at once instead of lingering for more
@@ -326,8 +338,8 @@ class WorkerLink:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.broker, group_id=None, enable_auto_commit=False, **s.kafka_security()
         )
-        await consumer.start()
         try:
+            await consumer.start()
             consumer.assign([tp])
             found = (await consumer.offsets_for_times({tp: started - READ_BACK_MARGIN_MS})).get(tp)
             if found is None:
@@ -378,7 +390,8 @@ class WorkerApi(ScoringApi):
             )
             self.handed_over += 1
             return None
-        if status == 503:  # (it does not hold the account either, or cannot say yet)
+        if status not in RELAYED:  # (it cannot say: a rebalance, another key, a failure)
+            log.warning("the worker at %s answered %d: handed to the stream", owner, status)
             self.handed_over += 1
             return None
         return status, answer
@@ -442,7 +455,10 @@ class WorkerApiRuntime:
         """Recovery is complete: once the rebalance has ended (and no other began since),
         take the assignment."""
         generation = self.link.generation
+        if self.settling is not None:
+            self.settling.cancel()
         self.settling = asyncio.ensure_future(self._settle(generation))
+        self.settling.add_done_callback(_retrieved)
 
     async def _settle(self, generation: int) -> None:
         app = self.p.app
@@ -492,6 +508,10 @@ async def forward(session: Any, url: str, req: Request, key: str, timeout_s: flo
 
 
 def _retrieved(task: asyncio.Future) -> None:
-    """(A read-back that failed: said in the log, never raised.)"""
+    """(A background task that failed: said in the log, never raised.)"""
     if not task.cancelled() and task.exception() is not None:
-        log.warning("reading an answer back failed: %s", type(task.exception()).__name__)
+        log.warning(
+            "scoring API: %s failed: %s",
+            getattr(task, "get_name", lambda: "a task")(),
+            type(task.exception()).__name__,
+        )
