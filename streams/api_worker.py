@@ -240,10 +240,10 @@ class WorkerLink:
         self.in_flight[transaction_id] = (self.generation, int(time.time() * 1000), True)
         self.calls.expecting.add(transaction_id)
         meta = await self._send_now(self.transactions, part, key, value)
-        try:
-            await self._decide(part, meta.offset, key, value, self.holds)
-        except NotScoring:  # (on its partition already: whoever holds that decides it)
-            pass
+        # (not awaited by the call: its answer comes when the decision is written, whichever
+        # path decides it; on its partition already, whoever holds that decides it)
+        decide = asyncio.ensure_future(self._decide(part, meta.offset, key, value, self.holds))
+        decide.add_done_callback(_decided)
 
     async def hand_over(self, transaction_id: str, partition: int, key: bytes, value: bytes) -> None:
         """The stream path: the transaction to ``transactions``; whichever worker holds the
@@ -505,6 +505,13 @@ async def forward(session: Any, url: str, req: Request, key: str, timeout_s: flo
     if not isinstance(answer, dict):
         return 502, {"error": "bad_gateway", "detail": "the worker holding this account answered badly"}
     return r.status, answer
+
+
+def _decided(task: asyncio.Future) -> None:
+    """(A hand-over to the scorer that it refused: the transaction is on Kafka, fine.)"""
+    if not task.cancelled() and not isinstance(task.exception(), NotScoring | type(None)):
+        log.warning("scoring API: handing a call to the scorer failed: %s",
+                    type(task.exception()).__name__)
 
 
 def _retrieved(task: asyncio.Future) -> None:

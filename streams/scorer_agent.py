@@ -78,8 +78,11 @@ Staged = tuple[PartitionRecords, BatchOutcome, dict[str, Any]]
 
 
 #: An API transaction waiting to be staged: partition, offset, key, value, the ownership
-#: check and the future its call awaits.
-ApiWaiting = tuple[int, int, bytes, bytes, Callable[[int], bool], asyncio.Future]
+#: check, the future its call awaits and when it began to wait (``perf_counter``).
+ApiWaiting = tuple[int, int, bytes, bytes, Callable[[int], bool], asyncio.Future, float]
+#: How long an API transaction waits for the ones before it on its partition before the
+#: agent is left to decide it (seconds): calls produced together are acknowledged in any order.
+API_TURN_PATIENCE_S = 0.025
 
 
 def in_turn(waiting: Sequence[ApiWaiting], staged_through: dict[int, int]) -> list[ApiWaiting]:
@@ -87,8 +90,8 @@ def in_turn(waiting: Sequence[ApiWaiting], staged_through: dict[int, int]) -> li
     right after the last one staged there (none while that is unknown), in order.
 
     >>> f = None
-    >>> [w[1] for w in in_turn([(0, 12, b"", b"", f, f), (0, 11, b"", b"", f, f),
-    ...                         (0, 14, b"", b"", f, f), (1, 3, b"", b"", f, f)], {0: 10})]
+    >>> [w[1] for w in in_turn([(0, 12, b"", b"", f, f, 0.0), (0, 11, b"", b"", f, f, 0.0),
+    ...                         (0, 14, b"", b"", f, f, 0.0), (1, 3, b"", b"", f, f, 0.0)], {0: 10})]
     [11, 12]
     """
     out = []
@@ -350,7 +353,7 @@ class Scorer:
         ``holds(partition)`` is still true when its step is staged.
         """
         taken = asyncio.get_running_loop().create_future()
-        self.api_waiting.append((partition, offset, key, value, holds, taken))
+        self.api_waiting.append((partition, offset, key, value, holds, taken, time.perf_counter()))
         if self.api_stager is None or self.api_stager.done():
             self.api_stager = asyncio.ensure_future(self._stage_api_calls())
         return bool(await taken)
@@ -365,14 +368,14 @@ class Scorer:
             async with self.step_lock:
                 waiting, self.api_waiting = self.api_waiting, []
                 finish, now_ms = self.finish, time.time() * 1000.0
-                live = [w for w in waiting if not w[-1].done()]  # (calls gone: nothing to do)
+                live = [w for w in waiting if not w[5].done()]  # (calls gone: nothing to do)
                 for w in live:
                     if finish is None or not w[4](w[0]):
-                        w[-1].set_exception(NotScoring("not scoring this partition now"))
+                        w[5].set_exception(NotScoring("not scoring this partition now"))
                 groups: dict[int, PartitionRecords] = {}
                 taken = []
-                for partition, offset, key, value, _holds, future in in_turn(
-                        [w for w in live if not w[-1].done()], self.staged_through):
+                for partition, offset, key, value, _holds, future, _since in in_turn(
+                        [w for w in live if not w[5].done()], self.staged_through):
                     recs = groups.get(partition)
                     if recs is None:
                         recs = groups[partition] = PartitionRecords(partition, self.names["transactions"])
@@ -381,9 +384,14 @@ class Scorer:
                     recs.offsets.append(offset)
                     recs.timestamps.append(now_ms)
                     taken.append(future)
-                for w in live:  # (not their turn: the agent decides them)
-                    if not w[-1].done() and w[-1] not in taken:
-                        w[-1].set_result(False)
+                now = time.perf_counter()
+                for w in live:  # not their turn yet: wait a little for the ones before them
+                    if not w[5].done() and w[5] not in taken:
+                        last = self.staged_through.get(w[0])
+                        if last is not None and w[1] > last and now - w[6] < API_TURN_PATIENCE_S:
+                            self.api_waiting.append(w)
+                        else:  # (staged by the agent already, or someone else's record in between)
+                            w[5].set_result(False)
                 if not taken:
                     continue
                 assert finish is not None
@@ -423,7 +431,10 @@ class Scorer:
         staged: list[Staged] = []
         pending: list[Awaitable] = []
         for records in groups:
-            if records.offsets and records.offsets[-1] >= 0:
+            records = self.not_staged_yet(records)
+            if not len(records):
+                continue
+            if records.offsets[-1] >= 0:
                 self.staged_through[records.partition] = records.offsets[-1]
             for recs, outcome, rows in self.stage_isolated(records, outbox):
                 staged.append((recs, outcome, rows))
@@ -432,6 +443,18 @@ class Scorer:
         if self.held:
             pending.extend(self.release_held(producer))
         await finish.put(Step(events, staged, pending, producer, started))
+
+    def not_staged_yet(self, records: PartitionRecords) -> PartitionRecords:
+        """``records`` without those an API step staged already (offsets up to the last one
+        staged on the partition: the agent reads them after the API decided them); they are
+        counted as replays and acked with the step, without going through the core again."""
+        done = self.staged_through.get(records.partition)
+        offsets = records.offsets
+        if done is None or not offsets or offsets[0] > done:
+            return records
+        start = next((i for i, offset in enumerate(offsets) if offset > done), len(offsets))
+        self.metrics.replayed.inc(start)
+        return records.slice(start, len(offsets))
 
     def release_held(self, producer: Any) -> list[asyncio.Future]:
         """Send the held-back decisions once their fallbacks are settled (pending sends)."""
