@@ -140,6 +140,14 @@ class ApiCalls:
                 self.staged.discard(tx)
                 self.book.dead_lettered(tx, reason, detail)
 
+    def unstaged(self, values: Any) -> None:
+        """A step that staged these transactions (raw values, per partition) failed: they
+        are decided again later, by the agent."""
+        for group in values:
+            for value in group:
+                with contextlib.suppress(Exception):
+                    self.staged.discard(loads(value)["transaction_id"])
+
     def falling_back(self, transaction_id: str) -> asyncio.Future | None:
         """Mark a transaction as falling back; None when the scorer has already decided it."""
         if transaction_id in self.staged:
@@ -237,8 +245,9 @@ class WorkerLink:
         if part not in self.owned:
             await self.hand_over(transaction_id, part, key, value)
             return
-        self.in_flight[transaction_id] = (self.generation, int(time.time() * 1000), True)
-        self.calls.expecting.add(transaction_id)
+        if transaction_id in self.active:  # (a call that ended meanwhile: produced all the same)
+            self.in_flight[transaction_id] = (self.generation, int(time.time() * 1000), True)
+            self.calls.expecting.add(transaction_id)
         meta = await self._send_now(self.transactions, part, key, value)
         # (not awaited by the call: its answer comes when the decision is written, whichever
         # path decides it; on its partition already, whoever holds that decides it)
@@ -248,8 +257,9 @@ class WorkerLink:
     async def hand_over(self, transaction_id: str, partition: int, key: bytes, value: bytes) -> None:
         """The stream path: the transaction to ``transactions``; whichever worker holds the
         partition decides it, and its first record on ``scores`` is read back for the call."""
-        self.in_flight[transaction_id] = (-1, int(time.time() * 1000), False)
-        self.calls.expecting.add(transaction_id)  # (should this worker come to hold it)
+        if transaction_id in self.active:
+            self.in_flight[transaction_id] = (-1, int(time.time() * 1000), False)
+            self.calls.expecting.add(transaction_id)  # (should this worker come to hold it)
         await self._send_now(self.transactions, partition, key, value)
         if transaction_id not in self.active:  # (its call has ended: nobody to tell)
             return
@@ -510,8 +520,7 @@ async def forward(session: Any, url: str, req: Request, key: str, timeout_s: flo
 def _decided(task: asyncio.Future) -> None:
     """(A hand-over to the scorer that it refused: the transaction is on Kafka, fine.)"""
     if not task.cancelled() and not isinstance(task.exception(), NotScoring | type(None)):
-        log.warning("scoring API: handing a call to the scorer failed: %s",
-                    type(task.exception()).__name__)
+        log.warning("scoring API: handing a call to the scorer failed: %s", type(task.exception()).__name__)
 
 
 def _retrieved(task: asyncio.Future) -> None:

@@ -83,6 +83,8 @@ ApiWaiting = tuple[int, int, bytes, bytes, Callable[[int], bool], asyncio.Future
 #: How long an API transaction waits for the ones before it on its partition before the
 #: agent is left to decide it (seconds): calls produced together are acknowledged in any order.
 API_TURN_PATIENCE_S = 0.025
+#: The shortest pause between two rounds of staging API calls (seconds).
+API_TURN_POLL_S = 0.0005
 
 
 def in_turn(waiting: Sequence[ApiWaiting], staged_through: dict[int, int]) -> list[ApiWaiting]:
@@ -333,7 +335,18 @@ class Scorer:
     async def score_events(self, events: list[Any], finish: InOrder) -> None:
         """Process one step now; its completion runs in ``finish``, in order."""
         async with self.step_lock:
-            await self._step(records_by_partition(events).values(), events, finish)
+            try:
+                await self._step(records_by_partition(events).values(), events, finish)
+            except BaseException:
+                self.step_failed()  # (before any API step can take the lock)
+                raise
+
+    def step_failed(self) -> None:
+        """A step failed part-way: what it staged may never be written. The arena is read
+        again from the table before the next step, and nothing is passed over as staged."""
+        self.revoked = True
+        self.staged_through.clear()
+        self.held.clear()
 
     async def decide_now(self, partition: int, offset: int, key: bytes, value: bytes,
                          holds: Callable[[int], bool]) -> bool:
@@ -362,8 +375,9 @@ class Scorer:
         """Stage every API transaction waiting whose turn has come, until none is left."""
         while self.api_waiting:
             wait = self.api_step_started + self.settings.api_step_gap_ms / 1000 - time.perf_counter()
-            if wait > 0:  # (calls arriving meanwhile join this step: fewer, larger steps)
-                await asyncio.sleep(wait)
+            # (calls arriving meanwhile join this step: fewer, larger steps; and calls out of
+            # turn always leave the loop a moment to stage the ones before them)
+            await asyncio.sleep(max(wait, API_TURN_POLL_S))
             self.api_step_started = time.perf_counter()
             async with self.step_lock:
                 waiting, self.api_waiting = self.api_waiting, []
@@ -401,8 +415,9 @@ class Scorer:
                     # (as if the agent had crashed: the arena is read again from the table
                     # before the next step; the transactions are on Kafka, the agent decides them)
                     log.error("an API step failed: %s", type(exc).__name__)
-                    self.revoked = True
-                    self.held.clear()
+                    self.step_failed()
+                    if self.api_calls is not None:
+                        self.api_calls.unstaged(recs.values for recs in groups.values())
                     for future in taken:
                         if not future.done():
                             future.set_result(False)
