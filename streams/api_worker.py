@@ -185,8 +185,11 @@ class WorkerLink:
         self._producer = producer
         self.transactions = settings.topic("transactions")
         self.scores = settings.topic("scores")
-        #: set at the first assignment (then always: calls wait out rebalances in ``assignment``)
+        #: always set: calls come through the worker's web server, which Faust starts after
+        #: the producer and stops before it (until an assignment is current, at start as in
+        #: a rebalance, calls wait for one in ``assignment``, then hand over)
         self.ready = asyncio.Event()
+        self.ready.set()
         #: set while an assignment is current, clear during a rebalance
         self.assignment = asyncio.Event()
         #: ``transactions`` partitions this worker holds, and a count of assignments
@@ -208,7 +211,6 @@ class WorkerLink:
         self.owned = frozenset(owned)
         self.owners = {part: url for part, url in owners.items() if part not in owned}
         self.generation += 1
-        self.ready.set()
         self.assignment.set()
 
     def revoked(self) -> None:
@@ -406,6 +408,11 @@ class WorkerApi(ScoringApi):
             return None
         return status, answer
 
+    def health(self) -> dict[str, Any]:
+        """Whether an assignment is current (calls are decided or forwarded at once, not
+        waiting for one) and how many ``transactions`` partitions are decided here."""
+        return {"assigned": self.link.assignment.is_set(), "decided_here": len(self.link.owned)}
+
     async def attempt(self, req: Request) -> tuple[int, dict]:
         try:
             return await super().attempt(req)
@@ -460,6 +467,10 @@ class WorkerApiRuntime:
         self.scorer.revoke_hooks.append(self.link.revoked)
         # (after the tables recovered: only then are the rows current)
         self.p.app.on_rebalance_complete.connect(self._assigned)
+
+    def health(self) -> dict[str, Any]:
+        """What ``/healthz`` says of the API (:meth:`WorkerApi.health`)."""
+        return self.api.health()
 
     async def _assigned(self, *_args: Any, **_kwargs: Any) -> None:
         """Recovery is complete: once the rebalance has ended (and no other began since),

@@ -22,6 +22,17 @@ def register_pages(p: Pipeline) -> None:
     @p.app.page("/healthz")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"role": p.role, "model_version": p.handle.version})
+            return self.json(health(p))
 
     _ = Metrics, Health
+
+
+def health(p: Pipeline) -> dict:
+    """What ``/healthz`` says: the role, the model version scored with, whether the consumer
+    group is rebalancing (partitions being handed over or recovered), and with the scoring
+    API on the worker (``FLAGSTREAM_WORKER_API``) whether its assignment is current."""
+    out = {"role": p.role, "model_version": p.handle.version, "rebalancing": bool(p.app.rebalancing)}
+    api_health = getattr(p.api, "health", None)
+    if api_health is not None:
+        out["api"] = api_health()
+    return out

@@ -285,6 +285,27 @@ def test_while_no_worker_holds_the_partition_a_call_waits_for_the_assignment():
     asyncio.run(go())
 
 
+def test_a_call_before_the_first_assignment_waits_for_it_then_is_decided_here():
+    """A worker just started (its producer runs, its tables still recover): no 503, the call
+    waits like one in a rebalance and is decided once the partition is this worker's."""
+
+    async def go() -> None:
+        w = Worker(settings(api_deadline_ms=2_000), set(range(PARTITIONS)))
+        c = await w.start()
+        try:
+            call = asyncio.ensure_future(c.post("/v1/score", data=dumps(tx(9, "c-9")), headers=AUTH))
+            await asyncio.sleep(0.1)
+            assert not call.done() and w.scorer.decided == [] and w.api.health()["assigned"] is False
+            w.link.assigned(w.owned, {})
+            r = await call
+            assert r.status == 200 and (await r.json())["fallback"] is False
+            assert w.api.health() == {"assigned": True, "decided_here": PARTITIONS}
+        finally:
+            await w.stop()
+
+    asyncio.run(go())
+
+
 def test_past_the_deadline_the_fallback_is_recorded_first_and_the_late_decision_after_it():
     async def go() -> None:
         s = settings(api_deadline_ms=50, api_fallback="approve")

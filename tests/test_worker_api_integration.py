@@ -93,6 +93,10 @@ def test_a_worker_decides_api_calls_itself_once_with_the_stream(settings, worker
             await asyncio.sleep(1.0)  # (the agent reads them)
             replayed = await metric(session, worker.url, "flagstream_replayed_total")
             assert replayed >= len(neighbours) - 1, replayed
+            async with session.get(worker.url + "/healthz") as r:
+                health = await r.json()
+            assert health["api"] == {"assigned": True, "decided_here": settings.partitions}, health
+            assert health["rebalancing"] is False, health
         # the same transaction replayed on the stream, then the account's next one
         await produce(s, "transactions", [(b"c-api", dumps(first)), (b"c-api", dumps(then))])
         scores = by_transaction(await read_topic(s, "scores", 3 + len(neighbours), distinct_keys=True))

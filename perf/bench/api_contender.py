@@ -114,6 +114,28 @@ async def mixed_at_rate(url: str, settings: Any, topic: str, records: Sequence[R
     return lat, outcomes, called, produced
 
 
+async def wait_assigned(base_url: str, share: int, timeout_s: float = 120.0) -> bool:
+    """Whether the worker at ``base_url`` says on ``/healthz``, within ``timeout_s``, that it
+    is not rebalancing and, when it serves the API itself, that its assignment is current
+    and gives it at most ``share`` partitions (the whole group's assignment, not one it
+    held before the others joined)."""
+    import aiohttp
+
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(f"{base_url}/healthz") as resp:
+                    health = await resp.json()
+                api = health.get("api", {"assigned": True, "decided_here": 0})
+                if not health["rebalancing"] and api["assigned"] and api["decided_here"] <= share:
+                    return True
+            except (aiohttp.ClientError, ValueError, KeyError):
+                pass
+            await asyncio.sleep(0.2)
+    return False
+
+
 def worker_environment(env: Mapping[str, str], index: int, data_dir: str,
                        web_port: int) -> dict[str, str]:
     """The environment of worker ``index``: the first one's as given, every other one with its

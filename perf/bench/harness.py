@@ -176,6 +176,10 @@ async def run_contender(
             # every worker in the group before any call (a late one would rebalance mid-phase)
             members = await measure.wait_for_members(
                 settings, f"{settings.topic_prefix}{settings.app_id}-scorer", contender.workers, 120)
+            # (and the first worker through that rebalance: its share taken, its tables recovered)
+            share = -(-settings.partitions // contender.workers)
+            complete = complete and await api_contender.wait_assigned(
+                f"http://127.0.0.1:{settings.web_port}", share)
         for rate in contender_rates(contender, opts):
             records = wl.phases[rate]
             if not (complete and run.alive()):
