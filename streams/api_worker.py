@@ -57,6 +57,7 @@ from flagstream.sinks.review.views import Route
 from flagstream.streams.api_answers import AnswerBook, Request
 from flagstream.streams.api_service import FORWARDED, ScoringApi, forward_signature
 from flagstream.streams.app import Pipeline
+from flagstream.streams.coalesced_sends import CoalescedSends, Sent
 from flagstream.streams.compat.internals import kafka_producer
 from flagstream.streams.config import Settings
 from flagstream.streams.review_page import serve_on_faust
@@ -182,7 +183,7 @@ class WorkerLink:
         self.calls = calls
         self.book = calls.book
         self._decide = decide
-        self._producer = producer
+        self.sends = CoalescedSends(producer)
         self.transactions = settings.topic("transactions")
         self.scores = settings.topic("scores")
         #: always set: calls come through the worker's web server, which Faust starts after
@@ -327,14 +328,10 @@ class WorkerLink:
                 # not read back: the caller is told the fallback, and so is a retry
                 self.book.record(transaction_id.encode(), fallback)
 
-    async def _send_now(self, topic: str, partition: int, key: bytes, value: bytes) -> Any:
-        """One record as a closed batch: it leaves at once instead of lingering for more
-        (the worker's producer lingers 5 ms for its own records); its ``RecordMetadata``."""
-        producer = self._producer()
-        batch = producer.create_batch()
-        batch.append(key=key, value=value, timestamp=None)
-        batch.close()
-        return await (await producer.send_batch(batch, topic, partition=partition))
+    async def _send_now(self, topic: str, partition: int, key: bytes, value: bytes) -> Sent:
+        """One record, sent at once with whatever else this worker's API sends to that
+        partition meanwhile (not lingering as the worker's own records do, 5 ms)."""
+        return await self.sends.send(topic, partition, key, value)
 
     def _exact(self, transaction_id: str) -> bool:
         """Whether this worker's scorer alone can have decided the transaction since its call

@@ -61,9 +61,9 @@ class FakeBatch:
     def __init__(self) -> None:
         self.records: list[tuple[bytes, bytes]] = []
 
-    def append(self, key: bytes, value: bytes, timestamp: Any = None, headers: Any = None) -> object:
+    def append(self, key: bytes, value: bytes, timestamp: Any = None, headers: Any = None) -> Meta:
         self.records.append((key, value))
-        return object()
+        return Meta(0, len(self.records) - 1)  # (as aiokafka's: the offset within the batch)
 
     def close(self) -> None:
         pass
