@@ -10,10 +10,14 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
+API_STEP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class PipelineMetrics:
@@ -83,6 +87,16 @@ class PipelineMetrics:
         self.tracked_accounts = Gauge(
             "flagstream_tracked_accounts", "Accounts held in memory", registry=r
         )
+        self.api_step_size = Histogram(
+            "flagstream_api_step_size",
+            "API transactions staged per API step (FLAGSTREAM_WORKER_API)",
+            buckets=API_STEP_BUCKETS, registry=r,
+        )
+        self.api_left_to_agent = Counter(
+            "flagstream_api_left_to_agent",
+            "API transactions out of turn on their partition, decided when the agent read them",
+            registry=r,
+        )
         #: Versions, the gate, rollbacks and snapshots.
         self.lifecycle = LifecycleMetrics(r)
         #: What the operating point estimates (the business metric, live).
@@ -94,6 +108,33 @@ class PipelineMetrics:
     def render(self) -> bytes:
         """The metrics in Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class ApiCallCounts:
+    """``flagstream_api_calls_total{outcome=…}``, read from the scoring API's own counts
+    when the metrics are rendered (registered by the API served on a worker).
+
+    >>> from prometheus_client import CollectorRegistry, generate_latest
+    >>> registry, counts = CollectorRegistry(), {"answered": 3, "fallback": 1}
+    >>> registry.register(ApiCallCounts(lambda: counts))
+    >>> counts["answered"] += 1
+    >>> b'flagstream_api_calls_total{outcome="answered"} 4.0' in generate_latest(registry)
+    True
+    """
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "flagstream_api_calls",
+            "Scoring API transactions by outcome (answered, fallback, refused, throttled, "
+            "forwarded to the worker holding the account, handed to the stream path)",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(self.counts().items()):
+            family.add_metric([outcome], n)
+        yield family
 
 
 class OperatingPointMetrics:

@@ -53,6 +53,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from flagstream.codec import dumps, loads
 from flagstream.errors import ConfigurationError
+from flagstream.sinks.metrics import ApiCallCounts
 from flagstream.sinks.review.views import Route
 from flagstream.streams.api_answers import AnswerBook, Request
 from flagstream.streams.api_service import FORWARDED, ScoringApi, forward_signature
@@ -379,8 +380,9 @@ class WorkerApi(ScoringApi):
     def __init__(self, settings: Settings, link: WorkerLink) -> None:
         super().__init__(settings, link.book, link)
         self.session: Any = None
-        #: calls whose forwarding failed, decided through ``transactions`` instead
-        self.handed_over = 0
+        #: calls forwarded to the worker holding the account, and calls whose forwarding
+        #: failed, decided through ``transactions`` instead
+        self.counts.update(forwarded=0, handed_over=0)
 
     async def route(self, req: Request, forwarded: bool) -> tuple[int, dict] | None:
         """Forward the call to the worker holding the account; None to handle it here
@@ -397,12 +399,13 @@ class WorkerApi(ScoringApi):
             log.warning(
                 "forwarding a call to %s failed (%s): handed to the stream", owner, type(exc).__name__
             )
-            self.handed_over += 1
+            self.counts["handed_over"] += 1
             return None
         if status not in RELAYED:  # (it cannot say: a rebalance, another key, a failure)
             log.warning("the worker at %s answered %d: handed to the stream", owner, status)
-            self.handed_over += 1
+            self.counts["handed_over"] += 1
             return None
+        self.counts["forwarded"] += 1
         return status, answer
 
     def health(self) -> dict[str, Any]:
@@ -464,6 +467,7 @@ class WorkerApiRuntime:
         self.scorer.revoke_hooks.append(self.link.revoked)
         # (after the tables recovered: only then are the rows current)
         self.p.app.on_rebalance_complete.connect(self._assigned)
+        self.p.metrics.registry.register(ApiCallCounts(lambda: api.counts))
 
     def health(self) -> dict[str, Any]:
         """What ``/healthz`` says of the API (:meth:`WorkerApi.health`)."""

@@ -151,6 +151,8 @@ class Scorer:
         self.tuning: faust_consumer.Tuning | None = None
         self.finish: InOrder | None = None
         self.revoked = False
+        #: why a step of the agent failed: the worker is stopping (see :meth:`score_events`)
+        self.broken: BaseException | None = None
         #: shared with the scoring API when this worker serves it (``FLAGSTREAM_WORKER_API``)
         self.api_calls: ApiCalls | None = None
         #: decisions of API transactions held back while their fallback is recorded
@@ -183,6 +185,10 @@ class Scorer:
 
         @p.app.agent(p.topics["transactions"], name="score")
         async def score(stream: Any) -> None:
+            if self.broken is not None:  # (restarted by Faust after a failed step: see score_events)
+                await asyncio.get_running_loop().create_future()  # (until the app stops it)
+            if self.finish is not None:  # (restarted: the steps staged before are written first)
+                await self.finish.join()
             # (re)started: only durable state counts, rows are read again from the table
             self.core.accounts.reset()
             self.staged_through.clear()
@@ -333,13 +339,29 @@ class Scorer:
             write.apply(last)
 
     async def score_events(self, events: list[Any], finish: InOrder) -> None:
-        """Process one step now; its completion runs in ``finish``, in order."""
+        """Process one step now; its completion runs in ``finish``, in order.
+
+        A step that fails (a send Kafka refused) crashes the app, as a failed completion
+        does: its records stay unacknowledged and the restarted worker reads them again
+        from the last commit. Going on in this process would not: Faust restarts the agent
+        on the same stream, after the failed records, and the later records of an account
+        would move its row's offset past them (a replay would then pass over them)."""
+        groups = records_by_partition(events)
         async with self.step_lock:
             try:
-                await self._step(records_by_partition(events).values(), events, finish)
-            except BaseException:
+                await self._step(groups.values(), events, finish)
+                return
+            except BaseException as exc:
                 self.step_failed()  # (before any API step can take the lock)
-                raise
+                if self.api_calls is not None:  # (none of its calls was decided)
+                    self.api_calls.unstaged(recs.values for recs in groups.values())
+                if not isinstance(exc, Exception):
+                    raise
+                self.broken = exc
+        failure = self.broken
+        log.error("a step failed (%r): stopping; its records are read again after the restart", failure)
+        await self.p.app.crash(failure)
+        raise failure
 
     def step_failed(self) -> None:
         """A step failed part-way: what it staged may never be written. The arena is read
@@ -384,7 +406,7 @@ class Scorer:
                 finish, now_ms = self.finish, time.time() * 1000.0
                 live = [w for w in waiting if not w[5].done()]  # (calls gone: nothing to do)
                 for w in live:
-                    if finish is None or not w[4](w[0]):
+                    if finish is None or self.broken is not None or not w[4](w[0]):
                         w[5].set_exception(NotScoring("not scoring this partition now"))
                 groups: dict[int, PartitionRecords] = {}
                 taken = []
@@ -406,8 +428,10 @@ class Scorer:
                             self.api_waiting.append(w)
                         else:  # (staged by the agent already, or someone else's record in between)
                             w[5].set_result(False)
+                            self.p.metrics.api_left_to_agent.inc()
                 if not taken:
                     continue
+                self.p.metrics.api_step_size.observe(len(taken))
                 assert finish is not None
                 try:
                     await self._step(groups.values(), [], finish)

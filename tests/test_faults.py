@@ -14,6 +14,7 @@ import subprocess
 import time
 
 import pytest
+from failing_step_worker import FAULT as STEP_FAULT
 from fault_helpers import (
     MixedStream,
     account,
@@ -124,3 +125,30 @@ def test_two_scorers_one_killed_its_partitions_move_and_come_back(settings, work
     acc = wait_until_accounted(settings, stream, 300)
     check(acc, stream, "two scorers, one SIGKILLed and back")
     assert account(settings, stream).decided == len(stream.valid_ids)
+
+
+@pytest.mark.integration
+def test_a_step_whose_send_fails_stops_the_worker_and_nothing_is_lost(settings, tmp_path):
+    """The scorer's fifth step fails as a refused send would, while records for the same 20
+    accounts keep coming. The worker stops (going on in-process would move those accounts'
+    rows past the failed records, and a replay would pass over them: lost); restarted, it
+    reads from the last commit and every record is decided."""
+    records = [(a.encode(), v) for a, v in valid_records(2_000, accounts=20)]
+    stream = MixedStream(records, {f"v-{i}" for i in range(len(records))}, hostile=0)
+    failing = WorkerProcess(settings, tmp_path / "failing.log", "scorer",
+                            program=(str(ROOT / "tests" / "failing_step_worker.py"),))
+    restarted = WorkerProcess(settings, tmp_path / "restarted.log", "scorer")
+    try:
+        failing.start(timeout_s=120)
+        producer = produce_in_background(settings, stream, rate=200)  # ~10 s, in many steps
+        failing.wait_for_log(STEP_FAULT.encode(), 60)
+        assert failing.proc is not None
+        status = failing.proc.wait(60)  # (stops by itself)
+        assert status != 0, failing.log_tail(40)
+        failing.proc = None
+        joined(producer)
+        restarted.start(timeout_s=120)
+        check(wait_until_accounted(settings, stream, 120), stream, "a step failed, the worker restarted")
+    finally:
+        failing.stop()
+        restarted.stop()

@@ -409,7 +409,7 @@ def test_a_holder_that_does_not_answer_gets_the_call_through_the_stream_path():
         try:
             r = await c.post("/v1/score", data=dumps(tx(11, there)), headers=AUTH)
             assert r.status == 200 and (await r.json())["fallback"] is True
-            assert w.api.handed_over == 1 and w.scorer.decided == []
+            assert w.api.counts["handed_over"] == 1 and w.scorer.decided == []
             assert [k for k, _ in w.producer.on(s.topic("transactions"))] == [there.encode()]
             assert [is_fallback(v) for _, v in w.producer.on(s.topic("scores"))] == [True]
             assert not w.link.in_flight and not w.link.following and not w.link.active

@@ -93,6 +93,9 @@ def test_a_worker_decides_api_calls_itself_once_with_the_stream(settings, worker
             await asyncio.sleep(1.0)  # (the agent reads them)
             replayed = await metric(session, worker.url, "flagstream_replayed_total")
             assert replayed >= len(neighbours) - 1, replayed
+            staged = await metric(session, worker.url, "flagstream_api_step_size_sum")
+            answered = await metric(session, worker.url, 'flagstream_api_calls_total{outcome="answered"}')
+            assert staged >= len(neighbours) - 1 and answered == 2 + len(neighbours), (staged, answered)
             async with session.get(worker.url + "/healthz") as r:
                 health = await r.json()
             assert health["api"] == {"assigned": True, "decided_here": settings.partitions}, health

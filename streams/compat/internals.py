@@ -7,6 +7,7 @@ were not written and tested against.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -21,6 +22,8 @@ import numpy as np
 import rocksdict
 from faust.streams import _current_event
 from faust.types import TP, EventT, TopicT
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from flagstream.streams.delivery import Outbox
@@ -256,6 +259,9 @@ def stage_deletes(table: Any, partition: int, keys: Iterable[bytes], outbox: Out
 # --- the worker process ---------------------------------------------------------------------
 #: Exit status of a worker the shutdown deadline stopped.
 DEADLINE_EXIT = 3
+#: Seconds a worker whose app crashed is given to stop before it exits (as a kill would:
+#: what was not durable is read again after the restart).
+CRASH_STOP_S = 5.0
 
 
 class DeadlineWorker(faust.Worker):
@@ -288,9 +294,26 @@ class DeadlineWorker(faust.Worker):
         self.loop.add_signal_handler(signal.SIGTERM, self._stop_within_deadline, signal.SIGTERM)
         self.loop.add_signal_handler(signal.SIGINT, self._stop_within_deadline, signal.SIGINT)
 
-    def _stop_within_deadline(self, signum: signal.Signals) -> None:
+    @faust.Service.task
+    async def _stop_when_the_app_crashed(self) -> None:
+        """A part of the app crashed (a step or a completion Kafka refused a send of): Faust
+        marks the app crashed and stops consuming, but the process would live on, holding
+        nothing and answering ``/healthz``. Stop it within the deadline instead, with a
+        failure status (mode re-raises the crash reason), so it is restarted and reads again
+        from the last commit."""
+        app = cast(Any, self.app)
+        await app._crashed.wait()
+        log.error("the app crashed (%r): the worker stops", app.crash_reason)
+        self.crash_reason = app.crash_reason
+        # (its unacknowledged events will never be: stopping commits what is safe, no waiting)
+        app.conf.stream_wait_empty = False
+        # (a crashed agent can hold Faust's stop up: not for long, nothing depends on it)
+        self._stop_within_deadline(signal.SIGTERM, min(self.deadline_s, CRASH_STOP_S))
+
+    def _stop_within_deadline(self, signum: signal.Signals, deadline_s: float | None = None) -> None:
         if self._watchdog is None:
-            self._watchdog = threading.Timer(self.deadline_s, _exit_now, (self.deadline_s,))
+            deadline_s = self.deadline_s if deadline_s is None else deadline_s
+            self._watchdog = threading.Timer(deadline_s, _exit_now, (deadline_s,))
             self._watchdog.daemon = True
             self._watchdog.start()
         self._schedule_shutdown(signum)
