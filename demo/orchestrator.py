@@ -32,6 +32,8 @@ STREAM = Path("var/demo/stream.jsonl.gz")
 DEMO_DIR = Path("var/demo")
 #: The name the person watching the demo reviews under.
 DEMO_REVIEWER = "you"
+#: Times a worker that exits with a failure status (its app crashed) is started again.
+WORKER_RESTARTS = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,9 +155,13 @@ def run(args: argparse.Namespace) -> int:
         )
     procs: list[tuple[str, subprocess.Popen]] = []
 
-    def start(name: str, argv: list[str]) -> None:
+    def start(name: str, argv: list[str], at: int | None = None) -> None:
         log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        procs.append((name, subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)))
+        proc = (name, subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+        if at is None:
+            procs.append(proc)
+        else:
+            procs[at] = proc
 
     start("worker", [*flagstream, "worker"])
     base = f"http://127.0.0.1:{args.port}"
@@ -181,17 +187,25 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     before, t0, started = metrics.read(), time.monotonic(), time.monotonic()
+    restarts = 0
     now = before
     while not stop["now"]:
         time.sleep(args.refresh)
         now, t1 = metrics.read(), time.monotonic()
-        print(summary_line(now, before, t1 - t0), file=out, flush=True)
+        if now:  # (nothing while a restarted worker starts; its counters begin again)
+            print(summary_line(now, before, t1 - t0), file=out, flush=True)
         before, t0 = now, t1
         if args.duration and t1 - started > args.duration:
             break
-        if procs[0][1].poll() is not None:
-            print("the worker stopped; see its log", file=sys.stderr)
-            return stop_all(procs, 1)
+        status = procs[0][1].poll()
+        if status is not None:  # (a crashed worker exits with a failure status)
+            if status == 0 or restarts >= WORKER_RESTARTS:
+                print(f"the worker stopped (status {status}); see its log", file=sys.stderr)
+                return stop_all(procs, 1)
+            restarts += 1
+            print(f"the worker stopped (status {status}); restarting it, as a supervisor would "
+                  f"({restarts}/{WORKER_RESTARTS}; see its log)", file=sys.stderr)
+            start("worker", [*flagstream, "worker"], at=0)
     status = stop_all(procs, 0)
     if args.json and status == 0:
         print(dumps(outcome(args, run_settings, now)).decode())
