@@ -142,14 +142,6 @@ class ApiCalls:
                 self.staged.discard(tx)
                 self.book.dead_lettered(tx, reason, detail)
 
-    def unstaged(self, values: Any) -> None:
-        """A step that staged these transactions (raw values, per partition) failed: they
-        are decided again later, by the agent."""
-        for group in values:
-            for value in group:
-                with contextlib.suppress(Exception):
-                    self.staged.discard(loads(value)["transaction_id"])
-
     def falling_back(self, transaction_id: str) -> asyncio.Future | None:
         """Mark a transaction as falling back; None when the scorer has already decided it."""
         if transaction_id in self.staged:
@@ -244,8 +236,9 @@ class WorkerLink:
         part = partition_for(account_id, self.settings.partitions)
         key = account_id.encode()
         give_up = loop.time() + HAND_OVER_DEADLINES * self.settings.api_deadline_ms / 1000
-        while part not in self.owned and not self.assignment.is_set() and loop.time() <= give_up:
-            await asyncio.sleep(0.005)
+        if part not in self.owned:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.assignment.wait(), max(give_up - loop.time(), 0.0))
         if part not in self.owned:
             await self.hand_over(transaction_id, part, key, value)
             return

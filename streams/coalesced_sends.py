@@ -36,6 +36,7 @@ producer takes it (closed, not lingering), and each record gets its own offset.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -102,8 +103,9 @@ class CoalescedSends:
             if placed is None:
                 break
             taken.append((placed.offset, done))
-        if not taken:
-            raise ValueError(f"a record for {tp[0]} is larger than a producer batch")
+        if not taken:  # (the first one alone does not fit: it fails, the others go on)
+            _fail(records[:1], ValueError(f"a record for {tp[0]} is larger than a producer batch"))
+            return records[1:]
         batch.close()
         delivery = await producer.send_batch(batch, tp[0], partition=tp[1])
         delivery.add_done_callback(lambda d: _tell(d, taken))
@@ -113,13 +115,15 @@ class CoalescedSends:
 def _tell(delivery: asyncio.Future, taken: list[tuple[int, asyncio.Future]]) -> None:
     """Each record of a delivered (or failed) batch: its offset, or the batch's error."""
     error = RuntimeError("cancelled") if delivery.cancelled() else delivery.exception()
+    meta = None if error is not None else delivery.result()
+    if error is None and getattr(meta, "offset", None) is None:
+        error = RuntimeError("the producer gave no offset for the batch")
     for relative, done in taken:
         if done.done():
             continue
         if error is not None:
-            done.set_exception(error)
+            done.set_exception(copy.copy(error))  # (one instance per waiter: each re-raises it)
         else:
-            meta = delivery.result()
             done.set_result(Sent(meta.partition, meta.offset + relative))
 
 

@@ -352,9 +352,9 @@ class Scorer:
                 await self._step(groups.values(), events, finish)
                 return
             except BaseException as exc:
+                # (its API calls stay marked as staged: some of its outputs may be on Kafka,
+                # so none of them may fall back; they are answered 503 "retry")
                 self.step_failed()  # (before any API step can take the lock)
-                if self.api_calls is not None:  # (none of its calls was decided)
-                    self.api_calls.unstaged(recs.values for recs in groups.values())
                 if not isinstance(exc, Exception):
                     raise
                 self.broken = exc
@@ -362,6 +362,11 @@ class Scorer:
         log.error("a step failed (%r): stopping; its records are read again after the restart", failure)
         await self.p.app.crash(failure)
         raise failure
+
+    def stopping(self) -> bool:
+        """Whether a step or a completion failed: the worker is going down, nothing more is
+        staged in this process (its records are read again after the restart)."""
+        return self.broken is not None or (self.finish is not None and self.finish.failed is not None)
 
     def step_failed(self) -> None:
         """A step failed part-way: what it staged may never be written. The arena is read
@@ -406,7 +411,7 @@ class Scorer:
                 finish, now_ms = self.finish, time.time() * 1000.0
                 live = [w for w in waiting if not w[5].done()]  # (calls gone: nothing to do)
                 for w in live:
-                    if finish is None or self.broken is not None or not w[4](w[0]):
+                    if finish is None or self.stopping() or not w[4](w[0]):
                         w[5].set_exception(NotScoring("not scoring this partition now"))
                 groups: dict[int, PartitionRecords] = {}
                 taken = []
@@ -439,9 +444,9 @@ class Scorer:
                     # (as if the agent had crashed: the arena is read again from the table
                     # before the next step; the transactions are on Kafka, the agent decides them)
                     log.error("an API step failed: %s", type(exc).__name__)
+                    # (its calls stay marked as staged: its decisions may be on scores, so
+                    # none falls back; the agent decides them again when it reads them)
                     self.step_failed()
-                    if self.api_calls is not None:
-                        self.api_calls.unstaged(recs.values for recs in groups.values())
                     for future in taken:
                         if not future.done():
                             future.set_result(False)

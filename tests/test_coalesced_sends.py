@@ -134,13 +134,47 @@ def test_a_failed_batch_fails_its_records_and_the_next_records_are_sent():
     asyncio.run(go())
 
 
+class SizedBatch(Batch):
+    def append(self, key: bytes, value: bytes, timestamp: Any = None) -> Placed | None:
+        return None if len(value) > 5 else super().append(key, value, timestamp)
+
+
 def test_a_record_larger_than_a_batch_fails_alone():
     async def go() -> None:
-        producer = SlowProducer(capacity=0)
-        producer.taking.set()
+        producer = SlowProducer()
+        producer.create_batch = lambda: SizedBatch(1_000)  # type: ignore[method-assign]
         sends = CoalescedSends(lambda: producer)
+        calls = [asyncio.ensure_future(sends.send("tx", 0, b"k", v)) for v in (b"x" * 10, b"a")]
+        producer.taking.set()
+        await until(lambda: producer.unacked)
+        producer.ack()
         with pytest.raises(ValueError, match="larger than a producer batch"):
-            await sends.send("tx", 0, b"k", b"x" * 10)
+            await calls[0]
+        assert await calls[1] == Sent(0, 0) and producer.logs == {("tx", 0): [b"a"]}
+
+    asyncio.run(go())
+
+
+def test_a_send_the_producer_refuses_fails_its_records_and_the_next_ones_go():
+    async def go() -> None:
+        producer = SlowProducer()
+        producer.taking.set()
+        refuse = [True]
+        send_batch = producer.send_batch
+
+        async def refusing(batch: Batch, topic: str, partition: int) -> asyncio.Future:
+            if refuse.pop() if refuse else False:
+                raise TimeoutError("no room in the producer")
+            return await send_batch(batch, topic, partition)
+
+        producer.send_batch = refusing  # type: ignore[method-assign]
+        sends = CoalescedSends(lambda: producer)
+        with pytest.raises(TimeoutError):
+            await sends.send("tx", 0, b"k", b"a")
+        later = asyncio.ensure_future(sends.send("tx", 0, b"k", b"b"))
+        await until(lambda: producer.unacked)
+        producer.ack()
+        assert await later == Sent(0, 0)
 
     asyncio.run(go())
 

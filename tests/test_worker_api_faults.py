@@ -30,9 +30,10 @@ from scorer_helpers import home_accounts, scorer_app
 from scorer_helpers import tx as stream_tx
 
 from flagstream.codec import dumps, loads
+from flagstream.features.kernels import warm_up
 from flagstream.features.layout import LAST_OFFSET, TOTAL_COUNT, TOTAL_SUM
 from flagstream.streams import scorer_agent
-from flagstream.streams.api_answers import AnswerBook, answer_of, fallback_record, is_fallback, requests
+from flagstream.streams.api_answers import AnswerBook, answer_of, is_fallback, requests
 from flagstream.streams.api_worker import ApiCalls, WorkerApi, WorkerLink
 from flagstream.streams.compat.internals import read_row
 from flagstream.streams.config import Secret
@@ -374,6 +375,8 @@ class World:
 
 @pytest.fixture
 def scorer(tmp_path):
+    warm_up()  # (the kernels' one-time compile, as the worker does before its first step:
+    # not a step's time, which GUARD_S bounds)
     yield from scorer_app(tmp_path)
 
 
@@ -420,7 +423,8 @@ def test_an_api_step_whose_send_fails_leaves_its_call_to_the_agent(scorer, monke
         call = w.call(1)
         await w.kafka.until(lambda: bool(w.handed))
         assert w.handed == [(1, False)] and w.kafka.fired  # (its step failed: left to the agent)
-        assert w.scorer.staged_through == {} and w.scorer.revoked and not w.calls.staged
+        assert w.scorer.staged_through == {} and w.scorer.revoked
+        assert "t-1" in w.calls.staged  # (its decision may be on scores: it never falls back)
         assert not call.done()  # (nothing answered from a step that failed)
         # the agent reads what was not acknowledged: t-1, which it decides now
         w.agent.read(PARTITION, w.kafka.committed(PARTITION))
@@ -531,28 +535,78 @@ def test_an_agent_restarted_while_an_earlier_step_completes_reads_its_rows_once_
     run(scorer, monkeypatch, scenario)
 
 
-def test_an_agent_step_that_fails_leaves_none_of_its_calls_marked_as_decided(scorer, monkeypatch):
+@pytest.mark.parametrize("failing", ["scores", "merchant_activity"])
+def test_a_call_of_a_failed_agent_step_never_falls_back(scorer, monkeypatch, failing):
     """A call (``t-0``) left to the agent (nothing staged yet), whose agent step fails sending
-    its decision (the worker crashes): past its deadline the call must fall back (its decision
-    was never written), and the decision the restarted worker makes lands after the fallback."""
+    its outputs: before its decision (``scores``) or after it (``merchant_activity``). The
+    worker cannot know which, so the call does not fall back (a fallback after its decision
+    would be an answer that is not first on ``scores``): it is answered 503 "retry", and the
+    restarted worker decides it."""
 
     async def scenario(w: World) -> None:
+        w.api.deadline_s = 0.2
         w.agent.start()
         call = w.call(0)
         await w.kafka.until(lambda: bool(w.handed))
         assert w.handed == [(0, False)]  # (not its turn: left to the agent)
-        w.kafka.fail(w.names["scores"])
+        w.kafka.fail(w.names[failing])
         w.agent.read(PARTITION, 0)
         await w.agent.crashed()
-        assert w.scores("t-0") == [], "nothing of the failed step was written"
-        assert "t-0" not in w.calls.staged, "a call of a failed step is still marked as decided"
-        # past the deadline the call falls back (what ScoringApi._fall_back does first)
-        record = fallback_record(loads(w.transactions()[0][1] or b"{}"), "review")
-        partition, _ = await w.link.send_fallback("t-0", record)
-        assert partition >= 0, "no fallback recorded for a transaction decided nowhere"
+        status, body = await asyncio.wait_for(call, GUARD_S)
+        assert (status, body["error"]) == (503, "unavailable"), body
+        assert not any(is_fallback(d) for d in w.scores("t-0"))
         await w.agent.restart_worker(PARTITION)
-        assert [is_fallback(d) for d in w.scores("t-0")] == [True, False]
-        call.cancel()
+        w.check_once(frozenset({"t-0"}))
+
+    run(scorer, monkeypatch, scenario)
+
+
+def test_an_agent_step_failing_while_an_api_step_completes_leaves_the_api_answer_first(scorer, monkeypatch):
+    """An API step (``t-1``) waits for its row to be written when the agent's step of offsets
+    1-2 (``t-1`` passed over as staged, ``t-2``) fails: the API call is still answered with
+    its decision, the first record on ``scores``, never with a fallback."""
+
+    async def scenario(w: World) -> None:
+        await started_with_one_stream_record(w)
+        w.api.deadline_s = 0.2
+        w.kafka.hold(w.scorer.accounts.changelog_topic.get_topic_name())
+        call = w.call(1)
+        await w.kafka.until(lambda: bool(w.handed) and len(w.kafka.held) == 1)
+        assert w.handed == [(1, True)]
+        w.stream(2)
+        w.kafka.fail(w.names["scores"])
+        w.agent.read(PARTITION, 1)
+        await w.agent.crashed()
+        w.kafka.release(0)
+        status, body = await asyncio.wait_for(call, GUARD_S)
+        assert status == 200 and body == answer_of(w.scores("t-1")[0]) and not body["fallback"]
+        await w.agent.restart_worker(PARTITION)
+        w.check_once()
+
+    run(scorer, monkeypatch, scenario)
+
+
+def test_after_a_completion_failed_no_api_step_is_staged(scorer, monkeypatch):
+    """The completion of the API step of ``t-1`` fails (its row): the app crashes. A call
+    (``t-2``) after that is not staged in this process (its decision could not be completed
+    either): it is left to the restarted worker, and nothing is answered that is not first
+    on ``scores``."""
+
+    async def scenario(w: World) -> None:
+        await started_with_one_stream_record(w)
+        w.api.deadline_s = 0.2
+        w.kafka.fail(w.scorer.accounts.changelog_topic.get_topic_name())
+        first = w.call(1)
+        await w.kafka.until(lambda: bool(w.crashes))
+        assert w.scorer.stopping()
+        status, body = await asyncio.wait_for(w.call(2), GUARD_S)
+        assert w.handed[-1] == (2, False), w.handed  # (not staged: nothing decided here)
+        assert all(is_fallback(d) for d in w.scores("t-2"))
+        if status == 200:  # (a fallback, first on scores)
+            assert body == answer_of(w.scores("t-2")[0])
+        first.cancel()
+        await w.agent.restart_worker(PARTITION)
+        w.check_once(frozenset({"t-1"}))
 
     run(scorer, monkeypatch, scenario)
 
