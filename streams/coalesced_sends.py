@@ -115,7 +115,7 @@ class CoalescedSends:
 def _tell(delivery: asyncio.Future, taken: list[tuple[int, asyncio.Future]]) -> None:
     """Each record of a delivered (or failed) batch: its offset, or the batch's error."""
     error = RuntimeError("cancelled") if delivery.cancelled() else delivery.exception()
-    meta = None if error is not None else delivery.result()
+    meta: Any = None if error is not None else delivery.result()
     if error is None and getattr(meta, "offset", None) is None:
         error = RuntimeError("the producer gave no offset for the batch")
     for relative, done in taken:

@@ -366,7 +366,7 @@ class Scorer:
     def stopping(self) -> bool:
         """Whether a step or a completion failed: the worker is going down, nothing more is
         staged in this process (its records are read again after the restart)."""
-        return self.broken is not None or (self.finish is not None and self.finish.failed is not None)
+        return self.broken is not None or getattr(self.finish, "failed", None) is not None
 
     def step_failed(self) -> None:
         """A step failed part-way: what it staged may never be written. The arena is read
@@ -396,7 +396,18 @@ class Scorer:
         self.api_waiting.append((partition, offset, key, value, holds, taken, time.perf_counter()))
         if self.api_stager is None or self.api_stager.done():
             self.api_stager = asyncio.ensure_future(self._stage_api_calls())
+            self.api_stager.add_done_callback(self._stager_ended)
         return bool(await taken)
+
+    def _stager_ended(self, stager: asyncio.Future) -> None:
+        """(Staging itself failed, outside a step: no call waits forever; the agent decides.)"""
+        if stager.cancelled() or stager.exception() is None:
+            return
+        log.error("staging API calls failed: %r", stager.exception())
+        waiting, self.api_waiting = self.api_waiting, []
+        for w in waiting:
+            if not w[5].done():
+                w[5].set_exception(NotScoring("staging API calls failed"))
 
     async def _stage_api_calls(self) -> None:
         """Stage every API transaction waiting whose turn has come, until none is left."""

@@ -41,6 +41,7 @@ class Finish:
     """The scorer's completion queue, keeping the steps put."""
 
     started = True
+    failed = None
 
     def __init__(self) -> None:
         self.steps = []
