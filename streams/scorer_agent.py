@@ -346,22 +346,22 @@ class Scorer:
         from the last commit. Going on in this process would not: Faust restarts the agent
         on the same stream, after the failed records, and the later records of an account
         would move its row's offset past them (a replay would then pass over them)."""
-        groups = records_by_partition(events)
+        # (a failed step's API calls stay marked as staged: some of its outputs may be on
+        # Kafka, so none of them may fall back; they are answered 503 "retry")
         async with self.step_lock:
             try:
-                await self._step(groups.values(), events, finish)
-                return
-            except BaseException as exc:
-                # (its API calls stay marked as staged: some of its outputs may be on Kafka,
-                # so none of them may fall back; they are answered 503 "retry")
+                await self._step(records_by_partition(events).values(), events, finish)
+            except Exception as exc:
                 self.step_failed()  # (before any API step can take the lock)
-                if not isinstance(exc, Exception):
-                    raise
                 self.broken = exc
-        failure = self.broken
-        log.error("a step failed (%r): stopping; its records are read again after the restart", failure)
-        await self.p.app.crash(failure)
-        raise failure
+            except BaseException:  # (cancelled: a stop, not a failure)
+                self.step_failed()
+                raise
+        if self.broken is not None:
+            log.error("a step failed (%r): stopping; its records are read again after the restart",
+                      self.broken)
+            await self.p.app.crash(self.broken)
+            raise self.broken
 
     def stopping(self) -> bool:
         """Whether a step or a completion failed: the worker is going down, nothing more is
