@@ -49,8 +49,6 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from flagstream.codec import dumps, loads
 from flagstream.errors import ConfigurationError
 from flagstream.sinks.metrics import ApiCallCounts
@@ -63,6 +61,7 @@ from flagstream.streams.compat.internals import kafka_producer
 from flagstream.streams.config import Settings
 from flagstream.streams.review_page import serve_on_faust
 from flagstream.streams.scorer_agent import NotScoring, Scorer
+from flagstream.streams.scores_follower import ScoresFollower
 from flagstream.streams.topics import partition_for
 
 log = logging.getLogger(__name__)
@@ -72,8 +71,6 @@ log = logging.getLogger(__name__)
 RELAYED = frozenset({200, 400, 409, 413})
 #: Largest answer read from another worker, bytes.
 MAX_FORWARDED_ANSWER_BYTES = 65_536
-#: How far before a call a read-back starts (covers clock skew between hosts), ms.
-READ_BACK_MARGIN_MS = 60_000
 #: A transaction whose partition is in no one's hands this many deadlines goes to Kafka.
 HAND_OVER_DEADLINES = 4
 
@@ -177,6 +174,8 @@ class WorkerLink:
         self.book = calls.book
         self._decide = decide
         self.sends = CoalescedSends(producer)
+        #: reads ``scores`` back for the calls that were not decided here (one consumer)
+        self.follower = ScoresFollower(settings, self.book)
         self.transactions = settings.topic("transactions")
         self.scores = settings.topic("scores")
         #: always set: calls come through the worker's web server, which Faust starts after
@@ -263,7 +262,7 @@ class WorkerLink:
         scores_partition = partition_for(transaction_id, self.settings.partitions)
         follow = asyncio.ensure_future(
             asyncio.wait_for(
-                self._read_back(transaction_id, scores_partition, None),
+                self.follower.first(transaction_id, scores_partition, self._started_ms(transaction_id)),
                 2 * self.settings.api_deadline_ms / 1000,
             )
         )
@@ -310,7 +309,10 @@ class WorkerLink:
                 return self.book.first(transaction_id) is not None
             if self._exact(transaction_id):
                 return True
-            return await asyncio.wait_for(self._read_back(transaction_id, partition, offset), timeout_s)
+            return await asyncio.wait_for(
+                self.follower.past(transaction_id, partition, offset, self._started_ms(transaction_id)),
+                timeout_s,
+            )
         except TimeoutError:
             return False
         except Exception as exc:  # (Kafka unreachable: answered with the fallback, said once)
@@ -333,35 +335,10 @@ class WorkerLink:
         started = self.in_flight.get(transaction_id)
         return started is not None and started[2] and started[0] == self.generation
 
-    async def _read_back(self, transaction_id: str, partition: int, offset: int | None) -> bool:
-        """Read ``scores`` ``partition`` from before the call into the book: to past
-        ``offset``, or (None) until the transaction's first record is there."""
-        started = self.in_flight.get(transaction_id, (0, int(time.time() * 1000), False))[1]
-        s, tp = self.settings, TopicPartition(self.scores, partition)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.broker, group_id=None, enable_auto_commit=False, **s.kafka_security()
-        )
-        try:
-            await consumer.start()
-            consumer.assign([tp])
-            found = (await consumer.offsets_for_times({tp: started - READ_BACK_MARGIN_MS})).get(tp)
-            if found is None:
-                await consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, found.offset)
-            key = transaction_id.encode()
-            while (
-                await consumer.position(tp) <= offset
-                if offset is not None
-                else self.book.first(transaction_id) is None
-            ):
-                for records in (await consumer.getmany(tp, timeout_ms=200)).values():
-                    for r in records:
-                        if r.key == key:
-                            self.book.record(r.key, r.value)
-            return True
-        finally:
-            await consumer.stop()
+    def _started_ms(self, transaction_id: str) -> int:
+        """When the call began (epoch ms): nothing of its transaction is on ``scores`` before."""
+        started = self.in_flight.get(transaction_id)
+        return started[1] if started is not None else int(time.time() * 1000)
 
 
 class WorkerApi(ScoringApi):
@@ -420,6 +397,7 @@ class WorkerApi(ScoringApi):
         return self.session
 
     async def close(self) -> None:
+        await self.link.follower.stop()
         if self.session is not None:
             await self.session.close()
             self.session = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -146,6 +146,22 @@ def _batch(d: dict) -> FakeBatch:
     return b
 
 
+class FakeFollower:
+    """:class:`~flagstream.streams.scores_follower.ScoresFollower`'s calls, read from the fakes."""
+
+    def __init__(self, read_back: Any) -> None:
+        self.read_back = read_back
+
+    async def first(self, transaction_id: str, partition: int, since_ms: int) -> bool:
+        return bool(await self.read_back(transaction_id, partition, None))
+
+    async def past(self, transaction_id: str, partition: int, offset: int, since_ms: int) -> bool:
+        return bool(await self.read_back(transaction_id, partition, offset))
+
+    async def stop(self) -> None:
+        pass
+
+
 class Worker:
     """One worker's API over the fakes, served on a real local HTTP port."""
 
@@ -155,7 +171,7 @@ class Worker:
         self.calls = ApiCalls(AnswerBook(100))
         self.scorer = FakeScorer(self.calls, self.producer, s)
         self.link = WorkerLink(s, self.calls, self.scorer.decide_now, lambda: self.producer)
-        self.link._read_back = self.read_back  # type: ignore[method-assign]
+        self.link.follower = cast(Any, FakeFollower(self.read_back))
         self.api = WorkerApi(s, self.link)
         self.owned = owned
         self.client: TestClient | None = None

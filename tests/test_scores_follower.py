@@ -1,0 +1,151 @@
+"""The worker API's read-back of ``scores`` on the real broker: one consumer for every
+waiting call, the first record of each awaited transaction (never a later one), records
+older than what was read found by reading again, and nothing kept for keys nobody awaits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from flagstream.codec import dumps
+from flagstream.streams.api_answers import AnswerBook
+from flagstream.streams.scores_follower import READ_BACK_MARGIN_MS, ScoresFollower
+from flagstream.streams.topics import SCORES, create_topics, partition_for
+
+pytestmark = pytest.mark.integration
+
+
+def _record(tx: str, decision: str) -> bytes:
+    return dumps(
+        {
+            "transaction_id": tx,
+            "decision": decision,
+            "score": 0.1,
+            "threshold": 0.5,
+            "model_version": "v1",
+            "reasons": [],
+        }
+    )
+
+
+async def _send(
+    producer: AIOKafkaProducer,
+    topic: str,
+    tx: str,
+    decision: str,
+    timestamp_ms: int | None = None,
+    partition: int | None = None,
+) -> int:
+    part = partition_for(tx, 4) if partition is None else partition
+    meta = await producer.send_and_wait(
+        topic, _record(tx, decision), key=tx.encode(), partition=part, timestamp_ms=timestamp_ms
+    )
+    return meta.offset
+
+
+def _decision(book: AnswerBook, tx: str) -> str | None:
+    first = book.first(tx)
+    return None if first is None else first["decision"]
+
+
+def test_many_waiting_calls_share_one_consumer_and_each_gets_its_first_record(settings):
+    async def go() -> None:
+        await create_topics(settings)
+        topic = settings.topic(SCORES)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
+        await producer.start()
+        book = AnswerBook()
+        follower = ScoresFollower(settings, book)
+        try:
+            now = int(time.time() * 1000)
+            ids = [f"t-{i}" for i in range(300)]
+            waits = [asyncio.ensure_future(follower.first(tx, partition_for(tx, 4), now)) for tx in ids]
+            await asyncio.sleep(0.3)
+            assert follower.waiting_for() == 300
+            for tx in ids:  # (each decided, then a later record of the same key)
+                await _send(producer, topic, tx, "review")
+                await _send(producer, topic, tx, "approve")
+            assert await asyncio.wait_for(asyncio.gather(*waits), 20) == [True] * 300
+            assert follower.started == 1
+            assert {_decision(book, tx) for tx in ids} == {"review"}
+            unawaited = "t-nobody"
+            await _send(producer, topic, unawaited, "review")
+            # past the record nobody awaited: never in the book
+            offset = await _send(producer, topic, "t-last", "review")
+            assert await asyncio.wait_for(
+                follower.past("t-last", partition_for("t-last", 4), offset, now), 20
+            )
+            assert book.first(unawaited) is None
+            assert follower.waiting_for() == 0
+        finally:
+            await follower.stop()
+            await producer.stop()
+
+    asyncio.run(go())
+
+
+def test_a_call_from_before_what_was_read_has_the_partition_read_again(settings):
+    async def go() -> None:
+        await create_topics(settings)
+        topic = settings.topic(SCORES)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
+        await producer.start()
+        book = AnswerBook()
+        follower = ScoresFollower(settings, book)
+        now = int(time.time() * 1000)
+        old = now - 3 * READ_BACK_MARGIN_MS
+        try:
+            # an old call's transaction: decided long ago, then a fallback just now
+            tx = "t-old"
+            part = partition_for(tx, 4)
+            await _send(producer, topic, tx, "decline", timestamp_ms=old)
+            # the partition is being read for a recent call (from now on, less the margin)
+            recent = asyncio.ensure_future(follower.first("t-recent", part, now))
+            await asyncio.sleep(0.5)
+            fallback_at = await _send(producer, topic, tx, "review")
+            await _send(producer, topic, "t-recent", "approve", partition=part)
+            assert await asyncio.wait_for(recent, 20)
+            # the old call's read is from before: the partition is read again from its time
+            assert await asyncio.wait_for(follower.past(tx, part, fallback_at, old), 20)
+            assert _decision(book, tx) == "decline"
+            assert follower.started == 1
+        finally:
+            await follower.stop()
+            await producer.stop()
+
+    asyncio.run(go())
+
+
+def test_forgetting_the_oldest_first_records_reads_again_for_a_call_that_needs_them(settings):
+    async def go() -> None:
+        await create_topics(settings)
+        topic = settings.topic(SCORES)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
+        await producer.start()
+        book = AnswerBook()
+        follower = ScoresFollower(settings, book, seen_per_partition=5)
+        now = int(time.time() * 1000)
+        try:
+            part = partition_for("t-0", 4)
+            same = [tx for tx in (f"t-{i}" for i in range(400)) if partition_for(tx, 4) == part][:30]
+            keep_open = asyncio.ensure_future(follower.first("t-never", part, now))
+            for tx in same:  # read while nobody waits for them: only five are remembered
+                await _send(producer, topic, tx, "review")
+            await asyncio.sleep(1.0)
+            assert len(follower.seen[part]) <= 5
+            # a fallback of the first one: its first record has been forgotten, so it is
+            # read again from its call's time (and not the fallback taken as first)
+            fallback_at = await _send(producer, topic, same[0], "approve")
+            assert await asyncio.wait_for(follower.past(same[0], part, fallback_at, now), 20)
+            assert _decision(book, same[0]) == "review"
+            keep_open.cancel()
+            await asyncio.sleep(0.3)
+            assert follower.waiting_for() == 0
+        finally:
+            await follower.stop()
+            await producer.stop()
+
+    asyncio.run(go())
