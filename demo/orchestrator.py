@@ -95,6 +95,32 @@ def total(values: dict[str, float], name: str, **labels: str) -> float:
     return out
 
 
+def carry_over(carried: dict[str, float], last: dict[str, float]) -> dict[str, float]:
+    """The counters (``*_total``) of a worker that stopped, added to those carried so far:
+    its successor counts from zero, and the run's figures go on from where it stopped.
+
+    >>> carry_over({"a_total": 1.0}, {"a_total": 2.0, 'b_total{x="y"}': 3.0, "depth": 9.0})
+    {'a_total': 3.0, 'b_total{x="y"}': 3.0}
+    """
+    out = dict(carried)
+    for key, value in last.items():
+        if key.partition("{")[0].endswith("_total"):
+            out[key] = out.get(key, 0.0) + value
+    return out
+
+
+def with_carried(now: dict[str, float], carried: dict[str, float]) -> dict[str, float]:
+    """A reading of the running worker plus what its predecessors counted.
+
+    >>> with_carried({"a_total": 1.0, "depth": 4.0}, {"a_total": 3.0})
+    {'a_total': 4.0, 'depth': 4.0}
+    """
+    out = dict(now)
+    for key, value in carried.items():
+        out[key] = out.get(key, 0.0) + value
+    return out
+
+
 def summary_line(now: dict[str, float], before: dict[str, float], seconds: float) -> str:
     """One line: throughput, flags, queue, recall and false-discovery rate so far, version."""
     events = total(now, "flagstream_events_in_total")
@@ -188,13 +214,15 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     before, t0, started = metrics.read(), time.monotonic(), time.monotonic()
     restarts = 0
-    now = before
+    now, last = before, before
+    carried: dict[str, float] = {}  # (counters of workers that stopped: the run goes on counting)
     while not stop["now"]:
         time.sleep(args.refresh)
-        now, t1 = metrics.read(), time.monotonic()
-        if now:  # (nothing while a restarted worker starts; its counters begin again)
+        reading, t1 = metrics.read(), time.monotonic()
+        if reading:  # (nothing while a restarted worker starts)
+            last, now = reading, with_carried(reading, carried)
             print(summary_line(now, before, t1 - t0), file=out, flush=True)
-        before, t0 = now, t1
+            before, t0 = now, t1
         if args.duration and t1 - started > args.duration:
             break
         status = procs[0][1].poll()
@@ -203,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"the worker stopped (status {status}); see its log", file=sys.stderr)
                 return stop_all(procs, 1)
             restarts += 1
+            carried, last = carry_over(carried, last), {}  # (its successor counts from zero)
             print(f"the worker stopped (status {status}); restarting it, as a supervisor would "
                   f"({restarts}/{WORKER_RESTARTS}; see its log)", file=sys.stderr)
             start("worker", [*flagstream, "worker"], at=0)
