@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -77,9 +77,20 @@ class NotScoring(RuntimeError):
 Staged = tuple[PartitionRecords, BatchOutcome, dict[str, Any]]
 
 
-#: An API transaction waiting to be staged: partition, offset, key, value, the ownership
-#: check, the future its call awaits and when it began to wait (``perf_counter``).
-ApiWaiting = tuple[int, int, bytes, bytes, Callable[[int], bool], asyncio.Future, float]
+class ApiWaiting(NamedTuple):
+    """An API transaction waiting to be staged."""
+
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    #: whether this worker still holds the partition
+    holds: Callable[[int], bool]
+    #: what its call awaits: whether it was staged here
+    taken: asyncio.Future
+    #: when it began to wait (``perf_counter``)
+    since: float
+
 #: How long an API transaction waits for the ones before it on its partition before the
 #: agent is left to decide it (seconds): calls produced together are acknowledged in any order.
 API_TURN_PATIENCE_S = 0.025
@@ -91,24 +102,23 @@ def in_turn(waiting: Sequence[ApiWaiting], staged_through: dict[int, int]) -> li
     """The waiting API transactions whose turn has come: per partition, the run of offsets
     right after the last one staged there (none while that is unknown), in order.
 
-    >>> f = None
-    >>> [w[1] for w in in_turn([(0, 12, b"", b"", f, f, 0.0), (0, 11, b"", b"", f, f, 0.0),
-    ...                         (0, 14, b"", b"", f, f, 0.0), (1, 3, b"", b"", f, f, 0.0)], {0: 10})]
+    >>> def at(partition, offset): return ApiWaiting(partition, offset, b"", b"", None, None, 0.0)
+    >>> [w.offset for w in in_turn([at(0, 12), at(0, 11), at(0, 14), at(1, 3)], {0: 10})]
     [11, 12]
     """
     out = []
     by_partition: dict[int, list[ApiWaiting]] = {}
     for w in waiting:
-        by_partition.setdefault(w[0], []).append(w)
+        by_partition.setdefault(w.partition, []).append(w)
     for partition, group in by_partition.items():
         last = staged_through.get(partition)
         if last is None:
             continue
-        for w in sorted(group, key=lambda w: w[1]):
-            if w[1] != last + 1:
+        for w in sorted(group, key=lambda w: w.offset):
+            if w.offset != last + 1:
                 break
             out.append(w)
-            last = w[1]
+            last = w.offset
     return out
 
 
@@ -393,7 +403,7 @@ class Scorer:
         ``holds(partition)`` is still true when its step is staged.
         """
         taken = asyncio.get_running_loop().create_future()
-        self.api_waiting.append((partition, offset, key, value, holds, taken, time.perf_counter()))
+        self.api_waiting.append(ApiWaiting(partition, offset, key, value, holds, taken, time.perf_counter()))
         if self.api_stager is None or self.api_stager.done():
             self.api_stager = asyncio.ensure_future(self._stage_api_calls())
             self.api_stager.add_done_callback(self._stager_ended)
@@ -406,8 +416,8 @@ class Scorer:
         log.error("staging API calls failed: %r", stager.exception())
         waiting, self.api_waiting = self.api_waiting, []
         for w in waiting:
-            if not w[5].done():
-                w[5].set_exception(NotScoring("staging API calls failed"))
+            if not w.taken.done():
+                w.taken.set_exception(NotScoring("staging API calls failed"))
 
     async def _stage_api_calls(self) -> None:
         """Stage every API transaction waiting whose turn has come, until none is left."""
@@ -420,30 +430,29 @@ class Scorer:
             async with self.step_lock:
                 waiting, self.api_waiting = self.api_waiting, []
                 finish, now_ms = self.finish, time.time() * 1000.0
-                live = [w for w in waiting if not w[5].done()]  # (calls gone: nothing to do)
+                live = [w for w in waiting if not w.taken.done()]  # (calls gone: nothing to do)
                 for w in live:
-                    if finish is None or self.stopping() or not w[4](w[0]):
-                        w[5].set_exception(NotScoring("not scoring this partition now"))
+                    if finish is None or self.stopping() or not w.holds(w.partition):
+                        w.taken.set_exception(NotScoring("not scoring this partition now"))
                 groups: dict[int, PartitionRecords] = {}
                 taken = []
-                for partition, offset, key, value, _holds, future, _since in in_turn(
-                        [w for w in live if not w[5].done()], self.staged_through):
-                    recs = groups.get(partition)
+                for w in in_turn([w for w in live if not w.taken.done()], self.staged_through):
+                    recs = groups.get(w.partition)
                     if recs is None:
-                        recs = groups[partition] = PartitionRecords(partition, self.names["transactions"])
-                    recs.values.append(value)
-                    recs.keys.append(key)
-                    recs.offsets.append(offset)
+                        recs = groups[w.partition] = PartitionRecords(w.partition, self.names["transactions"])
+                    recs.values.append(w.value)
+                    recs.keys.append(w.key)
+                    recs.offsets.append(w.offset)
                     recs.timestamps.append(now_ms)
-                    taken.append(future)
+                    taken.append(w.taken)
                 now = time.perf_counter()
                 for w in live:  # not their turn yet: wait a little for the ones before them
-                    if not w[5].done() and w[5] not in taken:
-                        last = self.staged_through.get(w[0])
-                        if last is not None and w[1] > last and now - w[6] < API_TURN_PATIENCE_S:
+                    if not w.taken.done() and w.taken not in taken:
+                        last = self.staged_through.get(w.partition)
+                        if last is not None and w.offset > last and now - w.since < API_TURN_PATIENCE_S:
                             self.api_waiting.append(w)
                         else:  # (staged by the agent already, or someone else's record in between)
-                            w[5].set_result(False)
+                            w.taken.set_result(False)
                             self.p.metrics.api_left_to_agent.inc()
                 if not taken:
                     continue
