@@ -13,12 +13,13 @@ batch form) on its own web server, with the same handlers
   the agent reads it): nothing is consumed before deciding, the same validation, state,
   model and policy as a streamed record, the account rows' offsets making the agent's
   later read a replay. The call is answered from memory once its decision is on
-  ``scores`` and the account's row in the changelog: nothing is read back;
+  ``scores`` (the account's row follows, in the step's completion): nothing is read back;
 - a call for an account another worker holds is forwarded once to that worker's web
   server (its address from the consumer group's assignment, as Faust's router knows
   it), signed with the API key rather than carrying it
   (:func:`~flagstream.streams.api_service.forward_signature`); if that worker does not
-  answer, the transaction goes to ``transactions`` and its answer is read back;
+  answer, the transaction goes to ``transactions`` and its answer is read back
+  (:class:`~flagstream.streams.scores_follower.ScoresFollower`, one consumer for all);
 - past the deadline the fallback is recorded on ``scores`` exactly as ``flagstream api``
   records it, and the first record there is the answer. While this worker holds the
   partition that is known without reading: a transaction its scorer has already staged

@@ -29,6 +29,7 @@ changelog batch and one RocksDB write per partition for all of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -171,6 +172,8 @@ class Scorer:
         self.step_lock = asyncio.Lock()
         #: API transactions waiting to be staged, and the task staging them
         self.api_waiting: list[ApiWaiting] = []
+        #: steps' API answers waiting for their outputs to be acknowledged
+        self.answering: set[asyncio.Future] = set()
         self.api_stager: asyncio.Future | None = None
         self.api_step_started = 0.0
         #: the last offset staged per ``transactions`` partition (what API steps continue)
@@ -396,7 +399,7 @@ class Scorer:
         (offset by offset, so the partition's order holds); the agent later reads them as
         already applied (the account rows' offsets). The others are left to the agent,
         which decides them when it reads them. Either way the call is answered once the
-        decision and the row are written (:meth:`complete_steps`). Returns whether it was
+        decision is on ``scores`` (:meth:`answer_once_sent`). Returns whether it was
         staged here.
 
         Raises :class:`NotScoring` (nothing decided here) unless the agent runs and
@@ -504,6 +507,10 @@ class Scorer:
                 staged.append((recs, outcome, rows))
                 pending.extend(await self.send_dead_letters(recs, outcome))
         pending.extend(await outbox.send())
+        if self.api_calls is not None and self.api_calls.staged:
+            answering = asyncio.ensure_future(self.answer_once_sent(staged, list(pending)))
+            self.answering.add(answering)  # (held until done: a task nobody holds may vanish)
+            answering.add_done_callback(self.answering.discard)
         if self.held:
             pending.extend(self.release_held(producer))
         await finish.put(Step(events, staged, pending, producer, started))
@@ -534,23 +541,35 @@ class Scorer:
         held, self.held = self.held, []
         return [asyncio.ensure_future(self.api_calls.release(d, send)) for d in held]
 
-    def answer_api_calls(self, steps: Sequence[Step]) -> None:
-        """The API transactions of delivered steps: their decisions and refusals."""
+    async def answer_once_sent(self, staged: Sequence[Staged], sent: Sequence[Awaitable]) -> None:
+        """Answer a step's API calls once its outputs are on Kafka, without waiting for its
+        completion (the account rows, and the completions queued before it): a call's
+        answer is its decision, the first record on ``scores`` for it, whether or not the
+        row is written yet. (Should the worker crash before the row is, the restarted
+        worker decides the transaction again after that first record, which stays the
+        decision of record, as a replay after any crash does.) A send that fails answers
+        nothing: the step's completion fails too and stops the worker."""
+        with contextlib.suppress(Exception):
+            await deliver(sent)
+            self.answer_api_calls(staged)
+
+    def answer_api_calls(self, staged: Iterable[Staged]) -> None:
+        """The API transactions of delivered steps: their decisions and refusals (once:
+        a call answered already is not answered again)."""
         assert self.api_calls is not None
-        for step in steps:
-            for recs, outcome, _ in step.staged:
-                refused = [] if not outcome.rejections else [
-                    refusal for r in outcome.rejections
-                    if (refusal := api_refusal(recs.values[r.index], r)) is not None]
-                self.api_calls.delivered(outcome.decisions, refused)
+        for recs, outcome, _ in staged:
+            refused = [] if not outcome.rejections else [
+                refusal for r in outcome.rejections
+                if (refusal := api_refusal(recs.values[r.index], r)) is not None]
+            self.api_calls.delivered(outcome.decisions, refused)
 
     async def complete_steps(self, steps: Sequence[Step]) -> None:
         """Complete every step waiting (oldest first), together: outputs, rows, acks."""
         await deliver([sent for step in steps for sent in step.pending])
         # outputs are durable: now the state rows, then the acks
         await self.write_accounts([s for step in steps for s in step.staged], steps[-1].producer)
-        if self.api_calls is not None:  # (decisions and rows durable: answer the calls)
-            self.answer_api_calls(steps)
+        if self.api_calls is not None:  # (those not answered once their outputs were sent)
+            self.answer_api_calls(s for step in steps for s in step.staged)
         for step in steps:
             ack_all(step.events)
             self.observe(step.staged, step.started)
