@@ -233,6 +233,7 @@ class WorkerLink:
         """
         loop = asyncio.get_running_loop()
         self.active.add(transaction_id)
+        self.follower.expect(transaction_id)  # (should its answer have to be read back)
         part = partition_for(account_id, self.settings.partitions)
         key = account_id.encode()
         give_up = loop.time() + HAND_OVER_DEADLINES * self.settings.api_deadline_ms / 1000
@@ -273,6 +274,7 @@ class WorkerLink:
     def finished(self, transaction_id: str) -> None:
         """A call ended: forget it (and stop reading back for it)."""
         self.active.discard(transaction_id)
+        self.follower.release(transaction_id)
         self.calls.expecting.discard(transaction_id)
         self.in_flight.pop(transaction_id, None)
         follow = self.following.pop(transaction_id, None)

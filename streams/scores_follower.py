@@ -12,8 +12,10 @@ How it stays right:
 - a call says since when its transaction can be on ``scores``: its start, less
   :data:`READ_BACK_MARGIN_MS` for clocks that differ between workers. A partition is
   read without a gap from some time on (its *coverage*); the first record of every key
-  read since then is remembered (bounded: :data:`SEEN_PER_PARTITION`; forgetting the
-  oldest moves the coverage's start past it);
+  read since then is remembered, with the record itself for the transactions of calls in
+  flight on this worker (:meth:`ScoresFollower.expect`), so a call that begins to wait
+  after its record was read finds it (bounded: :data:`SEEN_PER_PARTITION`; forgetting
+  the oldest moves the coverage's start past it);
 - a call whose time is inside the coverage finds its first record there, or gets it
   when it is read; a call from before the coverage has the partition read again from
   its time, and what was remembered of it is dropped (the first record read from
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -44,12 +47,17 @@ from flagstream.streams.topics import SCORES
 
 log = logging.getLogger(__name__)
 
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 #: How much earlier than its call a transaction's records may be timed (another worker's
 #: clock): a call's partition is read from that much before the call began.
 READ_BACK_MARGIN_MS = 10_000
-#: First records remembered per partition (about a minute and a half of a partition at
-#: 1,000 decisions a second over four partitions).
-SEEN_PER_PARTITION = 20_000
+#: Keys whose first record is remembered, per partition read (the margin's worth of a
+#: partition taking 5,000 decisions a second; only calls in flight keep their record).
+SEEN_PER_PARTITION = 50_000
 #: The longest one fetch waits when nothing comes.
 FETCH_TIMEOUT_MS = 100
 
@@ -88,10 +96,12 @@ class ScoresFollower:
         self.waiters: dict[int, list[_Waiter]] = {}
         #: keys some call waits for (a call and its retry may wait for one key)
         self.keys: Counter[bytes] = Counter()
+        #: keys of the calls in flight on this worker (their records are kept when read)
+        self.calls: set[bytes] = set()
         #: per partition read without a gap: the earliest record time (ms) covered
         self.covered: dict[int, int] = {}
-        #: per covered partition: each key's first record since, with its time
-        self.seen: dict[int, OrderedDict[bytes, tuple[bytes, int]]] = {}
+        #: per covered partition: each key's first record since (None: not kept), its time
+        self.seen: dict[int, OrderedDict[bytes, tuple[bytes | None, int]]] = {}
         #: partitions to read again from an earlier time (ms) before the next fetch
         self.rewind: dict[int, int] = {}
         #: per covered partition: the next offset to read
@@ -102,6 +112,15 @@ class ScoresFollower:
         self.wake = asyncio.Event()
         #: consumers started (one, unless reading failed and started again)
         self.started = 0
+        self.warned = False
+
+    def expect(self, transaction_id: str) -> None:
+        """A call for ``transaction_id`` began: keep its record if it is read meanwhile."""
+        self.calls.add(transaction_id.encode())
+
+    def release(self, transaction_id: str) -> None:
+        """That call ended."""
+        self.calls.discard(transaction_id.encode())
 
     def waiting_for(self) -> int:
         """How many calls wait for a record now."""
@@ -135,13 +154,16 @@ class ScoresFollower:
         p = waiter.partition
         self.waiters.setdefault(p, []).append(waiter)
         self.keys[waiter.key] += 1
-        if p in self.covered and waiter.start_ms >= self.covered[p]:
+        if p in self.covered:
             first = self.seen[p].get(waiter.key)
-            if first is not None:
-                self.book.record(waiter.key, first[0])
-            self._settle(p)
-        elif p in self.covered:  # (from before the coverage: read again, at the next fetch)
-            self.rewind[p] = min(waiter.start_ms, self.rewind.get(p, waiter.start_ms))
+            if first is not None and first[0] is None:  # (read before its call, not kept)
+                self._read_again(p, min(waiter.start_ms, first[1]))
+            elif waiter.start_ms < self.covered[p]:
+                self._read_again(p, waiter.start_ms)
+            else:
+                if first is not None and first[0] is not None:
+                    self.book.record(waiter.key, first[0])
+                self._settle(p)
         if self.reader is None or self.reader.done():
             self.reader = asyncio.ensure_future(self._read())
         self.wake.set()
@@ -149,6 +171,11 @@ class ScoresFollower:
             return bool(await asyncio.shield(waiter.done))
         finally:
             self._forget(waiter)
+
+    def _read_again(self, p: int, start_ms: int) -> None:
+        """Read partition ``p`` again from ``start_ms`` before the next fetch (its records
+        fetched meanwhile are dropped: :meth:`_read`)."""
+        self.rewind[p] = min(start_ms, self.rewind.get(p, start_ms))
 
     def _forget(self, waiter: _Waiter) -> None:
         waiting = self.waiters.get(waiter.partition, [])
@@ -162,7 +189,9 @@ class ScoresFollower:
 
     async def _read(self) -> None:
         while True:
-            if not self.waiters:
+            if not self.waiters:  # (nobody waits: every partition paused and forgotten)
+                if self.consumer is not None:
+                    self._pause_unwaited(self.consumer)
                 self.wake.clear()
                 await self.wake.wait()
                 continue
@@ -187,13 +216,38 @@ class ScoresFollower:
             self.positions[p] = r.offset + 1
             if r.key is None or r.key in seen:
                 continue
-            seen[r.key] = (r.value, r.timestamp)
+            kept = r.key in keys or r.key in self.calls
+            seen[r.key] = (r.value if kept else None, r.timestamp)
             if r.key in keys:
                 self.book.record(r.key, r.value)
-            if len(seen) > self.seen_per_partition:  # (the coverage now starts after the oldest)
-                _, (_, timestamp) = seen.popitem(last=False)
-                self.covered[p] = max(self.covered[p], timestamp + 1)
+            if len(seen) > self.seen_per_partition:
+                self._forget_oldest(p)
         self._settle(p)
+
+    def _forget_oldest(self, p: int) -> None:
+        """Forget the partition's oldest first record (its coverage then starts after it),
+        unless a call waiting now, or one starting now, needs it: the partition would
+        be read again for each, never reaching its head on a busy partition. Past twice
+        the bound it is forgotten all the same (memory comes first)."""
+        seen = self.seen[p]
+        _, (_, timestamp) = next(iter(seen.items()))
+        needed = _now_ms() - READ_BACK_MARGIN_MS  # (a call starting now)
+        earliest = self._earliest_waiting(p)
+        if earliest is not None:
+            needed = min(needed, earliest)
+        if timestamp >= needed and len(seen) <= 2 * self.seen_per_partition:
+            return
+        if timestamp >= needed and not self.warned:
+            self.warned = True
+            log.warning(
+                "reading scores back: partition %d has more than %d decisions within "
+                "%d s; calls waiting on it may not be answered in time",
+                p,
+                2 * self.seen_per_partition,
+                READ_BACK_MARGIN_MS // 1000,
+            )
+        seen.popitem(last=False)
+        self.covered[p] = max(self.covered[p], timestamp + 1)
 
     def _earliest_waiting(self, p: int) -> int | None:
         starts = [w.start_ms for w in self.waiters.get(p, []) if not w.done.done()]
@@ -203,10 +257,7 @@ class ScoresFollower:
         """Pause the partitions nobody waits for; seek those to read from earlier."""
         if not set(self.waiters) <= self.assigned:
             self._assign(consumer, self.assigned | set(self.waiters))
-        for p in list(self.covered):
-            if p not in self.waiters:
-                consumer.pause(TopicPartition(self.topic, p))
-                self._uncover(p)
+        self._pause_unwaited(consumer)
         for p in self.waiters:
             earliest = self._earliest_waiting(p)
             if earliest is not None and p not in self.covered:
@@ -214,16 +265,28 @@ class ScoresFollower:
         if not self.rewind:
             return
         wanted = {TopicPartition(self.topic, p): max(t, 0) for p, t in self.rewind.items()}
+        # (the ends first: a record written between the two answers is then read, not skipped)
+        ends = await consumer.end_offsets(list(wanted))
         found = await consumer.offsets_for_times(wanted)
-        ends = await consumer.end_offsets([tp for tp, at in found.items() if at is None])
         for tp, at in found.items():
-            consumer.seek(tp, at.offset if at is not None else ends[tp])
-            consumer.resume(tp)
             p = tp.partition
-            self.covered[p], self.seen[p] = wanted[tp], OrderedDict()
-            self.positions[p] = at.offset if at is not None else ends[tp]
-            del self.rewind[p]
-            self._settle(p)
+            offset = at.offset if at is not None else ends[tp]
+            consumer.seek(tp, offset)
+            consumer.resume(tp)
+            self.covered[p], self.seen[p], self.positions[p] = wanted[tp], OrderedDict(), offset
+            # a call that came during the round trips may need the partition from earlier
+            earliest = self._earliest_waiting(p)
+            asked = min(self.rewind.pop(p, wanted[tp]), wanted[tp] if earliest is None else earliest)
+            if asked < wanted[tp]:
+                self.rewind[p] = asked
+            else:
+                self._settle(p)
+
+    def _pause_unwaited(self, consumer: AIOKafkaConsumer) -> None:
+        for p in list(self.covered):
+            if p not in self.waiters:
+                consumer.pause(TopicPartition(self.topic, p))
+                self._uncover(p)
 
     def _settle(self, p: int) -> None:
         """Wake the calls of partition ``p`` whose record is read, or whose offset is passed."""
@@ -232,12 +295,13 @@ class ScoresFollower:
             if waiter.done.done() or p not in self.covered or p in self.rewind:
                 continue
             if waiter.offset is None:
-                if waiter.key in self.seen[p] or waiter.key in self.book.records:
+                if waiter.key in self.book.records:
                     waiter.done.set_result(True)
             elif position > waiter.offset:
                 waiter.done.set_result(True)
 
     def _uncover(self, p: int) -> None:
+        self.rewind.pop(p, None)
         self.covered.pop(p, None)
         self.seen.pop(p, None)
         self.positions.pop(p, None)
