@@ -158,6 +158,12 @@ class FakeFollower:
     async def past(self, transaction_id: str, partition: int, offset: int, since_ms: int) -> bool:
         return bool(await self.read_back(transaction_id, partition, offset))
 
+    def expect(self, transaction_id: str) -> None:
+        pass
+
+    def release(self, transaction_id: str) -> None:
+        pass
+
     async def stop(self) -> None:
         pass
 
