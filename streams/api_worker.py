@@ -99,7 +99,8 @@ class ApiCalls:
         worker's calls whose fallback is being recorded); marks this worker's other calls
         among them, and those the step refused, as staged: their answers are on the way."""
         expecting = self.expecting
-        self.staged.update(tx for tx in refused if tx in expecting)
+        # (a transaction falling back is answered by its fallback, not by a refused copy)
+        self.staged.update(tx for tx in refused if tx in expecting and tx not in self.fallen_back)
         send, held = decisions, []
         for d in decisions:
             tx = d["transaction_id"]
@@ -300,6 +301,8 @@ class WorkerLink:
             self.book.record(transaction_id.encode(), value)
         else:  # (what the caller is told if scores cannot be read back)
             self.fallbacks[transaction_id] = value
+            # (the read-back answers it: never this scorer's decision from memory)
+            self.calls.expecting.discard(transaction_id)
         self.calls.settled(transaction_id, True)
         return meta.partition, meta.offset
 

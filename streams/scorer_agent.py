@@ -550,7 +550,8 @@ class Scorer:
         decision of record, as a replay after any crash does.) A send that fails answers
         nothing: the step's completion fails too and stops the worker."""
         with contextlib.suppress(Exception):
-            await deliver(sent)
+            # (shielded: the completion awaits the same sends; cancelling this must not cancel them)
+            await deliver([asyncio.shield(f) for f in sent])
             self.answer_api_calls(staged)
 
     def answer_api_calls(self, staged: Iterable[Staged]) -> None:

@@ -166,7 +166,8 @@ class Kafka:
 
         def land() -> None:
             log = self.log(topic, partition)
-            done.set_result(Meta(partition, len(log)))
+            if not done.done():  # (as aiokafka: a cancelled delivery future is left alone)
+                done.set_result(Meta(partition, len(log)))
             log.extend(records)
             self.note()
 
@@ -685,5 +686,99 @@ def test_a_call_whose_transaction_is_not_taken_gets_503_and_nothing_twice(scorer
             dlq = w.kafka.on(w.names["transactions_dlq"])
             assert [d["reason"] for d in dlq] == ["duplicate_transaction"]
             w.check_once(last_offset=1)
+
+    run(scorer, monkeypatch, scenario)
+
+
+# --- answered once the decision is sent (found by a review) ---------------------------------
+def test_a_held_decision_is_not_answered_before_its_fallback_lands(scorer, monkeypatch):
+    """``t-1`` arrives on the stream (offset 1) and through a call (its copy at offset 2).
+    The call's deadline passes before the agent reads them: its fallback is being recorded
+    (held by the broker). The agent's step decides the stream copy (the call's decision,
+    held back behind the fallback) and refuses the API copy as a duplicate, which marks
+    ``t-1`` as staged. The step's other outputs are acknowledged: the early answer must not
+    record the held decision, which is not on ``scores`` (the fallback will be first)."""
+
+    async def scenario(w: World) -> None:
+        await started_with_one_stream_record(w)
+        w.api.deadline_s = 0.2
+        w.stream(1)  # the stream's copy of t-1, offset 1
+        w.kafka.hold(w.names["scores"])  # (the next send to scores: the call's fallback)
+        call = w.call(1)  # the API's copy, offset 2: not its turn, left to the agent
+        await w.kafka.until(lambda: bool(w.handed) and len(w.kafka.held) == 1)
+        assert w.handed == [(2, False)]
+        assert "t-1" in w.calls.fallen_back
+        w.agent.read(PARTITION, 1)  # one step: t-1 decided (held back), its API copy refused
+        await quiescent()
+        early = w.calls.book.first("t-1")
+        w.kafka.release(0)  # the fallback lands, then the held decision after it
+        status, body = await asyncio.wait_for(call, GUARD_S)
+        await w.agent.settled(PARTITION)
+        first = answer_of(w.scores("t-1")[0])
+        assert first["fallback"], w.scores("t-1")
+        assert early is None or early == first, f"answered {early} before the fallback landed"
+        assert status == 200 and body == first, (status, body, first)
+
+    run(scorer, monkeypatch, scenario)
+
+
+def test_a_fallback_read_back_after_a_rebalance_stays_the_answer(scorer, monkeypatch):
+    """The partition changes hands during the call of ``t-2`` (left
+    to the agent: out of turn) and comes back; past the deadline its fallback is recorded
+    and, the call not being exact any more, read back from ``scores``. Before the read-back
+    returns the agent decides ``t-2`` (no longer held back: its fallback is settled) and the
+    decision is answered from memory: a 200 that is not the first record on ``scores``."""
+
+    async def scenario(w: World) -> None:
+        await started_with_one_stream_record(w)
+        w.api.deadline_s = 0.2
+        reading = asyncio.Event()
+        proceed = asyncio.Event()
+
+        async def past(tx, partition, offset, started_ms):  # (the read-back, slow)
+            reading.set()
+            await proceed.wait()
+            return True
+
+        monkeypatch.setattr(w.link.follower, "past", past)
+        w.stream(1)  # someone else's record: t-2 is out of turn, left to the agent
+        call = w.call(2)
+        await w.kafka.until(lambda: bool(w.handed))
+        w.link.revoked()
+        w.link.assigned({0, 1, 2, 3}, {})  # (the same partitions, a new generation)
+        await asyncio.wait_for(reading.wait(), GUARD_S)  # fallback on scores, being read back
+        w.agent.read(PARTITION, 1)
+        await w.agent.settled(PARTITION)
+        proceed.set()
+        status, body = await asyncio.wait_for(call, GUARD_S)
+        first = answer_of(w.scores("t-2")[0])
+        assert first["fallback"]
+        assert status == 200 and body == first, (body, first)
+
+    run(scorer, monkeypatch, scenario)
+
+
+def test_cancelling_an_early_answer_leaves_the_step_completion_alone(scorer, monkeypatch):
+    """The early-answer task gathers the very send futures the step's
+    completion waits for: cancelling it (a stop, a loop shutting down tasks one by one)
+    cancels those futures, and the completion dies with CancelledError (not a failure:
+    no crash, the row never written, the InOrder queue stuck)."""
+
+    async def scenario(w: World) -> None:
+        await started_with_one_stream_record(w)
+        w.kafka.hold(w.names["scores"])
+        call = w.call(1)
+        await w.kafka.until(lambda: len(w.kafka.held) == 1 and bool(w.scorer.answering))
+        for task in list(w.scorer.answering):
+            task.cancel()
+        await quiescent()
+        task = w.scorer.finish._task
+        assert not (task.done() and task.cancelled()), "the completions died (CancelledError), no crash"
+        w.kafka.release(0)
+        await quiescent()
+        call.cancel()
+        w.agent.read(PARTITION, 1)
+        await w.agent.settled(PARTITION)  # (the API step's completion wrote its row)
+        w.check_once()
 
     run(scorer, monkeypatch, scenario)
