@@ -5,7 +5,9 @@ older than what was read found by reading again, and nothing kept for keys nobod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from flagstream.codec import dumps
 from flagstream.streams.api_answers import AnswerBook
+from flagstream.streams.config import Settings
 from flagstream.streams.scores_follower import READ_BACK_MARGIN_MS, ScoresFollower
 from flagstream.streams.topics import SCORES, create_topics, partition_for
 
@@ -47,6 +50,23 @@ async def _send(
     return meta.offset
 
 
+@contextlib.asynccontextmanager
+async def _on_broker(
+    settings: Settings, make: type[ScoresFollower] = ScoresFollower, **kwargs: Any
+) -> AsyncIterator[tuple[str, AIOKafkaProducer, AnswerBook, ScoresFollower]]:
+    """The run's topics, a producer, an answer book and a follower reading into it."""
+    await create_topics(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
+    await producer.start()
+    book = AnswerBook()
+    follower = make(settings, book, **kwargs)
+    try:
+        yield settings.topic(SCORES), producer, book, follower
+    finally:
+        await follower.stop()
+        await producer.stop()
+
+
 def _decision(book: AnswerBook, tx: str) -> str | None:
     first = book.first(tx)
     return None if first is None else first["decision"]
@@ -54,13 +74,7 @@ def _decision(book: AnswerBook, tx: str) -> str | None:
 
 def test_many_waiting_calls_share_one_consumer_and_each_gets_its_first_record(settings):
     async def go() -> None:
-        await create_topics(settings)
-        topic = settings.topic(SCORES)
-        producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
-        await producer.start()
-        book = AnswerBook()
-        follower = ScoresFollower(settings, book)
-        try:
+        async with _on_broker(settings) as (topic, producer, book, follower):
             now = int(time.time() * 1000)
             ids = [f"t-{i}" for i in range(300)]
             waits = [asyncio.ensure_future(follower.first(tx, partition_for(tx, 4), now)) for tx in ids]
@@ -81,24 +95,15 @@ def test_many_waiting_calls_share_one_consumer_and_each_gets_its_first_record(se
             )
             assert book.first(unawaited) is None
             assert follower.waiting_for() == 0
-        finally:
-            await follower.stop()
-            await producer.stop()
 
     asyncio.run(go())
 
 
 def test_a_call_from_before_what_was_read_has_the_partition_read_again(settings):
     async def go() -> None:
-        await create_topics(settings)
-        topic = settings.topic(SCORES)
-        producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
-        await producer.start()
-        book = AnswerBook()
-        follower = ScoresFollower(settings, book)
-        now = int(time.time() * 1000)
-        old = now - 3 * READ_BACK_MARGIN_MS
-        try:
+        async with _on_broker(settings) as (topic, producer, book, follower):
+            now = int(time.time() * 1000)
+            old = now - 3 * READ_BACK_MARGIN_MS
             # an old call's transaction: decided long ago, then a fallback just now
             tx = "t-old"
             part = partition_for(tx, 4)
@@ -113,23 +118,14 @@ def test_a_call_from_before_what_was_read_has_the_partition_read_again(settings)
             assert await asyncio.wait_for(follower.past(tx, part, fallback_at, old), 20)
             assert _decision(book, tx) == "decline"
             assert follower.started == 1
-        finally:
-            await follower.stop()
-            await producer.stop()
 
     asyncio.run(go())
 
 
 def test_forgetting_the_oldest_first_records_reads_again_for_a_call_that_needs_them(settings):
     async def go() -> None:
-        await create_topics(settings)
-        topic = settings.topic(SCORES)
-        producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
-        await producer.start()
-        book = AnswerBook()
-        follower = ScoresFollower(settings, book, seen_per_partition=5)
-        now = int(time.time() * 1000)
-        try:
+        async with _on_broker(settings, seen_per_partition=5) as (topic, producer, book, follower):
+            now = int(time.time() * 1000)
             part = partition_for("t-0", 4)
             same = [tx for tx in (f"t-{i}" for i in range(400)) if partition_for(tx, 4) == part][:30]
             keep_open = asyncio.ensure_future(follower.first("t-never", part, now))
@@ -145,9 +141,6 @@ def test_forgetting_the_oldest_first_records_reads_again_for_a_call_that_needs_t
             keep_open.cancel()
             await asyncio.sleep(0.3)
             assert follower.waiting_for() == 0
-        finally:
-            await follower.stop()
-            await producer.stop()
 
     asyncio.run(go())
 
@@ -181,15 +174,9 @@ def test_a_call_that_comes_while_the_partition_is_sought_gets_the_first_record(s
     (its decision is older than the newer call's), not from the newer's."""
 
     async def go() -> None:
-        await create_topics(settings)
-        topic = settings.topic(SCORES)
-        producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
-        await producer.start()
-        book = AnswerBook()
-        follower = Hooked(settings, book)
-        tx, now = "t-older", int(time.time() * 1000)
-        part = partition_for(tx, 4)
-        try:
+        async with _on_broker(settings, Hooked) as (topic, producer, book, follower):
+            tx, now = "t-older", int(time.time() * 1000)
+            part = partition_for(tx, 4)
             await _send(producer, topic, tx, "decline", timestamp_ms=now - 12_000)
             fallback_at = await _send(producer, topic, tx, "review")
             older: dict = {}
@@ -208,9 +195,6 @@ def test_a_call_that_comes_while_the_partition_is_sought_gets_the_first_record(s
                 book.records.clear()
                 newer.cancel()
                 await asyncio.sleep(0.3)
-        finally:
-            await follower.stop()
-            await producer.stop()
 
     asyncio.run(go())
 
@@ -220,13 +204,7 @@ def test_a_record_written_while_the_partition_is_sought_is_read(settings):
     the partition, the offset for a time) is read, whichever comes first."""
 
     async def go() -> None:
-        await create_topics(settings)
-        topic = settings.topic(SCORES)
-        producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
-        await producer.start()
-        book = AnswerBook()
-        follower = Hooked(settings, book)
-        try:
+        async with _on_broker(settings, Hooked) as (topic, producer, book, follower):
             for method in ("offsets_for_times", "end_offsets"):
                 tx = f"t-{method}"
                 now = int(time.time() * 1000)
@@ -239,22 +217,13 @@ def test_a_record_written_while_the_partition_is_sought_is_read(settings):
                 assert _decision(book, tx) == "approve"
                 await asyncio.sleep(0.5)  # (nobody waits: the next call seeks again)
                 assert follower.covered == {}
-        finally:
-            await follower.stop()
-            await producer.stop()
 
     asyncio.run(go())
 
 
 def test_a_follower_nobody_waits_on_pauses_and_reads_the_next_call_from_its_time(settings):
     async def go() -> None:
-        await create_topics(settings)
-        topic = settings.topic(SCORES)
-        producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
-        await producer.start()
-        book = AnswerBook()
-        follower = ScoresFollower(settings, book)
-        try:
+        async with _on_broker(settings) as (topic, producer, book, follower):
             tx = "t-a"
             part = partition_for(tx, 4)
             old = int(time.time() * 1000) - 3 * READ_BACK_MARGIN_MS  # (a call long ago)
@@ -271,9 +240,6 @@ def test_a_follower_nobody_waits_on_pauses_and_reads_the_next_call_from_its_time
             assert follower.seen[part] == {}  # (read from the call's time, not the backlog)
             await _send(producer, topic, "t-b", "review", partition=part)
             assert await asyncio.wait_for(later, 20) and _decision(book, "t-b") == "review"
-        finally:
-            await follower.stop()
-            await producer.stop()
 
     asyncio.run(go())
 
@@ -284,15 +250,9 @@ def test_a_decision_read_before_its_call_waits_is_its_first_record_kept_or_read_
     again when its call waits; either way the decision, not the later fallback, is first."""
 
     async def go() -> None:
-        await create_topics(settings)
-        topic = settings.topic(SCORES)
-        producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
-        await producer.start()
-        book = AnswerBook()
-        follower = ScoresFollower(settings, book)
-        now = int(time.time() * 1000)
-        part = partition_for("t-0", 4)
-        try:
+        async with _on_broker(settings) as (topic, producer, book, follower):
+            now = int(time.time() * 1000)
+            part = partition_for("t-0", 4)
             keep_open = asyncio.ensure_future(follower.first("t-never", part, now))
             await asyncio.sleep(0.5)
             follower.expect("t-kept")
@@ -308,8 +268,5 @@ def test_a_decision_read_before_its_call_waits_is_its_first_record_kept_or_read_
             follower.release("t-kept")
             assert not follower.calls
             keep_open.cancel()
-        finally:
-            await follower.stop()
-            await producer.stop()
 
     asyncio.run(go())
