@@ -23,14 +23,15 @@ the common and the rare ones.
 Learning (:func:`flagstream.scoring.binned_kernel.learn_rows`) is a Numba kernel over a
 batch of labelled rows, in order, exactly as one label at a time would be; its pure-Python
 reference is in the same module, and ``tests/test_binned.py`` checks they agree. Scoring a
-batch is numpy (one gather per input and one per pair), no per-event call.
+batch is one Numba call too (:func:`~flagstream.scoring.binned_kernel.score_rows`, row by row;
+:meth:`BinnedLogistic.predict_one` is its reference): a worker's steps are often one record.
 
 Measured (issue #13; the backtest ``--model binned`` against the default linear champion):
 see the README's detection table. The pairs (``flagstream compare-batch``, test week
 2018-08-08..14): average precision 0.657 -> 0.672 on the extended stream (the batch
 gradient-boosted model: 0.682), 0.704 -> 0.716 on the reference one (0.658 -> 0.664 and
 0.687 -> 0.701 on seeds 1 and 2). Costs (``python -m flagstream.perf.binned_cost``):
-scoring 1.28 -> 1.44 µs an event in batches of 2,000, learning 2.08 -> 2.18 µs a label in
+scoring 1.28 -> 1.44 µs an event in batches of 2,000 (1.24 since scoring is one Numba call), learning 2.08 -> 2.18 µs a label in
 batches of 500 and 18.9 -> 20.0 µs one at a time.
 
 Memory: ``n_inputs * (2 * n_bins + 5) + 2 * n_pairs * pair_bins ** 2 + 4`` floats (34 inputs,
@@ -60,8 +61,16 @@ from typing import Any
 import numpy as np
 
 from flagstream.features.layout import N_FEATURES
-from flagstream.scoring.binned_kernel import Z_LIMIT, learn_rows
-from flagstream.scoring.linear import INPUT_NAMES, MAX_STATISTIC, MIN_SUPPORT, SUPPORT_Z, transform
+from flagstream.scoring.binned_kernel import Z_LIMIT, learn_rows, score_rows
+from flagstream.scoring.linear import (
+    AMOUNT_KNOTS,
+    INPUT_NAMES,
+    LOG_COLUMNS,
+    MAX_STATISTIC,
+    MIN_SUPPORT,
+    SUPPORT_Z,
+    transform,
+)
 
 #: Edges of the bins on the standardised input (a bin per ``(edge[i-1], edge[i]]``).
 #: Finer near the mean, where most traffic is, and open at both ends.
@@ -97,6 +106,10 @@ N_PAIRS = len(PAIRS)
 N_PAIR_BINS = len(PAIR_EDGES) + 1
 _PAIR_AT = np.array([[INPUT_NAMES.index(a), INPUT_NAMES.index(b)] for a, b in PAIRS], dtype=np.int64)
 _PAIR_MEAN_BIN = int(np.searchsorted(PAIR_EDGES, 0.0, side="left"))
+#: What :func:`~flagstream.scoring.binned_kernel.score_rows` needs of ``transform``: which
+#: features are log-squashed, and the amount's knots.
+_LOG_MASK = np.isin(np.arange(N_FEATURES), LOG_COLUMNS)
+_KNOTS = np.asarray(AMOUNT_KNOTS, dtype=np.float64)
 
 
 class BinnedLogistic:
@@ -206,11 +219,11 @@ class BinnedLogistic:
 
     def score_batch(self, matrix: np.ndarray) -> np.ndarray:
         """Fraud probabilities for a (n, N_FEATURES) raw feature matrix."""
-        if len(matrix) == 0:
-            return np.empty(0)
-        inputs, cells = self._terms(matrix)
-        logits = inputs.sum(axis=1) + self.bias[0] + self._pair_terms(cells).sum(axis=1)
-        return 1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))
+        rows = np.ascontiguousarray(matrix, dtype=np.float64).reshape(-1, N_FEATURES)
+        out = np.empty(len(rows))
+        score_rows(rows, _LOG_MASK, _AMOUNT, _KNOTS, self.means, self._inverse_std(), self.slopes,
+                   self.steps, self.bias, BIN_EDGES, _PAIR_AT, PAIR_EDGES, self.pair_steps, out)
+        return out
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         """Per-feature contribution to the logit against inputs at their means, (n, N_FEATURES).
