@@ -31,8 +31,8 @@ see the README's detection table. The pairs (``flagstream compare-batch``, test 
 2018-08-08..14): average precision 0.657 -> 0.672 on the extended stream (the batch
 gradient-boosted model: 0.682), 0.704 -> 0.716 on the reference one (0.658 -> 0.664 and
 0.687 -> 0.701 on seeds 1 and 2). Costs (``python -m flagstream.perf.binned_cost``):
-scoring 1.28 -> 1.44 µs an event in batches of 2,000 (1.24 since scoring is one Numba call), learning 2.08 -> 2.18 µs a label in
-batches of 500 and 18.9 -> 20.0 µs one at a time.
+scoring 1.28 -> 1.44 µs an event in batches of 2,000 (1.24 since scoring is one Numba call),
+learning 2.08 -> 2.18 µs a label in batches of 500 and 18.9 -> 20.0 µs one at a time.
 
 Memory: ``n_inputs * (2 * n_bins + 5) + 2 * n_pairs * pair_bins ** 2 + 4`` floats (34 inputs,
 14 bins, 3 pairs of 7 x 7 cells: 1,420 floats, 11 KB), whatever the traffic; the state is
