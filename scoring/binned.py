@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 
 from flagstream.features.layout import N_FEATURES
-from flagstream.scoring.binned_kernel import Z_LIMIT, learn_rows, score_rows
+from flagstream.scoring.binned_kernel import Z_LIMIT, contribute_rows, learn_rows, score_rows
 from flagstream.scoring.linear import (
     AMOUNT_KNOTS,
     INPUT_NAMES,
@@ -232,8 +232,19 @@ class BinnedLogistic:
         means, is split between its two inputs by their Shapley values: each gets half of
         what it moves alone (the other at its mean) and half of what it adds to the other,
         so an input at its mean gets nothing of it. They add up to the logit less
-        :meth:`baseline`, the logit of an input at every mean.
+        :meth:`baseline`, the logit of an input at every mean. One Numba call
+        (:func:`~flagstream.scoring.binned_kernel.contribute_rows`);
+        :meth:`contributions_reference` is the same in numpy.
         """
+        rows = np.ascontiguousarray(matrix, dtype=np.float64).reshape(-1, N_FEATURES)
+        out = np.empty((len(rows), N_FEATURES))
+        contribute_rows(rows, _LOG_MASK, _AMOUNT, _KNOTS, self.means, self._inverse_std(), self.slopes,
+                        self.steps, _MEAN_BIN, BIN_EDGES, _PAIR_AT, PAIR_EDGES, self.pair_steps,
+                        _PAIR_MEAN_BIN, out)
+        return out
+
+    def contributions_reference(self, matrix: np.ndarray) -> np.ndarray:
+        """:meth:`contributions` in numpy, a gather per input and per pair (for tests)."""
         inputs, cells = self._terms(matrix)
         per_input = inputs - self.steps[:, _MEAN_BIN]
         both = self._pair_terms(cells)

@@ -138,6 +138,44 @@ def score_rows(matrix: np.ndarray, log_columns: np.ndarray, amount: int, knots: 
         out[r] = 1.0 / (1.0 + math.exp(-logit))
 
 
+@numba.njit(cache=True, nogil=True)
+def contribute_rows(matrix: np.ndarray, log_columns: np.ndarray, amount: int, knots: np.ndarray,
+                    means: np.ndarray, inverse_std: np.ndarray, slopes: np.ndarray, steps: np.ndarray,
+                    mean_bin: int, edges: np.ndarray, pairs: np.ndarray, pair_edges: np.ndarray,
+                    pair_steps: np.ndarray, pair_mean_bin: int, out: np.ndarray) -> None:
+    """Each raw feature's contribution to the logit of each row of ``matrix`` into ``out``
+    (n, f), against inputs at their means (bin ``mean_bin``, pair cell ``pair_mean_bin``
+    on both axes): the inputs as in :func:`score_rows`, the amount's hinges counted toward
+    the amount, each pair's term split between its two inputs by their Shapley values.
+    :meth:`flagstream.scoring.binned.BinnedLogistic.contributions_reference` is its reference.
+    """
+    n, f = matrix.shape
+    k = means.shape[0]
+    z = np.empty(k)
+    per_input = np.empty(k)
+    for r in range(n):
+        for j in range(k):
+            if j < f:
+                x = matrix[r, j]
+                if log_columns[j]:
+                    x = math.log1p(max(x, 0.0))
+            else:
+                x = max(matrix[r, amount] - knots[j - f], 0.0)
+            z[j] = min(max((x - means[j]) * inverse_std[j], -Z_LIMIT), Z_LIMIT)
+            per_input[j] = slopes[j] * z[j] + steps[j, _bin(z[j], edges)] - steps[j, mean_bin]
+        m = pair_mean_bin
+        for p in range(pairs.shape[0]):
+            a, b = _bin(z[pairs[p, 0]], pair_edges), _bin(z[pairs[p, 1]], pair_edges)
+            both, only_a, only_b = pair_steps[p, a, b], pair_steps[p, a, m], pair_steps[p, m, b]
+            neither = pair_steps[p, m, m]
+            per_input[pairs[p, 0]] += (only_a - neither + both - only_b) / 2.0
+            per_input[pairs[p, 1]] += (only_b - neither + both - only_a) / 2.0
+        for j in range(f):
+            out[r, j] = per_input[j]
+        for j in range(f, k):
+            out[r, amount] += per_input[j]
+
+
 def learn_rows_reference(inputs: np.ndarray, labels: np.ndarray, sample_weights: np.ndarray,
                          count: np.ndarray, means: np.ndarray, m2: np.ndarray,
                          support: np.ndarray, slopes: np.ndarray, steps: np.ndarray,

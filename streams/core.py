@@ -46,6 +46,7 @@ from flagstream.scoring.policy import DecisionPolicy, FixedThreshold
 from flagstream.scoring.reasons import explain
 from flagstream.streams.coordinates import places_of
 from flagstream.streams.schema import validate_transactions
+from flagstream.streams.topics import partition_for
 
 #: Context fields copied from a transaction onto its decision, each only when it is a string
 #: of its allowed shape (a currency code, a country code, a channel token); a value of any
@@ -127,14 +128,23 @@ def _murmur2_partitions(buf, ends, partitions, out):  # pragma: no cover - compi
         start = end
 
 
+#: Up to this many keys, :func:`partitions_for` hashes them one by one in Python.
+SMALL_BATCH = 4
+
+
 def partitions_for(keys: Sequence[str], partitions: int) -> np.ndarray:
-    """:func:`flagstream.streams.topics.partition_for` of many keys at once (one Numba call).
+    """:func:`flagstream.streams.topics.partition_for` of many keys at once (one Numba call,
+    past :data:`SMALL_BATCH` keys).
 
     >>> from flagstream.streams.topics import partition_for
     >>> keys = ["c-42", "t-000000001", "", "m-7", "é-ü"]
     >>> partitions_for(keys, 4).tolist() == [partition_for(k, 4) for k in keys]
     True
+    >>> partitions_for(keys[:2], 4).tolist() == [partition_for(k, 4) for k in keys[:2]]
+    True
     """
+    if len(keys) <= SMALL_BATCH:  # (a kernel call's fixed cost is more than a few keys' own)
+        return np.array([partition_for(k, partitions) for k in keys], np.int64)
     encoded = [k.encode() for k in keys]
     ends = np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)))
     buf = np.frombuffer(b"".join(encoded), np.uint8)
@@ -253,27 +263,26 @@ class ScoringCore:
         )
         self.merchants.fill_features(batch.merchant_ids, batch.timestamps_ms, features)
         applied = np.flatnonzero(status == APPLIED)
-        self.accounts.touch(np.unique(rows[applied]))
-        outcome.replayed = int(np.count_nonzero(status == ALREADY_APPLIED))
-        for i in np.flatnonzero(status == DUPLICATE):
-            outcome.rejections.append(
-                Rejection(
-                    batch.indices[i],
-                    "duplicate_transaction",
-                    f"transaction_id {batch.transaction_ids[i]!r} already seen for this account",
+        self.accounts.touch(rows[applied].tolist())
+        times_ms, merchant_ids = batch.timestamps_ms, batch.merchant_ids
+        if len(applied) < n:  # (replays and duplicates: the usual step has neither)
+            outcome.replayed = int(np.count_nonzero(status == ALREADY_APPLIED))
+            for i in np.flatnonzero(status == DUPLICATE).tolist():
+                outcome.rejections.append(
+                    Rejection(
+                        batch.indices[i],
+                        "duplicate_transaction",
+                        f"transaction_id {batch.transaction_ids[i]!r} already seen for this account",
+                    )
                 )
-            )
-        features = features[applied]
+            features, times_ms = features[applied], times_ms[applied]
+            merchant_ids = [merchant_ids[i] for i in applied.tolist()]
         model = self.handle.model
         scores = model.score_batch(features)
-        times_ms = batch.timestamps_ms[applied]
         routes = self.policy.routes(scores, times_ms)
         outcome.features, outcome.scores = features, scores
         outcome.routes, outcome.times_ms = routes, times_ms
-        outcome.activity = count_activity(
-            [batch.merchant_ids[i] for i in applied], batch.timestamps_ms[applied],
-            features[:, IS_NEW_MERCHANT],
-        )
+        outcome.activity = count_activity(merchant_ids, times_ms, features[:, IS_NEW_MERCHANT])
         self._decide(batch, applied, features, scores, routes, outcome)
         return outcome
 
@@ -312,13 +321,13 @@ class ScoringCore:
         copy_context(decisions, [recs[i] for i in rows])
         outcome.indices.extend([batch.indices[i] for i in rows])
         outcome.decisions.extend(decisions)
-        outcome.declined += int(np.count_nonzero(routes == "decline"))
+        outcome.declined += route_list.count("decline")
         # reasons for every decision that is not an approval (the API answers with them);
         # only reviews are flagged (declines need nobody's review)
-        explained = np.flatnonzero(routes != "approve")
-        if len(explained):
+        explained = [j for j, route in enumerate(route_list) if route != "approve"]
+        if explained:
             contributions = self.handle.model.contributions(features[explained])
-            for k, j in enumerate(explained.tolist()):
+            for k, j in enumerate(explained):
                 reasons = decisions[j]["reasons"] = explain(features[j], contributions[k])
                 if route_list[j] != "review":
                     continue

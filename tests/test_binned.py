@@ -126,6 +126,22 @@ def test_contributions_add_up_to_the_logit_and_name_the_input_that_mattered():
     assert int(np.argmax(model.contributions(risky)[0])) == 2
 
 
+@pytest.mark.parametrize("rows", ["gamma", "xor"])
+def test_contributions_kernel_matches_the_numpy_reference(rows):
+    if rows == "gamma":
+        model, x, _ = trained()
+    else:
+        x, y = xor_rows(5_000, seed=3)
+        model = BinnedLogistic()
+        model.learn_many(x, y)
+    x = np.vstack([x[:300], np.zeros((1, N_FEATURES)), np.full((1, N_FEATURES), -5.0),
+                   np.full((1, N_FEATURES), 1e9)])  # (at the means' side, negative, huge)
+    assert np.abs(model.pair_steps).max() > 0.01  # (the pairs' shares are part of it)
+    expected = model.contributions_reference(x)
+    np.testing.assert_allclose(model.contributions(x), expected, rtol=1e-9, atol=1e-12)
+    assert model.contributions(x[:0]).shape == (0, N_FEATURES)
+
+
 def test_state_round_trips_through_json_and_learning_resumes_exactly():
     model, x, y = trained()
     copy = model_from_state(loads(dumps(model.to_state())))
