@@ -216,3 +216,18 @@ def learn_rows_reference(inputs: np.ndarray, labels: np.ndarray, sample_weights:
         for p, (a, b) in enumerate(cells):
             pair_g2[p, a, b] += g * g
             pair_steps[p, a, b] -= learning_rate * g / math.sqrt(pair_g2[p, a, b])
+
+
+def warm_up() -> None:
+    """Compile the scoring and learning kernels now (a second or two each the first time,
+    loaded from Numba's cache after), so that no step pays for it."""
+    matrix, k, edges = np.zeros((1, 1)), 2, np.zeros(1)
+    means, zeros, mask = np.zeros(k), np.zeros(k), np.zeros(1, np.bool_)
+    steps, pairs, pair_steps = np.zeros((k, 2)), np.zeros((1, 2), np.int64), np.zeros((1, 2, 2))
+    score_rows(matrix, mask, 0, np.zeros(1), means, zeros, zeros, steps, np.zeros(1), edges, pairs,
+               edges, pair_steps, np.empty(1))
+    contribute_rows(matrix, mask, 0, np.zeros(1), means, zeros, zeros, steps, 0, edges, pairs, edges,
+                    pair_steps, 0, np.empty((1, 1)))
+    learn_rows(np.zeros((1, k)), np.zeros(1), np.ones(1), np.zeros(1), np.zeros(k), np.zeros(k),
+               np.zeros(k), np.zeros(k), np.zeros((k, 2)), np.zeros(1), np.ones(k), np.ones((k, 2)),
+               np.ones(1), edges, 0.1, 0.0, 1.0, 0.5, pairs, edges, np.zeros((1, 2, 2)), np.ones((1, 2, 2)))

@@ -30,6 +30,7 @@ from numba import njit
 from flagstream.errors import Rejection
 from flagstream.features.arena import Arena
 from flagstream.features.kernels import update_accounts
+from flagstream.features.kernels import warm_up as warm_up_features
 from flagstream.features.layout import (
     ALREADY_APPLIED,
     APPLIED,
@@ -40,6 +41,7 @@ from flagstream.features.layout import (
     new_account_row,
 )
 from flagstream.features.merchants import MerchantActivity, MerchantState, count_activity
+from flagstream.scoring.binned_kernel import warm_up as warm_up_scoring
 from flagstream.scoring.handle import ModelHandle
 from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.policy import DecisionPolicy, FixedThreshold
@@ -151,6 +153,14 @@ def partitions_for(keys: Sequence[str], partitions: int) -> np.ndarray:
     out = np.empty(len(encoded), np.int64)
     _murmur2_partitions(buf, ends, partitions, out)
     return out
+
+
+def warm_up() -> None:
+    """Compile every Numba kernel of the hot path now (the features', the model's, the
+    partitioner's): a worker calls it before its first step, so that none pays for it."""
+    warm_up_features()
+    warm_up_scoring()
+    partitions_for([str(i) for i in range(SMALL_BATCH + 1)], 1)  # (past the keys hashed in Python)
 
 
 def id_hash(transaction_id: str) -> float:

@@ -12,12 +12,12 @@ import asyncio
 import logging
 
 from flagstream.cards import install_log_masking
-from flagstream.features.kernels import warm_up
 from flagstream.streams.agents import build_app
 from flagstream.streams.app import ROLES
 from flagstream.streams.compat import check_versions
 from flagstream.streams.compat.internals import DeadlineWorker
 from flagstream.streams.config import Settings
+from flagstream.streams.core import warm_up
 from flagstream.streams.kafka_access import require_access
 from flagstream.streams.topics import create_topics
 

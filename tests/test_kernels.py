@@ -126,3 +126,30 @@ def test_merchant_kernels_match_reference(updates, query_day, delay):
         assert set(got) == set(expected)
         for name, value in expected.items():
             assert abs(got[name] - value) < 1e-9, (m, name, got[name], value)
+
+
+def test_the_warm_up_compiles_every_kernel_a_step_and_the_learner_call():
+    """After :func:`flagstream.streams.core.warm_up` (what a worker runs before its first
+    step), scoring, explaining and learning compile nothing more: no step pays for a compile
+    (a kernel called with other types than the warm-up's, e.g. a read-only buffer, would)."""
+    from flagstream.scoring import binned_kernel
+    from flagstream.scoring.binned import BinnedLogistic
+    from flagstream.scoring.handle import ModelHandle
+    from flagstream.scoring.policy import FixedThreshold
+    from flagstream.streams import core
+
+    core.warm_up()
+    dispatchers = [update_accounts, merchant_features, update_merchants, core._murmur2_partitions,
+                   binned_kernel.score_rows, binned_kernel.contribute_rows, binned_kernel.learn_rows]
+    compiled = {d: len(d.signatures) for d in dispatchers}
+    assert all(compiled.values()), "every kernel is compiled by the warm-up"
+    model = BinnedLogistic()
+    scorer = core.ScoringCore(ModelHandle(model), FixedThreshold(0.0))  # (every one explained)
+    values = [b'{"transaction_id":"t-%d","account_id":"c-%d","merchant_id":"m-%d","amount":%d.5,'
+              b'"timestamp":"2018-04-01T10:%02d:00Z"}' % (i, i % 7, i % 3, i, i) for i in range(12)]
+    for size in (1, 12):  # (a step of a few records, and one past the keys hashed in Python)
+        out = scorer.process(values[:size], list(range(size)), 0, 1)
+        scorer.merchants.apply(out.activity)
+        model.learn_many(out.features, np.ones(len(out.features)))
+    assert len(out.flagged) == 11  # (the first record was decided in the first step)
+    assert {d: len(d.signatures) for d in dispatchers} == compiled

@@ -30,13 +30,13 @@ from scorer_helpers import home_accounts, scorer_app
 from scorer_helpers import tx as stream_tx
 
 from flagstream.codec import dumps, loads
-from flagstream.features.kernels import warm_up
 from flagstream.features.layout import LAST_OFFSET, TOTAL_COUNT, TOTAL_SUM
 from flagstream.streams import scorer_agent
 from flagstream.streams.api_answers import AnswerBook, answer_of, is_fallback, requests
 from flagstream.streams.api_worker import ApiCalls, WorkerApi, WorkerLink
 from flagstream.streams.compat.internals import read_row
 from flagstream.streams.config import Secret
+from flagstream.streams.core import warm_up
 from flagstream.streams.scorer_agent import Scorer
 
 KEY = "worker-api-key-0000001"

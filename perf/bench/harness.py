@@ -98,8 +98,7 @@ def start_broker(opts: Options) -> float:
 def numba_timings() -> dict[str, float]:
     """Seconds to get every hot-path kernel ready in a fresh process: cold and cached."""
     code = ("import time; t = time.perf_counter(); "
-            "import flagstream.features.kernels as k, flagstream.streams.core as c; "
-            "k.warm_up(); c.partitions_for(['x'], 1); print(time.perf_counter() - t)")
+            "import flagstream.streams.core as c; c.warm_up(); print(time.perf_counter() - t)")
 
     def run(env: dict) -> float:
         out = subprocess.run([sys.executable, "-c", code], cwd=cont.ROOT, env=env, capture_output=True,
