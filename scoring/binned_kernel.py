@@ -104,33 +104,40 @@ def learn_rows(inputs: np.ndarray, labels: np.ndarray, sample_weights: np.ndarra
 
 
 @numba.njit(cache=True, nogil=True)
+def _standardise(row: np.ndarray, log_columns: np.ndarray, amount: int, knots: np.ndarray,
+                 means: np.ndarray, inverse_std: np.ndarray, z: np.ndarray) -> None:
+    """One raw feature row's standardised model inputs into ``z``: the features
+    (``log1p`` where ``log_columns`` says), then one hinge of the ``amount`` feature per
+    knot, as :func:`flagstream.scoring.linear.transform` makes them; each less its mean,
+    times ``inverse_std`` (0 where an input is not yet known), clipped to ±:data:`Z_LIMIT`."""
+    f = row.shape[0]
+    for j in range(z.shape[0]):
+        if j < f:
+            x = row[j]
+            if log_columns[j]:
+                x = math.log1p(max(x, 0.0))
+        else:
+            x = max(row[amount] - knots[j - f], 0.0)
+        z[j] = min(max((x - means[j]) * inverse_std[j], -Z_LIMIT), Z_LIMIT)
+
+
+@numba.njit(cache=True, nogil=True)
 def score_rows(matrix: np.ndarray, log_columns: np.ndarray, amount: int, knots: np.ndarray,
                means: np.ndarray, inverse_std: np.ndarray, slopes: np.ndarray, steps: np.ndarray,
                bias: np.ndarray, edges: np.ndarray, pairs: np.ndarray, pair_edges: np.ndarray,
                pair_steps: np.ndarray, out: np.ndarray) -> None:
     """The fraud probability of each raw feature row of ``matrix`` (n, f) into ``out``.
 
-    The model's inputs are made row by row as :func:`flagstream.scoring.linear.transform`
-    makes them (``log1p`` of the ``log_columns`` mask's features, then one hinge of the
-    ``amount`` feature per knot), standardised with ``inverse_std`` (0 where an input is not
-    yet known) and clipped to ±:data:`Z_LIMIT`; the logit is then summed as in
-    :func:`learn_rows`. One call for a whole step: a step of one record costs a few
+    Each row's inputs are made and standardised (:func:`_standardise`); the logit is then
+    summed as in :func:`learn_rows`. One call for a whole step: a step of one record costs a few
     microseconds, where numpy's gathers cost their fixed price per array.
     :meth:`flagstream.scoring.binned.BinnedLogistic.predict_one` is its plain-Python reference.
     """
-    n, f = matrix.shape
-    k = means.shape[0]
-    z = np.empty(k)
-    for r in range(n):
+    z = np.empty(means.shape[0])
+    for r in range(matrix.shape[0]):
+        _standardise(matrix[r], log_columns, amount, knots, means, inverse_std, z)
         logit = bias[0]
-        for j in range(k):
-            if j < f:
-                x = matrix[r, j]
-                if log_columns[j]:
-                    x = math.log1p(max(x, 0.0))
-            else:
-                x = max(matrix[r, amount] - knots[j - f], 0.0)
-            z[j] = min(max((x - means[j]) * inverse_std[j], -Z_LIMIT), Z_LIMIT)
+        for j in range(z.shape[0]):
             logit += slopes[j] * z[j] + steps[j, _bin(z[j], edges)]
         for p in range(pairs.shape[0]):
             logit += pair_steps[p, _bin(z[pairs[p, 0]], pair_edges), _bin(z[pairs[p, 1]], pair_edges)]
@@ -149,19 +156,11 @@ def contribute_rows(matrix: np.ndarray, log_columns: np.ndarray, amount: int, kn
     the amount, each pair's term split between its two inputs by their Shapley values.
     :meth:`flagstream.scoring.binned.BinnedLogistic.contributions_reference` is its reference.
     """
-    n, f = matrix.shape
-    k = means.shape[0]
-    z = np.empty(k)
-    per_input = np.empty(k)
-    for r in range(n):
+    f, k = matrix.shape[1], means.shape[0]
+    z, per_input = np.empty(k), np.empty(k)
+    for r in range(matrix.shape[0]):
+        _standardise(matrix[r], log_columns, amount, knots, means, inverse_std, z)
         for j in range(k):
-            if j < f:
-                x = matrix[r, j]
-                if log_columns[j]:
-                    x = math.log1p(max(x, 0.0))
-            else:
-                x = max(matrix[r, amount] - knots[j - f], 0.0)
-            z[j] = min(max((x - means[j]) * inverse_std[j], -Z_LIMIT), Z_LIMIT)
             per_input[j] = slopes[j] * z[j] + steps[j, _bin(z[j], edges)] - steps[j, mean_bin]
         m = pair_mean_bin
         for p in range(pairs.shape[0]):
