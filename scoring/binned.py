@@ -112,6 +112,26 @@ _LOG_MASK = np.isin(np.arange(N_FEATURES), LOG_COLUMNS)
 _KNOTS = np.asarray(AMOUNT_KNOTS, dtype=np.float64)
 
 
+def _feature_rows(matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` as the kernels read it: C-ordered float64 rows of exactly ``N_FEATURES``
+    (one vector is one row). The kernels do not check bounds, so any other width is refused
+    here rather than read past.
+
+    >>> _feature_rows(np.zeros(N_FEATURES)).shape == (1, N_FEATURES)
+    True
+    >>> _feature_rows(np.zeros((2, N_FEATURES * 2)))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: feature rows must have ... columns, not ...
+    """
+    rows = np.ascontiguousarray(np.atleast_2d(matrix), dtype=np.float64)
+    if rows.size == 0:
+        return np.empty((0, N_FEATURES))
+    if rows.ndim != 2 or rows.shape[1] != N_FEATURES:
+        raise ValueError(f"feature rows must have {N_FEATURES} columns, not {rows.shape[-1]}")
+    return rows
+
+
 class BinnedLogistic:
     """Logistic regression over standardised inputs plus one weight per input bin (AdaGrad).
 
@@ -219,7 +239,7 @@ class BinnedLogistic:
 
     def score_batch(self, matrix: np.ndarray) -> np.ndarray:
         """Fraud probabilities for a (n, N_FEATURES) raw feature matrix."""
-        rows = np.ascontiguousarray(matrix, dtype=np.float64).reshape(-1, N_FEATURES)
+        rows = _feature_rows(matrix)
         out = np.empty(len(rows))
         score_rows(rows, _LOG_MASK, _AMOUNT, _KNOTS, self.means, self._inverse_std(), self.slopes,
                    self.steps, self.bias, BIN_EDGES, _PAIR_AT, PAIR_EDGES, self.pair_steps, out)
@@ -236,7 +256,7 @@ class BinnedLogistic:
         (:func:`~flagstream.scoring.binned_kernel.contribute_rows`);
         :meth:`contributions_reference` is the same in numpy.
         """
-        rows = np.ascontiguousarray(matrix, dtype=np.float64).reshape(-1, N_FEATURES)
+        rows = _feature_rows(matrix)
         out = np.empty((len(rows), N_FEATURES))
         contribute_rows(rows, _LOG_MASK, _AMOUNT, _KNOTS, self.means, self._inverse_std(), self.slopes,
                         self.steps, _MEAN_BIN, BIN_EDGES, _PAIR_AT, PAIR_EDGES, self.pair_steps,

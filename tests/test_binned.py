@@ -142,6 +142,18 @@ def test_contributions_kernel_matches_the_numpy_reference(rows):
     assert model.contributions(x[:0]).shape == (0, N_FEATURES)
 
 
+def test_rows_of_another_width_are_refused_not_read_past():
+    model, x, _ = trained(300)
+    wide = np.hstack([x[:4], x[:4]])  # (as many values as 8 rows: reshaping would take them)
+    for score in (model.score_batch, model.contributions):
+        with pytest.raises(ValueError, match="columns"):
+            score(wide)
+        with pytest.raises(ValueError, match="columns"):
+            score(x[:4, :-1])
+    assert model.score_batch(x[0]).shape == (1,)  # (one vector is one row)
+    assert model.score_batch(np.empty((0, N_FEATURES))).shape == (0,)
+
+
 def test_state_round_trips_through_json_and_learning_resumes_exactly():
     model, x, y = trained()
     copy = model_from_state(loads(dumps(model.to_state())))
