@@ -109,7 +109,7 @@ class _RecordingCore(ScoringCore):
         self,
         values: Sequence[bytes | None],
         offsets: Sequence[int] | None = None,
-        partition: int | None = None,
+        partition: int | Sequence[int] | None = None,
         partitions: int | None = None,
     ) -> BatchOutcome:
         self.last = outcome = super().process(values, offsets, partition, partitions)

@@ -238,24 +238,29 @@ class ScoringCore:
         self,
         values: Sequence[bytes | None],
         offsets: Sequence[int] | None = None,
-        partition: int | None = None,
+        partition: int | Sequence[int] | None = None,
         partitions: int | None = None,
     ) -> BatchOutcome:
-        """Run one batch of records from one partition.
+        """Run one batch of records, from one partition or several.
 
         ``offsets`` (source offsets; each account lives on one partition) make replays
         after a restart idempotent; without them every event is applied. With
-        ``partition`` and ``partitions``, valid records whose account belongs to another
-        partition are returned in ``misrouted`` instead of being applied.
+        ``partition`` (the records' source partition, or each record's) and
+        ``partitions``, valid records whose account belongs to another partition are
+        returned in ``misrouted`` instead of being applied. The records of several
+        partitions go through in one call (one step's fixed cost, not one per
+        partition); each partition's keep their order.
         """
         batch = validate_transactions(values, self.max_record_bytes, self.max_nesting)
         outcome = BatchOutcome(rejections=list(batch.rejections))
         if partitions is not None and len(batch):
             home = partitions_for(batch.account_ids, partitions)
-            wrong = np.flatnonzero(home != partition)
+            expected = partition if partition is None or np.ndim(partition) == 0 else (  # (or each's)
+                np.asarray(partition, dtype=np.int64)[np.asarray(batch.indices)])
+            wrong = np.flatnonzero(home != expected)
             outcome.misrouted = [(batch.indices[i], batch.account_ids[i]) for i in wrong]
             if len(wrong):
-                batch = batch.select(np.flatnonzero(home == partition))
+                batch = batch.select(np.flatnonzero(home == expected))
         n = len(batch)
         if n == 0:
             return outcome

@@ -51,9 +51,22 @@ class PartitionRecords:
     offsets: list[int] = field(default_factory=list)
     timestamps: list[float] = field(default_factory=list)
     events: list[EventT] = field(default_factory=list)
+    #: each record's partition, when the records come from several (:func:`joined`; then
+    #: ``partition`` is :data:`SEVERAL`); empty when they all come from ``partition``
+    partitions: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.offsets)
+
+    def partition_of(self, index: int) -> int:
+        """The source partition of record ``index``."""
+        return self.partitions[index] if self.partitions else self.partition
+
+    @property
+    def sources(self) -> int | list[int]:
+        """The records' source partition, or each record's when they come from several
+        (what :meth:`~flagstream.streams.core.ScoringCore.process` takes)."""
+        return self.partitions or self.partition
 
     @property
     def timestamps_ms(self) -> np.ndarray:
@@ -63,8 +76,37 @@ class PartitionRecords:
         """Records ``start:stop`` (the events stay with the whole: they are acked together)."""
         return PartitionRecords(
             self.partition, self.topic, self.values[start:stop], self.keys[start:stop],
-            self.offsets[start:stop], self.timestamps[start:stop], [],
+            self.offsets[start:stop], self.timestamps[start:stop], [], self.partitions[start:stop],
         )
+
+
+#: The ``partition`` of records joined from several partitions (see ``partitions``).
+SEVERAL = -1
+
+
+def joined(groups: Sequence[PartitionRecords]) -> PartitionRecords:
+    """The records of several partitions as one batch (each partition's in its order), so
+    that one step scores them in one call; one group is returned as it is.
+
+    >>> a = PartitionRecords(0, "tx", [b"a"], [None], [7], [1.0])
+    >>> b = PartitionRecords(3, "tx", [b"b", b"c"], [None, None], [4, 5], [2.0, 3.0])
+    >>> both = joined([a, b])
+    >>> both.partition == SEVERAL, both.values, both.partitions, both.partition_of(2)
+    (True, [b'a', b'b', b'c'], [0, 3, 3], 3)
+    >>> both.slice(1, 3).sources, joined([a]) is a
+    ([3, 3], True)
+    """
+    if len(groups) == 1:
+        return groups[0]
+    out = PartitionRecords(SEVERAL, groups[0].topic)
+    for group in groups:
+        out.values.extend(group.values)
+        out.keys.extend(group.keys)
+        out.offsets.extend(group.offsets)
+        out.timestamps.extend(group.timestamps)
+        out.events.extend(group.events)
+        out.partitions.extend(group.partitions or [group.partition] * len(group))
+    return out
 
 
 def records_by_partition(events: Sequence[EventT]) -> dict[int, PartitionRecords]:

@@ -53,12 +53,14 @@ from flagstream.streams.compat.internals import (
     on_replicated,
     stage_rows,
 )
-from flagstream.streams.core import BatchOutcome
+from flagstream.streams.core import BatchOutcome, partitions_for
 from flagstream.streams.delivery import Outbox, activity_records, deliver
 from flagstream.streams.faust_batches import (
+    SEVERAL,
     InOrder,
     PartitionRecords,
     ack_all,
+    joined,
     ready_events,
     records_by_partition,
 )
@@ -267,7 +269,7 @@ class Scorer:
                 return (self.stage_isolated(recs.slice(0, half), outbox)
                         + self.stage_isolated(recs.slice(half, len(recs)), outbox))
             log.error("isolated a record that failed processing: %s at %s[%d]@%d",
-                      type(exc).__name__, recs.topic, recs.partition, recs.offsets[0])
+                      type(exc).__name__, recs.topic, recs.partition_of(0), recs.offsets[0])
             self.metrics.isolated.inc()
             failed = Rejection(0, "internal_error", f"processing failed: {type(exc).__name__}")
             return [(recs, BatchOutcome(rejections=[failed]), {})]
@@ -286,9 +288,10 @@ class Scorer:
         policy.capacity_share = held / self.settings.partitions if held else 1.0
 
     def stage(self, recs: PartitionRecords, outbox: Outbox) -> Staged:
-        """Score one partition's records and queue their outputs in ``outbox``."""
+        """Score a step's records (of one partition or several: one core call) and queue
+        their outputs in ``outbox``."""
         s, names, counts = self.settings, self.names, self.partition_counts
-        outcome = self.core.process(recs.values, recs.offsets, recs.partition, s.partitions)
+        outcome = self.core.process(recs.values, recs.offsets, recs.sources, s.partitions)
         if not self.p.learns and isinstance(self.core.policy, OperatingPoint) and outcome.decisions:
             # (the learner's process counts decisions as they come back from ``scores``)
             self.core.policy.observe_traffic(outcome.scores, outcome.routes != "approve",
@@ -323,7 +326,7 @@ class Scorer:
         topic, sent = self.names["transactions_dlq"], []
         for r in outcome.rejections:
             letter = dead_letter(recs.values[r.index], r.reason, r.detail, recs.topic,
-                                 recs.partition, recs.offsets[r.index])
+                                 recs.partition_of(r.index), recs.offsets[r.index])
             sent.append(await self.p.app.producer.send(
                 topic, dead_letter_key(recs.keys[r.index]), dumps(letter), None, None,
                 headers(r.reason),
@@ -335,13 +338,20 @@ class Scorer:
         """Changed account rows: changelog first (acknowledged), then the local store.
 
         Rows of several steps (or pieces) of one partition are merged, the later one
-        winning: one changelog batch and one RocksDB write batch per partition.
+        winning: one changelog batch and one RocksDB write batch per partition (an
+        account's: the partition of the records that changed it).
         """
         merged: dict[int, dict[bytes, Any]] = {}
         for recs, _, rows in staged:
-            if rows:
+            if not rows:
+                continue
+            if recs.partition != SEVERAL:
                 into = merged.setdefault(recs.partition, {})
                 into.update((key.encode(), row) for key, row in rows.items())
+                continue
+            homes = partitions_for(list(rows), self.settings.partitions).tolist()
+            for (key, row), home in zip(rows.items(), homes, strict=True):
+                merged.setdefault(home, {})[key.encode()] = row
         if not merged:
             return
         outbox = Outbox(producer, self.partition_counts)
@@ -497,13 +507,16 @@ class Scorer:
             await outbox.partition_count(topic)
         staged: list[Staged] = []
         pending: list[Awaitable] = []
+        fresh = []
         for records in groups:
             records = self.not_staged_yet(records)
             if not len(records):
                 continue
             if records.offsets[-1] >= 0:
                 self.staged_through[records.partition] = records.offsets[-1]
-            for recs, outcome, rows in self.stage_isolated(records, outbox):
+            fresh.append(records)
+        if fresh:  # (every partition's records in one core call)
+            for recs, outcome, rows in self.stage_isolated(joined(fresh), outbox):
                 staged.append((recs, outcome, rows))
                 pending.extend(await self.send_dead_letters(recs, outcome))
         pending.extend(await outbox.send())

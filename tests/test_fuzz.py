@@ -64,7 +64,7 @@ from flagstream.scoring.snapshots import seal
 from flagstream.sinks.dead_letter import MAX_ORIGINAL_TEXT, dead_letter
 from flagstream.sinks.metrics import PipelineMetrics
 from flagstream.sinks.review.service import ReviewService
-from flagstream.streams.core import ScoringCore
+from flagstream.streams.core import ScoringCore, partitions_for
 from flagstream.streams.learner_agents import _activity
 from flagstream.streams.learner_runtime import LearnerRuntime
 from flagstream.streams.model_sync import ModelSync
@@ -438,6 +438,22 @@ def test_decode_object_raises_only_invalid_record(group: tuple[Case, ...]):
 @given(values=TRANSACTION_BATCH, routed=st.booleans())
 def test_core_gives_hostile_batches_one_outcome_each(values, routed):
     outcomes(process(values, routed), values, routed)
+
+
+@FUZZ
+@given(values=TRANSACTION_BATCH, data=st.data())
+def test_core_gives_hostile_batches_of_several_partitions_one_outcome_each(values, data):
+    """Records of several partitions in one call (a step's): each is decided only on its
+    account's own partition, and misrouted otherwise."""
+    sources = data.draw(st.lists(st.integers(0, 3), min_size=len(values), max_size=len(values)))
+    outcome = ScoringCore().process(list(values), list(range(len(values))), sources, 4)
+    outcomes(outcome, values, routed=True)
+    decided = [(loads(values[i])["account_id"], sources[i]) for i in outcome.indices]  # type: ignore[arg-type]
+    misrouted = [(account, sources[i]) for i, account in outcome.misrouted]
+    for (account, source), home in zip(decided + misrouted,
+                                       partitions_for([a for a, _ in decided + misrouted], 4).tolist(),
+                                       strict=True):
+        assert (home == source) == ((account, source) in decided)
 
 
 @FUZZ

@@ -181,3 +181,60 @@ def test_a_scorer_that_does_not_learn_holds_its_share_of_the_review_capacity(sco
     scorer.hold_share_of_capacity()
     assert policy.capacity_share == 0.5, "two of the four transactions partitions"
     assert policy.review_room(1_000) == 20 - (40 - whole), "its half of the day's capacity"
+
+
+def test_the_partitions_of_a_step_are_scored_in_one_core_call_as_each_alone(scorer, tmp_path,
+                                                                            monkeypatch):
+    """A step's records of several partitions go through the core once (its fixed cost paid
+    once, not per partition), and every output is what staging each partition alone gives:
+    decisions, flags, misrouted records, and dead letters and account rows each on its
+    own record's partition."""
+    from flagstream.streams import scorer_agent
+    from flagstream.streams.faust_batches import SEVERAL, joined
+
+    one, three, away = home_accounts(1, 3), home_accounts(3, 2), home_accounts(2, 1)[0]
+    first = PartitionRecords(1, "transactions", [tx(0, one[0]), tx(1, one[1]), tx(2, away), tx(3, one[0])],
+                             [None] * 4, [40, 41, 42, 43], [0.0] * 4)
+    second = PartitionRecords(3, "transactions", [tx(4, three[0]), b"{not json", tx(5, three[1])],
+                              [None] * 3, [7, 8, 9], [0.0] * 3)
+    reference = build_app(Settings(data_dir=str(tmp_path / "ref"), partitions=4, faust_chunks=False),
+                          "scorer").scorer
+    reference.partition_counts.update(scorer.partition_counts)
+    alone = [reference.stage(recs, Outbox(None, reference.partition_counts)) for recs in (first, second)]
+    asyncio.run(reference.p.stop())
+
+    calls = []
+    real_process = scorer.core.process
+    monkeypatch.setattr(scorer.core, "process", lambda *a, **k: calls.append(a[2]) or real_process(*a, **k))
+    both = joined([first, second])
+    recs, outcome, rows = scorer.stage(both, Outbox(None, scorer.partition_counts))
+    assert calls == [[1, 1, 1, 1, 3, 3, 3]] and recs.partition == SEVERAL
+
+    def without_time(decisions):
+        return [{k: v for k, v in d.items() if k != "scored_at_ms"} for d in decisions]
+
+    assert without_time(outcome.decisions) == without_time(alone[0][1].decisions + alone[1][1].decisions)
+    assert without_time(outcome.flagged) == without_time(alone[0][1].flagged + alone[1][1].flagged)
+    assert outcome.misrouted == [(2, away)] == alone[0][1].misrouted
+    assert rows == {**alone[0][2], **alone[1][2]}
+
+    producer = RecordingProducer()
+    scorer.p.app.producer.send = producer.send
+    asyncio.run(_gather(scorer.send_dead_letters(recs, outcome)))
+    (letter,) = [loads(value) for _, _, value, _ in producer.sent]
+    assert (letter["reason"], letter["source"]["partition"], letter["source"]["offset"]) == (
+        "invalid_json", 3, 8)
+
+    written = {}
+
+    class Written:
+        def apply(self, last):
+            pass
+
+    def record_rows(table, partition, rows, outbox):
+        written[partition] = sorted(rows)
+        return Written()
+
+    monkeypatch.setattr(scorer_agent, "stage_rows", record_rows)
+    asyncio.run(scorer.write_accounts([(recs, outcome, rows)], None))
+    assert written == {1: sorted(a.encode() for a in one[:2]), 3: sorted(a.encode() for a in three)}

@@ -1,10 +1,11 @@
 """The client's ceiling: a plain aiokafka ``getmany`` loop around the same ScoringCore.
 
 No Faust: one consumer, one producer, the worker's own :class:`ScoringCore`,
-:class:`~flagstream.streams.delivery.Outbox` and output formats. Each fetch is scored per
-partition, every output is sent as record batches, and offsets are committed only
-after the broker acknowledged all outputs (at-least-once); one step's delivery and
-commit overlap with the next step's scoring, as the worker's completions do. What
+:class:`~flagstream.streams.delivery.Outbox` and output formats. Each fetch is scored in one
+core call (every partition's records, as the worker's steps), every output is sent as
+record batches, and offsets are committed only after the broker acknowledged all outputs
+(at-least-once); one step's delivery and commit overlap with the next step's scoring, as
+the worker's completions do. What
 it does *not* do is what Faust adds on top: account rows are kept in memory only (no table, no
 changelog, no RocksDB), no web server, no sensors, no rebalance-safe flow control.
 
@@ -55,11 +56,15 @@ def build_core(settings: Settings, model_path: str | None) -> ScoringCore:
                        max_nesting=settings.max_nesting)
 
 
-def stage(core: ScoringCore, settings: Settings, outbox: Outbox, tp, records, counts) -> None:
-    """Score one partition's fetched records and queue every output in ``outbox``."""
+def stage(core: ScoringCore, settings: Settings, outbox: Outbox, batches, counts) -> None:
+    """Score one fetch's records (``getmany``'s partition -> records) in one core call and
+    queue every output in ``outbox``."""
     name = settings.topic
+    fetched = [(tp, r) for tp, records in batches.items() for r in records]
+    records = [r for _, r in fetched]
     values = [r.value for r in records]
-    outcome = core.process(values, [r.offset for r in records], tp.partition, settings.partitions)
+    outcome = core.process(values, [r.offset for r in records], [tp.partition for tp, _ in fetched],
+                           settings.partitions)
     core.accounts.take_touched()  # nothing durable to write them to
     for index, account in outcome.misrouted:
         outbox.add(name(TRANSACTIONS), partition_for(account, settings.partitions), account.encode(),
@@ -70,7 +75,7 @@ def stage(core: ScoringCore, settings: Settings, outbox: Outbox, tp, records, co
     outbox.add_keyed(name(REVIEW), [f["transaction_id"] for f in flagged],
                      [dumps(f) for f in flagged], counts[name(REVIEW)])
     for r in outcome.rejections:
-        rec = records[r.index]
+        tp, rec = fetched[r.index]
         letter = dead_letter(values[r.index], r.reason, r.detail, tp.topic, tp.partition, rec.offset)
         part = partition_for(rec.key.decode(errors="replace"), settings.partitions) if rec.key else (
             tp.partition % settings.partitions)
@@ -106,9 +111,8 @@ async def run(settings: Settings, model_path: str | None, stop: asyncio.Event) -
                 outbox = Outbox(producer, counts)
                 for topic in (SCORES, REVIEW):
                     await outbox.partition_count(settings.topic(topic))
-                for tp, records in batches.items():
-                    stage(core, settings, outbox, tp, records, counts)
-                    done += len(records)
+                stage(core, settings, outbox, batches, counts)
+                done += sum(len(records) for records in batches.values())
                 step = (await outbox.send(),
                         {tp: records[-1].offset + 1 for tp, records in batches.items()})
             if previous is not None:  # the step before: delivered → commit (in order)
