@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--calls", type=int, default=2_000, help="calls per size and repeat")
     st.add_argument("--repeats", type=int, default=5, help="timings per size (the median is reported)")
     st.add_argument("--train", type=int, default=10_000, help="records the champion is trained on")
+    st.add_argument("--partitions", type=int, default=4,
+                    help="also time steps routed over this many partitions, one call and a call "
+                         "per partition (0: not)")
     st.add_argument("--stream", help="recorded stream (default: the reference one, or a new one)")
     st.add_argument("--out-dir", default=d.out_dir, help="where a new stream is written")
     return parser
@@ -86,7 +89,8 @@ def _steps(args: argparse.Namespace) -> int:
     from flagstream.codec import dumps
     from flagstream.perf.bench import step_cost
 
-    report = step_cost.run(args.stream, args.out_dir, args.train, args.sizes, args.calls, args.repeats)
+    report = step_cost.run(args.stream, args.out_dir, args.train, args.sizes, args.calls, args.repeats,
+                           args.partitions or None)
     print(dumps({str(k): v for k, v in report.items()}).decode() if args.json else step_cost.table(report))
     return 0
 
