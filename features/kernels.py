@@ -3,13 +3,20 @@
 Each kernel has an independent pure-Python reference in :mod:`flagstream.features.reference`;
 the property tests in ``tests/test_kernels.py`` check that the two agree.
 
-The kernels are not cached on disk (``cache=True``): Numba's cache is keyed on this
-file only, and the row layout constants they compile in live in ``layout.py``, so a
-layout change would silently run stale machine code. Compiling costs about a second
-per process, at start-up (``warm_up``), never on the hot path.
+The kernels are cached on disk (``cache=True``), which saves every worker about four
+seconds of compiling at start-up. Numba keys its cache on this file alone, but the
+kernels also compile in the row layout's constants (``layout.py``) and the helpers they
+inline (``location.py``, ``velocity.py``): so this file carries the digest of those
+(:data:`COMPILED_IN_DIGEST`), and a change there changes this file too. Should one of
+them change without the digest being updated, the kernels are compiled afresh in every
+process, never read stale from the cache (and ``tests/test_kernels.py`` fails, naming the
+new digest).
 """
 
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 import numpy as np
 from numba import njit
@@ -43,6 +50,30 @@ from flagstream.features.layout import (
 from flagstream.features.location import card_distance
 from flagstream.features.velocity import card_velocity
 
+#: The files beside this one whose code or constants the kernels compile in.
+COMPILED_IN = ("layout.py", "location.py", "velocity.py")
+#: Their digest (:func:`compiled_in_digest`) when this file was last updated for them.
+COMPILED_IN_DIGEST = "c47716a68b03a582949b691d0fd98fa8a953da42f15e1b33c72070c62ef46892"
+
+
+def compiled_in_digest(folder: Path = Path(__file__).parent) -> str:
+    """SHA-256 of the :data:`COMPILED_IN` files in ``folder``, in order ("" if one is unreadable).
+
+    >>> len(compiled_in_digest())
+    64
+    """
+    digest = hashlib.sha256()
+    try:
+        for name in COMPILED_IN:
+            digest.update((folder / name).read_bytes())
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
+#: Whether the kernels may be read from (and written to) Numba's disk cache.
+CACHED = compiled_in_digest() == COMPILED_IN_DIGEST
+
 
 @njit(inline="always")
 def _ring_add(row, base, n_slots, bucket, value):
@@ -71,7 +102,7 @@ def _ring_window(row, base, n_slots, first, last):
     return count, total
 
 
-@njit
+@njit(cache=CACHED)
 def update_accounts(rows, row_of, offsets, ts_ms, amounts, id_hashes, merchant_hashes, places, out,
                     status):
     """Apply a batch of transactions, in order, to account rows and fill account features.
@@ -144,7 +175,7 @@ def update_accounts(rows, row_of, offsets, ts_ms, amounts, id_hashes, merchant_h
         out[i, 16] = ratio
 
 
-@njit
+@njit(cache=CACHED)
 def _new_cards(row, first, last):
     """(all its transactions, those from cards new to it) over days ``first..last`` inclusive."""
     count = 0.0
@@ -157,7 +188,7 @@ def _new_cards(row, first, last):
     return count, new
 
 
-@njit
+@njit(cache=CACHED)
 def merchant_features(rows, row_of, ts_ms, delay_days, out):
     """Fill ``out[i, 9:15]``: the merchant's 1/7/30-day count and fraud rate (read only),
     over windows that end ``delay_days`` before the transaction's day; and its novelty
@@ -177,7 +208,7 @@ def merchant_features(rows, row_of, ts_ms, delay_days, out):
         out[i, MERCHANT_NOVELTY + 1] = _new_cards(row, day - NEW_CARDS_DAYS + 1, day)[1]
 
 
-@njit
+@njit(cache=CACHED)
 def update_merchants(rows, row_of, days, counts, frauds, new_cards):
     """Add transaction counts, fraud labels and cards new to the merchant to its daily buckets."""
     for i in range(days.shape[0]):
@@ -199,7 +230,7 @@ def update_merchants(rows, row_of, days, counts, frauds, new_cards):
 
 
 def warm_up() -> None:
-    """Compile every kernel now (about a second each the first time, cached after)."""
+    """Compile every kernel now, or read them from Numba's cache (see the module's docstring)."""
     from flagstream.features.layout import ACCOUNT_WIDTH, MERCHANT_WIDTH, N_FEATURES
 
     rows = np.zeros((1, ACCOUNT_WIDTH))

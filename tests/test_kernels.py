@@ -153,3 +153,46 @@ def test_the_warm_up_compiles_every_kernel_a_step_and_the_learner_call():
         model.learn_many(out.features, np.ones(len(out.features)))
     assert len(out.flagged) == 11  # (the first record was decided in the first step)
     assert {d: len(d.signatures) for d in dispatchers} == compiled
+
+
+def test_the_kernels_carry_the_digest_of_what_they_compile_in():
+    """Numba keys its disk cache on kernels.py alone: the digest of the layout and the
+    inlined helpers kept there is what makes a change to them a change to kernels.py."""
+    from flagstream.features import kernels
+
+    assert kernels.compiled_in_digest() == kernels.COMPILED_IN_DIGEST, (
+        "layout.py, location.py or velocity.py changed: set kernels.COMPILED_IN_DIGEST to "
+        f"{kernels.compiled_in_digest()!r}")
+    assert kernels.CACHED
+
+
+def test_any_change_to_what_the_kernels_compile_in_changes_the_digest(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from flagstream.features import kernels
+
+    here = Path(kernels.__file__).parent
+    for name in kernels.COMPILED_IN:
+        shutil.copy(here / name, tmp_path / name)
+    assert kernels.compiled_in_digest(tmp_path) == kernels.COMPILED_IN_DIGEST
+    for name in kernels.COMPILED_IN:
+        original = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(original.replace(b"=", b"= ", 1))
+        assert kernels.compiled_in_digest(tmp_path) != kernels.COMPILED_IN_DIGEST, name
+        (tmp_path / name).write_bytes(original)
+    (tmp_path / "velocity.py").unlink()
+    assert kernels.compiled_in_digest(tmp_path) == "", "unreadable: never the cache"
+
+
+def test_a_second_process_reads_the_kernels_from_the_cache():
+    """A worker starts without compiling them again (the first run may compile)."""
+    import subprocess
+    import sys
+
+    probe = ("from flagstream.features import kernels as k; k.warm_up(); "
+             "print(*(sum(f.stats.cache_hits.values()) for f in "
+             "(k.update_accounts, k.merchant_features, k.update_merchants)))")
+    for _ in range(2):
+        run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert [int(n) for n in run.stdout.split()] == [1, 1, 1], run.stdout + run.stderr
