@@ -7,7 +7,9 @@ The kernels are cached on disk (``cache=True``), which saves every worker about 
 seconds of compiling at start-up. Numba keys its cache on this file alone, but the
 kernels also compile in the row layout's constants (``layout.py``) and the helpers they
 inline (``location.py``, ``velocity.py``): so this file carries the digest of those
-(:data:`COMPILED_IN_DIGEST`), and a change there changes this file too. Should one of
+(:data:`COMPILED_IN_DIGEST`), and a change there changes this file too (Numba from 0.68
+stamps a file by the digest of its contents; before, by its time and size, which a new
+digest of the same length may not change). Should one of
 them change without the digest being updated, the kernels are compiled afresh in every
 process, never read stale from the cache (and ``tests/test_kernels.py`` fails, naming the
 new digest).

@@ -141,6 +141,26 @@ class Estimate:
         return asdict(self)
 
 
+def by_event_hour(times_ms: np.ndarray) -> list[tuple[Any, float]]:
+    """A batch's decisions by event hour: (which of them, their median event time in
+    seconds) per hour, in time order; one group of all of them when they share the hour.
+
+    >>> [(np.flatnonzero(w).tolist(), at) for w, at in by_event_hour(np.array([7_200_000, 10, 20]))]
+    [([1, 2], 0.015), ([0], 7200.0)]
+    >>> by_event_hour(np.array([10, 30]))
+    [(slice(None, None, None), 0.02)]
+    """
+    times_ms = np.asarray(times_ms)
+    hours = times_ms.astype(np.int64) // HOUR_MS
+    if len(hours) == 0 or (hours == hours[0]).all():
+        return [(slice(None), median(times_ms) / 1000.0)] if len(hours) else []
+    groups = []
+    for hour in np.unique(hours):
+        part = hours == hour
+        groups.append((part, median(times_ms[part]) / 1000.0))
+    return groups
+
+
 class OperatingPoint(ThresholdPolicy):
     """A decision threshold that follows a false-discovery or recall target within capacity.
 
@@ -265,14 +285,13 @@ class OperatingPoint(ThresholdPolicy):
         backfill can put days in one batch."""
         if times_ms is None or len(scores) == 0:
             return super().routes(scores)
-        hours = np.asarray(times_ms, dtype=np.int64) // HOUR_MS
-        if (hours == hours[0]).all():
-            self.deciding_at(median(times_ms) / 1000.0)
+        hours = by_event_hour(times_ms)
+        if len(hours) == 1:
+            self.deciding_at(hours[0][1])
             return super().routes(scores)
         routes = np.empty(len(scores), dtype=object)
-        for hour in np.unique(hours):
-            part = hours == hour
-            self.deciding_at(median(times_ms[part]) / 1000.0)
+        for part, at_s in hours:
+            self.deciding_at(at_s)
             routes[part] = super().routes(scores[part])
         return routes
 
@@ -399,6 +418,14 @@ class OperatingPoint(ThresholdPolicy):
     def observe_traffic(self, scores: np.ndarray, flagged: np.ndarray, at_s: float) -> None:
         """Decisions made: their scores, whether each was flagged, their event time (seconds)."""
         self.tally.add_traffic(np.asarray(scores, dtype=np.float64), flagged, float(at_s))
+
+    def observe_traffic_by_hour(self, scores: np.ndarray, flagged: np.ndarray, times_ms: np.ndarray) -> None:
+        """:meth:`observe_traffic` of a batch whose decisions span event hours (a step over
+        partitions that lag differently): each hour's at its own time, as :meth:`routes`
+        decides them."""
+        scores, flagged = np.asarray(scores, dtype=np.float64), np.asarray(flagged, dtype=bool)
+        for part, at_s in by_event_hour(times_ms):
+            self.observe_traffic(scores[part], flagged[part], at_s)
 
     def observe(self, score: float, label: object, flagged: bool | None = None,
                 at: float | None = None) -> None:

@@ -6,8 +6,9 @@ of one partition, so Faust's per-record dispatch is paid once per chunk, and a s
 arrived (:func:`flagstream.streams.faust_batches.ready_events`, up to ``batch_size`` records);
 without it, steps come from ``noack_take``. One step of the agent:
 
-1. every partition's records go through :class:`flagstream.streams.core.ScoringCore` (one
-   call per partition: accounts live on one partition, offsets are per partition). A
+1. every partition's records go through :class:`flagstream.streams.core.ScoringCore` in
+   one call, each record told its partition (accounts live on one partition, offsets
+   are per partition, each partition's records keep their order). A
    record that makes this fail is isolated: the call is undone (no row keeps a change)
    and retried in halves, so the failing record alone is dead-lettered
    (``internal_error``) and every other record is decided as usual;
@@ -40,7 +41,7 @@ import numpy as np
 
 from flagstream.codec import dumps
 from flagstream.errors import Rejection
-from flagstream.quick_stats import median, quantiles
+from flagstream.quick_stats import quantiles
 from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.sinks.dead_letter import dead_letter, dead_letter_key, headers
 from flagstream.streams.api_answers import api_refusal
@@ -76,7 +77,8 @@ class NotScoring(RuntimeError):
     """The scorer cannot decide now (not started, or stopping)."""
 
 
-#: One partition's share of a step: its records, what the core made of them, its changed rows.
+#: A step's records (of one partition, or joined from several: ``partition`` is ``SEVERAL``),
+#: what the core made of them, and the account rows they changed.
 Staged = tuple[PartitionRecords, BatchOutcome, dict[str, Any]]
 
 
@@ -294,8 +296,8 @@ class Scorer:
         outcome = self.core.process(recs.values, recs.offsets, recs.sources, s.partitions)
         if not self.p.learns and isinstance(self.core.policy, OperatingPoint) and outcome.decisions:
             # (the learner's process counts decisions as they come back from ``scores``)
-            self.core.policy.observe_traffic(outcome.scores, outcome.routes != "approve",
-                                             median(outcome.times_ms) / 1000)
+            self.core.policy.observe_traffic_by_hour(outcome.scores, outcome.routes != "approve",
+                                                     outcome.times_ms)
         rows = self.core.accounts.take_touched()
         for index, account in outcome.misrouted:
             outbox.add(names["transactions"], partition_for(account, s.partitions),

@@ -238,3 +238,34 @@ def test_the_partitions_of_a_step_are_scored_in_one_core_call_as_each_alone(scor
     monkeypatch.setattr(scorer_agent, "stage_rows", record_rows)
     asyncio.run(scorer.write_accounts([(recs, outcome, rows)], None))
     assert written == {1: sorted(a.encode() for a in one[:2]), 3: sorted(a.encode() for a in three)}
+
+
+def test_a_joined_step_counts_each_partitions_traffic_at_its_own_event_time(scorer, tmp_path):
+    """After a restart one partition may be days behind another: the review-capacity
+    policy's traffic tally gets each hour's decisions at their own time (as routes decides
+    them), the same as staging each partition alone would."""
+    from flagstream.streams.faust_batches import joined
+
+    day = 86_400_000
+
+    def group(partition, n, at_ms, first):
+        accounts = home_accounts(partition, n)
+        values = [dumps({"transaction_id": f"t-{first + k}", "account_id": accounts[k], "merchant_id": "m-1",
+                         "amount": 5.0, "timestamp": at_ms + k}) for k in range(n)]
+        return PartitionRecords(partition, "transactions", values, [None] * n, list(range(n)), [0.0] * n)
+
+    lagging, current = group(0, 30, 1_522_540_800_000, 0), group(1, 10, 1_522_540_800_000 + 2 * day, 100)
+    alone = build_app(Settings(data_dir=str(tmp_path / "alone"), partitions=4, faust_chunks=False),
+                      "scorer").scorer
+    alone.partition_counts.update(scorer.partition_counts)
+    for recs in (lagging, current):
+        alone.stage(recs, Outbox(None, alone.partition_counts))
+    scorer.stage(joined([lagging, current]), Outbox(None, scorer.partition_counts))
+
+    def tally(s):
+        t = s.core.policy.tally
+        return t.newest_s, int(t.window(t.newest_s - 86_400, t.newest_s).traffic().sum())
+
+    assert tally(scorer) == tally(alone)
+    assert tally(scorer)[1] == 10, "the current day holds the current partition's decisions only"
+    asyncio.run(alone.p.stop())
