@@ -56,7 +56,6 @@ threshold jumps to the lowest one whose flags per day fit, at once.
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any
@@ -66,6 +65,7 @@ import numpy as np
 from flagstream.features.layout import HOUR_MS
 from flagstream.quick_stats import median
 from flagstream.scoring.policy import ThresholdPolicy
+from flagstream.scoring.review_grants import ReviewGrants
 from flagstream.scoring.score_tally import (
     BINS,
     FLAGGED,
@@ -270,8 +270,8 @@ class OperatingPoint(ThresholdPolicy):
         self.capacity_share = 1.0
         #: event time of the batch being decided (:meth:`deciding_at`)
         self.deciding_s = -math.inf
-        #: (event second, reviews granted, decisions) per batch decided here, the last day's
-        self.granted: deque[tuple[float, int, int]] = deque()
+        #: reviews granted and decisions made here over the last event day (in slots)
+        self.granted = ReviewGrants()
 
     @property
     def threshold(self) -> float:
@@ -311,7 +311,7 @@ class OperatingPoint(ThresholdPolicy):
             self.capped += n - room
         if self.capacity_per_day is not None:
             reviews = int(np.count_nonzero(review))
-            self.granted.append((self.clock_s, reviews, len(scores)))
+            self.granted.add(self.clock_s, reviews, len(scores))
             if room is not None:
                 self.credit = max(0.0, self.credit - reviews)
         return review | declined
@@ -332,10 +332,10 @@ class OperatingPoint(ThresholdPolicy):
         span = self.tally.span_s(seen - DAY_S, seen)
         if span >= self.tally.bucket_s:
             per_day = float(self.tally.window(seen - DAY_S, seen).traffic().sum()) * DAY_S / span
-        elif self.granted and self.clock_s - self.granted[0][0] >= self.tally.bucket_s:
+        elif (first := self.granted.first_s) is not None and self.clock_s - first >= self.tally.bucket_s:
             # nothing heard back yet (a worker's first hour, a backfill): the traffic decided here
-            own = self.clock_s - self.granted[0][0]
-            per_day = sum(n for _, _, n in self.granted) * DAY_S / own
+            own = self.clock_s - first
+            per_day = self.granted.decisions * DAY_S / own
         else:
             return None
         capacity = self.capacity_per_day * self.capacity_share
@@ -346,9 +346,8 @@ class OperatingPoint(ThresholdPolicy):
         # traffic sent in bulk (a backfill) runs days ahead of it; the flags granted here
         # count at once, by the day they were granted in
         now = self.clock_s
-        while self.granted and self.granted[0][0] < now - DAY_S:
-            self.granted.popleft()
-        mine = sum(n for _, n, _ in self.granted)
+        self.granted.trim(now - DAY_S)
+        mine = self.granted.reviews
         day = self.tally.window(now - DAY_S, now)
         reviewed = day.rows[FLAGGED][:self.decline_index].sum()  # flags below the declines
         left = capacity - max(float(reviewed), mine)
