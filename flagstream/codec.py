@@ -23,6 +23,18 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=_OPTIONS)
 
 
+def kept(data: bytes) -> bytes:
+    """A copy of ``data`` that holds only its own bytes, for bytes kept long.
+
+    What :func:`dumps` returns holds orjson's whole write buffer (about 4 KB, even for a
+    record of 80 bytes): 100,000 answers kept as encoded took 400 MB instead of 10.
+
+    >>> kept(dumps({"a": 1})) == b'{"a":1}'
+    True
+    """
+    return bytes(memoryview(data))
+
+
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """Decode JSON bytes; raises :class:`JSONDecodeError` on bad input."""
     return orjson.loads(data)

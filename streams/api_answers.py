@@ -39,7 +39,7 @@ from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flagstream.codec import JSONDecodeError, dumps, loads
+from flagstream.codec import JSONDecodeError, dumps, kept, loads
 from flagstream.errors import InvalidRecord
 from flagstream.streams.config import Settings
 from flagstream.streams.schema import parse_timestamp_ms, validate_transactions
@@ -170,7 +170,7 @@ class AnswerBook:
         """Keep a record read from ``scores`` if it is the first for its key; wake its waiter."""
         if not key or value is None or key in self.records:
             return False
-        self.records[key] = value
+        self.records[key] = kept(value)  # (what dumps returns holds ~4 KB: see kept)
         if len(self.records) > self.max_answers:
             self.records.popitem(last=False)
         waiter = self.waiting.get(key)

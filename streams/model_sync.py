@@ -36,6 +36,11 @@ from flagstream.streams.compat.internals import on_replicated
 
 log = logging.getLogger(__name__)
 
+#: Records :class:`ModelSync` remembers as verified: more than the versions the learner keeps
+#: (``FLAGSTREAM_MODEL_KEEP_VERSIONS`` per lineage, 200) and the few named records; the
+#: versions it deletes leave in turn (one was kept per publication, ~29 KB each, for ever).
+VERIFIED_KEPT = 1_024
+
 
 class ModelSync:
     """Reads verified records from the replicated ``models`` table and swaps the champion.
@@ -79,6 +84,8 @@ class ModelSync:
         if not isinstance(key, ModelKey):
             key = ModelKey(key) if key else ModelKey(unsigned=True)
         self.keys = key
+        #: the last :data:`VERIFIED_KEPT` records read, by key (oldest first): a record is
+        #: verified once, a refused one logged once, while it stays here
         self._verified: dict[bytes, tuple[bytes, dict | None]] = {}
         self._unloadable: tuple | None = None
         self._waiting_logged = False
@@ -122,8 +129,9 @@ class ModelSync:
         raw = self.table.get(key)
         if raw is None:
             return None
-        hit = self._verified.get(key)
+        hit = self._verified.pop(key, None)
         if hit is not None and hit[0] == raw:
+            self._verified[key] = hit  # (read again: the newest now)
             return hit[1]
         what = f"models[{key.decode(errors='replace')[:80]}]"
         signing = self.key
@@ -149,7 +157,9 @@ class ModelSync:
             except Exception as exc:  # every check failure, and anything a hostile state provokes
                 self.refuse("models_topic", "malformed", f"{what}: {exc}")
                 payload = None
-        self._verified[key] = (raw, payload)
+        self._verified[key] = (raw, payload)  # (the newest at the end: the oldest leaves first)
+        if len(self._verified) > VERIFIED_KEPT:
+            del self._verified[next(iter(self._verified))]
         return payload
 
     def sync(self) -> bool:

@@ -320,3 +320,23 @@ def test_the_bench_caller_counts_each_calls_outcome():
         finally:
             await c.close()
     run(go())
+
+
+def test_the_answer_book_keeps_an_answer_in_its_own_size():
+    """A worker's API keeps up to 100,000 answers as it encoded them: orjson's output holds
+    its ~4 KB write buffer, 400 MB at the bound; the book keeps each in its own size."""
+    import tracemalloc
+
+    book = AnswerBook(max_answers=2_000)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1_000):  # (as the worker does: encoded, recorded, the encoding dropped)
+            book.record(f"t-{i}".encode(), dumps({"transaction_id": f"t-{i}", "decision": "approve",
+                                                  "score": 0.1, "threshold": 0.5, "model_version": "v1"}))
+        per_answer = (tracemalloc.get_traced_memory()[0] - before) / 1_000
+    finally:
+        tracemalloc.stop()
+    assert per_answer < 1_000, f"{per_answer:.0f} bytes an answer"
+    first = book.first("t-7")
+    assert first is not None and (first["transaction_id"], first["decision"]) == ("t-7", "approve")
