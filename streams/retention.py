@@ -8,8 +8,11 @@ after that, and without pruning both tables would grow for ever.
 
 :class:`RetentionSweep` walks each partition of both tables in key order, at most
 :data:`ROWS_PER_CALL` rows per partition and table per call, one call every
-``min(60 s, retention / 4)``: no call scans a whole table, and a full pass over a
-table of ``n`` rows takes ``n / ROWS_PER_CALL`` calls. It deletes
+``min(60 s, retention / 4)``, or more often while the largest partition is too large to
+go round in a quarter of the retention at that pace (down to one call a second: a table
+takes ``n / ROWS_PER_CALL`` calls a pass, and at one a minute the sweep could delete at
+most ~80 rows a second a partition, so a learner recording decisions faster kept them for
+ever). No call scans a whole table. It deletes
 
 - a decision scored longer ago than the retention;
 - a label row written longer ago than the retention whose decision is gone.
@@ -44,6 +47,26 @@ from flagstream.streams.delivery import Outbox
 ROWS_PER_CALL = 5_000
 #: The longest time between two calls (shorter when the retention is short).
 MAX_INTERVAL_S = 60.0
+#: The shortest time between two calls (a table too large for the longest).
+MIN_INTERVAL_S = 1.0
+
+
+def paced_interval_s(largest: int, retention_s: float, rows_per_call: int = ROWS_PER_CALL) -> float:
+    """Seconds between calls for a pass over a partition of ``largest`` rows to take at
+    most a quarter of the retention, within ``MIN_INTERVAL_S``..``min(60 s, retention / 4)``.
+
+    >>> paced_interval_s(2_000, 35 * 86_400)  # one call a pass: the longest interval
+    60.0
+    >>> paced_interval_s(60_000_000, 35 * 86_400)  # 12,000 calls a pass: still one a minute
+    60.0
+    >>> paced_interval_s(200_000_000, 35 * 86_400)  # 40,000 calls: ~19 s apart
+    18.9
+    >>> paced_interval_s(10**10, 35 * 86_400)  # more than it can: as often as allowed
+    1.0
+    """
+    longest = min(MAX_INTERVAL_S, retention_s / 4)
+    calls = max(1, -(-largest // rows_per_call))
+    return max(MIN_INTERVAL_S, min(longest, retention_s / 4 / calls))
 
 
 class TableSweep:
@@ -85,6 +108,11 @@ class TableSweep:
             self.cursors[partition] = rows[-1][0]
         return gone
 
+    def largest(self) -> int:
+        """Rows of the largest partition (as :meth:`stored` counts them)."""
+        parts = set(self.counted) | set(self.counting)
+        return max((max(self.counted.get(p, 0), self.counting.get(p, 0)) for p in parts), default=0)
+
     def stored(self) -> int:
         """Rows kept: the latest complete pass of each partition, or the current one if more."""
         parts = set(self.counted) | set(self.counting)
@@ -121,7 +149,7 @@ class RetentionSweep:
         self.retention_ms = retention_ms
         self.metrics = metrics
         self.clock_ms = clock_ms or (lambda: int(time.time() * 1000))
-        self.interval_s = min(MAX_INTERVAL_S, retention_ms / 4000)
+        self.interval_s = paced_interval_s(0, retention_ms / 1000)
         self.last = float("-inf")
         self.horizon = 0
         self.sweeps = {
@@ -158,6 +186,8 @@ class RetentionSweep:
             last = outbox.last_offsets(await asyncio.gather(*await outbox.send()))
             for write in staged:
                 write.apply(last)
+        largest = max(sweep.largest() for sweep in self.sweeps.values())
+        self.interval_s = paced_interval_s(largest, self.retention_ms / 1000)
         m = self.metrics
         m.decisions.set(self.sweeps["decisions"].stored())
         m.labels.set(self.sweeps["labels"].stored())
