@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -167,8 +167,11 @@ class Gate:
         self.recent: deque[Labelled] = deque(maxlen=self.config.recent)
         self._adwin = ADWIN(delta=self.config.drift_delta)
 
-    def observe(self, decision: Mapping[str, Any], label: int) -> None:
-        """Account one label against the scores recorded on its decision."""
+    def observe(self, decision: Mapping[str, Any], label: int,
+                shadowed: Collection[str] | None = None) -> None:
+        """Account one label against the scores recorded on its decision; with
+        ``shadowed`` (the challengers seated), only theirs: a decision read back from
+        ``scores`` may name any lineage, and each name was a pairing kept for ever."""
         metric = self.config.metric
         score = float(decision["score"])
         champion_loss = _loss(metric, label, score)
@@ -176,6 +179,8 @@ class Gate:
         self.seat_loss += champion_loss
         self.labels_seen += 1
         for lineage, shadow_score in (decision.get("shadow") or {}).items():
+            if shadowed is not None and lineage not in shadowed:
+                continue
             pair = self.pairs.setdefault(lineage, Pairing())
             pair.n += 1
             pair.frauds += label
@@ -192,11 +197,12 @@ class Gate:
         self.recent.append((decision.get("features") or [], label, score,
                             decision.get("model_version", ""), self.labels_seen))
 
-    def observe_many(self, labelled: Iterable[tuple[Mapping[str, Any], int]]) -> None:
+    def observe_many(self, labelled: Iterable[tuple[Mapping[str, Any], int]],
+                     shadowed: Collection[str] | None = None) -> None:
         """Account labels in order, each against its decision's recorded scores (one
         :meth:`observe` each: the sums and the drift detector are sequential)."""
         for decision, label in labelled:
-            self.observe(decision, label)
+            self.observe(decision, label, shadowed)
 
     def verdicts(self, active: Iterable[str]) -> list[Verdict]:
         """Refusals (once per challenger, when it first fails) then at most one promotion."""

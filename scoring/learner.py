@@ -296,7 +296,8 @@ class Learner:
         self.handle.model.learn_many(features, labels)
         self.shadow.learn_many(features, labels)
         if self.gate is not None:
-            self.gate.observe_many((d, label) for d, label, _ in labelled)
+            self.gate.observe_many(((d, label) for d, label, _ in labelled),
+                                   {c.lineage for c in self.shadow})
 
     def _learn_labelled_reference(self, labelled: Sequence[tuple[dict, int, dict]]) -> None:
         """:meth:`_learn_labelled` one label at a time (the per-label path, for tests)."""
@@ -305,7 +306,7 @@ class Learner:
             self.handle.model.learn_one(features, label)
             self.shadow.learn_one(features, label)
             if self.gate is not None:
-                self.gate.observe(decision, label)
+                self.gate.observe(decision, label, {c.lineage for c in self.shadow})
 
     def _finish(self, out: LearnOutcome, merchants: list[str], days: list[int]) -> LearnOutcome:
         self._learn_labelled(out.labelled)

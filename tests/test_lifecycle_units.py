@@ -223,3 +223,17 @@ def test_no_rollback_on_less_evidence_than_a_promotion_needs():
     assert tried, "the alarm rang and a candidate was considered"
     assert writes == [] and life.changes == []
     assert "too little evidence" in tried[0] and "needs 20 of each class" in tried[0]
+
+
+def test_the_gate_pairs_only_the_seated_challengers_whatever_a_decision_names():
+    """A decision read back from ``scores`` may carry any ``shadow`` names: each was a
+    pairing the gate kept (and snapshotted, and reported) for ever. Only the challengers
+    seated are paired now."""
+    named = {tx: {**d, "shadow": {"fast": 0.3, **{f"made-up-{k}": 0.5 for k in range(500)}}}
+             for tx, d in DECISIONS.items()}
+    learner = Learner(ModelHandle(new_model("linear")), named.get, clock_ms=lambda: 0,
+                      shadow=ShadowSet(challengers_from_spec("fast:learning_rate=0.3", new_model("linear"))),
+                      gate=Gate(GateConfig(min_labels=10)), publish_each_batch=False)
+    learner.learn([feedback(i) for i in range(30)], list(range(30)), 0)
+    assert learner.gate is not None and set(learner.gate.pairs) == {"fast"}
+    assert learner.gate.pairs["fast"].n == 30
