@@ -152,13 +152,11 @@ def by_event_hour(times_ms: np.ndarray) -> list[tuple[Any, float]]:
     """
     times_ms = np.asarray(times_ms)
     hours = times_ms.astype(np.int64) // HOUR_MS
-    if len(hours) == 0 or (hours == hours[0]).all():
-        return [(slice(None), median(times_ms) / 1000.0)] if len(hours) else []
-    groups = []
-    for hour in np.unique(hours):
-        part = hours == hour
-        groups.append((part, median(times_ms[part]) / 1000.0))
-    return groups
+    if len(hours) == 0:
+        return []
+    if (hours == hours[0]).all():
+        return [(slice(None), median(times_ms) / 1000.0)]
+    return [(hours == hour, median(times_ms[hours == hour]) / 1000.0) for hour in np.unique(hours)]
 
 
 class OperatingPoint(ThresholdPolicy):

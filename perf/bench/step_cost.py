@@ -55,24 +55,24 @@ def measure(core: ScoringCore, values: Sequence[bytes], sizes: Sequence[int] = (
             for way, timed in timings.items():
                 if way != "us_per_call" and partitions is None:
                     continue
-                steps = []
+                calls_made: list[tuple] = []  # (each step's calls, built before the clock starts)
                 for _ in range(calls):
                     start = position % max(1, len(values) - size)
-                    steps.append((start, list(range(position, position + size))))
+                    step, offsets = values[start:start + size], list(range(position, position + size))
                     position += size
-                gc.collect()
-                began = time.process_time()
-                for start, offsets in steps:
-                    step = values[start:start + size]
                     if way == "us_per_call":
-                        core.process(step, offsets)
+                        calls_made.append((step, offsets, None, None))
                     elif way == "us_per_step_routed":
-                        core.process(step, offsets, homes[start:start + size], partitions)
+                        calls_made.append((step, offsets, homes[start:start + size], partitions))
                     else:
                         for home in dict.fromkeys(homes[start:start + size]):
                             mine = [i for i in range(size) if homes[start + i] == home]
-                            core.process([step[i] for i in mine], [offsets[i] for i in mine], home,
-                                         partitions)
+                            calls_made.append(([step[i] for i in mine], [offsets[i] for i in mine],
+                                               home, partitions))
+                gc.collect()
+                began = time.process_time()
+                for args in calls_made:
+                    core.process(*args)
                 timed.append((time.process_time() - began) / calls * 1e6)
         out[size] = {"calls": calls}
         for way, timed in timings.items():
