@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import TypeGuard
 
 from flagstream.cards import card_numbers, may_carry_card_number
@@ -27,6 +28,10 @@ assert MAX_DECISION_NESTING >= 2  # (what _has_grandchildren relies on)
 CONTAINERS = (dict, list)
 #: The longest reviewer name accepted (the review page writes at most 64 characters).
 MAX_REVIEWER = 64
+#: A recorded decision may be stamped at most this far after this machine's clock, ms: the
+#: scorer refuses transactions stamped over an hour ahead of its own clock
+#: (``FLAGSTREAM_MAX_EVENT_LEAD_S``), and the two machines' clocks may differ.
+DECISION_LEAD_MS = 2 * 3_600_000
 
 
 def check_feedback(obj: dict) -> tuple[str, int]:
@@ -124,7 +129,12 @@ def _plainly_fit(obj: object, n_features: int) -> bool:
     if type(merchant) is not str or not 0 < len(merchant) <= MAX_ID_LENGTH:
         return False
     at, scored = obj.get("event_time_ms"), obj.get("scored_at_ms")
-    return type(at) is int and type(scored) is int and 0 <= at < 10**15 and 0 <= scored < 10**15
+    return type(at) is int and type(scored) is int and 0 <= at < _latest_ms() and 0 <= scored < 10**15
+
+
+def _latest_ms() -> float:
+    """The latest event time a recorded decision may carry now (:data:`DECISION_LEAD_MS`)."""
+    return time.time() * 1000 + DECISION_LEAD_MS
 
 
 def check_decision_reference(obj: object, n_features: int, earlier: tuple[int, ...] = ()) -> dict:
@@ -159,6 +169,8 @@ def check_decision_reference(obj: object, n_features: int, earlier: tuple[int, .
         value = obj.get(name)
         if not _finite(value) or not 0 <= value < 10**15:
             raise InvalidRecord("invalid_decision", f"recorded decision: {name} must be epoch ms")
+    if obj["event_time_ms"] >= _latest_ms():  # (its windows would jump ahead: ``refuse_future``)
+        raise InvalidRecord("invalid_decision", "recorded decision: event_time_ms is in the future")
     return obj
 
 

@@ -42,7 +42,7 @@ from typing import Any
 from flagstream.codec import JSONDecodeError, dumps, kept, loads
 from flagstream.errors import InvalidRecord
 from flagstream.streams.config import Settings
-from flagstream.streams.schema import parse_timestamp_ms, validate_transactions
+from flagstream.streams.schema import parse_timestamp_ms, refuse_future, validate_transactions
 
 #: What an answer carries, taken from the decision record.
 ANSWER_FIELDS = ("transaction_id", "decision", "score", "threshold", "model_version", "reasons")
@@ -104,6 +104,7 @@ def _request(item: object, s: Settings) -> Request:
         return refused(400, "not_an_object", "a transaction is a JSON object")
     value = dumps({**item, "origin": ORIGIN})
     batch = validate_transactions([value], s.max_record_bytes, s.max_nesting)
+    batch = refuse_future(batch, time.time() * 1000, s.max_event_lead_s * 1000)
     if batch.rejections:
         r = batch.rejections[0]
         return refused(413 if r.reason == "too_large" else 400, r.reason, r.detail)

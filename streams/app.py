@@ -207,7 +207,7 @@ def create_pipeline(settings: Settings, role: str = "all") -> Pipeline:
     policy = settings.operating_point()
     core = ScoringCore(
         handle, policy, accounts, merchants,
-        settings.max_record_bytes, settings.max_nesting,
+        settings.max_record_bytes, settings.max_nesting, settings.max_event_lead_s * 1000,
     )
     learns = role in LEARNING_ROLES  # the learner owns the operating point; scorers follow it
     models = ModelSync(models_table, handle, metrics, model_key(settings, role),

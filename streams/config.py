@@ -161,6 +161,10 @@ class Settings:
     max_record_bytes: int = 16_384
     #: Deepest accepted JSON nesting.
     max_nesting: int = 8
+    #: A transaction stamped further than this after the worker's clock is refused
+    #: (``timestamp_in_future``), seconds (at most an hour): producers' clocks differ a
+    #: little from it.
+    max_event_lead_s: float = 300.0
     #: Hot path batch size and the longest wait for a batch to fill, seconds.
     batch_size: int = 2_000
     batch_within: float = 0.01
@@ -277,6 +281,8 @@ class Settings:
             )
         if self.shutdown_deadline_s <= 0:
             raise ConfigurationError("FLAGSTREAM_SHUTDOWN_DEADLINE_S must be positive")
+        if not 0 <= self.max_event_lead_s <= 3_600:  # (the learner allows decisions 2 h ahead)
+            raise ConfigurationError("FLAGSTREAM_MAX_EVENT_LEAD_S must be in 0..3600")
         if self.allow_unsigned_models and self.model_hmac_key:
             raise ConfigurationError("FLAGSTREAM_ALLOW_UNSIGNED_MODELS and FLAGSTREAM_MODEL_HMAC_KEY "
                                      "are both set: choose one")

@@ -47,7 +47,7 @@ from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.policy import DecisionPolicy, FixedThreshold
 from flagstream.scoring.reasons import explain
 from flagstream.streams.coordinates import places_of
-from flagstream.streams.schema import validate_transactions
+from flagstream.streams.schema import MAX_LEAD_MS, refuse_future, validate_transactions
 from flagstream.streams.topics import partition_for
 
 #: Context fields copied from a transaction onto its decision, each only when it is a string
@@ -215,6 +215,9 @@ class ScoringCore:
         Account rows (an :class:`Arena`, optionally backed by a durable table).
     merchants
         Merchant state to read features from; the caller applies ``outcome.activity``.
+    max_lead_ms
+        A transaction stamped further than this after this machine's clock is refused
+        (``timestamp_in_future``).
     """
 
     def __init__(
@@ -225,6 +228,7 @@ class ScoringCore:
         merchants: MerchantState | None = None,
         max_record_bytes: int = 16_384,
         max_nesting: int = 8,
+        max_lead_ms: float = MAX_LEAD_MS,
     ) -> None:
         # (``is None``, not ``or``: an empty arena is falsy, and the one given has the loader)
         self.handle = handle if handle is not None else ModelHandle(LinearChampion())
@@ -233,6 +237,8 @@ class ScoringCore:
         self.merchants = merchants if merchants is not None else MerchantState()
         self.max_record_bytes = max_record_bytes
         self.max_nesting = max_nesting
+        #: how far after this machine's clock a transaction may be stamped (``refuse_future``)
+        self.max_lead_ms = max_lead_ms
 
     def process(
         self,
@@ -252,6 +258,7 @@ class ScoringCore:
         partition); each partition's keep their order.
         """
         batch = validate_transactions(values, self.max_record_bytes, self.max_nesting)
+        batch = refuse_future(batch, time.time() * 1000, self.max_lead_ms)
         outcome = BatchOutcome(rejections=list(batch.rejections))
         if partitions is not None and len(batch):
             home = partitions_for(batch.account_ids, partitions)

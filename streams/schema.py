@@ -62,6 +62,10 @@ MAX_ID_LENGTH = 128
 MAX_AMOUNT = 1e9
 #: Epoch-millisecond timestamps must fall in [2000-01-01, 2100-01-01).
 MIN_EPOCH_MS, MAX_EPOCH_MS = 946_684_800_000, 4_102_444_800_000
+#: How far after the checking machine's clock a transaction may be stamped, ms: producers'
+#: clocks differ a little from the worker's; nothing is paid in the future
+#: (:func:`refuse_future`).
+MAX_LEAD_MS = 300_000
 
 
 @dataclass
@@ -201,6 +205,35 @@ def refuse_card_numbers(batch: TransactionBatch, stamp_texts: list[str] | None =
     if len(keep) == len(batch):
         return batch
     return batch.select(np.asarray(keep, dtype=np.int64))
+
+
+def refuse_future(batch: TransactionBatch, now_ms: float, lead_ms: float = MAX_LEAD_MS) -> TransactionBatch:
+    """``batch`` without the records stamped more than ``lead_ms`` after ``now_ms`` (the
+    checking machine's clock): those become ``timestamp_in_future`` rejections.
+
+    Event time drives every window downstream (an account's velocity, the traffic the
+    operating point counts, the learner's daily health and drift): one record stamped in
+    2099 would make every later one look decades old and empty those windows. A replay of
+    recorded traffic is stamped in the past and passes.
+
+    >>> b = validate_transactions_reference([
+    ...     b'{"transaction_id":"t-1","account_id":"a","merchant_id":"m","amount":1,'
+    ...     b'"timestamp":"2018-04-01T00:00:00Z"}',
+    ...     b'{"transaction_id":"t-2","account_id":"a","merchant_id":"m","amount":1,'
+    ...     b'"timestamp":"2099-04-01T00:00:00Z"}'])
+    >>> kept = refuse_future(b, now_ms=1_796_000_000_000)
+    >>> kept.transaction_ids, [(r.index, r.reason) for r in kept.rejections]
+    (['t-1'], [(1, 'timestamp_in_future')])
+    """
+    ahead = batch.timestamps_ms > now_ms + lead_ms
+    if not ahead.any():
+        return batch
+    for k in np.flatnonzero(ahead).tolist():
+        hours = (int(batch.timestamps_ms[k]) - now_ms) / 3_600_000
+        batch.rejections.append(Rejection(
+            batch.indices[k], "timestamp_in_future",
+            f"timestamp is {hours:,.1f} h after this worker's clock (at most {lead_ms / 1000:g} s allowed)"))
+    return batch.select(np.flatnonzero(~ahead))
 
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]

@@ -30,6 +30,7 @@ import base64
 import copy
 import math
 import re
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from functools import partial
@@ -68,7 +69,7 @@ from flagstream.streams.core import ScoringCore, partitions_for
 from flagstream.streams.learner_agents import _activity
 from flagstream.streams.learner_runtime import LearnerRuntime
 from flagstream.streams.model_sync import ModelSync
-from flagstream.streams.schema import validate_transactions
+from flagstream.streams.schema import refuse_future, validate_transactions
 
 FUZZ = settings(
     max_examples=200, deadline=None, derandomize=True, database=None,
@@ -407,7 +408,7 @@ def test_core_gives_a_batch_of_every_corpus_transaction_one_outcome_each(routed:
 @pytest.mark.parametrize("group", cases(hc.TRANSACTIONS))
 def test_schema_partitions_each_corpus_transaction(group: tuple[Case, ...]):
     for case in group:
-        batch = validate_transactions([case.value])
+        batch = refuse_future(validate_transactions([case.value]), time.time() * 1000)
         assert sorted(batch.indices + [r.index for r in batch.rejections]) == [0]
         assert expected(DECIDED if batch.indices else REJECTED, case.expect, False)
 

@@ -158,6 +158,7 @@ def test_concurrent_calls_for_one_transaction_share_one_attempt():
     (dumps({**tx(1), "amount": -5}), "invalid_amount"),
     (dumps({k: v for k, v in tx(1).items() if k != "timestamp"}), "missing_field"),
     (dumps({**tx(1), "timestamp": "yesterday"}), "invalid_timestamp"),
+    (dumps({**tx(1), "timestamp": "2099-01-01T00:00:00Z"}), "timestamp_in_future"),
     (dumps({**tx(1), "x": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}}}), "too_deep"),
     (dumps({**tx(1), "account_id": "4111 1111 1111 1111"}), "card_number_in_field"),
     (b'{"transaction_id": "x", "amount": 1e999}', "invalid_json"),

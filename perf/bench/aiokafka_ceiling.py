@@ -53,7 +53,7 @@ def build_core(settings: Settings, model_path: str | None) -> ScoringCore:
             record = loads(fh.read())
         handle.adopt(model_from_state(record["state"]), record["lineage"], int(record["sequence"]))
     return ScoringCore(handle, FixedThreshold(settings.threshold), max_record_bytes=settings.max_record_bytes,
-                       max_nesting=settings.max_nesting)
+                       max_nesting=settings.max_nesting, max_lead_ms=settings.max_event_lead_s * 1000)
 
 
 def stage(core: ScoringCore, settings: Settings, outbox: Outbox, batches, counts) -> None:
