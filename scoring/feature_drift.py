@@ -97,14 +97,28 @@ class FeatureDrift:
         Rows each window needs before a drift is stated.
     seed
         Of the sampling.
+    warm_up_ms
+        Per feature, the event time after the state's start before its values mean what they
+        mean later (a 30-day count of a stream that began a week ago counts a week): a
+        feature's drift is stated only once its reference window begins that long after
+        :attr:`since_ms`. None: every feature is stateless.
+    since_ms
+        When the state began (event ms): ``-inf`` for state of unknown age (taken as warm);
+        by default the earliest event time added.
     """
 
     def __init__(self, names: Sequence[str], per_bucket: int = 128, bucket_s: float = 3_600.0,
                  window_s: float = 86_400.0, reference_s: float = 14 * 86_400.0,
-                 min_rows: int = 200, seed: int = 0) -> None:
+                 min_rows: int = 200, seed: int = 0, warm_up_ms: Sequence[float] | None = None,
+                 since_ms: float = math.inf) -> None:
         if per_bucket < 1 or bucket_s <= 0 or window_s <= 0 or reference_s <= 0:
             raise ValueError("per_bucket, bucket_s, window_s and reference_s must be positive")
+        if warm_up_ms is not None and len(warm_up_ms) != len(names):
+            raise ValueError("need one warm-up per feature")
         self.names = tuple(names)
+        self.warm_up_ms = np.zeros(len(self.names)) if warm_up_ms is None else np.asarray(
+            warm_up_ms, dtype=np.float64)
+        self.since_ms = since_ms
         self.per_bucket = per_bucket
         self.bucket_ms = bucket_s * 1000
         self.window_ms = window_s * 1000
@@ -125,6 +139,7 @@ class FeatureDrift:
         rows, at = rows[usable], at[usable]
         if not len(rows):
             return
+        self.since_ms = min(self.since_ms, float(at.min()))
         keys = (at // self.bucket_ms).astype(np.int64)
         for key in np.unique(keys).tolist():
             self._sample(key, rows[keys == key])
@@ -154,16 +169,44 @@ class FeatureDrift:
         parts = [s for k, (s, _) in self.buckets.items() if lo <= k < hi]
         return np.concatenate(parts) if parts else np.empty((0, len(self.names)), np.float32)
 
-    def stability(self) -> dict[str, float] | None:
-        """PSI per feature of the last ``window_s`` against the ``reference_s`` before it;
-        None until both windows hold ``min_rows`` rows."""
+    def _reference_start_ms(self) -> float:
         end = (self.newest_ms // self.bucket_ms + 1) * self.bucket_ms
-        if not math.isfinite(end):
+        return end - self.window_ms - self.reference_ms
+
+    def stability(self) -> dict[str, float] | None:
+        """PSI per feature of the last ``window_s`` against the ``reference_s`` before it,
+        for the features warmed up (:meth:`warming`: the others are left out); None until
+        both windows hold ``min_rows`` rows."""
+        start = self._reference_start_ms()
+        if not math.isfinite(start):
             return None
+        end = start + self.reference_ms + self.window_ms
         current = self.window(end - self.window_ms, end)
-        reference = self.window(end - self.window_ms - self.reference_ms, end - self.window_ms)
+        reference = self.window(start, end - self.window_ms)
         if len(current) < self.min_rows or len(reference) < self.min_rows:
             return None
-        ref_counts, cur_counts = decile_counts(reference, current)
+        warm = np.flatnonzero(~self._cold(start))
+        ref_counts, cur_counts = decile_counts(reference[:, warm], current[:, warm])
         psi = stability(ref_counts, cur_counts)
-        return {name: round(float(v), 4) for name, v in zip(self.names, psi, strict=True)}
+        return {self.names[k]: round(float(v), 4) for k, v in zip(warm.tolist(), psi, strict=True)}
+
+    def warming(self) -> dict[str, float]:
+        """The features whose drift is not stated yet, each with the event time (ms) from which
+        it will be: its warm-up after :attr:`since_ms`, then the reference and current
+        windows (before any row: every feature with a warm-up, from an unknown time).
+
+        >>> drift = FeatureDrift(("amount", "count_30d"), warm_up_ms=(0.0, 30 * DAY_MS))
+        >>> drift.add(np.ones((2, 2)), np.array([0.0, 2 * DAY_MS]))
+        >>> drift.warming() == {"count_30d": 30 * DAY_MS + 14 * DAY_MS + DAY_MS}
+        True
+        """
+        ready = self.since_ms + self.warm_up_ms
+        return {self.names[k]: float(ready[k] + self.reference_ms + self.window_ms)
+                for k in np.flatnonzero(self._cold(self._reference_start_ms())).tolist()}
+
+    def _cold(self, reference_start_ms: float) -> np.ndarray:
+        """Per feature: whether a reference window from ``reference_start_ms`` begins within
+        its warm-up (a feature without one is never cold)."""
+        with np.errstate(invalid="ignore"):  # (inf - inf, before any row)
+            early = ~(reference_start_ms >= self.since_ms + self.warm_up_ms)
+        return (self.warm_up_ms > 0) & early

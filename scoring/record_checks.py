@@ -212,6 +212,8 @@ LEARNER_FIELDS: dict[str, Check] = {
                         and whole(t[1]), 1_000),
     "next_sequence": whole, "adopted": list_of(optional(text), 1_000),
     "waiting": lambda v: waiting_positions(v),
+    # when the learner's stream state began (event ms; null: no decision seen yet)
+    "since_ms": optional(whole),
 }
 #: The most waiting-label positions a learner snapshot may hold (the setting's bound).
 MAX_WAITING = 50_000
@@ -252,6 +254,8 @@ def check_learner_snapshot(snapshot: Any) -> None:
     """
     if isinstance(snapshot, dict) and "waiting" not in snapshot:  # written before labels waited
         snapshot = {**snapshot, "waiting": {}}
+    if isinstance(snapshot, dict) and "since_ms" not in snapshot:  # written before it was kept
+        snapshot = {**snapshot, "since_ms": 0}
     check_fields("learner snapshot", snapshot, LEARNER_FIELDS)
     check_fields("learner snapshot: champion", snapshot["champion"], SNAPSHOT_CHAMPION_FIELDS)
     for c in snapshot["challengers"]:

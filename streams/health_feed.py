@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from flagstream.features.layout import FEATURE_NAMES, N_FEATURES
+from flagstream.features.layout import FEATURE_NAMES, MERCHANT_DELAY_DAYS, N_DAILY, N_FEATURES
 from flagstream.scoring.feature_drift import FeatureDrift
 from flagstream.scoring.model_health import DAY_MS, DailyHealth
 from flagstream.scoring.operating_point import OperatingPoint
@@ -37,6 +37,14 @@ from flagstream.streams.app import Pipeline
 SCORE_GROUPS = 20
 #: Seat changes whose event time this process remembers.
 MAX_SEATS = 200
+#: Features that keep no state: their values mean the same from a stream's first event.
+STATELESS_FEATURES = ("amount", "is_weekend", "is_night")
+#: Event time after the state's start until every other feature is full: the merchants'
+#: 30-day windows end ``MERCHANT_DELAY_DAYS`` back (the accounts' reach 30 days, and
+#: days-since features are capped at 30). Before it, a feature's drift is not stated: the
+#: counts of a fresh stream grow by construction, and the reference fortnight of a young
+#: stream differs from its last day for no other reason (a fresh demo alerted on them).
+STATE_WARM_UP_MS = (N_DAILY + MERCHANT_DELAY_DAYS) * DAY_MS
 
 
 class HealthFeed:
@@ -61,7 +69,9 @@ class HealthFeed:
         policy = p.core.policy
         window_s = policy.traffic_window_s if isinstance(policy, OperatingPoint) else 86_400.0
         reference_s = policy.window_s if isinstance(policy, OperatingPoint) else 14 * 86_400.0
-        self.drift = FeatureDrift(FEATURE_NAMES, window_s=window_s, reference_s=reference_s)
+        self.drift = FeatureDrift(FEATURE_NAMES, window_s=window_s, reference_s=reference_s,
+                                  warm_up_ms=[0.0 if name in STATELESS_FEATURES else STATE_WARM_UP_MS
+                                              for name in FEATURE_NAMES])
         if isinstance(policy, OperatingPoint):
             p.metrics.drift.targets(policy.target_fdr, policy.target_recall, policy.capacity_per_day)
         self.refresh_s = refresh_s
@@ -97,6 +107,26 @@ class HealthFeed:
             self.daily.add_estimate(policy.last)
         self.changed = True
         self.refresh()
+
+    def since_state(self) -> int | None:
+        """When the stream's state began, for the learner's snapshot: event ms (0: of unknown
+        age, taken as warm), None before any decision.
+
+        >>> feed = HealthFeed.__new__(HealthFeed)
+        >>> feed.drift = FeatureDrift(("amount",))
+        >>> feed.since_state(), feed.resume_since(1_522_540_800_000), feed.since_state()
+        (None, None, 1522540800000)
+        >>> feed.resume_since(0), feed.drift.since_ms, feed.since_state()
+        (None, -inf, 0)
+        """
+        since = self.drift.since_ms
+        return None if since == math.inf else 0 if since == -math.inf else int(since)
+
+    def resume_since(self, since_ms: int | None) -> None:
+        """:meth:`since_state` from a snapshot (one written before it was kept says 0: the
+        state is older than this version of the learner, so taken as warm)."""
+        unknown = -math.inf if since_ms == 0 else math.inf
+        self.drift.since_ms = unknown if not since_ms else float(since_ms)
 
     def note_seat(self, at_ms: float) -> None:
         """Remember the event time from which the seat's champion decides (the first batch of
@@ -142,6 +172,9 @@ class HealthFeed:
             "drift": {
                 "alert": self.alert, "score_psi": _rounded(self.score_psi),
                 "features": self.feature_psi,
+                # not stated yet: feature → the event time (ms) its drift will be, when known
+                "warming": {name: at if math.isfinite(at) else None
+                            for name, at in self.drift.warming().items()},
                 "alerting": sorted(n for n, v in (self.feature_psi or {}).items() if v > self.alert)
                 + (["score"] if self.score_psi is not None and self.score_psi > self.alert else []),
             },

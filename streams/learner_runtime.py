@@ -235,6 +235,7 @@ class LearnerRuntime:
         if found:
             seq, _, payload, where = max(found, key=lambda f: (f[0], f[1]))
             learner.restore(payload)
+            self.health.resume_since(payload.get("since_ms", 0))
             self.snapshot_seq = seq
             self.add_configured_challengers()
             log.info("learner restored from %s: champion %s, offsets %s, challengers %s",
@@ -390,7 +391,8 @@ class LearnerRuntime:
         await self.labels.write(kafka_producer(self.p.app))
         self.snapshot_seq += 1
         payload = {"kind": "learner", "snapshot_seq": self.snapshot_seq,
-                   "saved_at_ms": int(time.time() * 1000), **self.learner.to_state()}
+                   "saved_at_ms": int(time.time() * 1000), **self.learner.to_state(),
+                   "since_ms": self.health.since_state()}
         if self.snapshot_due:
             await deliver(await self.send([(reg.LEARNER, payload)]))
             self.snapshot_due = False

@@ -185,6 +185,47 @@ def test_drift_needs_traffic_in_both_windows():
         drift.add(np.zeros((3, 2)), np.zeros(3))
 
 
+def ramping(rng: np.random.Generator, day: float) -> np.ndarray:
+    """A fresh stream's row: ``count_30d`` grows with the state's age for 30 days (then holds
+    still), ``amount`` never moves."""
+    return np.array([rng.normal(50.0, 10.0), rng.poisson(2.0 * min(day, 30.0) + 1.0)], dtype=np.float64)
+
+
+def run_fresh_stream(drift: FeatureDrift, days: int, start_day: int = 0) -> None:
+    rng = np.random.default_rng(4)
+    for hour in range(start_day * 24, days * 24):
+        rows = np.array([ramping(rng, hour / 24) for _ in range(20)])
+        drift.add(rows, np.full(20, hour * 3_600_000.0 + 1))
+
+
+def test_a_fresh_streams_growing_counts_are_warming_up_not_drifting():
+    """The counts of a stream that began 20 days ago are still growing; against the fortnight
+    before, its last day is far off. Without a warm-up that is an alarm on every windowed
+    feature (a fresh demo's model health showed one); with it, their drift waits until the
+    reference window starts 30 days after the stream did, and then they are stable."""
+    names, warm_up = ("amount", "count_30d"), (0.0, 30 * DAY_MS)
+    plain, warmed = FeatureDrift(names, min_rows=100), FeatureDrift(names, min_rows=100, warm_up_ms=warm_up)
+    for drift in (plain, warmed):
+        run_fresh_stream(drift, 20)
+    assert plain.stability()["count_30d"] > 0.2  # the false alarm
+    assert set(warmed.stability()) == {"amount"} and warmed.stability()["amount"] < 0.1
+    assert warmed.warming() == {"count_30d": (30 + 14 + 1) * DAY_MS + 1}  # (the first row at 1 ms)
+    run_fresh_stream(warmed, 46, start_day=20)
+    psi = warmed.stability()
+    assert set(psi) == set(names) and psi["count_30d"] < 0.1 and warmed.warming() == {}
+
+
+def test_state_of_unknown_age_is_warm_and_a_known_start_is_kept():
+    names, warm_up = ("amount", "count_30d"), (0.0, 30 * DAY_MS)
+    old = FeatureDrift(names, min_rows=100, warm_up_ms=warm_up, since_ms=-math.inf)
+    run_fresh_stream(old, 16)
+    assert set(old.stability()) == set(names) and old.warming() == {}
+    resumed = FeatureDrift(names, min_rows=100, warm_up_ms=warm_up, since_ms=-10 * DAY_MS)
+    run_fresh_stream(resumed, 16)  # state began 10 days before the rows this one saw
+    assert resumed.since_ms == -10 * DAY_MS
+    assert resumed.warming() == {"count_30d": (20 + 14 + 1) * DAY_MS}
+
+
 # --- the feed, its metrics and the endpoint ------------------------------------------------
 def traffic(rng: np.random.Generator, days: int, per_day: int) -> list[tuple[dict, int]]:
     """Decisions with features and the truth: frauds score high, a few legit ones too."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import stat
 from types import SimpleNamespace
@@ -348,3 +349,30 @@ def test_a_scorer_reads_the_models_table_only_after_replication_changed_it(tmp_p
     # the learner's own process writes its table directly: it reads on every sync
     learner.models.table = {CHAMPION: seal(GOOD, learner.models.key)}
     assert learner.models.sync() and learner.handle.version == "lr-000003"
+
+
+@pytest.mark.parametrize("since_ms, resumed", [(1_522_540_800_000, 1_522_540_800_000.0), (None, math.inf),
+                                               (0, -math.inf), ("absent", -math.inf)])
+def test_the_drift_warm_up_resumes_from_when_the_state_began(tmp_path, since_ms, resumed):
+    """The learner's snapshot carries when its stream's state began, so a restarted learner
+    keeps stating the drift of features already warm (a snapshot from before it was kept:
+    state of unknown age, warm; none seen yet: from the first decision)."""
+    p, _ = pipeline(tmp_path, "learner")
+    runtime = LearnerRuntime(p, lambda *_: None)
+    good = {"kind": "learner", "snapshot_seq": 5, "saved_at_ms": 1, **runtime.learner.to_state()}
+    if since_ms != "absent":
+        good["since_ms"] = since_ms
+    runtime.store.save(good, 5)
+    restarted = LearnerRuntime(p, lambda *_: None)
+    assert restarted.restore() and restarted.health.drift.since_ms == resumed
+    assert restarted.health.since_state() == (0 if since_ms == "absent" else since_ms)
+
+
+@pytest.mark.parametrize("since_ms", ["x", -5, 1.5, True])
+def test_a_snapshot_with_a_bad_start_of_state_is_refused(tmp_path, since_ms):
+    p, _ = pipeline(tmp_path, "learner")
+    runtime = LearnerRuntime(p, lambda *_: None)
+    bad = {"kind": "learner", "snapshot_seq": 5, "saved_at_ms": 1, **runtime.learner.to_state(),
+           "since_ms": since_ms}
+    with pytest.raises(ValueError, match="since_ms"):
+        runtime.check_snapshot(bad)

@@ -230,7 +230,9 @@
     const known = isNum(drift.score_psi) || drift.features;
     driftBox.textContent = !known ? "Not yet known" : alerting.length ? `Alert (${alerting.length})` : "Stable";
     driftBox.className = !known ? "unknown" : alerting.length ? "bad" : "good";
-    $("h-drift-note").textContent = alerting.length ? alerting.slice(0, 3).join(", ") : `score PSI ${fixed(drift.score_psi, 3)}`;
+    const warming = Object.keys(drift.warming || {}).length;
+    $("h-drift-note").textContent = alerting.length ? alerting.slice(0, 3).join(", ")
+      : `score PSI ${fixed(drift.score_psi, 3)}` + (warming ? ` · ${warming} features warming up` : "");
     $("h-alert").textContent = fixed(drift.alert, 2);
   }
 
@@ -253,7 +255,20 @@
       tr.appendChild(status);
       body.appendChild(tr);
     }
-    $("h-drift-empty").hidden = rows.length > 0;
+    // features whose state is younger than their windows: no drift stated until the date shown
+    for (const [name, from] of Object.entries(drift.warming || {})) {
+      const tr = el("tr");
+      tr.className = "drift-warming";
+      tr.dataset.signal = name;
+      tr.appendChild(el("td", name));
+      tr.appendChild(el("td", "–", "num"));
+      const status = el("td");
+      status.appendChild(el("span", "Warming up", "tag tag-warming"));
+      status.appendChild(el("span", isNum(from) ? ` until ${when(from)}` : "", "muted"));
+      tr.appendChild(status);
+      body.appendChild(tr);
+    }
+    $("h-drift-empty").hidden = body.children.length > 0;
   }
 
   function renderChanges(changes) {
