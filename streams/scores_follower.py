@@ -212,6 +212,7 @@ class ScoresFollower:
 
     def _take(self, p: int, records: list) -> None:
         seen, keys = self.seen[p], self.keys
+        needed: int | None = None  # (the same for every record of the fetch: found once)
         for r in records:
             self.positions[p] = r.offset + 1
             if r.key is None or r.key in seen:
@@ -221,20 +222,25 @@ class ScoresFollower:
             if r.key in keys:
                 self.book.record(r.key, r.value)
             if len(seen) > self.seen_per_partition:
-                self._forget_oldest(p)
+                if needed is None:
+                    needed = self._needed_since(p)
+                self._forget_oldest(p, needed)
         self._settle(p)
 
-    def _forget_oldest(self, p: int) -> None:
-        """Forget the partition's oldest first record (its coverage then starts after it),
-        unless a call waiting now, or one starting now, needs it: the partition would
-        be read again for each, never reaching its head on a busy partition. Past twice
-        the bound it is forgotten all the same (memory comes first)."""
-        seen = self.seen[p]
-        _, (_, timestamp) = next(iter(seen.items()))
+    def _needed_since(self, p: int) -> int:
+        """The earliest record time of partition ``p`` a call waiting now, or one starting
+        now, may need (the calls' waits change only when :meth:`_settle` wakes them)."""
         needed = _now_ms() - READ_BACK_MARGIN_MS  # (a call starting now)
         earliest = self._earliest_waiting(p)
-        if earliest is not None:
-            needed = min(needed, earliest)
+        return needed if earliest is None else min(needed, earliest)
+
+    def _forget_oldest(self, p: int, needed: int) -> None:
+        """Forget the partition's oldest first record (its coverage then starts after it),
+        unless a call that may need records since ``needed`` (:meth:`_needed_since`) needs
+        it: the partition would be read again for each, never reaching its head on a busy
+        partition. Past twice the bound it is forgotten all the same (memory comes first)."""
+        seen = self.seen[p]
+        _, (_, timestamp) = next(iter(seen.items()))
         if timestamp >= needed and len(seen) <= 2 * self.seen_per_partition:
             return
         if timestamp >= needed and not self.warned:
