@@ -66,20 +66,26 @@ def decile_counts(reference: np.ndarray, current: np.ndarray,
     >>> r.tolist(), c.tolist()
     ([[10, 10, 10, 10, 10, 10, 10, 10, 10, 10]], [[0, 0, 0, 0, 0, 0, 0, 0, 0, 5]])
     """
-    reference = np.asarray(reference, dtype=np.float64)
-    current = np.asarray(current, dtype=np.float64)
-    # the k-th edge is the reference value of rank floor(k n / groups): an observed
-    # value, in whole-number arithmetic (no interpolation to put an edge a hair off a count)
-    ranks = np.arange(1, groups) * len(reference) // groups
-    edges = np.sort(reference, axis=0)[ranks].T  # (features, groups - 1)
-    return _binned(reference, edges, groups), _binned(current, edges, groups)
+    # feature by feature, each sorted once (a contiguous row per feature): a bin's count is
+    # where its upper edge falls in the sorted values less where its lower one does
+    reference, current = np.asarray(reference), np.asarray(current)
+    exact = np.result_type(reference, current, np.float32)  # (float32 samples sort as they are)
+    ref = np.sort(np.ascontiguousarray(reference.T, dtype=exact), axis=1)
+    cur = np.sort(np.ascontiguousarray(current.T, dtype=exact), axis=1)
+    edges = ref[:, np.arange(1, groups) * ref.shape[1] // groups]  # (features, groups - 1)
+    return _binned(ref, edges), _binned(cur, edges)
 
 
-def _binned(rows: np.ndarray, edges: np.ndarray, groups: int) -> np.ndarray:
-    n_features = edges.shape[0]
-    index = (rows[:, :, None] >= edges[None, :, :]).sum(axis=2)  # (rows, features): bin per value
-    flat = index + groups * np.arange(n_features)[None, :]
-    return np.bincount(flat.ravel(), minlength=n_features * groups).reshape(n_features, groups)
+def _binned(ordered: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts per feature and bin of each feature's sorted values (a row per feature): a
+    value's bin is the number of edges at or below it, so the values from bin ``i`` up are
+    those at or above edge ``i``."""
+    n_features, n = ordered.shape
+    below = np.empty((n_features, edges.shape[1] + 2), np.int64)  # values below each edge
+    below[:, 0], below[:, -1] = 0, n
+    for k in range(n_features):
+        below[k, 1:-1] = np.searchsorted(ordered[k], edges[k], side="left")
+    return np.diff(below, axis=1)
 
 
 class FeatureDrift:
