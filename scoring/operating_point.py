@@ -277,6 +277,19 @@ class OperatingPoint(ThresholdPolicy):
         return self.index / BINS
 
     # --- deciding ----------------------------------------------------------------------------
+    def checkpoint(self) -> tuple:
+        """What deciding changes (the review room's credit, the flags granted and held back,
+        the clock), to go back to if a batch fails part-way (:meth:`rollback`): its records
+        are decided again, and their flags must not count twice. :meth:`commit` keeps it."""
+        return self.credit, self.capped, self.deciding_s, self.granted.checkpoint()
+
+    def rollback(self, mark: tuple) -> None:
+        self.credit, self.capped, self.deciding_s, granted = mark
+        self.granted.rollback(granted)
+
+    def commit(self, mark: tuple) -> None:
+        self.granted.commit()
+
     def routes(self, scores: np.ndarray, times_ms: np.ndarray | None = None) -> np.ndarray:
         """The route per score, each event hour of the batch in turn, told its time
         (:meth:`deciding_at`): the review capacity left is judged by event time, and a

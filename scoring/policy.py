@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -24,6 +24,18 @@ class DecisionPolicy(Protocol):
     def threshold(self) -> float: ...
 
     def routes(self, scores: np.ndarray, times_ms: np.ndarray | None = None) -> np.ndarray: ...
+
+
+@runtime_checkable
+class UndoablePolicy(Protocol):
+    """A policy whose deciding changes state (a review room): a batch that fails part-way
+    goes back to :meth:`checkpoint`'s mark (:meth:`rollback`), else keeps it (:meth:`commit`)."""
+
+    def checkpoint(self) -> Any: ...
+
+    def rollback(self, mark: Any) -> None: ...
+
+    def commit(self, mark: Any) -> None: ...
 
 
 class ThresholdPolicy:

@@ -37,6 +37,8 @@ class ReviewGrants:
         self.slots: deque[list] = deque()
         self.reviews = 0
         self.decisions = 0
+        #: slots trimmed since :meth:`checkpoint` (None: no checkpoint open)
+        self._trimmed: list[list] | None = None
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -62,6 +64,39 @@ class ReviewGrants:
     def trim(self, before_s: float) -> None:
         """Forget the slots whose every grant is older than ``before_s``."""
         while self.slots and self.slots[0][2] < before_s:
-            _, _, _, reviews, decisions = self.slots.popleft()
-            self.reviews -= reviews
-            self.decisions -= decisions
+            slot = self.slots.popleft()
+            self.reviews -= slot[3]
+            self.decisions -= slot[4]
+            if self._trimmed is not None:
+                self._trimmed.append(slot)
+
+    def checkpoint(self) -> tuple:
+        """A mark to go back to (:meth:`rollback`) should what follows fail; what follows is
+        kept by :meth:`commit`. Grants only ever change the newest slot or add slots after
+        it, and trimming takes the oldest: the mark is the count, a copy of the newest
+        slot and the totals, plus the slots trimmed meanwhile.
+
+        >>> g = ReviewGrants(slot_s=60.0)
+        >>> g.add(0.0, 2, 10)
+        >>> mark = g.checkpoint()
+        >>> g.add(30.0, 1, 5); g.add(90.0, 4, 4); g.trim(before_s=200.0)
+        >>> g.rollback(mark)
+        >>> g.reviews, g.decisions, g.slots
+        (2, 10, deque([[0.0, 0.0, 0.0, 2, 10]]))
+        """
+        self._trimmed = []
+        return len(self.slots), list(self.slots[-1]) if self.slots else None, self.reviews, self.decisions
+
+    def rollback(self, mark: tuple) -> None:
+        """Back to :meth:`checkpoint`'s ``mark``."""
+        count, newest, self.reviews, self.decisions = mark
+        self.slots.extendleft(reversed(self._trimmed or []))
+        while len(self.slots) > count:
+            self.slots.pop()
+        if newest is not None:
+            self.slots[-1] = newest
+        self._trimmed = None
+
+    def commit(self) -> None:
+        """Keep what followed :meth:`checkpoint`."""
+        self._trimmed = None

@@ -18,10 +18,11 @@ all run exactly the same code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,7 +45,7 @@ from flagstream.features.merchants import MerchantActivity, MerchantState, count
 from flagstream.scoring.binned_kernel import warm_up as warm_up_scoring
 from flagstream.scoring.handle import ModelHandle
 from flagstream.scoring.linear import LinearChampion
-from flagstream.scoring.policy import DecisionPolicy, FixedThreshold
+from flagstream.scoring.policy import DecisionPolicy, FixedThreshold, UndoablePolicy
 from flagstream.scoring.reasons import explain
 from flagstream.streams.coordinates import places_of
 from flagstream.streams.schema import MAX_LEAD_MS, refuse_future, validate_transactions
@@ -239,6 +240,23 @@ class ScoringCore:
         self.max_nesting = max_nesting
         #: how far after this machine's clock a transaction may be stamped (``refuse_future``)
         self.max_lead_ms = max_lead_ms
+
+    @contextlib.contextmanager
+    def undo_on_error(self) -> Iterator[None]:
+        """Run a block whose changes to the account rows and to the policy's review room are
+        undone if it raises (a failed attempt at a batch that is then decided in halves:
+        no row keeps a change, no flag is granted twice). Blocks do not nest."""
+        policy = self.policy if isinstance(self.policy, UndoablePolicy) else None
+        mark = policy.checkpoint() if policy is not None else None
+        try:
+            with self.accounts.undo_on_error():
+                yield
+        except BaseException:
+            if policy is not None:
+                policy.rollback(mark)
+            raise
+        if policy is not None:
+            policy.commit(mark)
 
     def process(
         self,

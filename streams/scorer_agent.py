@@ -263,7 +263,7 @@ class Scorer:
         are found by halving and dead-lettered with reason ``internal_error``."""
         piece = Outbox(outbox.producer, self.partition_counts)
         try:
-            with self.core.accounts.undo_on_error():
+            with self.core.undo_on_error():
                 staged = self.stage(recs, piece)
         except Exception as exc:
             if len(recs) > 1:
@@ -294,24 +294,32 @@ class Scorer:
         their outputs in ``outbox``."""
         s, names, counts = self.settings, self.names, self.partition_counts
         outcome = self.core.process(recs.values, recs.offsets, recs.sources, s.partitions)
-        if not self.p.learns and isinstance(self.core.policy, OperatingPoint) and outcome.decisions:
-            # (the learner's process counts decisions as they come back from ``scores``)
-            self.core.policy.observe_traffic_by_hour(outcome.scores, outcome.routes != "approve",
-                                                     outcome.times_ms)
-        rows = self.core.accounts.take_touched()
         for index, account in outcome.misrouted:
             outbox.add(names["transactions"], partition_for(account, s.partitions),
                        account.encode(), recs.values[index])
-        decisions, flagged = outcome.decisions, outcome.flagged
-        if self.api_calls is not None and self.api_calls.expecting:
-            decisions = self.stage_api_calls(recs, outcome)
-        outbox.add_keyed(names["scores"], [d["transaction_id"] for d in decisions],
-                         [dumps(d) for d in decisions], counts[names["scores"]])
+        flagged = outcome.flagged
         outbox.add_keyed(names["review"], [f["transaction_id"] for f in flagged],
                          [dumps(f) for f in flagged], counts[names["review"]])
         for part, value in activity_records(outcome.activity, s.partitions):
             outbox.add(names["merchant_activity"], part, None, value)
-        return recs, outcome, rows
+        decisions = outcome.decisions
+        encoded = [dumps(d) for d in decisions]
+        # what outlives a failed attempt comes last, once nothing else can fail: the calls
+        # marked staged, the decisions held back, the traffic the policy counts (a failed
+        # attempt's records are decided again, in halves: see :meth:`stage_isolated`)
+        if self.api_calls is not None and self.api_calls.expecting:
+            sending = self.stage_api_calls(recs, outcome)
+            if len(sending) < len(decisions):
+                kept = {id(d) for d in sending}
+                encoded = [e for d, e in zip(decisions, encoded, strict=True) if id(d) in kept]
+            decisions = sending
+        outbox.add_keyed(names["scores"], [d["transaction_id"] for d in decisions], encoded,
+                         counts[names["scores"]])
+        if not self.p.learns and isinstance(self.core.policy, OperatingPoint) and outcome.decisions:
+            # (the learner's process counts decisions as they come back from ``scores``)
+            self.core.policy.observe_traffic_by_hour(outcome.scores, outcome.routes != "approve",
+                                                     outcome.times_ms)
+        return recs, outcome, self.core.accounts.take_touched()
 
     def stage_api_calls(self, recs: PartitionRecords, outcome: BatchOutcome) -> list[dict]:
         """The decisions to send now, the calls of this worker's API among them marked as

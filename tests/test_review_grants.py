@@ -45,3 +45,41 @@ def test_a_real_time_worker_keeps_a_day_of_grants_in_bounded_slots():
         policy.routes(rng.uniform(0, 1, 20), np.full(20, (now + second) * 1000.0))
     assert len(policy.granted) <= 24 * 60 + 1
     assert policy.granted.decisions <= 20 * (24 * 3600 / 5 + 60 / 5)
+
+
+STEPS = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.floats(0, 500), st.integers(0, 5), st.integers(1, 50)),
+    st.tuples(st.just("trim"), st.floats(0, 3_000), st.just(0), st.just(0))), max_size=30)
+
+
+def replay(book: ReviewGrants, steps, at: float) -> float:
+    for kind, gap, reviews, decisions in steps:
+        at += gap
+        if kind == "add":
+            book.add(at, reviews, decisions)
+        else:
+            book.trim(at - gap)  # (trims what is older than a moment ago)
+    return at
+
+
+@given(before=STEPS, attempt=STEPS, after=STEPS)
+def test_a_failed_attempt_rolled_back_leaves_the_grants_as_if_it_never_ran(before, attempt, after):
+    """What a batch that fails part-way granted (and trimmed) is undone: the book then goes
+    on exactly as one that never saw the attempt (a committed attempt is kept)."""
+    tried, clean = ReviewGrants(slot_s=60.0), ReviewGrants(slot_s=60.0)
+    at = replay(tried, before, 0.0)
+    replay(clean, before, 0.0)
+    mark = tried.checkpoint()
+    replay(tried, attempt, at)
+    tried.rollback(mark)
+    for book in (tried, clean):
+        replay(book, after, at)
+    assert list(tried.slots) == list(clean.slots)
+    assert (tried.reviews, tried.decisions) == (clean.reviews, clean.decisions)
+    kept = ReviewGrants(slot_s=60.0)
+    replay(kept, before, 0.0)
+    mark = kept.checkpoint()
+    end = replay(kept, attempt, at)
+    kept.commit()
+    replay(kept, after, end)
+    assert kept.reviews == sum(s[3] for s in kept.slots) and kept._trimmed is None

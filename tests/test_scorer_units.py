@@ -10,6 +10,7 @@ import pytest
 from scorer_helpers import home_accounts, scorer_app, tx
 
 from flagstream.codec import dumps, loads
+from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.streams.agents import build_app
 from flagstream.streams.compat.internals import stage_rows
 from flagstream.streams.config import Settings
@@ -125,6 +126,35 @@ def test_a_record_that_makes_processing_fail_is_isolated_and_leaves_no_trace(sco
     for account in accounts:
         assert np.array_equal(scorer.core.accounts.row(account), reference.core.accounts.row(account))
     asyncio.run(reference.stop())
+
+
+def test_failed_attempts_grant_no_review_room(scorer, monkeypatch):
+    """The review-capacity policy counts what it grants as it decides. Attempts that fail
+    part-way (the poison record's batch, then each half holding it) are decided again; their
+    grants, credit and clock are undone with the account rows, so the day counts each
+    decided record once."""
+    policy = scorer.core.policy
+    assert isinstance(policy, OperatingPoint) and policy.capacity_per_day
+    accounts = home_accounts(3, 2)
+    good = [tx(i, accounts[i % 2], 10.0 + i) for i in range(7)]
+    poison = dumps({"transaction_id": "t-poison", "account_id": accounts[0], "merchant_id": "m-0",
+                    "amount": 5.0, "timestamp": 1_522_540_800_000})
+    values = good[:3] + [poison] + good[3:]
+    real_decide = scorer.core._decide
+
+    def failing_decide(batch, *args, **kwargs):  # after the policy routed the batch
+        real_decide(batch, *args, **kwargs)
+        if "t-poison" in batch.transaction_ids:
+            raise OverflowError("a bug only this record reaches")
+
+    monkeypatch.setattr(scorer.core, "_decide", failing_decide)
+    policy.capped, policy.credit = 4, 2.5
+    recs = PartitionRecords(3, "transactions", values, [None] * 8, list(range(8)), [0.0] * 8)
+    staged = scorer.stage_isolated(recs, Outbox(None, scorer.partition_counts))
+    assert sum(len(outcome.decisions) for _, outcome, _ in staged) == 7
+    assert (policy.granted.decisions, len(policy.granted)) == (7, 1)
+    flagged = sum(d["decision"] != "approve" for _, outcome, _ in staged for d in outcome.decisions)
+    assert policy.granted.reviews == flagged and policy.capped == 4 and policy.credit == 2.5
 
 
 def test_a_restarted_worker_reads_account_rows_back_from_its_table(tmp_path):
