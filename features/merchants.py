@@ -13,6 +13,7 @@ adds it (:meth:`MerchantState.apply`), and scorers read features from a replicat
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,8 +28,11 @@ from flagstream.features.layout import (
     new_merchant_row,
 )
 
-#: Day numbers accepted in activity (epoch days; 100,000 is the year 2243).
-MAX_DAY = 100_000
+#: Day numbers accepted in activity run to this many days after today's (by this machine's
+#: clock): activity counts transactions scored, and none is stamped in the future; a day
+#: far ahead would claim a slot of the merchant's daily ring that no real day could take
+#: back, and its counts would be lost for good.
+DAYS_AHEAD = 1
 #: The most transactions one merchant can be credited with in one record.
 MAX_DAILY = 1e9
 
@@ -96,8 +100,9 @@ class MerchantActivity:
         merchants, days, counts, frauds, new_cards = lists
         if not all(isinstance(m, str) and 0 < len(m) <= 128 for m in merchants):
             raise ValueError("merchant activity: merchant ids must be short strings")
-        if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < MAX_DAY for d in days):
-            raise ValueError("merchant activity: days must be whole day numbers")
+        latest = int(time.time() // 86_400) + DAYS_AHEAD
+        if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= latest for d in days):
+            raise ValueError("merchant activity: days must be whole day numbers, none in the future")
         for column in (counts, frauds, new_cards):
             if not all(isinstance(x, int | float) and not isinstance(x, bool)
                        and math.isfinite(x) and 0 <= x <= MAX_DAILY for x in column):
