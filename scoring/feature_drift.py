@@ -33,6 +33,8 @@ import numpy as np
 
 HOUR_MS = 3_600_000.0
 DAY_MS = 86_400_000.0
+#: Rows a bucket needs before its time can be when the state began (:attr:`FeatureDrift.since_ms`).
+SINCE_ROWS = 10
 
 
 def stability(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
@@ -58,7 +60,8 @@ def decile_counts(reference: np.ndarray, current: np.ndarray,
     reference's quantiles (deciles by default): two ``(features, groups)`` arrays.
 
     A value equal to an edge goes to the bin above it; equal edges (a feature with few
-    distinct values) leave empty bins between them, in both arrays alike.
+    distinct values) leave empty bins between them, in both arrays alike. Values must be
+    finite (:class:`FeatureDrift` keeps only finite rows).
 
     >>> import numpy as np
     >>> ref = np.arange(100.0).reshape(-1, 1)
@@ -110,7 +113,9 @@ class FeatureDrift:
         :attr:`since_ms`. None: every feature is stateless.
     since_ms
         When the state began (event ms): ``-inf`` for state of unknown age (taken as warm);
-        by default the earliest event time added.
+        by default the start of the earliest bucket that :data:`SINCE_ROWS` rows fell in
+        (one record stamped years back, a device with its clock reset, does not end the
+        warm-up).
     """
 
     def __init__(self, names: Sequence[str], per_bucket: int = 128, bucket_s: float = 3_600.0,
@@ -145,7 +150,6 @@ class FeatureDrift:
         rows, at = rows[usable], at[usable]
         if not len(rows):
             return
-        self.since_ms = min(self.since_ms, float(at.min()))
         keys = (at // self.bucket_ms).astype(np.int64)
         for key in np.unique(keys).tolist():
             self._sample(key, rows[keys == key])
@@ -168,6 +172,8 @@ class FeatureDrift:
             chosen = slots < self.per_bucket
             sample[slots[chosen]] = rest[chosen]
         self.buckets[key] = (sample, seen + len(rows))
+        if seen + len(rows) >= SINCE_ROWS:  # (a stray old record alone does not date the state)
+            self.since_ms = min(self.since_ms, key * self.bucket_ms)
 
     def window(self, start_ms: float, end_ms: float) -> np.ndarray:
         """The sampled rows of the buckets in ``[start_ms, end_ms)``."""
@@ -202,7 +208,7 @@ class FeatureDrift:
         windows (before any row: every feature with a warm-up, from an unknown time).
 
         >>> drift = FeatureDrift(("amount", "count_30d"), warm_up_ms=(0.0, 30 * DAY_MS))
-        >>> drift.add(np.ones((2, 2)), np.array([0.0, 2 * DAY_MS]))
+        >>> drift.add(np.ones((20, 2)), np.repeat([0.0, 2 * DAY_MS], 10))
         >>> drift.warming() == {"count_30d": 30 * DAY_MS + 14 * DAY_MS + DAY_MS}
         True
         """
@@ -212,7 +218,9 @@ class FeatureDrift:
 
     def _cold(self, reference_start_ms: float) -> np.ndarray:
         """Per feature: whether a reference window from ``reference_start_ms`` begins within
-        its warm-up (a feature without one is never cold)."""
+        its warm-up (a feature without one is never cold, nor any of state of unknown age)."""
+        if self.since_ms == -math.inf:
+            return np.zeros(len(self.names), dtype=bool)
         with np.errstate(invalid="ignore"):  # (inf - inf, before any row)
             early = ~(reference_start_ms >= self.since_ms + self.warm_up_ms)
         return (self.warm_up_ms > 0) & early

@@ -46,6 +46,8 @@ from flagstream.scoring.registry import (
 MAX_WHOLE = 2**53
 #: The longest free-text field (reasons, names of who did it).
 MAX_TEXT = 1_000
+#: The latest event time a record may carry (2100-01-01, as transactions are held to).
+MAX_EVENT_MS = 4_102_444_800_000
 
 Check = Callable[[Any], bool]
 
@@ -213,7 +215,7 @@ LEARNER_FIELDS: dict[str, Check] = {
     "next_sequence": whole, "adopted": list_of(optional(text), 1_000),
     "waiting": lambda v: waiting_positions(v),
     # when the learner's stream state began (event ms; null: no decision seen yet)
-    "since_ms": optional(whole),
+    "since_ms": optional(lambda v: whole(v) and v < MAX_EVENT_MS),
 }
 #: The most waiting-label positions a learner snapshot may hold (the setting's bound).
 MAX_WAITING = 50_000

@@ -84,6 +84,8 @@ class ReviewGrants:
         >>> g.reviews, g.decisions, g.slots
         (2, 10, deque([[0.0, 0.0, 0.0, 2, 10]]))
         """
+        if self._trimmed is not None:
+            raise RuntimeError("a checkpoint is open already (checkpoints do not nest)")
         self._trimmed = []
         return len(self.slots), list(self.slots[-1]) if self.slots else None, self.reviews, self.decisions
 

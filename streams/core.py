@@ -247,16 +247,16 @@ class ScoringCore:
         undone if it raises (a failed attempt at a batch that is then decided in halves:
         no row keeps a change, no flag is granted twice). Blocks do not nest."""
         policy = self.policy if isinstance(self.policy, UndoablePolicy) else None
-        mark = policy.checkpoint() if policy is not None else None
-        try:
-            with self.accounts.undo_on_error():
+        with self.accounts.undo_on_error():  # (first: it refuses to nest before any mark is taken)
+            mark = policy.checkpoint() if policy is not None else None
+            try:
                 yield
-        except BaseException:
+            except BaseException:
+                if policy is not None:
+                    policy.rollback(mark)
+                raise
             if policy is not None:
-                policy.rollback(mark)
-            raise
-        if policy is not None:
-            policy.commit(mark)
+                policy.commit(mark)
 
     def process(
         self,

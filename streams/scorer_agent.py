@@ -274,6 +274,9 @@ class Scorer:
                       type(exc).__name__, recs.topic, recs.partition_of(0), recs.offsets[0])
             self.metrics.isolated.inc()
             failed = Rejection(0, "internal_error", f"processing failed: {type(exc).__name__}")
+            if self.api_calls is not None and self.api_calls.expecting:  # (its call gets the reason)
+                refusal = api_refusal(recs.values[0], failed)
+                self.api_calls.staging([], [refusal[0]] if refusal is not None else [])
             return [(recs, BatchOutcome(rejections=[failed]), {})]
         outbox.extend(piece)
         return [staged]

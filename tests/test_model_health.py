@@ -212,10 +212,27 @@ def test_a_fresh_streams_growing_counts_are_warming_up_not_drifting():
         run_fresh_stream(drift, 20)
     assert plain.stability()["count_30d"] > 0.2  # the false alarm
     assert set(warmed.stability()) == {"amount"} and warmed.stability()["amount"] < 0.1
-    assert warmed.warming() == {"count_30d": (30 + 14 + 1) * DAY_MS + 1}  # (the first row at 1 ms)
+    assert warmed.warming() == {"count_30d": (30 + 14 + 1) * DAY_MS}
     run_fresh_stream(warmed, 46, start_day=20)
     psi = warmed.stability()
     assert set(psi) == set(names) and psi["count_30d"] < 0.1 and warmed.warming() == {}
+
+
+def test_one_record_stamped_years_back_does_not_end_the_warm_up():
+    """A device whose clock was reset stamps one transaction 2000-01-01: scored, recorded,
+    and taken alone as the state's start it would have made every feature warm for good."""
+    names, warm_up = ("amount", "count_30d"), (0.0, 30 * DAY_MS)
+    drift = FeatureDrift(names, min_rows=100, warm_up_ms=warm_up)
+    run_fresh_stream(drift, 3)
+    drift.add(np.array([[50.0, 1.0]]), np.array([-18 * 365 * DAY_MS]))
+    run_fresh_stream(drift, 20, start_day=3)
+    assert drift.since_ms == 0 and set(drift.stability()) == {"amount"}
+    assert list(drift.warming()) == ["count_30d"]
+
+
+def test_no_feature_of_state_of_unknown_age_is_warming_even_before_its_first_row():
+    drift = FeatureDrift(("amount", "count_30d"), warm_up_ms=(0.0, 30 * DAY_MS), since_ms=-math.inf)
+    assert drift.warming() == {} and drift.stability() is None
 
 
 def test_state_of_unknown_age_is_warm_and_a_known_start_is_kept():

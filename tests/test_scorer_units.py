@@ -12,6 +12,7 @@ from scorer_helpers import home_accounts, scorer_app, tx
 from flagstream.codec import dumps, loads
 from flagstream.scoring.operating_point import OperatingPoint
 from flagstream.streams.agents import build_app
+from flagstream.streams.api_worker import ApiCalls
 from flagstream.streams.compat.internals import stage_rows
 from flagstream.streams.config import Settings
 from flagstream.streams.delivery import Outbox
@@ -155,6 +156,39 @@ def test_failed_attempts_grant_no_review_room(scorer, monkeypatch):
     assert (policy.granted.decisions, len(policy.granted)) == (7, 1)
     flagged = sum(d["decision"] != "approve" for _, outcome, _ in staged for d in outcome.decisions)
     assert policy.granted.reviews == flagged and policy.capped == 4 and policy.credit == 2.5
+
+
+def test_an_api_call_whose_record_is_isolated_gets_the_reason_not_a_fallback(scorer, monkeypatch):
+    """A record of this worker's API that makes processing fail is dead-lettered alone
+    (``internal_error``); its call is told so as soon as the step is delivered, instead of
+    waiting for its deadline and a fallback."""
+    accounts = home_accounts(1, 2)
+    poison = dumps({"transaction_id": "t-api", "account_id": accounts[0], "merchant_id": "m-0",
+                    "amount": 5.0, "timestamp": 1_522_540_800_000, "origin": "api"})
+    values = [tx(0, accounts[0]), poison, tx(2, accounts[1])]
+    real_process = scorer.core.process
+
+    def failing_process(batch_values, *args, **kwargs):
+        outcome = real_process(batch_values, *args, **kwargs)
+        if poison in batch_values:
+            raise OverflowError("a bug only this record reaches")
+        return outcome
+
+    monkeypatch.setattr(scorer.core, "process", failing_process)
+
+    async def go():
+        calls = scorer.api_calls = ApiCalls()
+        calls.expecting.add("t-api")
+        answer = calls.book.expect("t-api")
+        recs = PartitionRecords(1, "transactions", values, [None] * 3, [0, 1, 2], [0.0] * 3)
+        staged = scorer.stage_isolated(recs, Outbox(None, scorer.partition_counts))
+        assert calls.falling_back("t-api") is None  # (its answer is on the way: no fallback)
+        scorer.answer_api_calls(staged)
+        return await asyncio.wait_for(answer, 1.0), calls.staged
+
+    answer, still_staged = asyncio.run(go())
+    assert answer["error"] == "internal_error" and "OverflowError" in answer["detail"]
+    assert not still_staged
 
 
 def test_a_restarted_worker_reads_account_rows_back_from_its_table(tmp_path):

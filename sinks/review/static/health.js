@@ -33,7 +33,8 @@
   const pct = (v, digits) => (isNum(v) ? `${(v * 100).toFixed(digits === undefined ? 1 : digits)}%` : "–");
   const fixed = (v, digits) => (isNum(v) ? v.toFixed(digits) : "–");
   const count = (v) => (isNum(v) ? Math.round(v).toLocaleString() : "–");
-  const when = (ms) => (isNum(ms) ? new Date(ms).toISOString().slice(0, 16).replace("T", " ") + "Z" : "–");
+  const when = (ms) => (isNum(ms) && Number.isFinite(new Date(ms).getTime())
+    ? new Date(ms).toISOString().slice(0, 16).replace("T", " ") + "Z" : "–");
 
   // the smallest "round" axis top (1, 2, 2.5, 5 × a power of ten) at or above value
   function niceMax(value) {
@@ -232,7 +233,7 @@
     driftBox.className = !known ? "unknown" : alerting.length ? "bad" : "good";
     const warming = Object.keys(drift.warming || {}).length;
     $("h-drift-note").textContent = alerting.length ? alerting.slice(0, 3).join(", ")
-      : `score PSI ${fixed(drift.score_psi, 3)}` + (warming ? ` · ${warming} features warming up` : "");
+      : `score PSI ${fixed(drift.score_psi, 3)}` + (warming ? ` · ${warming} feature${warming === 1 ? "" : "s"} warming up` : "");
     $("h-alert").textContent = fixed(drift.alert, 2);
   }
 
