@@ -97,22 +97,29 @@ class ApiCalls:
     def staging(self, decisions: list[dict], refused: Sequence[str] = ()) -> tuple[list[dict], list[dict]]:
         """Split a step's decisions into those to send now and those to hold back (this
         worker's calls whose fallback is being recorded); marks this worker's other calls
-        among them, and those the step refused, as staged: their answers are on the way."""
+        among them, and those the step refused, as staged: their answers are on the way.
+        (:meth:`held_back`, then :meth:`mark_staged`: a step that may still fail between
+        the two marks nothing.)"""
+        send, held = self.held_back(decisions)
+        self.mark_staged(send, refused)
+        return send, held
+
+    def held_back(self, decisions: list[dict]) -> tuple[list[dict], list[dict]]:
+        """The decisions to send now, and those to hold back (this worker's calls whose
+        fallback is being recorded); changes nothing."""
+        expecting, fallen_back = self.expecting, self.fallen_back
+        held = [d for d in decisions if (tx := d["transaction_id"]) in expecting and tx in fallen_back]
+        if not held:
+            return decisions, held
+        return [d for d in decisions if not any(d is h for h in held)], held
+
+    def mark_staged(self, sent: list[dict], refused: Sequence[str] = ()) -> None:
+        """This worker's calls among the decisions ``sent`` (none held back) and among the
+        transactions refused, as staged: their answers are on the way."""
         expecting = self.expecting
         # (a transaction falling back is answered by its fallback, not by a refused copy)
         self.staged.update(tx for tx in refused if tx in expecting and tx not in self.fallen_back)
-        send, held = decisions, []
-        for d in decisions:
-            tx = d["transaction_id"]
-            if tx not in expecting:
-                continue
-            if tx in self.fallen_back:
-                held.append(d)
-            else:
-                self.staged.add(tx)
-        if held:
-            send = [d for d in decisions if not any(d is h for h in held)]
-        return send, held
+        self.staged.update(tx for d in sent if (tx := d["transaction_id"]) in expecting)
 
     async def release(self, decision: dict, send: Any) -> None:
         """Send a held-back decision once its transaction's fallback is settled (it then

@@ -276,7 +276,7 @@ class Scorer:
             failed = Rejection(0, "internal_error", f"processing failed: {type(exc).__name__}")
             if self.api_calls is not None and self.api_calls.expecting:  # (its call gets the reason)
                 refusal = api_refusal(recs.values[0], failed)
-                self.api_calls.staging([], [refusal[0]] if refusal is not None else [])
+                self.api_calls.mark_staged([], [refusal[0]] if refusal is not None else [])
             return [(recs, BatchOutcome(rejections=[failed]), {})]
         outbox.extend(piece)
         return [staged]
@@ -300,39 +300,29 @@ class Scorer:
         for index, account in outcome.misrouted:
             outbox.add(names["transactions"], partition_for(account, s.partitions),
                        account.encode(), recs.values[index])
+        api_calls = self.api_calls if self.api_calls is not None and self.api_calls.expecting else None
+        decisions, held = (outcome.decisions, []) if api_calls is None else api_calls.held_back(
+            outcome.decisions)
+        outbox.add_keyed(names["scores"], [d["transaction_id"] for d in decisions],
+                         [dumps(d) for d in decisions], counts[names["scores"]])
         flagged = outcome.flagged
         outbox.add_keyed(names["review"], [f["transaction_id"] for f in flagged],
                          [dumps(f) for f in flagged], counts[names["review"]])
         for part, value in activity_records(outcome.activity, s.partitions):
             outbox.add(names["merchant_activity"], part, None, value)
-        decisions = outcome.decisions
-        encoded = [dumps(d) for d in decisions]
         # what outlives a failed attempt comes last, once nothing else can fail: the calls
         # marked staged, the decisions held back, the traffic the policy counts (a failed
         # attempt's records are decided again, in halves: see :meth:`stage_isolated`)
-        if self.api_calls is not None and self.api_calls.expecting:
-            sending = self.stage_api_calls(recs, outcome)
-            if len(sending) < len(decisions):
-                kept = {id(d) for d in sending}
-                encoded = [e for d, e in zip(decisions, encoded, strict=True) if id(d) in kept]
-            decisions = sending
-        outbox.add_keyed(names["scores"], [d["transaction_id"] for d in decisions], encoded,
-                         counts[names["scores"]])
+        if api_calls is not None:
+            refused = [] if not outcome.rejections else [
+                x[0] for r in outcome.rejections if (x := api_refusal(recs.values[r.index], r)) is not None]
+            api_calls.mark_staged(decisions, refused)
+            self.held.extend(held)
         if not self.p.learns and isinstance(self.core.policy, OperatingPoint) and outcome.decisions:
             # (the learner's process counts decisions as they come back from ``scores``)
             self.core.policy.observe_traffic_by_hour(outcome.scores, outcome.routes != "approve",
                                                      outcome.times_ms)
         return recs, outcome, self.core.accounts.take_touched()
-
-    def stage_api_calls(self, recs: PartitionRecords, outcome: BatchOutcome) -> list[dict]:
-        """The decisions to send now, the calls of this worker's API among them marked as
-        staged (or held back while their fallback is recorded); see :class:`ApiCalls`."""
-        assert self.api_calls is not None
-        refused = [] if not outcome.rejections else [
-            x[0] for r in outcome.rejections if (x := api_refusal(recs.values[r.index], r)) is not None]
-        decisions, held = self.api_calls.staging(outcome.decisions, refused)
-        self.held.extend(held)
-        return decisions
 
     async def send_dead_letters(self, recs: PartitionRecords, outcome: BatchOutcome) -> list[Awaitable]:
         """One dead letter per rejected record; returns the pending sends."""
