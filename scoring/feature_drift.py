@@ -116,12 +116,15 @@ class FeatureDrift:
         by default the start of the earliest bucket that :data:`SINCE_ROWS` rows fell in
         (one record stamped years back, a device with its clock reset, does not end the
         warm-up).
+    unwatched
+        Features kept but never compared: one the calendar sets for a whole window (a day's
+        traffic is all weekend or none, so against a fortnight every weekend would alarm).
     """
 
     def __init__(self, names: Sequence[str], per_bucket: int = 128, bucket_s: float = 3_600.0,
                  window_s: float = 86_400.0, reference_s: float = 14 * 86_400.0,
                  min_rows: int = 200, seed: int = 0, warm_up_ms: Sequence[float] | None = None,
-                 since_ms: float = math.inf) -> None:
+                 since_ms: float = math.inf, unwatched: Sequence[str] = ()) -> None:
         if per_bucket < 1 or bucket_s <= 0 or window_s <= 0 or reference_s <= 0:
             raise ValueError("per_bucket, bucket_s, window_s and reference_s must be positive")
         if warm_up_ms is not None and len(warm_up_ms) != len(names):
@@ -130,6 +133,7 @@ class FeatureDrift:
         self.warm_up_ms = np.zeros(len(self.names)) if warm_up_ms is None else np.asarray(
             warm_up_ms, dtype=np.float64)
         self.since_ms = since_ms
+        self.watched = np.array([name not in set(unwatched) for name in self.names], dtype=bool)
         self.per_bucket = per_bucket
         self.bucket_ms = bucket_s * 1000
         self.window_ms = window_s * 1000
@@ -197,7 +201,7 @@ class FeatureDrift:
         reference = self.window(start, end - self.window_ms)
         if len(current) < self.min_rows or len(reference) < self.min_rows:
             return None
-        warm = np.flatnonzero(~self._cold(start))
+        warm = np.flatnonzero(self.watched & ~self._cold(start))
         ref_counts, cur_counts = decile_counts(reference[:, warm], current[:, warm])
         psi = stability(ref_counts, cur_counts)
         return {self.names[k]: round(float(v), 4) for k, v in zip(warm.tolist(), psi, strict=True)}
@@ -223,4 +227,4 @@ class FeatureDrift:
             return np.zeros(len(self.names), dtype=bool)
         with np.errstate(invalid="ignore"):  # (inf - inf, before any row)
             early = ~(reference_start_ms >= self.since_ms + self.warm_up_ms)
-        return (self.warm_up_ms > 0) & early
+        return self.watched & (self.warm_up_ms > 0) & early

@@ -39,6 +39,9 @@ SCORE_GROUPS = 20
 MAX_SEATS = 200
 #: Features that keep no state: their values mean the same from a stream's first event.
 STATELESS_FEATURES = ("amount", "is_weekend", "is_night")
+#: Features whose drift is not watched: the calendar sets ``is_weekend`` for a whole day, so
+#: the last day against the fortnight before alarmed every Saturday (a fresh demo showed it).
+UNWATCHED_FEATURES = ("is_weekend",)
 #: Event time after the state's start until every other feature is full: the merchants'
 #: 30-day windows end ``MERCHANT_DELAY_DAYS`` back (the accounts' reach 30 days, and
 #: days-since features are capped at 30). Before it, a feature's drift is not stated: the
@@ -71,7 +74,8 @@ class HealthFeed:
         reference_s = policy.window_s if isinstance(policy, OperatingPoint) else 14 * 86_400.0
         self.drift = FeatureDrift(FEATURE_NAMES, window_s=window_s, reference_s=reference_s,
                                   warm_up_ms=[0.0 if name in STATELESS_FEATURES else STATE_WARM_UP_MS
-                                              for name in FEATURE_NAMES])
+                                              for name in FEATURE_NAMES],
+                                  unwatched=UNWATCHED_FEATURES)
         if isinstance(policy, OperatingPoint):
             p.metrics.drift.targets(policy.target_fdr, policy.target_recall, policy.capacity_per_day)
         self.refresh_s = refresh_s

@@ -235,6 +235,24 @@ def test_no_feature_of_state_of_unknown_age_is_warming_even_before_its_first_row
     assert drift.warming() == {} and drift.stability() is None
 
 
+def test_the_weekend_is_not_a_drift(tmp_path):
+    """The calendar sets ``is_weekend`` for a whole day: a Saturday against the fortnight
+    before is a shift every week (a fresh demo alarmed on it). The feed does not watch it."""
+    names = ("amount", "is_weekend")
+    watched, calendar = FeatureDrift(names, min_rows=100), FeatureDrift(names, min_rows=100,
+                                                                         unwatched=("is_weekend",))
+    rng = np.random.default_rng(5)
+    for hour in range(15 * 24):  # (a weekend every 7 days; the last day is a weekday: all 0)
+        day = hour // 24
+        rows = np.column_stack([rng.normal(50.0, 10.0, 20), np.full(20, float((day + 4) % 7 >= 5))])
+        for drift in (watched, calendar):
+            drift.add(rows, np.full(20, hour * 3_600_000.0 + 1))
+    assert watched.stability()["is_weekend"] > 0.2
+    assert set(calendar.stability()) == {"amount"} and calendar.warming() == {}
+    feed = HealthFeed(create_pipeline(Settings(data_dir=str(tmp_path)), "learner"))
+    assert not feed.drift.watched[FEATURE_NAMES.index("is_weekend")]
+
+
 def test_state_of_unknown_age_is_warm_and_a_known_start_is_kept():
     names, warm_up = ("amount", "count_30d"), (0.0, 30 * DAY_MS)
     old = FeatureDrift(names, min_rows=100, warm_up_ms=warm_up, since_ms=-math.inf)

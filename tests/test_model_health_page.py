@@ -23,7 +23,7 @@ from test_lifecycle_integration import cli, newest, registry
 from test_review_page import CHROMIUM, CHROMIUM_ARGS, wait_until
 
 from flagstream.features.layout import FEATURE_NAMES, N_FEATURES
-from flagstream.streams.health_feed import STATELESS_FEATURES
+from flagstream.streams.health_feed import STATELESS_FEATURES, UNWATCHED_FEATURES
 
 pytestmark = pytest.mark.integration
 
@@ -189,7 +189,7 @@ def test_a_fraud_lead_reads_model_health_in_the_browser(settings, worker_factory
     assert report["drift"]["features"]["amount"] > report["drift"]["alert"]
     assert "amount" in report["drift"]["alerting"]
     # a stream of a few days: only the stateless features' drift is stated, the others warm up
-    assert set(report["drift"]["features"]) == set(STATELESS_FEATURES)
+    assert set(report["drift"]["features"]) == set(STATELESS_FEATURES) - set(UNWATCHED_FEATURES)
     assert set(report["drift"]["warming"]) == set(FEATURE_NAMES) - set(STATELESS_FEATURES)
     assert worker.metric('flagstream_drift_alert{signal="features"}') == 1.0
     assert worker.metric('flagstream_feature_psi{feature="amount"}') == report["drift"]["features"]["amount"]
@@ -228,7 +228,8 @@ def test_a_fraud_lead_reads_model_health_in_the_browser(settings, worker_factory
             expect(page.locator("#h-threshold")).to_have_text(f'{shown["now"]["threshold"]:.3f}')
             expect(page.locator("#h-champion")).to_have_text(shown["now"]["model_version"])
             expect(page.locator("#h-drift")).to_contain_text("Alert")
-            expect(page.locator("#h-drift-table tbody tr")).to_have_count(N_FEATURES + 1)
+            # the score and every feature but is_weekend (unwatched)
+            expect(page.locator("#h-drift-table tbody tr")).to_have_count(N_FEATURES)
             expect(page.locator('#h-drift-table tr[data-signal="amount"]')).to_have_class("drift-alert")
             warming = page.locator('#h-drift-table tr[data-signal="account_count_30d"]')
             expect(warming).to_have_class("drift-warming")
