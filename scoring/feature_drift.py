@@ -33,7 +33,8 @@ import numpy as np
 
 HOUR_MS = 3_600_000.0
 DAY_MS = 86_400_000.0
-#: Rows a bucket needs before its time can be when the state began (:attr:`FeatureDrift.since_ms`).
+#: Rows the buckets kept need before the earliest of them is when the state began
+#: (:attr:`FeatureDrift.since_ms`).
 SINCE_ROWS = 10
 
 
@@ -113,9 +114,9 @@ class FeatureDrift:
         :attr:`since_ms`. None: every feature is stateless.
     since_ms
         When the state began (event ms): ``-inf`` for state of unknown age (taken as warm);
-        by default the start of the earliest bucket that :data:`SINCE_ROWS` rows fell in
-        (one record stamped years back, a device with its clock reset, does not end the
-        warm-up).
+        by default the start of the earliest bucket kept once :data:`SINCE_ROWS` rows are
+        (records stamped years back, a device with its clock reset, are older than the
+        windows and do not end the warm-up).
     unwatched
         Features kept but never compared: one the calendar sets for a whole window (a day's
         traffic is all weekend or none, so against a fortnight every weekend would alarm).
@@ -161,6 +162,18 @@ class FeatureDrift:
         cutoff = (self.newest_ms - self.window_ms - self.reference_ms) // self.bucket_ms
         for key in [k for k in self.buckets if k < cutoff]:
             del self.buckets[key]
+        self._date_the_state()
+
+    def _date_the_state(self) -> None:
+        """:attr:`since_ms` goes back to the earliest bucket kept once the buckets kept hold
+        :data:`SINCE_ROWS` rows: rows older than the windows (a device whose clock was reset
+        stamps 2000-01-01) never date it, and one stray row in them dates it at most the
+        windows' span early."""
+        if not self.buckets:
+            return
+        earliest = min(self.buckets) * self.bucket_ms
+        if earliest < self.since_ms and sum(seen for _, seen in self.buckets.values()) >= SINCE_ROWS:
+            self.since_ms = earliest
 
     def _sample(self, key: int, rows: np.ndarray) -> None:
         """Reservoir sampling, one batch at a time: every row seen in the bucket is kept
@@ -176,8 +189,6 @@ class FeatureDrift:
             chosen = slots < self.per_bucket
             sample[slots[chosen]] = rest[chosen]
         self.buckets[key] = (sample, seen + len(rows))
-        if seen + len(rows) >= SINCE_ROWS:  # (a stray old record alone does not date the state)
-            self.since_ms = min(self.since_ms, key * self.bucket_ms)
 
     def window(self, start_ms: float, end_ms: float) -> np.ndarray:
         """The sampled rows of the buckets in ``[start_ms, end_ms)``."""

@@ -224,10 +224,21 @@ def test_one_record_stamped_years_back_does_not_end_the_warm_up():
     names, warm_up = ("amount", "count_30d"), (0.0, 30 * DAY_MS)
     drift = FeatureDrift(names, min_rows=100, warm_up_ms=warm_up)
     run_fresh_stream(drift, 3)
-    drift.add(np.array([[50.0, 1.0]]), np.array([-18 * 365 * DAY_MS]))
+    reset = np.full(10, -18 * 365 * DAY_MS) + np.arange(10) * 60_000  # (ten in a batch, one hour)
+    drift.add(np.tile([[50.0, 1.0]], (10, 1)), reset)
     run_fresh_stream(drift, 20, start_day=3)
     assert drift.since_ms == 0 and set(drift.stability()) == {"amount"}
     assert list(drift.warming()) == ["count_30d"]
+
+
+def test_even_traffic_of_a_few_rows_an_hour_warms_up_too():
+    """Nine rows an hour, never ten in one bucket: the state is still dated (by the buckets
+    kept together), and the warm-up ends."""
+    drift = FeatureDrift(("amount", "count_30d"), min_rows=100, warm_up_ms=(0.0, 30 * DAY_MS))
+    rng = np.random.default_rng(6)
+    for hour in range(60 * 24):
+        drift.add(np.array([ramping(rng, hour / 24) for _ in range(9)]), np.full(9, hour * 3_600_000.0))
+    assert drift.since_ms == 0 and drift.warming() == {}
 
 
 def test_no_feature_of_state_of_unknown_age_is_warming_even_before_its_first_row():
