@@ -94,15 +94,19 @@ def test_observe_counts_a_completed_step(scorer):
                                  if line.startswith("flagstream_processing_latency_seconds_count"))), 2)
 
 
-def test_a_record_that_makes_processing_fail_is_isolated_and_leaves_no_trace(scorer, monkeypatch):
-    """The core fails *after* updating state whenever the poison record is in its batch: the
-    failed attempts are undone, the poison record alone is dead-lettered (internal_error),
-    every other record is decided, and the rows equal a run without the poison record."""
-    accounts = home_accounts(3, 2)
+def with_poison(partition: int, poison_id: str = "t-poison",
+                **extra) -> tuple[list[bytes], bytes, list[bytes]]:
+    """Seven good records of two accounts of ``partition``, and a poison record among them
+    (fourth): the good ones, the poison one, and all of them in order."""
+    accounts = home_accounts(partition, 2)
     good = [tx(i, accounts[i % 2], 10.0 + i) for i in range(7)]
-    poison = dumps({"transaction_id": "t-poison", "account_id": accounts[0], "merchant_id": "m-0",
-                    "amount": 5.0, "timestamp": 1_522_540_800_000})
-    values = good[:3] + [poison] + good[3:]
+    poison = dumps({"transaction_id": poison_id, "account_id": accounts[0], "merchant_id": "m-0",
+                    "amount": 5.0, "timestamp": 1_522_540_800_000, **extra})
+    return good, poison, good[:3] + [poison] + good[3:]
+
+
+def fail_processing_with(scorer, monkeypatch, poison: bytes) -> None:
+    """The core fails *after* updating state whenever ``poison`` is in its batch."""
     real_process = scorer.core.process
 
     def failing_process(batch_values, *args, **kwargs):
@@ -112,6 +116,15 @@ def test_a_record_that_makes_processing_fail_is_isolated_and_leaves_no_trace(sco
         return outcome
 
     monkeypatch.setattr(scorer.core, "process", failing_process)
+
+
+def test_a_record_that_makes_processing_fail_is_isolated_and_leaves_no_trace(scorer, monkeypatch):
+    """The core fails *after* updating state whenever the poison record is in its batch: the
+    failed attempts are undone, the poison record alone is dead-lettered (internal_error),
+    every other record is decided, and the rows equal a run without the poison record."""
+    good, poison, values = with_poison(3)
+    accounts = home_accounts(3, 2)
+    fail_processing_with(scorer, monkeypatch, poison)
     recs = PartitionRecords(3, "transactions", values, [None] * 8, list(range(8)), [0.0] * 8)
     staged = scorer.stage_isolated(recs, Outbox(None, scorer.partition_counts))
     decided = [d["transaction_id"] for _, outcome, _ in staged for d in outcome.decisions]
@@ -136,11 +149,7 @@ def test_failed_attempts_grant_no_review_room(scorer, monkeypatch):
     decided record once."""
     policy = scorer.core.policy
     assert isinstance(policy, OperatingPoint) and policy.capacity_per_day
-    accounts = home_accounts(3, 2)
-    good = [tx(i, accounts[i % 2], 10.0 + i) for i in range(7)]
-    poison = dumps({"transaction_id": "t-poison", "account_id": accounts[0], "merchant_id": "m-0",
-                    "amount": 5.0, "timestamp": 1_522_540_800_000})
-    values = good[:3] + [poison] + good[3:]
+    _, _, values = with_poison(3)
     real_decide = scorer.core._decide
 
     def failing_decide(batch, *args, **kwargs):  # after the policy routed the batch
@@ -162,25 +171,14 @@ def test_an_api_call_whose_record_is_isolated_gets_the_reason_not_a_fallback(sco
     """A record of this worker's API that makes processing fail is dead-lettered alone
     (``internal_error``); its call is told so as soon as the step is delivered, instead of
     waiting for its deadline and a fallback."""
-    accounts = home_accounts(1, 2)
-    poison = dumps({"transaction_id": "t-api", "account_id": accounts[0], "merchant_id": "m-0",
-                    "amount": 5.0, "timestamp": 1_522_540_800_000, "origin": "api"})
-    values = [tx(0, accounts[0]), poison, tx(2, accounts[1])]
-    real_process = scorer.core.process
-
-    def failing_process(batch_values, *args, **kwargs):
-        outcome = real_process(batch_values, *args, **kwargs)
-        if poison in batch_values:
-            raise OverflowError("a bug only this record reaches")
-        return outcome
-
-    monkeypatch.setattr(scorer.core, "process", failing_process)
+    _, poison, values = with_poison(1, "t-api", origin="api")
+    fail_processing_with(scorer, monkeypatch, poison)
 
     async def go():
         calls = scorer.api_calls = ApiCalls()
         calls.expecting.add("t-api")
         answer = calls.book.expect("t-api")
-        recs = PartitionRecords(1, "transactions", values, [None] * 3, [0, 1, 2], [0.0] * 3)
+        recs = PartitionRecords(1, "transactions", values, [None] * 8, list(range(8)), [0.0] * 8)
         staged = scorer.stage_isolated(recs, Outbox(None, scorer.partition_counts))
         assert calls.falling_back("t-api") is None  # (its answer is on the way: no fallback)
         scorer.answer_api_calls(staged)
