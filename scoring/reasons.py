@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from flagstream.features.layout import FEATURE_NAMES
@@ -39,43 +41,62 @@ _CARD_VELOCITY = {
 }
 
 
-def describe(name: str, value: float) -> str:
-    """One feature value as a sentence fragment a reviewer understands.
-
-    >>> describe("card_small_count_48h", 4.0)
-    '4 small-amount transactions (under 5) on this card in 48 h'
-    """
+def _describer(name: str) -> Callable[[float], str]:
+    """The sentence fragment of one feature, as a function of its value (built once per
+    feature: :func:`describe` is called for every reason of every flagged decision)."""
     if name == "amount":
-        return f"amount {value:,.2f}"
+        return lambda v: f"amount {v:,.2f}"
     if name == "is_weekend":
-        return "weekend transaction" if value else "weekday transaction"
+        return lambda v: "weekend transaction" if v else "weekday transaction"
     if name == "is_night":
-        return "night-time transaction (00:00–06:59)" if value else "daytime transaction"
+        return lambda v: "night-time transaction (00:00–06:59)" if v else "daytime transaction"
     if name == "amount_to_30d_mean":
-        return f"amount {value:.1f}× this card's 30-day average"
+        return lambda v: f"amount {v:.1f}× this card's 30-day average"
     if name == "seconds_since_previous":
-        if value >= 30 * 86_400:
-            return "first transaction on this card in 30 days"
-        if value < 3_600:
-            return f"{value / 60:.0f} min since this card's previous transaction"
-        return f"{value / 3_600:.1f} h since this card's previous transaction"
+        return _since_previous
     if name in _CARD_VELOCITY:
-        return _CARD_VELOCITY[name](value)
+        return _CARD_VELOCITY[name]
     entity, what, span = name.split("_", 2)[0], name.split("_", 1)[1].rsplit("_", 1)[0], name[-3:]
     days = span.rstrip("d").lstrip("_")
     period = "1 day" if days == "1" else f"{days} days"
     subject = "card" if entity == "account" else "merchant"
     if what == "count":
-        return f"{value:.0f} transactions at this {subject} over {period}"
+        return lambda v: f"{v:.0f} transactions at this {subject} over {period}"
     if what == "mean_amount":
-        return f"{subject} average amount {value:,.2f} over {period}"
+        return lambda v: f"{subject} average amount {v:,.2f} over {period}"
     if what == "fraud_rate":
-        return f"merchant fraud rate {value:.0%} over {period}"
-    return f"{name} = {value:g}"
+        return lambda v: f"merchant fraud rate {v:.0%} over {period}"
+    return lambda v: f"{name} = {v:g}"
+
+
+def _since_previous(value: float) -> str:
+    if value >= 30 * 86_400:
+        return "first transaction on this card in 30 days"
+    if value < 3_600:
+        return f"{value / 60:.0f} min since this card's previous transaction"
+    return f"{value / 3_600:.1f} h since this card's previous transaction"
+
+
+#: :func:`_describer` of every feature, in :data:`FEATURE_NAMES` order.
+_DESCRIBERS = tuple(_describer(name) for name in FEATURE_NAMES)
+_DESCRIBER_OF = dict(zip(FEATURE_NAMES, _DESCRIBERS, strict=True))
+
+
+def describe(name: str, value: float) -> str:
+    """One feature value as a sentence fragment a reviewer understands.
+
+    >>> describe("card_small_count_48h", 4.0)
+    '4 small-amount transactions (under 5) on this card in 48 h'
+    >>> describe("not_a_feature", 0.5)
+    'not_a_feature = 0.5'
+    """
+    describer = _DESCRIBER_OF.get(name)
+    return describer(value) if describer is not None else _describer(name)(value)
 
 
 def explain(row: np.ndarray, contributions: np.ndarray, top: int = 3) -> list[dict]:
-    """The ``top`` features with the largest positive contribution to the logit."""
+    """The ``top`` features with the largest positive contribution to the logit, largest
+    first: the rule :func:`explain_rows` is held to."""
     order = np.argsort(-contributions)[:top]
     return [
         {
@@ -87,3 +108,28 @@ def explain(row: np.ndarray, contributions: np.ndarray, top: int = 3) -> list[di
         for i in order
         if contributions[i] > 0
     ]
+
+
+def explain_rows(rows: np.ndarray, contributions: np.ndarray, top: int = 3) -> list[list[dict]]:
+    """:func:`explain` of every row of a batch: one sort of the whole matrix and the chosen
+    values read out as lists at once, then only the reasons themselves built one by one.
+
+    >>> rows = np.array([[1.0, 8.0, 0.5], [2.0, 3.0, 0.0]])
+    >>> pushes = np.array([[0.1, 2.0, -1.0], [0.0, 0.0, 0.0]])
+    >>> [[r["feature"] for r in reasons] for reasons in explain_rows(rows, pushes, top=2)]
+    [['is_weekend', 'amount'], []]
+    """
+    if len(rows) == 0:
+        return []
+    order = np.argsort(-contributions, axis=1)[:, :top]
+    values = np.take_along_axis(rows, order, axis=1).astype(np.float64).tolist()
+    pushes = np.take_along_axis(contributions, order, axis=1).astype(np.float64).tolist()
+    names, describers, out = FEATURE_NAMES, _DESCRIBERS, []
+    for chosen, vals, contribs in zip(order.tolist(), values, pushes, strict=True):
+        out.append([
+            {"feature": names[i], "value": round(v, 4), "contribution": round(c, 4),
+             "text": describers[i](v)}
+            for i, v, c in zip(chosen, vals, contribs, strict=True)
+            if c > 0
+        ])
+    return out

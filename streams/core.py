@@ -46,7 +46,7 @@ from flagstream.scoring.binned_kernel import warm_up as warm_up_scoring
 from flagstream.scoring.handle import ModelHandle
 from flagstream.scoring.linear import LinearChampion
 from flagstream.scoring.policy import DecisionPolicy, FixedThreshold, UndoablePolicy
-from flagstream.scoring.reasons import explain
+from flagstream.scoring.reasons import explain_rows
 from flagstream.streams.coordinates import places_of
 from flagstream.streams.schema import MAX_LEAD_MS, refuse_future, validate_transactions
 from flagstream.streams.topics import partition_for
@@ -366,9 +366,10 @@ class ScoringCore:
         # only reviews are flagged (declines need nobody's review)
         explained = [j for j, route in enumerate(route_list) if route != "approve"]
         if explained:
-            contributions = self.handle.model.contributions(features[explained])
-            for k, j in enumerate(explained):
-                reasons = decisions[j]["reasons"] = explain(features[j], contributions[k])
+            chosen = features[explained]
+            for j, reasons in zip(explained, explain_rows(chosen, self.handle.model.contributions(chosen)),
+                                  strict=True):
+                decisions[j]["reasons"] = reasons
                 if route_list[j] != "review":
                     continue
                 flagged = dict(decisions[j])

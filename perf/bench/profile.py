@@ -55,7 +55,8 @@ CATEGORIES = {
 
 
 async def _prepare(args: argparse.Namespace) -> tuple[Settings, int]:
-    wl = workload.load_workload(workload.ensure_stream(args.stream, Path(args.out_dir), args.events),
+    wl = workload.load_workload(workload.ensure_stream(args.stream, Path(args.out_dir),
+                                                      args.events + args.train),
                                 args.train, args.events, (), 1.0, 4)
     settings = Settings.from_env(topic_prefix=f"prof{uuid.uuid4().hex[:8]}.", partitions=4,
                                  data_dir=tempfile.mkdtemp(prefix="flagstream-prof-"),
