@@ -142,10 +142,12 @@ class Estimate:
 
 
 def by_event_hour(times_ms: np.ndarray) -> list[tuple[Any, float]]:
-    """A batch's decisions by event hour: (which of them, their median event time in
-    seconds) per hour, in time order; one group of all of them when they share the hour.
+    """A batch's decisions by event hour: (which of them, in batch order, their median event
+    time in seconds) per hour, in time order; one group of all of them when they share the
+    hour. One sort of the batch: the groups are runs of it, each median the middle of its run
+    (a step over partitions that lag, or a backfill, spans many hours).
 
-    >>> [(np.flatnonzero(w).tolist(), at) for w, at in by_event_hour(np.array([7_200_000, 10, 20]))]
+    >>> [(w.tolist(), at) for w, at in by_event_hour(np.array([7_200_000, 10, 20]))]
     [([1, 2], 0.015), ([0], 7200.0)]
     >>> by_event_hour(np.array([10, 30]))
     [(slice(None, None, None), 0.02)]
@@ -156,7 +158,28 @@ def by_event_hour(times_ms: np.ndarray) -> list[tuple[Any, float]]:
         return []
     if (hours == hours[0]).all():
         return [(slice(None), median(times_ms) / 1000.0)]
-    return [(hours == hour, median(times_ms[hours == hour]) / 1000.0) for hour in np.unique(hours)]
+    order = np.argsort(times_ms, kind="stable")  # (time order is hour order, each hour's in batch order)
+    ordered = times_ms[order].astype(np.float64)
+    starts = np.flatnonzero(np.diff(hours[order])) + 1
+    out = []
+    for begin, end in zip([0, *starts.tolist()], [*starts.tolist(), len(order)], strict=True):
+        half = (begin + end) // 2
+        at_ms = ordered[half] if (end - begin) % 2 else (ordered[half - 1] + ordered[half]) / 2.0
+        out.append((np.sort(order[begin:end]), float(at_ms) / 1000.0))
+    return out
+
+
+def by_event_hour_reference(times_ms: np.ndarray) -> list[tuple[Any, float]]:
+    """:func:`by_event_hour` one hour at a time (a mask and a median each): the rule it is
+    held to."""
+    times_ms = np.asarray(times_ms)
+    hours = times_ms.astype(np.int64) // HOUR_MS
+    if len(hours) == 0:
+        return []
+    if (hours == hours[0]).all():
+        return [(slice(None), median(times_ms) / 1000.0)]
+    return [(np.flatnonzero(hours == hour), median(times_ms[hours == hour]) / 1000.0)
+            for hour in np.unique(hours)]
 
 
 class OperatingPoint(ThresholdPolicy):
@@ -297,8 +320,10 @@ class OperatingPoint(ThresholdPolicy):
         if times_ms is None or len(scores) == 0:
             return super().routes(scores)
         hours = by_event_hour(times_ms)
-        if len(hours) == 1:
-            self.deciding_at(hours[0][1])
+        if len(hours) == 1 or self.capacity_per_day is None:
+            # (without a capacity no route depends on the time: the batch is decided at once,
+            # at its latest hour's time, as hour by hour)
+            self.deciding_at(hours[-1][1])
             return super().routes(scores)
         routes = np.empty(len(scores), dtype=object)
         for part, at_s in hours:

@@ -39,9 +39,12 @@ SCORE_GROUPS = 20
 MAX_SEATS = 200
 #: Features that keep no state: their values mean the same from a stream's first event.
 STATELESS_FEATURES = ("amount", "is_weekend", "is_night")
-#: Features whose drift is not watched: the calendar sets ``is_weekend`` for a whole day, so
-#: the last day against the fortnight before alarmed every Saturday (a fresh demo showed it).
-UNWATCHED_FEATURES = ("is_weekend",)
+#: Features whose drift is not watched, and why (shown on the page): the calendar sets
+#: ``is_weekend`` for a whole day, so the last day against the fortnight before alarmed every
+#: Saturday (a fresh demo showed it).
+UNWATCHED = {"is_weekend": "set by the calendar for a whole day: the last day against the "
+                           "fortnight before would alarm every Saturday"}
+UNWATCHED_FEATURES = tuple(UNWATCHED)
 #: Event time after the state's start until every other feature is full: the merchants'
 #: 30-day windows end ``MERCHANT_DELAY_DAYS`` back (the accounts' reach 30 days, and
 #: days-since features are capped at 30). Before it, a feature's drift is not stated: the
@@ -179,6 +182,8 @@ class HealthFeed:
                 # not stated yet: feature → the event time (ms) its drift will be, when known
                 "warming": {name: at if math.isfinite(at) else None
                             for name, at in self.drift.warming().items()},
+                # never stated: feature → why
+                "unwatched": dict(UNWATCHED),
                 "alerting": sorted(n for n, v in (self.feature_psi or {}).items() if v > self.alert)
                 + (["score"] if self.score_psi is not None and self.score_psi > self.alert else []),
             },

@@ -262,6 +262,7 @@ def test_the_weekend_is_not_a_drift(tmp_path):
     assert set(calendar.stability()) == {"amount"} and calendar.warming() == {}
     feed = HealthFeed(create_pipeline(Settings(data_dir=str(tmp_path)), "learner"))
     assert not feed.drift.watched[FEATURE_NAMES.index("is_weekend")]
+    assert "every Saturday" in feed.report()["drift"]["unwatched"]["is_weekend"]  # the page says why
 
 
 def test_state_of_unknown_age_is_warm_and_a_known_start_is_kept():

@@ -191,6 +191,7 @@ def test_a_fraud_lead_reads_model_health_in_the_browser(settings, worker_factory
     # a stream of a few days: only the stateless features' drift is stated, the others warm up
     assert set(report["drift"]["features"]) == set(STATELESS_FEATURES) - set(UNWATCHED_FEATURES)
     assert set(report["drift"]["warming"]) == set(FEATURE_NAMES) - set(STATELESS_FEATURES)
+    assert set(report["drift"]["unwatched"]) == set(UNWATCHED_FEATURES) == {"is_weekend"}
     assert worker.metric('flagstream_drift_alert{signal="features"}') == 1.0
     assert worker.metric('flagstream_feature_psi{feature="amount"}') == report["drift"]["features"]["amount"]
 
@@ -228,8 +229,11 @@ def test_a_fraud_lead_reads_model_health_in_the_browser(settings, worker_factory
             expect(page.locator("#h-threshold")).to_have_text(f'{shown["now"]["threshold"]:.3f}')
             expect(page.locator("#h-champion")).to_have_text(shown["now"]["model_version"])
             expect(page.locator("#h-drift")).to_contain_text("Alert")
-            # the score and every feature but is_weekend (unwatched)
-            expect(page.locator("#h-drift-table tbody tr")).to_have_count(N_FEATURES)
+            # the score and every feature, is_weekend too: not watched, and why
+            expect(page.locator("#h-drift-table tbody tr")).to_have_count(N_FEATURES + 1)
+            unwatched = page.locator('#h-drift-table tr[data-signal="is_weekend"]')
+            expect(unwatched).to_have_class("drift-unwatched")
+            expect(unwatched).to_contain_text("Not watched set by the calendar for a whole day")
             expect(page.locator('#h-drift-table tr[data-signal="amount"]')).to_have_class("drift-alert")
             warming = page.locator('#h-drift-table tr[data-signal="account_count_30d"]')
             expect(warming).to_have_class("drift-warming")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flagstream.scoring.operating_point import OperatingPoint, wilson
+from flagstream.scoring.operating_point import OperatingPoint, by_event_hour, by_event_hour_reference, wilson
 from flagstream.scoring.policy import FixedThreshold, ThresholdPolicy
 from flagstream.scoring.score_tally import BINS, ScoreTally, grid_index
 from flagstream.streams.core import ScoringCore
@@ -429,6 +429,37 @@ def test_a_batch_spanning_days_is_decided_hour_by_hour_within_each_days_capacity
     for d in outcome.decisions:
         reviews[(d["event_time_ms"] - base) // 86_400_000] += d["decision"] == "review"
     assert reviews[0] <= 24 + 10 and all(1 <= n <= 24 for n in reviews[1:]), reviews
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 3_599_999)), max_size=60), st.booleans())
+def test_a_batch_is_grouped_by_hour_as_one_hour_at_a_time(stamps, as_float):
+    """One sort of the batch (a step over lagging partitions, a backfill) gives the groups and
+    medians a mask and a median per hour give: batch order within each hour, hours in order."""
+    times = np.array([1_522_540_800_000 + h * 3_600_000 + ms for h, ms in stamps], dtype=np.int64)
+    times = times.astype(np.float64) if as_float else times
+    fast, reference = by_event_hour(times), by_event_hour_reference(times)
+    assert [at for _, at in fast] == [at for _, at in reference]
+    assert [np.arange(len(times))[part].tolist() for part, _ in fast] == [
+        np.arange(len(times))[part].tolist() for part, _ in reference]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 72), st.floats(0.0, 1.0)), min_size=1, max_size=80))
+def test_without_a_capacity_a_batch_over_hours_is_routed_as_hour_by_hour(events):
+    """No route depends on the time when there is no review capacity: the batch is decided
+    at once, and the policy's clock ends where hour by hour would have left it."""
+    times = np.array([1_522_540_800_000 + h * 3_600_000 + 7 for h, _ in events], dtype=np.int64)
+    scores = np.array([score for _, score in events])
+    at_once, hourly = (OperatingPoint(target_fdr=0.2, initial_threshold=0.4) for _ in range(2))
+    for policy in (at_once, hourly):
+        policy.follow(0.4, decline_threshold=0.9)  # (declines too)
+    routes = np.empty(len(scores), dtype=object)
+    for part, at_s in by_event_hour_reference(times):
+        hourly.deciding_at(at_s)
+        routes[part] = hourly.routes(scores[part])
+    assert at_once.routes(scores, times).tolist() == routes.tolist()
+    assert at_once.clock_s == hourly.clock_s
 
 
 def test_after_a_flood_the_threshold_comes_back_to_the_target_point_without_waiting_for_labels():

@@ -8,14 +8,21 @@ path and then the other; the report gives the median over repeats of the CPU and
 microseconds per record, and the ratio reference / batch. A second workload has a share of
 bad records mixed in (the batch path hands those to the per-record checks). A third row
 measures the same way one step of decision building, the context fields copied from each
-record onto its decision (``copy_context`` against ``copy_context_reference``). No machine
-is quiet enough for a timed assertion: this prints numbers, nothing fails on them.
+record onto its decision (``copy_context`` against ``copy_context_reference``); a fourth, the
+reasons a decision carries when it is not an approval (``explain_rows`` of a step's rows
+against ``explain`` row by row, every row explained: features and contributions of a
+champion trained on the stream's first records, the collector tuned as the worker tunes
+it). No machine is quiet enough for a timed assertion: this prints numbers, nothing fails
+on them.
 
 >>> values = sample_values(Path("/nonexistent"), 0) or [b'{"transaction_id": "t-1"}'] * 40
 >>> report = measure(values, batch=20, repeats=1)
 >>> sorted(report["reference"]), report["records"], report["agree"]
 (['cpu_us', 'wall_us'], 40, True)
 >>> measure_context(values, batch=20, repeats=1)["agree"]
+True
+>>> import numpy as np
+>>> measure_reasons(np.ones((40, 29)), np.linspace(-1, 1, 40 * 29).reshape(40, 29), 20, 1)["agree"]
 True
 """
 
@@ -28,10 +35,16 @@ from collections.abc import Callable, Sequence
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
+
 from flagstream.codec import dumps
-from flagstream.perf.bench.workload import encode, ensure_stream
+from flagstream.perf.bench.harness import Options
+from flagstream.perf.bench.workload import encode, ensure_stream, train_champion
+from flagstream.scoring.handle import ModelHandle, model_from_state
+from flagstream.scoring.reasons import explain, explain_rows
 from flagstream.simulation.simulator import read_stream
-from flagstream.streams.core import copy_context, copy_context_reference
+from flagstream.streams.core import ScoringCore, copy_context, copy_context_reference
+from flagstream.streams.process_tuning import tune_gc
 from flagstream.streams.schema import TransactionBatch, validate_transactions, validate_transactions_reference
 
 #: What a share of bad records looks like: each a refusal of a different kind.
@@ -112,6 +125,49 @@ def measure_context(values: Sequence[bytes], batch: int = 1_000, repeats: int = 
     return _report(times, len(records), batch, repeats, agree)
 
 
+def measure_reasons(features: np.ndarray, contributions: np.ndarray, batch: int = 1_000,
+                    repeats: int = 7) -> dict:
+    """The same report for the reasons of a step's decisions: ``explain_rows`` of each batch
+    of rows against ``explain`` of one row at a time (per row explained)."""
+    groups = [(features[i : i + batch], contributions[i : i + batch]) for i in range(0, len(features), batch)]
+    paths: dict[str, Callable[[np.ndarray, np.ndarray], list]] = {
+        "reference": lambda rows, pushes: [explain(r, c) for r, c in zip(rows, pushes, strict=True)],
+        "batch": explain_rows,
+    }
+    agree = all(paths["reference"](*g) == paths["batch"](*g) for g in groups)
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+    tune_gc()  # (as the worker, once ready: young collections rare, what was alive frozen)
+    try:
+        for _ in range(repeats):
+            for name, explain_step in paths.items():
+                cpu, wall = time.process_time(), time.perf_counter()
+                for rows, pushes in groups:
+                    explain_step(rows, pushes)
+                times[name].append((time.process_time() - cpu, time.perf_counter() - wall))
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*DEFAULT_GC)
+    return _report(times, len(features), batch, repeats, agree)
+
+
+#: The collector's thresholds before :func:`measure_reasons` tunes them.
+DEFAULT_GC = gc.get_threshold()
+
+
+def scored_rows(path: Path, train: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features of ``count`` records of the stream at ``path`` after the first ``train``, as the
+    core computes them, and their contributions to the score of a champion trained on those
+    first ``train`` (the benchmark's champion)."""
+    records = [rec for _, rec in islice(read_stream(path, on_error="skip"), train + count)]
+    head = records[:train]
+    core = ScoringCore(ModelHandle(model_from_state(
+        train_champion(head, [int(r.get("is_fraud", 0)) for r in head], Options().fraud_weight))))
+    values = [r.value for r in encode(records[train:], 1)]
+    features = np.concatenate([core.process(values[i : i + 1_000]).features
+                               for i in range(0, len(values), 1_000)])
+    return features, core.handle.model.contributions(features)
+
+
 def _report(times: dict[str, list[tuple[float, float]]], n: int, batch: int, repeats: int,
             agree: bool) -> dict:
     report: dict = {"records": n, "batch_size": batch, "repeats": repeats, "agree": agree}
@@ -128,10 +184,16 @@ def run(stream: str | None, out_dir: str, records: int, batch: int, repeats: int
         bad_share: float) -> dict:
     """Both decoding workloads (clean, and with ``bad_share`` bad records) on the benchmark's
     stream, and the decisions' context copy on the clean one."""
-    values = sample_values(ensure_stream(stream, Path(out_dir), records), records)
+    path = ensure_stream(stream, Path(out_dir), records + REASONS_TRAIN)
+    values = sample_values(path, records)
     return {"clean": measure(values, batch, repeats),
             f"bad_{bad_share:g}": measure(with_bad_records(values, bad_share), batch, repeats),
-            "context": measure_context(values, batch, repeats)}
+            "context": measure_context(values, batch, repeats),
+            "reasons": measure_reasons(*scored_rows(path, REASONS_TRAIN, records), batch, repeats)}
+
+
+#: Records the reasons row's champion is trained on (before the rows it explains).
+REASONS_TRAIN = 10_000
 
 
 def table(report: dict) -> str:

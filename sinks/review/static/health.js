@@ -237,6 +237,20 @@
     $("h-alert").textContent = fixed(drift.alert, 2);
   }
 
+  /** A drift row without a PSI: its status tag (class ``tag-<kind>``) and a note after it. */
+  function unstatedRow(name, kind, tag, note) {
+    const tr = el("tr");
+    tr.className = `drift-${kind}`;
+    tr.dataset.signal = name;
+    tr.appendChild(el("td", name));
+    tr.appendChild(el("td", "–", "num"));
+    const status = el("td");
+    status.appendChild(el("span", tag, `tag tag-${kind}`));
+    status.appendChild(el("span", note, "muted"));
+    tr.appendChild(status);
+    return tr;
+  }
+
   function renderDrift(drift) {
     const body = $("h-drift-table").querySelector("tbody");
     body.textContent = "";
@@ -258,18 +272,14 @@
     }
     // features whose state is younger than their windows: no drift stated until the date shown
     for (const [name, from] of Object.entries(drift.warming || {})) {
-      const tr = el("tr");
-      tr.className = "drift-warming";
-      tr.dataset.signal = name;
-      tr.appendChild(el("td", name));
-      tr.appendChild(el("td", "–", "num"));
-      const status = el("td");
-      status.appendChild(el("span", "Warming up", "tag tag-warming"));
-      status.appendChild(el("span", isNum(from) ? ` until ${when(from)}` : "", "muted"));
-      tr.appendChild(status);
-      body.appendChild(tr);
+      body.appendChild(unstatedRow(name, "warming", "Warming up", isNum(from) ? ` until ${when(from)}` : ""));
     }
-    $("h-drift-empty").hidden = body.children.length > 0;
+    const stated = body.children.length;
+    // features whose drift is never stated, and why (shown once anything else is)
+    for (const [name, why] of Object.entries(stated ? drift.unwatched || {} : {})) {
+      body.appendChild(unstatedRow(name, "unwatched", "Not watched", ` ${why}`));
+    }
+    $("h-drift-empty").hidden = stated > 0;
   }
 
   function renderChanges(changes) {
