@@ -42,8 +42,7 @@ STATELESS_FEATURES = ("amount", "is_weekend", "is_night")
 #: Features whose drift is not watched, and why (shown on the page): the calendar sets
 #: ``is_weekend`` for a whole day, so the last day against the fortnight before alarmed every
 #: Saturday (a fresh demo showed it).
-UNWATCHED = {"is_weekend": "set by the calendar for a whole day: the last day against the "
-                           "fortnight before would alarm every Saturday"}
+UNWATCHED = {"is_weekend": "the calendar sets it for a whole day: it would alarm every Saturday"}
 UNWATCHED_FEATURES = tuple(UNWATCHED)
 #: Event time after the state's start until every other feature is full: the merchants'
 #: 30-day windows end ``MERCHANT_DELAY_DAYS`` back (the accounts' reach 30 days, and

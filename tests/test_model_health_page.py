@@ -233,7 +233,7 @@ def test_a_fraud_lead_reads_model_health_in_the_browser(settings, worker_factory
             expect(page.locator("#h-drift-table tbody tr")).to_have_count(N_FEATURES + 1)
             unwatched = page.locator('#h-drift-table tr[data-signal="is_weekend"]')
             expect(unwatched).to_have_class("drift-unwatched")
-            expect(unwatched).to_contain_text("Not watched set by the calendar for a whole day")
+            expect(unwatched).to_contain_text("Not watched the calendar sets it for a whole day")
             expect(page.locator('#h-drift-table tr[data-signal="amount"]')).to_have_class("drift-alert")
             warming = page.locator('#h-drift-table tr[data-signal="account_count_30d"]')
             expect(warming).to_have_class("drift-warming")
