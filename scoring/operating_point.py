@@ -170,15 +170,10 @@ def by_event_hour(times_ms: np.ndarray) -> list[tuple[Any, float]]:
 
 
 def by_event_hour_reference(times_ms: np.ndarray) -> list[tuple[Any, float]]:
-    """:func:`by_event_hour` one hour at a time (a mask and a median each): the rule it is
-    held to."""
-    times_ms = np.asarray(times_ms)
-    hours = times_ms.astype(np.int64) // HOUR_MS
-    if len(hours) == 0:
-        return []
-    if (hours == hours[0]).all():
-        return [(slice(None), median(times_ms) / 1000.0)]
-    return [(np.flatnonzero(hours == hour), median(times_ms[hours == hour]) / 1000.0)
+    """:func:`by_event_hour` one hour at a time (a mask and a median each; one hour's group
+    as its indices): the rule it is held to."""
+    hours = np.asarray(times_ms).astype(np.int64) // HOUR_MS
+    return [(np.flatnonzero(hours == hour), median(np.asarray(times_ms)[hours == hour]) / 1000.0)
             for hour in np.unique(hours)]
 
 
