@@ -158,13 +158,16 @@ def by_event_hour(times_ms: np.ndarray) -> list[tuple[Any, float]]:
         return []
     if (hours == hours[0]).all():
         return [(slice(None), median(times_ms) / 1000.0)]
-    order = np.argsort(times_ms, kind="stable")  # (time order is hour order, each hour's in batch order)
+    order = np.lexsort((times_ms, hours))  # hours in order (as np.unique), each hour's by time
     ordered = times_ms[order].astype(np.float64)
     starts = np.flatnonzero(np.diff(hours[order])) + 1
     out = []
     for begin, end in zip([0, *starts.tolist()], [*starts.tolist(), len(order)], strict=True):
         half = (begin + end) // 2
-        at_ms = ordered[half] if (end - begin) % 2 else (ordered[half - 1] + ordered[half]) / 2.0
+        if math.isnan(ordered[end - 1]):  # (NaN sorts last: the median of a run with one is NaN)
+            at_ms = math.nan
+        else:
+            at_ms = ordered[half] if (end - begin) % 2 else (ordered[half - 1] + ordered[half]) / 2.0
         out.append((np.sort(order[begin:end]), float(at_ms) / 1000.0))
     return out
 
@@ -317,8 +320,9 @@ class OperatingPoint(ThresholdPolicy):
         hours = by_event_hour(times_ms)
         if len(hours) == 1 or self.capacity_per_day is None:
             # (without a capacity no route depends on the time: the batch is decided at once,
-            # at its latest hour's time, as hour by hour)
-            self.deciding_at(hours[-1][1])
+            # the clock told each hour's time, as hour by hour)
+            for _, at_s in hours:
+                self.deciding_at(at_s)
             return super().routes(scores)
         routes = np.empty(len(scores), dtype=object)
         for part, at_s in hours:

@@ -185,11 +185,17 @@ def run(stream: str | None, out_dir: str, records: int, batch: int, repeats: int
     """Both decoding workloads (clean, and with ``bad_share`` bad records) on the benchmark's
     stream, and the decisions' context copy on the clean one."""
     path = ensure_stream(stream, Path(out_dir), records + REASONS_TRAIN)
-    values = sample_values(path, records)
-    return {"clean": measure(values, batch, repeats),
-            f"bad_{bad_share:g}": measure(with_bad_records(values, bad_share), batch, repeats),
-            "context": measure_context(values, batch, repeats),
-            "reasons": measure_reasons(*scored_rows(path, REASONS_TRAIN, records), batch, repeats)}
+    values = sample_values(path, records + REASONS_TRAIN)
+    # (a stream given, or the reference one, may be shorter: the reasons row then trains on
+    # half of what there is and explains the rest, and says how many rows it explained)
+    train = min(REASONS_TRAIN, len(values) // 2)
+    report = {"clean": measure(values[:records], batch, repeats),
+              f"bad_{bad_share:g}": measure(with_bad_records(values[:records], bad_share), batch, repeats),
+              "context": measure_context(values[:records], batch, repeats)}
+    if len(values) - train > 0 and train > 0:
+        report["reasons"] = measure_reasons(*scored_rows(path, train, min(records, len(values) - train)),
+                                            batch, repeats)
+    return report
 
 
 #: Records the reasons row's champion is trained on (before the rows it explains).
