@@ -31,6 +31,7 @@ from flagstream.streams.topics import SCORES, TRANSACTIONS
 
 #: Path fragment → category, matched against the innermost frames first.
 CATEGORIES = {
+    "dumps (/": "encode outputs (orjson)",  # (codec.py's, before its loads below)
     "/streams/schema.py": "decode+validate (schema, orjson)",
     "/streams/iso_times.py": "decode+validate (schema, orjson)",
     "/flagstream/codec.py": "decode+validate (schema, orjson)",
