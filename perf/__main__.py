@@ -1,5 +1,6 @@
 """``python -m flagstream.perf compare``: the side-by-side benchmark; ``python -m flagstream.perf
-decode``: the transaction decoder's batch path against its per-record reference; ``python -m
+decode``: the transaction decoder's batch path (and the decisions' context fields and reasons)
+against its per-record reference; ``python -m
 flagstream.perf steps``: the scoring core's cost per call by step size.
 
 See :mod:`flagstream.perf.bench.harness`, :mod:`flagstream.perf.bench.decode` and
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--broker", default=d.broker)
     c.add_argument("--no-chart", dest="chart", action="store_false")
     c.add_argument("--keep-topics", action="store_true", help="leave the run's topics on the broker")
-    dec = sub.add_parser("decode", help="transaction decoding: batch path vs per-record reference, µs/record")
+    dec = sub.add_parser("decode", help="decoding, context fields, reasons: batch path vs per-record "
+                                        "reference, µs/record")
     dec.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     dec.add_argument("--records", type=int, default=20_000, help="records decoded per repeat")
     dec.add_argument("--batch", type=int, default=1_000, help="records per batch")
