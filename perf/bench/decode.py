@@ -47,6 +47,9 @@ from flagstream.streams.core import ScoringCore, copy_context, copy_context_refe
 from flagstream.streams.process_tuning import tune_gc
 from flagstream.streams.schema import TransactionBatch, validate_transactions, validate_transactions_reference
 
+#: Records the reasons row's champion is trained on (before the rows it explains).
+REASONS_TRAIN = 10_000
+
 #: What a share of bad records looks like: each a refusal of a different kind.
 BAD_RECORDS = (
     b'{"transaction_id": "t-x", "account_id": "c-1"}',
@@ -136,6 +139,7 @@ def measure_reasons(features: np.ndarray, contributions: np.ndarray, batch: int 
     }
     agree = all(paths["reference"](*g) == paths["batch"](*g) for g in groups)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+    thresholds = gc.get_threshold()
     tune_gc()  # (as the worker, once ready: young collections rare, what was alive frozen)
     try:
         for _ in range(repeats):
@@ -146,12 +150,8 @@ def measure_reasons(features: np.ndarray, contributions: np.ndarray, batch: int 
                 times[name].append((time.process_time() - cpu, time.perf_counter() - wall))
     finally:
         gc.unfreeze()
-        gc.set_threshold(*DEFAULT_GC)
+        gc.set_threshold(*thresholds)
     return _report(times, len(features), batch, repeats, agree)
-
-
-#: The collector's thresholds before :func:`measure_reasons` tunes them.
-DEFAULT_GC = gc.get_threshold()
 
 
 def scored_rows(path: Path, train: int, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -183,7 +183,7 @@ def _report(times: dict[str, list[tuple[float, float]]], n: int, batch: int, rep
 def run(stream: str | None, out_dir: str, records: int, batch: int, repeats: int,
         bad_share: float) -> dict:
     """Both decoding workloads (clean, and with ``bad_share`` bad records) on the benchmark's
-    stream, and the decisions' context copy on the clean one."""
+    stream, and the decisions' context copy and reasons on the clean one."""
     path = ensure_stream(stream, Path(out_dir), records + REASONS_TRAIN)
     values = sample_values(path, records + REASONS_TRAIN)
     # (a stream given, or the reference one, may be shorter: the reasons row then trains on
@@ -196,10 +196,6 @@ def run(stream: str | None, out_dir: str, records: int, batch: int, repeats: int
         report["reasons"] = measure_reasons(*scored_rows(path, train, min(records, len(values) - train)),
                                             batch, repeats)
     return report
-
-
-#: Records the reasons row's champion is trained on (before the rows it explains).
-REASONS_TRAIN = 10_000
 
 
 def table(report: dict) -> str:
